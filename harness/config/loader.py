@@ -1,0 +1,190 @@
+"""Loads and merges the YAML layers into one validated, read-only HarnessConfig.
+
+Fixed merge order (later wins), printed with the resolved config:
+  schema defaults -> configs/<benchmark>/benchmark.yaml -> configs/<benchmark>/<scenario>.yaml
+  -> systems/<system>.yaml `defaults:` -> its `benchmarks.<benchmark>.<scenario>:` section
+  -> --test_run settings -> command-line overrides (--<key>=<value>).
+Imports nothing else from the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.config.schema import CHOICES, HarnessConfig
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(HarnessConfig))
+# Short settings of --test_run (NVIDIA's meaning: min_duration 1 min, few queries).
+TEST_RUN_SETTINGS = {"min_duration_ms": 60000, "min_query_count": 64}
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    source: str  # file path or "command line"
+    values: dict[str, Any]  # {section: {key: value}}
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def leaf_index() -> dict[str, list[str]]:
+    """leaf key -> ['section.key', ...]; a leaf in two sections needs its section prefix."""
+    schema = OmegaConf.structured(HarnessConfig)
+    index: dict[str, list[str]] = {}
+    for section in SECTIONS:
+        for key in schema[section]:
+            index.setdefault(key, []).append(f"{section}.{key}")
+    return index
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _check_sections(values: dict[str, Any], source: str, where: str = "") -> dict[str, Any]:
+    for key, value in values.items():
+        if key not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section '{where}{key}'; allowed: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{where}{key}' must be a mapping of keys to values")
+    return values
+
+
+def available(kind: str) -> list[str]:
+    root = repo_root()
+    if kind == "benchmarks":
+        return sorted(p.parent.name for p in (root / "configs").glob("*/benchmark.yaml"))
+    return sorted(p.stem for p in (root / "systems").glob("*.yaml"))
+
+
+def benchmark_layers(benchmark: str, scenario: str) -> list[Layer]:
+    root = repo_root()
+    bench_dir = root / "configs" / benchmark
+    if not (bench_dir / "benchmark.yaml").is_file():
+        raise ConfigError(
+            f"{bench_dir / 'benchmark.yaml'}: unknown benchmark '{benchmark}'; "
+            f"available: {', '.join(available('benchmarks'))}"
+        )
+    layers = []
+    for name in ("benchmark.yaml", f"{scenario}.yaml"):
+        path = bench_dir / name
+        if name != "benchmark.yaml" and not path.is_file():
+            scenarios = sorted(p.stem for p in bench_dir.glob("*.yaml") if p.stem != "benchmark")
+            raise ConfigError(
+                f"{path}: benchmark '{benchmark}' has no scenario '{scenario}'; "
+                f"available: {', '.join(scenarios)}"
+            )
+        layers.append(Layer(str(path), _check_sections(_read_yaml(path), str(path))))
+    return layers
+
+
+def system_layers(system: str, benchmark: str, scenario: str) -> list[Layer]:
+    path = repo_root() / "systems" / f"{system}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: unknown system '{system}'; available: {', '.join(available('systems'))}. "
+            "To add a machine, copy the closest systems/*.yaml to systems/<name>.yaml, set its "
+            "hardware facts and knobs, and pass --system_name=<name>"
+        )
+    data = _read_yaml(path)
+    allowed = {"system", "defaults", "benchmarks"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    layers = [Layer(str(path), {"system": data.get("system") or {}})]
+    layers.append(Layer(f"{path} (defaults)", _check_sections(data.get("defaults") or {}, str(path), "defaults.")))
+    per_bench = (data.get("benchmarks") or {}).get(benchmark) or {}
+    section = per_bench.get(scenario) or {}
+    where = f"benchmarks.{benchmark}.{scenario}."
+    layers.append(Layer(f"{path} ({where[:-1]})", _check_sections(section, str(path), where)))
+    return layers
+
+
+def parse_overrides(overrides: dict[str, str]) -> Layer:
+    """{'max_num_seqs': '64', 'engine.block_size': '32'} -> a layer; unknown keys are errors."""
+    index = leaf_index()
+    values: dict[str, dict[str, Any]] = {}
+    for key, raw in overrides.items():
+        paths = [key] if "." in key else index.get(key, [])
+        if len(paths) > 1:
+            raise ConfigError(f"command line: --{key} is ambiguous; use one of --{', --'.join(paths)}")
+        path = paths[0] if paths else None
+        if path is None or path.split(".", 1)[0] not in SECTIONS:
+            close = [k for k in index if key.split(".")[-1][:4] in k][:8]
+            raise ConfigError(
+                f"command line: unknown option --{key}; "
+                f"similar config keys: {', '.join(close) or 'none'} (see harness/config/schema.py)"
+            )
+        section, leaf = path.split(".", 1)
+        values.setdefault(section, {})[leaf] = yaml.safe_load(raw) if raw != "" else ""
+    return Layer("command line", values)
+
+
+def merge(layers: list[Layer]) -> DictConfig:
+    cfg = OmegaConf.structured(HarnessConfig)
+    for layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer.values)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            section = key.split(".", 1)[0]
+            allowed = ""
+            if section in SECTIONS:
+                allowed = "; allowed keys in '" + section + "': " + ", ".join(cfg[section].keys())
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"{layer.source}: key '{key}': {msg}{allowed}") from e
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of: {', '.join(choices)}")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
+    return cfg
+
+
+def load_config(
+    benchmark: str,
+    scenario: str,
+    system: str,
+    overrides: dict[str, str] | None = None,
+    test_run: bool = False,
+) -> HarnessConfig:
+    layers = benchmark_layers(benchmark, scenario) + system_layers(system, benchmark, scenario)
+    if test_run:
+        layers.append(Layer("--test_run", {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}}))
+    layers.append(parse_overrides(overrides or {}))
+    cfg = merge(layers)
+    OmegaConf.set_readonly(cfg, True)
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg: HarnessConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_hash(cfg: HarnessConfig) -> str:
+    return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]

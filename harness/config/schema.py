@@ -1,0 +1,142 @@
+"""Typed schema of the resolved configuration: every YAML key and every --flag is a field here.
+
+OmegaConf checks each YAML layer against these dataclasses, so an unknown key or a wrong type
+is an error before any work starts. Leaf names are unique across sections so that
+`--<leaf>=<value>` on the command line names exactly one field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCENARIOS = ("Offline", "Server", "SingleStream", "Interactive")
+TEST_MODES = ("PerformanceOnly", "AccuracyOnly")
+CONFIG_VERS = ("default", "high_accuracy")
+BACKENDS = ("hf", "torch", "trtllm")
+MODEL_OPTS = ("Dense", "FP8", "Sparse")
+
+
+@dataclass
+class AccuracyTargets:
+    """Reference scores; a run passes at target x fraction (tokens: inside the bounds)."""
+
+    rouge1: float = 0.0
+    rouge2: float = 0.0
+    rougeL: float = 0.0
+    tokens_per_sample: float = 0.0
+    fraction_default: float = 0.99
+    fraction_high_accuracy: float = 0.999
+    tokens_lower_fraction: float = 0.9
+    tokens_upper_fraction: float = 1.1
+
+
+@dataclass
+class BenchmarkConfig:
+    """Hardware-independent facts of one benchmark (configs/benchmark/<name>.yaml)."""
+
+    name: str = "???"
+    loadgen_model: str = "???"  # the model name LoadGen's mlperf.conf keys use
+    model_path: str = "???"  # HF checkpoint folder (weights + tokenizer)
+    dataset_path: str = "???"  # OpenOrca-format pickle
+    preprocessed_dir: str = "???"  # output of `make preprocess_data`
+    calibration_path: str = ""
+    total_sample_count: int = 0  # 0: the whole dataset
+    max_new_tokens: int = 1024
+    min_new_tokens: int = 1
+    eos_token_id: int = 2
+    accuracy: AccuracyTargets = field(default_factory=AccuracyTargets)
+
+
+@dataclass
+class ScenarioConfig:
+    """LoadGen settings of the scenario; the ones set (non-zero) go into user.conf."""
+
+    scenario: str = "Offline"
+    loadgen_scenario: str = "Offline"  # Interactive runs LoadGen's Server scenario
+    loadgen_model_suffix: str = ""  # "-interactive" picks the interactive mlperf.conf keys
+    target_qps: float = 0.0  # Offline: offline_expected_qps; Server: server_target_qps
+    min_duration_ms: int = 0
+    min_query_count: int = 0
+    max_query_count: int = 0
+    performance_sample_count: int = 0
+    single_stream_expected_latency_ms: float = 0.0
+    # Token latencies: set for benchmarks that mlperf.conf does not know (it has llama2-70b's).
+    use_token_latencies: bool = True
+    ttft_latency_ms: int = 0
+    tpot_latency_ms: int = 0
+    sample_concatenate_permutation: bool = False
+
+
+@dataclass
+class EngineConfig:
+    """Knobs of the inference backend (engine build and runtime)."""
+
+    backend: str = "hf"
+    model_opt: str = "Dense"
+    dtype: str = "float32"  # activations / dense weights: float32, bfloat16, float16
+    device: str = "cpu"
+    engine_dir: str = ""  # default: build/engines/<system>/<benchmark>/<model_opt>
+    dummy_weights: bool = False  # random weights of the real shape: speed only
+    batch_size: int = 16  # hf backend: prompts per generate() call
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    kv_cache_dtype: str = "auto"
+    num_kv_blocks: int = 0  # 0: computed from free memory
+    admission: str = "fifo"  # fifo | longest_first
+    num_threads: int = 0  # torch intra-op threads on CPU; 0: torch's default
+    tensor_parallelism: int = 1
+    data_parallelism: int = 1
+    use_cuda_graph: bool = True
+    compile: bool = False
+
+
+@dataclass
+class SystemConfig:
+    """One machine (systems/<name>.yaml): hardware facts plus per-benchmark knobs."""
+
+    name: str = "???"
+    description: str = ""
+    accelerator: str = "cpu"  # GPU product name as torch reports it, or "cpu"
+    num_accelerators: int = 0
+    accelerator_memory_gib: float = 0.0
+    host_processor: str = ""
+    submitter: str = "OpenHarness"
+    # Extra fields for the submission's systems/<name>.json (cooling, host_storage_type, ...).
+    submission: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """What to do in this invocation (command line only)."""
+
+    test_mode: str = "PerformanceOnly"
+    config_ver: str = "default"
+    test_run: bool = False
+    log_dir: str = "build/logs"
+    sample_limit: int = 0  # use only the first N dataset rows (quick runs, CI)
+    audit_config: str = ""  # TEST06 audit.config to copy into the run directory
+
+
+@dataclass
+class HarnessConfig:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# Values that must be one of a fixed set, checked after the merge.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "scenario.scenario": SCENARIOS,
+    "scenario.loadgen_scenario": ("Offline", "Server", "SingleStream"),
+    "run.test_mode": TEST_MODES,
+    "run.config_ver": CONFIG_VERS,
+    "engine.backend": BACKENDS,
+    "engine.model_opt": MODEL_OPTS,
+    "engine.dtype": ("float32", "bfloat16", "float16"),
+    "engine.admission": ("fifo", "longest_first"),
+    "engine.kv_cache_dtype": ("auto", "fp8"),
+}
