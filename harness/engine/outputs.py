@@ -17,7 +17,7 @@ class ScheduledRequest:
     start_position: int  # == num_computed_tokens before the step
     block_ids: list[int]  # the request's whole block table (covers start + num_tokens)
     needs_sample: bool  # the chunk reaches the last known token: sample the next one
-    suppress_eos: bool  # min_new_tokens not reached yet, or ignore_eos
+    suppress_token_ids: tuple[int, ...]  # EOS ids to mask: below min_new_tokens, ignore_eos
 
     @property
     def num_tokens(self) -> int:

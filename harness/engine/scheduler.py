@@ -148,13 +148,14 @@ class Scheduler:
     def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens
         sp = req.sampling
+        suppress = sp.ignore_eos or req.num_output_tokens < sp.min_new_tokens
         return ScheduledRequest(
             request_id=req.request_id,
             token_ids=req.token_ids(start, start + num_new),
             start_position=start,
             block_ids=req.block_ids,
             needs_sample=start + num_new == req.num_tokens,
-            suppress_eos=sp.ignore_eos or req.num_output_tokens < sp.min_new_tokens,
+            suppress_token_ids=sp.eos_token_ids if suppress else (),
         )
 
     def _preempt(self, req: Request) -> None:

@@ -121,7 +121,7 @@ def test_min_new_tokens_suppresses_eos_stop():
     [r] = make_requests(1, max_new_tokens=5, min_new_tokens=3)
     s.add_request(r)
     sched = s.schedule()
-    assert sched.scheduled[0].suppress_eos
+    assert sched.scheduled[0].suppress_token_ids == (EOS,)
     out = run_to_completion(s, token=EOS)
     assert out[0] == [EOS, EOS, EOS]
 

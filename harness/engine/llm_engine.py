@@ -1,0 +1,126 @@
+"""LLMEngine: wires model, KV cache, scheduler and runner; `step()` advances every request.
+
+Single-threaded and synchronous; callers (a backend thread, a server) own any concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.engine.kv_cache import BlockManager
+from harness.engine.loader import build_model
+from harness.engine.model.llama import PRESETS, LlamaConfig
+from harness.engine.model_runner import ModelRunner, plan_kv_cache
+from harness.engine.outputs import RequestOutput
+from harness.engine.quant.base import quant_config_for
+from harness.engine.request import Request, SamplingParams
+from harness.engine.scheduler import Scheduler, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    """Everything the engine needs; the backend fills it from the harness config."""
+
+    model_path: str = ""  # HF checkpoint folder or engine dir ("" with dummy weights + preset)
+    weights: str = "hf"  # hf | engine | dummy
+    model_config: LlamaConfig | None = None  # None: read config.json under model_path
+    model_opt: str = "Dense"
+    dtype: str = "float32"
+    device: str = "cpu"
+    block_size: int = 16
+    num_kv_blocks: int = 0  # 0: from free memory x gpu_memory_utilization
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    admission: str = "fifo"
+    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    num_threads: int = 0  # CPU intra-op threads; 0: torch's default
+    seed: int = 0
+
+
+def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
+    if args.model_config is not None:
+        return args.model_config
+    config_json = Path(args.model_path) / "config.json"
+    if args.model_path and config_json.exists():
+        return LlamaConfig.from_hf(json.loads(config_json.read_text()))
+    if args.weights == "dummy" and preset in PRESETS:
+        return PRESETS[preset]
+    raise FileNotFoundError(
+        f"{config_json} not found; point model_path at a HF checkpoint folder"
+        + (f" or use a preset with dummy weights ({', '.join(PRESETS)})" if not preset else "")
+    )
+
+
+class LLMEngine:
+    def __init__(self, scheduler: Scheduler, model_runner: ModelRunner) -> None:
+        self.scheduler = scheduler
+        self.model_runner = model_runner
+        self.num_steps = 0
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> LLMEngine:
+        if args.num_threads > 0:
+            torch.set_num_threads(args.num_threads)
+        device = torch.device(args.device)
+        dtype = DTYPES[args.dtype]
+        config = resolve_model_config(args)
+        quant = quant_config_for(args.model_opt, device)
+        model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
+        max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
+        max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
+        kv = plan_kv_cache(
+            config, dtype, device, args.block_size, args.gpu_memory_utilization,
+            args.num_kv_blocks, max_blocks_useful,
+        )  # fmt: skip
+        sched_config = SchedulerConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            admission=args.admission,
+            max_model_len=max_model_len,
+        )
+        scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))
+        return cls(scheduler, ModelRunner(model, kv, device))
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.model_runner.model.config.eos_token_ids
+
+    def add_request(self, request_id: int, prompt_token_ids: list[int], sampling: SamplingParams):
+        self.scheduler.add_request(Request(request_id, list(prompt_token_ids), sampling))
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule -> run the model -> apply sampled tokens; returns this step's events."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        runner_out = self.model_runner.execute(sched)
+        self.num_steps += 1
+        return self.scheduler.update_from_output(sched, runner_out)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams]
+    ) -> list[list[int]]:
+        """Run prompts to completion (tests, tools); returns output ids in prompt order."""
+        params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        base = self.scheduler._num_arrivals
+        for i, (prompt, sp) in enumerate(zip(prompts, params, strict=True)):
+            self.add_request(base + i, prompt, sp)
+        outputs: dict[int, list[int]] = {}
+        while self.has_unfinished():
+            for event in self.step():
+                if event.is_finished:
+                    outputs[event.request_id] = list(event.output_token_ids)
+        return [outputs[base + i] for i in range(len(prompts))]

@@ -1,0 +1,302 @@
+"""The Llama decoder (GQA, RoPE incl. llama3 scaling, RMSNorm, SwiGLU) as a plain nn.Module.
+
+Reads top to bottom: config -> presets -> building blocks -> layer -> model. Precision lives
+in each Linear's quant method; attention over the paged cache lives in attention.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.engine.model.attention import AttentionMetadata, PagedAttention
+from harness.engine.quant.base import LinearMethod, QuantConfig
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int = 0  # 0: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # HF's dict: {"rope_type": "llama3", ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    extra: dict[str, Any] = field(default_factory=dict)  # other HF keys, kept for the manifest
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}; check the checkpoint config"
+            )
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> LlamaConfig:
+        """From a HF config.json dict (transformers 4 `rope_scaling` or 5 `rope_parameters`)."""
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        kwargs = {k: v for k, v in hf.items() if k in known and v is not None}
+        rope = hf.get("rope_parameters") or {}
+        if rope:
+            kwargs.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+            if rope.get("rope_type", "default") != "default":
+                kwargs["rope_scaling"] = rope
+        scaling = kwargs.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
+            kwargs["rope_scaling"] = None
+        kwargs["extra"] = {k: v for k, v in hf.items() if k not in known}
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **d, "architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        eos = self.eos_token_id
+        return () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+
+
+# Shapes of well-known checkpoints, for dummy-weight runs without any file.
+PRESETS: dict[str, LlamaConfig] = {
+    "llama2-7b": LlamaConfig(32000, 4096, 11008, 32, 32, 32),
+    "llama2-70b": LlamaConfig(32000, 8192, 28672, 80, 64, 8),
+    "smollm2-135m": LlamaConfig(
+        49152,
+        576,
+        1536,
+        30,
+        9,
+        3,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+class Linear(nn.Module):
+    """A linear whose storage and matmul belong to its quant method.
+
+    output_sizes > 1 entries make a fused layer (q|k|v, gate|up): checkpoint shards are
+    loaded into consecutive row ranges of every [out, ...] parameter.
+    """
+
+    def __init__(
+        self, in_features: int, output_sizes: list[int], method: LinearMethod, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.output_sizes = output_sizes
+        self.out_features = sum(output_sizes)
+        self.method = method
+        method.create_weights(self, in_features, self.out_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(self, x)  # [N, in] -> [N, out]
+
+    def shard_rows(self, shard: int) -> slice:
+        start = sum(self.output_sizes[:shard])
+        return slice(start, start + self.output_sizes[shard])
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in fp32 whatever the model dtype, as the reference implementation does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
+    """[head_dim // 2] fp32 inverse frequencies, with linear or llama3 scaling if configured."""
+    dim = config.head_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (config.rope_theta**exponents)
+    scaling = config.rope_scaling
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(is_medium, smoothed, scaled)
+    raise NotImplementedError(f"rope_scaling type {kind!r}: only linear and llama3 are supported")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates q and k by position, from a cos/sin table computed once for all positions."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("cos_sin", torch.empty(0), persistent=False)
+
+    def init_table(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Called after the model leaves the meta device: [max_pos, 2, head_dim] in dtype."""
+        inv_freq = rope_inv_freq(self.config).to(device)
+        pos = torch.arange(self.config.max_position_embeddings, device=device).float()
+        freqs = torch.outer(pos, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # [max_pos, head_dim]
+        self.cos_sin = torch.stack((emb.cos(), emb.sin()), dim=1).to(dtype)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [N] -> (cos, sin), each [N, 1, D]: gathered once per step, all layers."""
+        cos_sin = self.cos_sin[positions]  # [N, 2, D]
+        return cos_sin[:, 0:1], cos_sin[:, 1:2]
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x: [N, heads, D] rotated by position (rotate-half convention of HF Llama)."""
+    cos, sin = rope
+    return x * cos + _rotate_half(x) * sin
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N, 1, head_dim]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig, quant: QuantConfig, prefix: str, dtype: torch.dtype):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = Linear(
+            config.hidden_size,
+            [q_size, kv_size, kv_size],
+            quant.linear_method(f"{prefix}.qkv_proj"),
+            dtype,
+        )
+        self.o_proj = Linear(
+            q_size, [config.hidden_size], quant.linear_method(f"{prefix}.o_proj"), dtype
+        )
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+
+    def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        n, d = x.shape[0], self.head_dim
+        qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], -1)
+        q, k = apply_rope(q.view(n, -1, d), rope), apply_rope(k.view(n, -1, d), rope)
+        o = self.attn(q, k, v.view(n, -1, d), meta)  # [N, H * D]
+        return self.o_proj(o)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: LlamaConfig, quant: QuantConfig, prefix: str, dtype: torch.dtype):
+        super().__init__()
+        inter = config.intermediate_size
+        self.gate_up_proj = Linear(
+            config.hidden_size, [inter, inter], quant.linear_method(f"{prefix}.gate_up_proj"), dtype
+        )
+        self.down_proj = Linear(
+            inter, [config.hidden_size], quant.linear_method(f"{prefix}.down_proj"), dtype
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # SwiGLU
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, quant: QuantConfig, prefix: str, dtype: torch.dtype):
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype)
+        self.self_attn = LlamaAttention(config, quant, f"{prefix}.self_attn", dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
+        self.mlp = LlamaMLP(config, quant, f"{prefix}.mlp", dtype)
+
+    def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(rope, self.input_layernorm(x), meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: LlamaConfig, quant: QuantConfig, dtype: torch.dtype):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, quant, f"model.layers.{i}", dtype)
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.rotary = RotaryEmbedding(config)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """input_ids, positions: [N] int64 -> hidden states [N, hidden_size]."""
+        x = self.embed_tokens(input_ids)
+        rope = self.rotary(positions)
+        for layer in self.layers:
+            x = layer(rope, x, meta)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    # Checkpoint names fused into one of our parameters: name -> (fused name, shard index).
+    packed_modules = {
+        "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }  # fmt: skip
+
+    def __init__(self, config: LlamaConfig, quant: QuantConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, quant, dtype)
+        # The output head stays dense: it is small next to the layers and sets accuracy.
+        self.lm_head = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+            self.lm_head.weight.requires_grad_(False)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [S, hidden_size] (sampled rows only) -> [S, vocab] fp32."""
+        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, head).float()
+
+    def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.model.rotary.init_table(device, dtype)
+
+    def kv_attention_modules(self) -> list[PagedAttention]:
+        return [layer.self_attn.attn for layer in self.model.layers]

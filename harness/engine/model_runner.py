@@ -1,0 +1,226 @@
+"""Turns a SchedulerOutput into tensors, runs the model over the paged KV cache, samples.
+
+Owns the KV-cache tensors and their sizing. Knows nothing of queues or stop rules (scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from harness.engine.model.attention import AttentionMetadata, PrefillChunk
+from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
+from harness.engine.outputs import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from harness.engine.sampler import Sampler
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+class KVCacheCapacityError(RuntimeError):
+    """Not even one request fits the KV-cache memory; the message says which knob to raise."""
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    num_blocks: int
+    block_size: int
+    bytes_per_block: int  # all layers, K and V
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def gib(self) -> float:
+        return self.num_blocks * self.bytes_per_block / GIB
+
+
+def kv_bytes_per_block(config: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+    return per_token * block_size * dtype.itemsize
+
+
+def plan_kv_cache(
+    config: LlamaConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    block_size: int,
+    gpu_memory_utilization: float,
+    num_kv_blocks: int = 0,
+    max_blocks_useful: int = 0,
+) -> KVCacheSpec:
+    """Blocks from num_kv_blocks if set, else a fraction of free memory (call after loading
+    the weights). On CPU the fraction applies to MemAvailable; max_blocks_useful caps it
+    (no more than max_num_seqs full-length requests can ever be resident)."""
+    per_block = kv_bytes_per_block(config, block_size, dtype)
+    if num_kv_blocks > 0:
+        num_blocks = num_kv_blocks
+    else:
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            budget = total * gpu_memory_utilization - (total - free)
+        else:
+            budget = _cpu_available_bytes() * gpu_memory_utilization
+        num_blocks = int(budget // per_block)
+        if max_blocks_useful:
+            num_blocks = min(num_blocks, max_blocks_useful)
+    if num_blocks < 1:
+        raise KVCacheCapacityError(
+            f"no room for a KV block of {per_block / 2**20:.1f} MiB on {device}; raise "
+            f"gpu_memory_utilization (now {gpu_memory_utilization}) or set num_kv_blocks"
+        )
+    spec = KVCacheSpec(num_blocks, block_size, per_block)
+    logger.info(
+        "KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB (%s, %s)",
+        spec.num_blocks, block_size, spec.num_tokens, spec.gib, device, dtype,
+    )  # fmt: skip
+    return spec
+
+
+def _cpu_available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise KVCacheCapacityError("cannot read MemAvailable from /proc/meminfo; set num_kv_blocks")
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, kv: KVCacheSpec, device: torch.device) -> None:
+        self.model = model
+        self.kv = kv
+        self.device = device
+        self.sampler = Sampler()
+        cfg = model.config
+        dtype = model.model.embed_tokens.weight.dtype
+        shape = (cfg.num_key_value_heads, kv.num_blocks, kv.block_size, cfg.head_dim)
+        # torch.empty: pages are committed only when a block is first used (then zeroed).
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # [Hkv, blocks, bs, D]
+        for _ in range(cfg.num_hidden_layers):
+            k = torch.empty(shape, dtype=dtype, device=device)
+            self.kv_caches.append((k, torch.empty_like(k)))
+        for attn, (k, v) in zip(model.kv_attention_modules(), self.kv_caches, strict=True):
+            attn.k_cache, attn.v_cache = k, v
+        self._is_block_zeroed = bytearray(kv.num_blocks)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        batch = self._prepare(sched)
+        hidden = self.model(batch.input_ids, batch.positions, batch.meta)  # [N, hidden]
+        logits = self.model.compute_logits(hidden[batch.logits_indices])  # [S, vocab] fp32
+        tokens = self.sampler(logits, batch.suppress_rows, batch.suppress_cols).tolist()
+        return ModelRunnerOutput(dict(zip(batch.sampled_request_ids, tokens, strict=True)))
+
+    # --- input preparation -------------------------------------------------------------
+
+    def _prepare(self, sched: SchedulerOutput) -> _Batch:
+        bs = self.kv.block_size
+        decodes = [s for s in sched.scheduled if s.num_tokens == 1]
+        prefills = [s for s in sched.scheduled if s.num_tokens > 1]
+        self._zero_new_blocks(sched.scheduled)
+
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for s in decodes:
+            pos = s.start_position
+            input_ids.append(s.token_ids[0])
+            positions.append(pos)
+            slots.append(s.block_ids[pos // bs] * bs + pos % bs)
+        chunks = []
+        for s in prefills:
+            start, n = s.start_position, s.num_tokens
+            pos = range(start, start + n)
+            input_ids += s.token_ids
+            positions += pos
+            slots += [s.block_ids[p // bs] * bs + p % bs for p in pos]
+            chunks.append(self._prefill_chunk(s, len(input_ids) - n))
+
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(slots), num_decode_tokens=len(decodes), prefills=chunks
+        )
+        if decodes:
+            meta.decode_block_tables, meta.decode_mask = self._decode_tables(decodes)
+
+        logits_indices, sampled_ids, rows, cols = [], [], [], []
+        row_end = 0
+        for s in decodes + prefills:
+            row_end += s.num_tokens
+            if s.needs_sample:
+                for token in s.suppress_token_ids:
+                    rows.append(len(sampled_ids))
+                    cols.append(token)
+                logits_indices.append(row_end - 1)
+                sampled_ids.append(s.request_id)
+        return _Batch(
+            input_ids=self._tensor(input_ids),
+            positions=self._tensor(positions),
+            meta=meta,
+            logits_indices=self._tensor(logits_indices),
+            sampled_request_ids=sampled_ids,
+            suppress_rows=rows,
+            suppress_cols=cols,
+        )
+
+    def _prefill_chunk(self, s: ScheduledRequest, query_start: int) -> PrefillChunk:
+        ctx, n = s.start_position, s.num_tokens
+        num_blocks = -(-(ctx + n) // self.kv.block_size)
+        mask = None
+        if ctx:  # query i (at position ctx + i) sees keys 0 .. ctx + i
+            q_pos = torch.arange(ctx, ctx + n, device=self.device)
+            mask = torch.arange(ctx + n, device=self.device)[None, :] <= q_pos[:, None]
+        return PrefillChunk(
+            query_start=query_start,
+            num_query_tokens=n,
+            num_context_tokens=ctx,
+            block_table=self._tensor(s.block_ids[:num_blocks]),
+            mask=mask,  # [n, ctx + n] bool
+        )
+
+    def _decode_tables(self, decodes: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block tables padded with each row's own first block, and the key mask."""
+        bs = self.kv.block_size
+        ctx_lens = [s.start_position + 1 for s in decodes]
+        max_blocks = -(-max(ctx_lens) // bs)
+        tables = [
+            s.block_ids[: -(-c // bs)] + [s.block_ids[0]] * (max_blocks - -(-c // bs))
+            for s, c in zip(decodes, ctx_lens, strict=True)
+        ]
+        key_pos = torch.arange(max_blocks * bs, device=self.device)
+        mask = key_pos[None, :] < self._tensor(ctx_lens)[:, None]  # [B, T]
+        return self._tensor(tables), mask.view(1, len(decodes), 1, -1)
+
+    def _zero_new_blocks(self, scheduled: list[ScheduledRequest]) -> None:
+        """Blocks written for the first time are zeroed: stale bytes could be NaN, and masked
+        positions still multiply into attention (0 * NaN = NaN)."""
+        bs = self.kv.block_size
+        new = []
+        for s in scheduled:
+            first, last = s.start_position // bs, (s.start_position + s.num_tokens - 1) // bs
+            for b in s.block_ids[first : last + 1]:
+                if not self._is_block_zeroed[b]:
+                    self._is_block_zeroed[b] = 1
+                    new.append(b)
+        if new:
+            ids = self._tensor(new)
+            for k, v in self.kv_caches:
+                k[:, ids] = 0
+                v[:, ids] = 0
+
+    def _tensor(self, values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor  # [N] int64, decode rows first, then prefill chunks
+    positions: torch.Tensor  # [N] int64
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor  # [S] int64 rows whose next token is sampled
+    sampled_request_ids: list[int]  # [S]
+    suppress_rows: list[int]  # (row, token) pairs masked before argmax
+    suppress_cols: list[int]

@@ -1,0 +1,57 @@
+"""The LinearMethod contract (create weights, load shards, apply) and QuantConfig lookup.
+
+Owns no kernels; each method lives in its own module with a plain-torch reference.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class LinearMethod(Protocol):
+    """How one linear layer stores and applies its weight.
+
+    Parameters whose dim 0 runs over output features (weight [out, in], per-channel scales
+    [out]) are loaded shard by shard into fused layers (qkv, gate_up) along dim 0.
+    """
+
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
+    ) -> None: ...
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x: [num_tokens, in_features] -> [num_tokens, out_features] in x.dtype."""
+        ...
+
+    def load_dense(self, layer: nn.Module, weight: torch.Tensor, rows: slice) -> None:
+        """Fill output rows `rows` of the layer from a dense [rows, in] checkpoint weight,
+        quantizing as the method needs (engine build, HF load, dummy weights)."""
+        ...
+
+
+class QuantConfig(Protocol):
+    name: str  # the model_opt this config implements: Dense | FP8 | Sparse
+
+    def linear_method(self, prefix: str) -> LinearMethod:
+        """The method for the linear at `prefix` (e.g. model.layers.3.self_attn.qkv_proj)."""
+        ...
+
+
+class UnsupportedQuantError(NotImplementedError):
+    """A model_opt has no implementation on this device yet; the message says what to use."""
+
+
+def quant_config_for(model_opt: str, device: torch.device) -> QuantConfig:
+    """The QuantConfig of a model_opt (`--model_opt`): Dense, FP8 or Sparse."""
+    if model_opt == "Dense":
+        from harness.engine.quant.dense import DenseConfig
+
+        return DenseConfig()
+    if model_opt in ("FP8", "Sparse"):
+        from harness.engine.quant.fp8 import FP8Config
+
+        return FP8Config(sparse24=model_opt == "Sparse")
+    raise UnsupportedQuantError(f"model_opt={model_opt!r}: use one of Dense, FP8, Sparse")

@@ -1,0 +1,18 @@
+"""Greedy sampling over fp32 logits, with per-row EOS suppression (min_new_tokens, ignore_eos)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Sampler:
+    def __call__(
+        self, logits: torch.Tensor, suppress_rows: list[int], suppress_cols: list[int]
+    ) -> torch.Tensor:
+        """logits: [S, vocab] fp32; (suppress_rows[i], suppress_cols[i]) pairs are masked.
+
+        Returns [S] int64 token ids. Greedy: ties go to the lowest id, as torch.argmax does.
+        """
+        if suppress_rows:
+            logits[suppress_rows, suppress_cols] = float("-inf")
+        return logits.argmax(dim=-1)
