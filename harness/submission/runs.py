@@ -134,7 +134,7 @@ def _pick_perf(runs: list[Run]) -> tuple[Run | None, list[str], list[str]]:
     # A test run is too short to be VALID; stage the newest one and let validation say so.
     for run, reasons in candidates:
         if run.is_test_run:
-            return run, reasons, notes
+            return run, reasons, [n for n in notes if not n.startswith(f"{run.path}:")]
     return None, [], notes
 
 

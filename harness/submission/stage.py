@@ -110,6 +110,17 @@ def _readme(sel: Selection, opts: StageOptions, report_lines: list[str]) -> str:
         steps.append(("TEST06 run (audit.config copied into the run directory)", sel.audit))
     for title, run in steps:
         lines += [f"{title}:", "", "```", str(run.info.get("command", "(not recorded)")), "```", ""]
+    if sel.audit is not None:
+        lines += [
+            "TEST06 verification (done by staging; standalone equivalent):",
+            "",
+            "```",
+            f"audit_verify --run_dir {sel.audit.path} --output_dir <this directory> "
+            f"--scenario {scenario} --eos_token_id {sel.audit.info.get('eos_token_id', 2)} "
+            "--dtype int32",
+            "```",
+            "",
+        ]
     if opts.command:
         lines += [
             "Staging (truncation, TEST06 verification, this tree):",
