@@ -63,6 +63,9 @@ def load_system_yaml(systems_dir: Path, name: str) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise StageError(str(path), "not a YAML mapping", "fix the system YAML")
+    facts = data.get("system")  # the facts may sit under `system:` or at the top level
+    if isinstance(facts, dict):
+        data = {**{k: v for k, v in data.items() if k != "system"}, **facts}
     return data
 
 

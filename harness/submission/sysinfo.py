@@ -89,9 +89,15 @@ def detect_host() -> dict[str, Any]:
     storage = _storage_type()
     if storage:
         found["host_storage_type"] = storage
-    nics = [p.name for p in Path("/sys/class/net").glob("*") if (p / "device").exists()]
+    nics = [p for p in Path("/sys/class/net").glob("*") if (p / "device").exists()]
     if nics:
         found["host_network_card_count"] = len(nics)
+        ether = [p.name for p in nics if (p / "type").read_text().strip() == "1"]
+        if ether:
+            found["host_networking"] = f"Ethernet ({', '.join(sorted(ether))})"
+    dimms = _dimms()
+    if dimms:
+        found["host_memory_configuration"] = dimms
     os_release = Path("/etc/os-release")
     pretty = ""
     if os_release.is_file():
@@ -99,6 +105,17 @@ def detect_host() -> dict[str, Any]:
         pretty = m.group(1) if m else ""
     found["operating_system"] = f"{pretty or platform.system()} (kernel {platform.release()})"
     return found
+
+
+def _dimms() -> str:
+    """ "<count>x <size>" from dmidecode (needs root; empty otherwise)."""
+    sizes = re.findall(r"^\s*Size:\s*(\d+\s*[GM]B)", _run(["dmidecode", "-t", "17"]), re.M)
+    if not sizes:
+        return ""
+    counts: dict[str, int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    return ", ".join(f"{n}x {size}" for size, n in counts.items())
 
 
 def _storage_type() -> str:
@@ -184,6 +201,8 @@ def build_system_json(system_yaml: dict[str, Any], division: str, submitter: str
         desc["accelerators_per_node"] = "0"
         for key in ACCELERATOR_FIELDS:
             desc[key] = NO_ACCELERATOR
+    if desc.get("number_of_nodes") == 1:
+        desc.setdefault("host_networking_topology", "N/A (single node)")
     extra = system_yaml.get("submission") or {}
     if not isinstance(extra, dict):
         extra = {}

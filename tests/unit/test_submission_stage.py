@@ -153,3 +153,18 @@ def test_llama2_99_warns_for_v61(capsys) -> None:
     assert "llama2-70b-99 is not a benchmark of round v6.1" in capsys.readouterr().out
     assert check_main(["--input", str(root / "results")]) == 1
     assert "not a closed benchmark of v6.1" in capsys.readouterr().out
+
+
+def test_nested_system_yaml_like_the_project_files(default_root: Path) -> None:
+    (default_root / "systems/cpu-default.yaml").write_text(
+        "system:\n  name: cpu-default\n  description: Generic host, CPU only\n"
+        "  accelerator: cpu\n  num_accelerators: 0\n  submission:\n    status: rdi\n"
+        "    cooling: air\n    host_memory_configuration: 2x 12 GB\n"
+        "    host_networking: Ethernet\n    host_storage_type: SSD\n"
+        "    host_network_card_count: 1\n"
+        "benchmarks: {}\n"
+    )
+    assert _stage(default_root, "--submitter", "Acme") == 0
+    desc = json.loads((default_root / "results/open/Acme/systems/cpu-default.json").read_text())
+    assert desc["status"] == "rdi" and desc["system_name"] == "Generic host, CPU only"
+    assert desc["accelerator_model_name"] == "N/A"
