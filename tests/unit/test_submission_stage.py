@@ -122,7 +122,7 @@ def test_missing_system_fields_fail_with_list(default_root: Path, capsys) -> Non
     support.write_system_yaml(default_root / "systems", extra={})
     assert _stage(default_root) == 2
     err = capsys.readouterr().err
-    assert "cooling" in err and "host_networking" in err and "submission:" in err
+    assert "cooling" in err and "lacks" in err and "submission:" in err
     assert not (default_root / "results").exists()
 
 
