@@ -54,7 +54,9 @@ class _JsonArrayStream:
         try:
             chunk = self._file.read(_READ_BYTES)
         except UnicodeDecodeError as exc:
-            raise self._fail(f"not UTF-8 text ({exc.reason}); is it really the accuracy log?")
+            raise self._fail(
+                f"not UTF-8 text ({exc.reason}); is it really the accuracy log?"
+            ) from None
         if not chunk:
             self._eof = True
             return False
@@ -119,8 +121,7 @@ class _JsonArrayStream:
                 )
         if self._next_char() != "":
             raise self._fail(
-                f"not valid JSON: extra data after the list at character "
-                f"{self._offset + self._pos}"
+                f"not valid JSON: extra data after the list at character {self._offset + self._pos}"
             )
 
 

@@ -39,8 +39,16 @@ def load_references(dataset_path: str | os.PathLike[str]) -> list[str]:
     pkl = resolve_dataset_pickle(dataset_path)
     try:
         frame = pd.read_pickle(pkl)
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
-            AttributeError, ImportError, IndexError) as exc:
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+    ) as exc:
         raise AccuracyInputError(f"{pkl}: cannot read the dataset pickle ({exc})") from None
     if not isinstance(frame, pd.DataFrame):
         raise AccuracyInputError(
@@ -88,7 +96,8 @@ def load_tokenizer(tokenizer_path: str | os.PathLike[str]):  # -> PreTrainedToke
     if getattr(tokenizer, "is_fast", False):
         logger.warning(
             "%s: checkpoint has no slow tokenizer; detokenizing with the fast one (%s)",
-            path, type(tokenizer).__name__,
+            path,
+            type(tokenizer).__name__,
         )
     else:
         logger.info("%s: slow tokenizer %s, as the reference", path, type(tokenizer).__name__)

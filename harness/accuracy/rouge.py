@@ -37,7 +37,9 @@ class CachedStemmer:
 
 
 def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(zip(*(tokens[k:] for k in range(n)))) if n > 1 else Counter(tokens)
+    if n == 1:
+        return Counter(tokens)
+    return Counter(zip(*(tokens[k:] for k in range(n)), strict=False))
 
 
 def _ngram_fmeasure(target: Sequence[str], prediction: Sequence[str], n: int) -> float:
@@ -123,9 +125,7 @@ def _lcs_fmeasure(target: Sequence[str], prediction: Sequence[str]) -> float:
     return scoring.fmeasure(lcs / len(prediction), lcs / len(target))
 
 
-def _summary_lcs_fmeasure(
-    ref_sents: list[list[str]], can_sents: list[list[str]]
-) -> float:
+def _summary_lcs_fmeasure(ref_sents: list[list[str]], can_sents: list[list[str]]) -> float:
     """rouge_scorer._summary_level_lcs(ref_sents, can_sents).fmeasure (union LCS, 1.5.5 style)."""
     if not ref_sents or not can_sents:
         return 0.0
