@@ -1,0 +1,156 @@
+"""The `torch` backend: the native engine (harness.engine) behind the Backend protocol.
+
+submit() only enqueues; one worker thread drains new requests into the engine, runs
+engine.step() and forwards first-token and finished events to the sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.backends.base import BackendError, GenerationRequest, OutputSink
+from harness.config.schema import HarnessConfig
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.05
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, engine) -> None:  # noqa: ANN001 (harness.engine.llm_engine.LLMEngine)
+        self.engine = engine
+        self.sink: OutputSink | None = None
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._error: BaseException | None = None
+        self.num_submitted = 0
+        self.num_finished = 0
+
+    @classmethod
+    def from_config(cls, cfg: HarnessConfig, engine_dir: Path | None = None) -> TorchBackend:
+        """Load the engine built by `make generate_engines --backend=torch` (preflight checks
+        the manifest against cfg before any model memory is touched)."""
+        from harness.engine.builder import EngineManifestError, check_engine, default_engine_dir
+        from harness.engine.llm_engine import EngineArgs, LLMEngine
+        from harness.engine.scheduler import RequestTooLongError
+
+        e = cfg.engine
+        engine_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(cfg)
+        try:
+            check_engine(cfg, engine_dir)
+        except EngineManifestError as err:
+            raise BackendError(str(err)) from err
+        if e.kv_cache_dtype != "auto":
+            raise BackendError(
+                f"kv_cache_dtype={e.kv_cache_dtype!r}: the torch backend's CPU path keeps the KV "
+                "cache in the model dtype; use kv_cache_dtype=auto (FP8 KV: issue 6, GPU path)"
+            )
+        args = EngineArgs(
+            model_path=str(engine_dir),
+            weights="dummy" if e.dummy_weights else "engine",
+            model_opt=e.model_opt,
+            dtype=e.dtype,
+            device=e.device,
+            block_size=e.block_size,
+            num_kv_blocks=e.num_kv_blocks,
+            gpu_memory_utilization=e.gpu_memory_utilization,
+            max_num_seqs=e.max_num_seqs,
+            max_num_batched_tokens=e.max_num_batched_tokens,
+            admission=e.admission,
+            num_threads=e.num_threads,
+        )
+        try:
+            engine = LLMEngine.from_args(args)
+        except (RequestTooLongError, RuntimeError, ValueError, NotImplementedError) as err:
+            raise BackendError(f"torch backend cannot start from {engine_dir}: {err}") from err
+        logger.info("torch backend: engine %s (%s, %s)", engine_dir, e.model_opt, e.dtype)
+        return cls(engine)
+
+    # --- Backend protocol --------------------------------------------------------------
+
+    def start(self, sink: OutputSink) -> None:
+        self.sink = sink
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="torch-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        self._raise_if_failed()
+        for r in requests:
+            self._queue.put(r)
+        self.num_submitted += len(requests)
+
+    def flush(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        """Finish everything submitted, then end the worker thread."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise_if_failed()
+
+    # --- worker ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self._drain(block=not self.engine.has_unfinished())
+                if self.engine.has_unfinished():
+                    self._forward(self.engine.step())
+                elif self._stopping.is_set() and self._queue.empty():
+                    return
+        except BaseException as err:  # surfaced by submit()/stop(); the thread must not vanish
+            self._error = err
+            logger.exception("torch backend worker failed")
+
+    def _drain(self, block: bool) -> None:
+        """Move submitted requests into the engine; wait briefly for work when idle."""
+        try:
+            item = self._queue.get(timeout=_IDLE_WAIT_S) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._add(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, r: GenerationRequest) -> None:
+        from harness.engine.request import SamplingParams
+
+        if r.fixed_output_len > 0:  # dummy-weight speed runs: exactly this many tokens
+            n = r.fixed_output_len
+            sp = SamplingParams(max_new_tokens=n, min_new_tokens=n, ignore_eos=True,
+                                eos_token_ids=self._eos_ids(r))  # fmt: skip
+        else:
+            sp = SamplingParams(
+                max_new_tokens=r.max_new_tokens,
+                min_new_tokens=min(r.min_new_tokens, r.max_new_tokens),
+                eos_token_ids=self._eos_ids(r),
+            )
+        self.engine.add_request(r.request_id, r.prompt_token_ids, sp)
+
+    def _eos_ids(self, r: GenerationRequest) -> tuple[int, ...]:
+        return (r.eos_token_id,) if r.eos_token_id is not None else self.engine.eos_token_ids
+
+    def _forward(self, events) -> None:  # noqa: ANN001 (list[RequestOutput])
+        for ev in events:
+            if ev.is_first_token:
+                self.sink.on_first_token(ev.request_id, ev.new_token_ids[0])
+            if ev.is_finished:
+                self.num_finished += 1
+                self.sink.on_finished(ev.request_id, list(ev.output_token_ids))
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise BackendError(f"torch backend worker failed: {self._error!r}") from self._error

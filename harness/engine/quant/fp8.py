@@ -1,0 +1,66 @@
+"""FP8 (e4m3) weight linear method with per-channel scales, optionally 2:4 sparse.
+
+This is the plain-torch reference: weights dequantized to the activation dtype, then F.linear.
+The GPU path (issue 6) swaps in FP8 GEMMs with dynamic per-token activation scales.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0
+
+
+def prune_2_of_4(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest-magnitude weights of every 4 consecutive inputs: [out, in] -> same."""
+    out_f, in_f = weight.shape
+    if in_f % 4:
+        raise ValueError(f"2:4 sparsity needs in_features divisible by 4, got {in_f}")
+    groups = weight.reshape(out_f, in_f // 4, 4)
+    keep = groups.abs().topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return (groups * mask).reshape(out_f, in_f)
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> ([out, in] e4m3, [out] fp32 scales) with weight ~= q * scale."""
+    w32 = weight.float()
+    scale = w32.abs().amax(dim=1).clamp(min=1e-12) / FP8_MAX
+    q = (w32 / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
+class FP8LinearMethod:
+    def __init__(self, sparse24: bool = False) -> None:
+        self.sparse24 = sparse24
+
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
+    ) -> None:
+        weight = torch.empty(out_features, in_features, dtype=FP8_DTYPE)  # [out, in] e4m3
+        scale = torch.empty(out_features, dtype=torch.float32)  # [out]
+        layer.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
+        layer.register_parameter("weight_scale", nn.Parameter(scale, requires_grad=False))
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        w = layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
+        return F.linear(x, w)  # [N, in] -> [N, out]
+
+    def load_dense(self, layer: nn.Module, weight: torch.Tensor, rows: slice) -> None:
+        if self.sparse24:
+            weight = prune_2_of_4(weight)
+        q, scale = quantize_per_channel(weight)
+        layer.weight.data[rows].copy_(q)
+        layer.weight_scale.data[rows].copy_(scale)
+
+
+class FP8Config:
+    def __init__(self, sparse24: bool = False) -> None:
+        self.sparse24 = sparse24
+        self.name = "Sparse" if sparse24 else "FP8"
+
+    def linear_method(self, prefix: str) -> FP8LinearMethod:
+        return FP8LinearMethod(self.sparse24)

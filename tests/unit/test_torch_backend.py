@@ -1,0 +1,147 @@
+"""TorchBackend + engine builder: build an engine dir, load it, stream events, refuse mismatches."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from transformers import LlamaConfig as HFLlamaConfig
+from transformers import LlamaForCausalLM as HFLlamaForCausalLM
+
+from harness.backends.base import BackendError, GenerationRequest
+from harness.backends.torch_backend import TorchBackend
+from harness.config.schema import HarnessConfig
+from harness.engine.builder import EngineExistsError, build_engine
+
+VOCAB = 128
+EOS = 2
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.first: dict[int, int] = {}
+        self.finished: dict[int, list[int]] = {}
+        self.lock = threading.Lock()
+
+    def on_first_token(self, request_id: int, token_id: int) -> None:
+        with self.lock:
+            assert request_id not in self.first
+            self.first[request_id] = token_id
+
+    def on_finished(self, request_id: int, token_ids: list[int]) -> None:
+        with self.lock:
+            self.finished[request_id] = token_ids
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = HFLlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=EOS, initializer_range=0.2,
+    )  # fmt: skip
+    model = HFLlamaForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(path)
+    return path, model
+
+
+def make_cfg(model_path, engine_dir, **engine) -> HarnessConfig:
+    cfg = HarnessConfig()
+    cfg.benchmark.name = "tiny"
+    cfg.benchmark.model_path = str(model_path)
+    cfg.system.name = "test"
+    cfg.engine.backend = "torch"
+    cfg.engine.engine_dir = str(engine_dir)
+    cfg.engine.num_kv_blocks = 64
+    cfg.engine.block_size = 4
+    cfg.engine.max_num_batched_tokens = 16
+    for k, v in engine.items():
+        setattr(cfg.engine, k, v)
+    return cfg
+
+
+def requests(n: int, **kw) -> list[GenerationRequest]:
+    g = torch.Generator().manual_seed(7)
+    return [
+        GenerationRequest(
+            request_id=100 + i,
+            prompt_token_ids=torch.randint(3, VOCAB, (3 + 2 * i,), generator=g).tolist(),
+            **{"max_new_tokens": 10, "eos_token_id": EOS, **kw},
+        )
+        for i in range(n)
+    ]
+
+
+def run_backend(backend: TorchBackend, reqs: list[GenerationRequest]) -> RecordingSink:
+    sink = RecordingSink()
+    backend.start(sink)
+    backend.submit(reqs[: len(reqs) // 2])
+    backend.submit(reqs[len(reqs) // 2 :])
+    backend.stop()
+    return sink
+
+
+def test_dense_engine_streams_hf_greedy_outputs(hf_dir, tmp_path):
+    path, hf = hf_dir
+    cfg = make_cfg(path, tmp_path / "engine")
+    build_engine(cfg, tmp_path / "engine")
+    manifest = json.loads((tmp_path / "engine" / "engine.json").read_text())
+    assert manifest["model_opt"] == "Dense" and manifest["dtype"] == "float32"
+    assert manifest["checksum"]["sha256"] and manifest["model_config"]["vocab_size"] == VOCAB
+    reqs = requests(6)
+    sink = run_backend(TorchBackend.from_config(cfg), reqs)
+    for r in reqs:
+        want = hf.generate(
+            torch.tensor([r.prompt_token_ids]), max_new_tokens=10, do_sample=False,
+            eos_token_id=EOS, pad_token_id=0,
+        )[0, len(r.prompt_token_ids) :].tolist()  # fmt: skip
+        assert sink.finished[r.request_id] == want
+        assert sink.first[r.request_id] == want[0]
+
+
+def test_build_refuses_to_overwrite_unless_forced(hf_dir, tmp_path):
+    cfg = make_cfg(hf_dir[0], tmp_path / "e")
+    build_engine(cfg, tmp_path / "e")
+    with pytest.raises(EngineExistsError, match="force"):
+        build_engine(cfg, tmp_path / "e")
+    build_engine(cfg, tmp_path / "e", force=True)
+
+
+def test_manifest_mismatch_names_file_key_values_and_command(hf_dir, tmp_path):
+    build_engine(make_cfg(hf_dir[0], tmp_path / "e"), tmp_path / "e")
+    cfg = make_cfg(hf_dir[0], tmp_path / "e", model_opt="FP8")
+    with pytest.raises(BackendError) as err:
+        TorchBackend.from_config(cfg)
+    msg = str(err.value)
+    assert "engine.json" in msg and "model_opt" in msg and "'Dense'" in msg and "'FP8'" in msg
+    assert "make generate_engines" in msg and "--model_opt=FP8" in msg
+
+
+def test_missing_engine_says_how_to_build(hf_dir, tmp_path):
+    with pytest.raises(BackendError, match="make generate_engines"):
+        TorchBackend.from_config(make_cfg(hf_dir[0], tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("model_opt", ["FP8", "Sparse"])
+def test_fp8_engines_build_and_run_on_cpu(hf_dir, tmp_path, model_opt):
+    cfg = make_cfg(hf_dir[0], tmp_path / "e", model_opt=model_opt)
+    build_engine(cfg, tmp_path / "e")
+    manifest = json.loads((tmp_path / "e" / "engine.json").read_text())
+    assert manifest["quantization"]["weights"].startswith("float8_e4m3fn")
+    reqs = requests(3)
+    sink = run_backend(TorchBackend.from_config(cfg), reqs)
+    assert sorted(sink.finished) == [r.request_id for r in reqs]
+
+
+def test_dummy_weights_fixed_output_len_ignores_eos(hf_dir, tmp_path):
+    cfg = make_cfg(hf_dir[0], tmp_path / "e", dummy_weights=True)
+    build_engine(cfg, tmp_path / "e")
+    assert not list((tmp_path / "e").glob("*.safetensors"))
+    reqs = requests(4, fixed_output_len=7)
+    sink = run_backend(TorchBackend.from_config(cfg), reqs)
+    assert all(len(v) == 7 and EOS not in v for v in sink.finished.values())
+    assert len(sink.first) == 4
