@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -28,16 +29,31 @@ if str(REPO_ROOT) not in sys.path:  # runnable without installing the package
 logger = logging.getLogger("bench_accuracy")
 
 ABBREVIATIONS = ["Dr.", "Mr.", "e.g.", "i.e.", "U.S.", "etc.", "vs.", "No."]
+FUNCTION_WORDS = (
+    "the of and to a in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when if "
+    "will what so can more no out up into than them only other its time some could these two"
+).split()
 
 
-def _words() -> list[str]:
-    from punkt.data import english  # real English word types, offline
+class _Words:
+    """English word types (punkt's training vocabulary) drawn Zipf-like, function words first,
+    so that sentences share common words as real answers do (the LCS-heavy case)."""
 
-    return sorted(w for w in english.ORTHO_CONTEXT if re.fullmatch(r"[a-z]{1,12}", w))
+    def __init__(self) -> None:
+        from punkt.data import english  # real English word types, offline
+
+        rest = sorted(w for w in english.ORTHO_CONTEXT if re.fullmatch(r"[a-z]{1,12}", w))
+        self.words = FUNCTION_WORDS + [w for w in rest if w not in set(FUNCTION_WORDS)]
+        weights = [1.0 / (rank + 2) for rank in range(len(self.words))]
+        self.cum = list(itertools.accumulate(weights))
+
+    def draw(self, rng: random.Random, k: int) -> list[str]:
+        return rng.choices(self.words, cum_weights=self.cum, k=k)
 
 
-def _sentence(rng: random.Random, words: list[str]) -> list[str]:
-    sent = [rng.choice(words) for _ in range(rng.randint(5, 24))]
+def _sentence(rng: random.Random, words: _Words) -> list[str]:
+    sent = words.draw(rng, rng.randint(5, 24))
     if rng.random() < 0.15:
         sent.insert(rng.randrange(len(sent)), rng.choice(ABBREVIATIONS))
     if rng.random() < 0.15:
@@ -49,19 +65,21 @@ def _sentence(rng: random.Random, words: list[str]) -> list[str]:
     return sent
 
 
-def _paragraph(rng: random.Random, words: list[str], num_words: int) -> list[list[str]]:
+def _paragraph(rng: random.Random, words: _Words, num_words: int) -> list[list[str]]:
     sents = []
     while sum(map(len, sents)) < num_words:
         sents.append(_sentence(rng, words))
     return sents
 
 
-def _perturb(rng: random.Random, words: list[str], sents: list[list[str]]) -> str:
+def _perturb(rng: random.Random, words: _Words, sents: list[list[str]]) -> str:
     out = []
     for sent in sents:
         if rng.random() < 0.1:
             continue
-        out.append(" ".join(w if rng.random() < 0.65 else rng.choice(words) for w in sent))
+        new = words.draw(rng, len(sent))
+        kept = (w if rng.random() < 0.65 else n for w, n in zip(sent, new, strict=True))
+        out.append(" ".join(kept))
     if rng.random() < 0.5:
         out.append(" ".join(_sentence(rng, words)))
     return " ".join(out)
@@ -73,7 +91,7 @@ def generate(out: Path, num_samples: int, seed: int, duplicate_fraction: float) 
     from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(seed)
-    words = _words()
+    words = _Words()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     refs, preds = [], []

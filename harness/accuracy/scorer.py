@@ -117,35 +117,55 @@ def _default_num_workers() -> int:
     )
 
 
-def _score_chunks(
-    chunks: Iterable[tuple[list[str], list[str]]],
-    *,
-    num_workers: int,
-    nltk_data_dir: Path,
-    rouge_impl: str,
-) -> SampleScores:
-    """Scores (predictions, references) chunks in order; at most 2 chunks per worker in flight."""
-    scores = SampleScores()
-    if num_workers <= 1:
-        scorer = make_scorer(rouge_impl)
-        for predictions, references in chunks:
-            scores.extend(score_pairs(scorer, predictions, references))
-        return scores
-    context = multiprocessing.get_context("spawn")  # safe inside a process with threads/torch
-    with ProcessPoolExecutor(
-        max_workers=num_workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(str(nltk_data_dir), rouge_impl),
-    ) as pool:
+def _warm_up() -> None:
+    """No-op task: makes the pool spawn (and initialize) its workers right away."""
+
+
+class _ChunkScorer:
+    """Scores (predictions, references) chunks in order, in this process for one worker, else in
+    a spawned process pool (safe inside a process with threads or torch) that starts on entry,
+    so workers import while the caller loads the dataset and tokenizer. At most 2 chunks per
+    worker are in flight, so memory does not grow with the log."""
+
+    def __init__(self, num_workers: int, nltk_data_dir: Path, rouge_impl: str) -> None:
+        self._num_workers = num_workers
+        self._nltk_data_dir = nltk_data_dir
+        self._rouge_impl = rouge_impl
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _ChunkScorer:
+        make_scorer(self._rouge_impl)  # validates rouge_impl before any process starts
+        if self._num_workers > 1:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._num_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(str(self._nltk_data_dir), self._rouge_impl),
+            )
+            for _ in range(self._num_workers):
+                self._pool.submit(_warm_up)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def score(self, chunks: Iterable[tuple[list[str], list[str]]]) -> SampleScores:
+        scores = SampleScores()
+        if self._pool is None:
+            scorer = make_scorer(self._rouge_impl)
+            for predictions, references in chunks:
+                scores.extend(score_pairs(scorer, predictions, references))
+            return scores
         in_flight: deque[Future] = deque()
         for predictions, references in chunks:
-            if len(in_flight) >= 2 * num_workers:
+            if len(in_flight) >= 2 * self._num_workers:
                 scores.extend(in_flight.popleft().result())
-            in_flight.append(pool.submit(_score_chunk, predictions, references))
+            in_flight.append(self._pool.submit(_score_chunk, predictions, references))
         while in_flight:
             scores.extend(in_flight.popleft().result())
-    return scores
+        return scores
 
 
 def aggregate(scores: SampleScores, gen_tok_len: int) -> AccuracyResult:
@@ -182,7 +202,8 @@ def score_texts(
         for i in range(0, len(predictions), chunk_size)
     )
     workers = num_workers if num_workers is not None else _default_num_workers()
-    return _score_chunks(chunks, num_workers=workers, nltk_data_dir=data_dir, rouge_impl=rouge_impl)
+    with _ChunkScorer(workers, data_dir, rouge_impl) as chunk_scorer:
+        return chunk_scorer.score(chunks)
 
 
 def _batched(samples: Iterator[LogSample], size: int) -> Iterator[list[LogSample]]:
@@ -248,16 +269,12 @@ def score_log(
     if not log_path.is_file():
         raise AccuracyInputError(f"{log_path}: accuracy log not found")
     references = load_references(dataset_path)
-    tokenizer = load_tokenizer(tokenizer_path)
-    detokenize = _Detokenizer(tokenizer, references, log_path)
-    samples = iter_log_samples(log_path, len(references), dtype)
     workers = num_workers if num_workers is not None else _default_num_workers()
-    scores = _score_chunks(
-        detokenize(_batched(samples, chunk_size)),
-        num_workers=workers,
-        nltk_data_dir=data_dir,
-        rouge_impl=rouge_impl,
-    )
+    with _ChunkScorer(workers, data_dir, rouge_impl) as chunk_scorer:
+        tokenizer = load_tokenizer(tokenizer_path)
+        detokenize = _Detokenizer(tokenizer, references, log_path)
+        samples = iter_log_samples(log_path, len(references), dtype)
+        scores = chunk_scorer.score(detokenize(_batched(samples, chunk_size)))
     result = aggregate(scores, detokenize.gen_tok_len)
     logger.info(
         "scored %d samples of %s in %.1f s with %d worker(s)",
