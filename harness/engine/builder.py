@@ -93,8 +93,10 @@ def build_engine(cfg: HarnessConfig, engine_dir: Path, force: bool = False) -> P
     if not e.dummy_weights:  # dummy engines are re-randomized at load: no weight files
         device = torch.device("cpu")
         quant = quant_config_for(e.model_opt, device)
-        model = build_model(config, quant, DTYPES[e.dtype], device, "hf", model_path)
-        files = _save_sharded(model.state_dict(), engine_dir)
+        model = build_model(
+            config, quant, DTYPES[e.dtype], device, "hf", model_path, for_inference=False
+        )
+        files = _save_sharded(model.checkpoint_state_dict(), engine_dir)
         del model
     tokenizer_files = [n for n in TOKENIZER_FILES if (model_path / n).exists()]
     for name in tokenizer_files:

@@ -56,9 +56,10 @@ def load_hf_weights(model: LlamaForCausalLM, folder: Path) -> None:
     pending_shards = {
         (name, i) for name, m in modules.items() if isinstance(m, Linear)
         for i in range(len(m.output_sizes))
+        if not (name == "lm_head" and _is_tied(model))
     }  # fmt: skip
     for name, tensor in iter_tensors(folder):
-        if name.endswith(_SKIPPED_SUFFIXES) or (name == "lm_head.weight" and model.lm_head is None):
+        if name.endswith(_SKIPPED_SUFFIXES) or (name == "lm_head.weight" and _is_tied(model)):
             continue
         module_path, _, param = name.rpartition(".")
         parent, _, leaf = module_path.rpartition(".")
@@ -83,7 +84,7 @@ def load_hf_weights(model: LlamaForCausalLM, folder: Path) -> None:
 def load_engine_weights(model: LlamaForCausalLM, folder: Path) -> None:
     """Engine dirs store our own parameter names and formats: a strict one-to-one copy."""
     params = dict(model.named_parameters())
-    pending = set(params)
+    pending = set(model.checkpoint_state_dict())
     for name, tensor in iter_tensors(folder):
         if name not in params:
             raise CheckpointError(f"{folder}: unexpected tensor {name!r}; rebuild the engine")
@@ -113,6 +114,10 @@ def init_dummy_weights(model: LlamaForCausalLM, seed: int = 0, std: float = 0.02
             p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, std, generator=gen))
 
 
+def _is_tied(model: LlamaForCausalLM) -> bool:
+    return model.config.tie_word_embeddings
+
+
 def _is_linear_param(modules: dict[str, torch.nn.Module], name: str) -> bool:
     return isinstance(modules.get(name.rpartition(".")[0]), Linear)
 
@@ -134,10 +139,12 @@ def build_model(
     weights: str,
     path: Path | None = None,
     seed: int = 0,
+    for_inference: bool = True,
 ) -> LlamaForCausalLM:
     """Build on the meta device (no memory), materialize once on `device`, then fill.
 
     weights: "hf" (HF safetensors folder), "engine" (engine dir) or "dummy" (random).
+    for_inference=False keeps the checkpoint layout (engine build saves that).
     """
     with torch.device("meta"):
         model = LlamaForCausalLM(config, quant, dtype)
@@ -151,6 +158,10 @@ def build_model(
         load_engine_weights(model, Path(path))
     else:
         raise ValueError(f"weights={weights!r}: use hf, engine or dummy")
+    if _is_tied(model):
+        model.tie_weights()
+    if for_inference:
+        model.process_weights_after_loading()
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "model: %.1fM parameters, %s weights, %s on %s", num_params / 1e6, weights, dtype, device

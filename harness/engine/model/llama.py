@@ -279,11 +279,11 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, quant, dtype)
-        # The output head stays dense: it is small next to the layers and sets accuracy.
-        self.lm_head = None
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
-            self.lm_head.weight.requires_grad_(False)
+        # Tied checkpoints keep one matrix on file; the head gets its own copy at load time
+        # (tie_weights) so that its quant method may lay it out for the matmul.
+        self.lm_head = Linear(
+            config.hidden_size, [config.vocab_size], quant.linear_method("lm_head"), dtype
+        )
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
@@ -292,8 +292,24 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [S, hidden_size] (sampled rows only) -> [S, vocab] fp32."""
-        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, head).float()
+        return self.lm_head(hidden).float()
+
+    def tie_weights(self) -> None:
+        """Copy the input embedding into the head (tied checkpoints store it once)."""
+        embed = self.model.embed_tokens.weight
+        self.lm_head.method.load_dense(self.lm_head, embed, slice(0, embed.shape[0]))
+
+    def process_weights_after_loading(self) -> None:
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.method.process_weights_after_loading(module)
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """What an engine dir stores: the tied head is left out (rebuilt by tie_weights)."""
+        state = self.state_dict()
+        if self.config.tie_word_embeddings:
+            state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+        return state
 
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         self.model.rotary.init_table(device, dtype)

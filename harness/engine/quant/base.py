@@ -31,12 +31,17 @@ class LinearMethod(Protocol):
         quantizing as the method needs (engine build, HF load, dummy weights)."""
         ...
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Convert stored weights to the runtime layout (after every load, before serving)."""
+        ...
+
 
 class QuantConfig(Protocol):
     name: str  # the model_opt this config implements: Dense | FP8 | Sparse
 
     def linear_method(self, prefix: str) -> LinearMethod:
-        """The method for the linear at `prefix` (e.g. model.layers.3.self_attn.qkv_proj)."""
+        """The method for the linear at `prefix` (e.g. model.layers.3.self_attn.qkv_proj;
+        "lm_head" for the output head, which every config keeps dense)."""
         ...
 
 
@@ -49,9 +54,9 @@ def quant_config_for(model_opt: str, device: torch.device) -> QuantConfig:
     if model_opt == "Dense":
         from harness.engine.quant.dense import DenseConfig
 
-        return DenseConfig()
+        return DenseConfig(device)
     if model_opt in ("FP8", "Sparse"):
         from harness.engine.quant.fp8 import FP8Config
 
-        return FP8Config(sparse24=model_opt == "Sparse")
+        return FP8Config(device, sparse24=model_opt == "Sparse")
     raise UnsupportedQuantError(f"model_opt={model_opt!r}: use one of Dense, FP8, Sparse")

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.engine.quant.dense import DenseConfig, DenseLinearMethod
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0
 
@@ -56,11 +58,17 @@ class FP8LinearMethod:
         layer.weight.data[rows].copy_(q)
         layer.weight_scale.data[rows].copy_(scale)
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        pass
+
 
 class FP8Config:
-    def __init__(self, sparse24: bool = False) -> None:
+    def __init__(self, device: torch.device, sparse24: bool = False) -> None:
+        self.dense = DenseConfig(device)
         self.sparse24 = sparse24
         self.name = "Sparse" if sparse24 else "FP8"
 
-    def linear_method(self, prefix: str) -> FP8LinearMethod:
+    def linear_method(self, prefix: str) -> FP8LinearMethod | DenseLinearMethod:
+        if prefix == "lm_head":  # the output head stays dense (accuracy)
+            return self.dense.linear_method(prefix)
         return FP8LinearMethod(self.sparse24)
