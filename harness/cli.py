@@ -71,9 +71,9 @@ def resolve_configs(args: RunArgs) -> list[HarnessConfig]:
 
 
 def engine_dir(cfg: HarnessConfig) -> Path:
-    if cfg.engine.engine_dir:
-        return Path(cfg.engine.engine_dir)
-    return Path("build/engines") / cfg.system.name / cfg.benchmark.name / cfg.engine.model_opt
+    from harness.engine.builder import default_engine_dir
+
+    return default_engine_dir(cfg)
 
 
 # ---------------------------------------------------------------- preprocess_data
@@ -108,9 +108,17 @@ def generate_engine(cfg: HarnessConfig, force: bool) -> None:
         return
     if backend == "trtllm":
         raise UserError("--backend=trtllm: the TensorRT-LLM engine build is not implemented yet")
-    from harness.engine.builder import build_engine
+    from harness.engine.builder import EngineManifestError, build_engine, check_engine
 
-    path = build_engine(cfg, engine_dir(cfg), force=force)
+    path = engine_dir(cfg)
+    try:
+        if (path / "engine.json").is_file() and not force:
+            check_engine(cfg, path)  # a mismatching engine is refused with the rebuild command
+            print(f"{cfg.benchmark.name}: engine at {path} kept (--force rebuilds it)")
+            return
+        build_engine(cfg, path, force=force)
+    except EngineManifestError as e:
+        raise UserError(str(e)) from e
     print(f"{cfg.benchmark.name} {cfg.engine.model_opt}: engine at {path}")
 
 
@@ -260,14 +268,14 @@ def _run_args_action(action: str, argv: list[str]) -> int:
         for cfg in resolve_configs(args):
             preprocess_data(cfg, args.force)
         return 0
-    if action == "run_audit_harness":
+    if action == "run_audit_harness" or args.audit_test == "TEST06":
         from harness.submission.test06 import write_audit_config
 
         audit = Path("build/audit/TEST06/audit.config")
         audit.parent.mkdir(parents=True, exist_ok=True)
         write_audit_config(audit)
         args.overrides["run.audit_config"] = str(audit)
-        args.overrides.setdefault("run.test_mode", "PerformanceOnly")
+        args.overrides["run.test_mode"] = "PerformanceOnly"  # TEST06 is a performance run
     configs = resolve_configs(args)
     if action == "generate_engines":
         for cfg in configs:
