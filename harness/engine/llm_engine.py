@@ -66,6 +66,7 @@ class LLMEngine:
         self.scheduler = scheduler
         self.model_runner = model_runner
         self.num_steps = 0
+        self._next_generate_id = 1 << 48  # generate() ids: far from any caller's ids
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> LLMEngine:
@@ -115,7 +116,8 @@ class LLMEngine:
     ) -> list[list[int]]:
         """Run prompts to completion (tests, tools); returns output ids in prompt order."""
         params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
-        base = self.scheduler._num_arrivals
+        base = self._next_generate_id
+        self._next_generate_id += len(prompts)
         for i, (prompt, sp) in enumerate(zip(prompts, params, strict=True)):
             self.add_request(base + i, prompt, sp)
         outputs: dict[int, list[int]] = {}
