@@ -96,7 +96,7 @@ def generate(out: Path, num_samples: int, seed: int, duplicate_fraction: float) 
     t0 = time.perf_counter()
     refs, preds = [], []
     for _ in range(num_samples):
-        sents = _paragraph(rng, words, rng.randint(130, 290))
+        sents = _paragraph(rng, words, rng.randint(160, 355))
         refs.append(" ".join(" ".join(s) for s in sents))
         preds.append(_perturb(rng, words, sents))
     pd.DataFrame({"output": refs, "origin": "synthetic"}).to_pickle(out / "dataset.pkl")

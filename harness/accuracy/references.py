@@ -59,7 +59,13 @@ def load_references(dataset_path: str | os.PathLike[str]) -> list[str]:
             f"{pkl}: dataset has no 'output' column (reference answers); columns are "
             f"{list(frame.columns)[:10]}; fix: pass the OpenOrca-format pickle"
         )
-    # Positional: the MLCommons pickle has a 0..N-1 index, so label == position there.
+    # The reference looks rows up by label; the MLCommons pickle's index is 0..N-1, so label ==
+    # position there. Another index would make the two differ: say so rather than guess.
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        raise AccuracyInputError(
+            f"{pkl}: dataset index is not 0..{len(frame) - 1}, so qsl_idx is ambiguous; "
+            "fix: save it with .reset_index(drop=True) as processorca.py does"
+        )
     references = frame["output"].tolist()
     del frame
     for row, text in enumerate(references):

@@ -97,29 +97,52 @@ def lcs_length(ref: Sequence[str], can: Sequence[str]) -> int:
 
 
 def lcs_ref_indices(
-    ref: Sequence[str], can: Sequence[str], masks: dict[str, int], full: int
+    ref: Sequence[str],
+    can: Sequence[str],
+    can_masks: dict[str, int],
+    full: int,
+    ref_masks: dict[str, int],
 ) -> list[int]:
     """The `ref` positions of the one LCS that rouge_score's `_backtrack_norec` reads out.
 
-    _backtrack_norec, from (len(ref), len(can)): on a match go diagonal; else go left iff
-    table[i][j-1] > table[i-1][j], else up. Off a match table[i][j] is the max of those two,
-    so "left" is exactly "table[i-1][j] < table[i][j]": one popcount per step.
+    _backtrack_norec walks from (len(ref), len(can)): on a match it goes diagonal; else left
+    iff table[i][j-1] > table[i-1][j], else up. Off a match table[i][j] is the max of those
+    two, so it goes left exactly when table[i-1][j] < table[i][j]. The walk keeps
+    table[i][j] == `remaining`, and its runs are jumped over, not stepped:
+    - an up-run at column j ends at the nearest row above whose token is can[j-1] (a match),
+      unless table drops below `remaining` first (found by bisection: table is monotone in i);
+    - a left-run at row i only ends at the nearest column to the left whose token is ref[i-1].
+    can_masks/ref_masks: token -> bit mask of its positions (`_match_masks`).
     """
-    rows = lcs_rows(ref, masks, full)
+    rows = lcs_rows(ref, can_masks, full)
     remaining = len(can) - rows[-1].bit_count()  # table[i][j] on the read-out path
     indices: list[int] = []
     i, j = len(ref), len(can)
-    # The path keeps table[i][j] == remaining, so once it is 0 no further match is read.
-    while remaining and i and j:
-        if ref[i - 1] == can[j - 1]:
+    while remaining:  # table[i][j] > 0 implies i > 0 and j > 0
+        token = can[j - 1]
+        if ref[i - 1] == token:
             indices.append(i - 1)
             remaining -= 1
             i -= 1
             j -= 1
-        elif j - (rows[i - 1] & ((1 << j) - 1)).bit_count() < remaining:  # table[i-1][j]
-            j -= 1
-        else:
-            i -= 1
+            continue
+        low_j = (1 << j) - 1
+        # p: nearest ref position above row i holding can[j-1] (row p + 1 is a match), or -1.
+        p = (ref_masks.get(token, 0) & ((1 << (i - 1)) - 1)).bit_length() - 1
+        if p >= 0 and j - (rows[p + 1] & low_j).bit_count() == remaining:
+            i = p + 1  # the up-run reaches the match
+            continue
+        lo, hi = p + 2, i  # table[hi][j] == remaining > table[p + 1][j]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if j - (rows[mid] & low_j).bit_count() == remaining:
+                hi = mid
+            else:
+                lo = mid + 1
+        i = lo  # here table[i-1][j] < remaining: the walk turns left ...
+        q = (can_masks[ref[i - 1]] & ((1 << (j - 1)) - 1)).bit_length() - 1
+        assert q >= 0, "LCS read-out lost its path"
+        j = q + 1  # ... up to the nearest column holding ref[i-1]: a match
     return indices
 
 
@@ -149,10 +172,10 @@ def _summary_lcs_fmeasure(ref_sents: list[list[str]], can_sents: list[list[str]]
     hits = 0
     for r in ref_sents:
         union: set[int] = set()
-        r_types = set(r)
-        for c, masks, full in cans:
-            if not r_types.isdisjoint(masks):  # no shared token: empty LCS
-                union.update(lcs_ref_indices(r, c, masks, full))
+        r_masks = _match_masks(r)
+        for c, c_masks, full in cans:
+            if not r_masks.keys().isdisjoint(c_masks):  # no shared token: empty LCS
+                union.update(lcs_ref_indices(r, c, c_masks, full, r_masks))
         for index in sorted(union):
             token = r[index]
             if counts_c[token] > 0 and counts_r[token] > 0:

@@ -62,7 +62,7 @@ def test_lcs_matches_rouge_score_table_and_readout() -> None:
         can = [rng.choice("abcd") for _ in range(rng.randint(0, 14))]
         table = rouge_scorer._lcs_table(ref, can)
         assert lcs_length(ref, can) == table[-1][-1]
-        got = lcs_ref_indices(ref, can, _match_masks(can), (1 << len(can)) - 1)
+        got = lcs_ref_indices(ref, can, _match_masks(can), (1 << len(can)) - 1, _match_masks(ref))
         assert sorted(got) == rouge_scorer._backtrack_norec(table, ref, can)
 
 
