@@ -107,7 +107,11 @@ def generate_engine(cfg: HarnessConfig, force: bool) -> None:
         )
         return
     if backend == "trtllm":
-        raise UserError("--backend=trtllm: the TensorRT-LLM engine build is not implemented yet")
+        from harness.backends.trtllm_build import build_trtllm_engine
+
+        path = build_trtllm_engine(cfg, engine_dir(cfg), force=force)
+        print(f"{cfg.benchmark.name} {cfg.engine.model_opt}: trtllm engine at {path}")
+        return
     from harness.engine.builder import EngineManifestError, build_engine, check_engine
 
     path = engine_dir(cfg)
@@ -134,7 +138,9 @@ def make_backend(cfg: HarnessConfig):  # -> Backend
         from harness.backends.torch_backend import TorchBackend
 
         return TorchBackend.from_config(cfg, engine_dir(cfg))
-    raise UserError("--backend=trtllm is not available yet; use --backend=torch or --backend=hf")
+    from harness.backends.trtllm import TrtllmBackend
+
+    return TrtllmBackend.from_config(cfg, engine_dir(cfg))
 
 
 def preflight(cfg: HarnessConfig) -> None:
