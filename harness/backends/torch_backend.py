@@ -47,7 +47,7 @@ class TorchBackend:
             check_engine(cfg, engine_dir)
         except EngineManifestError as err:
             raise BackendError(str(err)) from err
-        if e.kv_cache_dtype != "auto":
+        if e.kv_cache_dtype != "auto" and e.device != "cuda":
             raise BackendError(
                 f"kv_cache_dtype={e.kv_cache_dtype!r}: the torch backend's CPU path keeps the KV "
                 "cache in the model dtype; use kv_cache_dtype=auto (FP8 KV: issue 6, GPU path)"
@@ -65,6 +65,8 @@ class TorchBackend:
             max_num_batched_tokens=e.max_num_batched_tokens,
             admission=e.admission,
             num_threads=e.num_threads,
+            kv_cache_dtype=e.kv_cache_dtype,
+            use_cuda_graph=e.use_cuda_graph,
         )
         try:
             engine = LLMEngine.from_args(args)

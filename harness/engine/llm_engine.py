@@ -45,6 +45,8 @@ class EngineArgs:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     num_threads: int = 0  # CPU intra-op threads; 0: torch's default
     seed: int = 0
+    kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
+    use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
 
 
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
@@ -79,8 +81,14 @@ class LLMEngine:
         model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
         max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
+        kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype
+        if kv_dtype != dtype and device.type != "cuda":
+            raise NotImplementedError(
+                f"kv_cache_dtype={args.kv_cache_dtype!r} needs the CUDA kernels; on {device} "
+                "use kv_cache_dtype=auto"
+            )
         kv = plan_kv_cache(
-            config, dtype, device, args.block_size, args.gpu_memory_utilization,
+            config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
             args.num_kv_blocks, max_blocks_useful,
         )  # fmt: skip
         sched_config = SchedulerConfig(
@@ -90,7 +98,9 @@ class LLMEngine:
             max_model_len=max_model_len,
         )
         scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))
-        return cls(scheduler, ModelRunner(model, kv, device))
+        graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
+        runner = ModelRunner(model, kv, device, kv_dtype, graph_batch, max_model_len)
+        return cls(scheduler, runner)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

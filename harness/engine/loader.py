@@ -96,14 +96,17 @@ def load_engine_weights(model: LlamaForCausalLM, folder: Path) -> None:
 @torch.inference_mode()
 def init_dummy_weights(model: LlamaForCausalLM, seed: int = 0, std: float = 0.02) -> None:
     """Random weights of the real shape, one linear at a time in its final dtype."""
-    gen = torch.Generator().manual_seed(seed)
+    # Drawn on the model's device: a 70B model's worth of CPU normals would take many minutes.
+    device = model.model.embed_tokens.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
     dtype = model.model.embed_tokens.weight.dtype
     modules = dict(model.named_modules())
     for module in modules.values():
         if isinstance(module, Linear):
             for i in range(len(module.output_sizes)):
                 rows = module.shard_rows(i)
-                w = torch.empty(rows.stop - rows.start, module.in_features, dtype=dtype)
+                w = torch.empty(rows.stop - rows.start, module.in_features, dtype=dtype,
+                                device=device)  # fmt: skip
                 module.method.load_dense(module, w.normal_(0.0, std, generator=gen), rows)
     for name, p in model.named_parameters():
         if _is_linear_param(modules, name):
@@ -111,7 +114,7 @@ def init_dummy_weights(model: LlamaForCausalLM, seed: int = 0, std: float = 0.02
         if name.endswith("norm.weight"):
             p.fill_(1.0)
         else:  # embeddings and the output head
-            p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, std, generator=gen))
+            p.copy_(torch.empty_like(p).normal_(0.0, std, generator=gen))
 
 
 def _is_tied(model: LlamaForCausalLM) -> bool:

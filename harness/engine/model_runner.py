@@ -90,13 +90,19 @@ def _cpu_available_bytes() -> int:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv: KVCacheSpec, device: torch.device) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM, kv: KVCacheSpec, device: torch.device,
+        kv_dtype: torch.dtype | None = None, cuda_graph_max_batch: int = 0,
+        max_model_len: int = 0,
+    ) -> None:  # fmt: skip
+        """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
+        cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only)."""
         self.model = model
         self.kv = kv
         self.device = device
         self.sampler = Sampler()
         cfg = model.config
-        dtype = model.model.embed_tokens.weight.dtype
+        dtype = kv_dtype or model.model.embed_tokens.weight.dtype
         shape = (cfg.num_key_value_heads, kv.num_blocks, kv.block_size, cfg.head_dim)
         # torch.empty: pages are committed only when a block is first used (then zeroed).
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # [Hkv, blocks, bs, D]
@@ -106,11 +112,34 @@ class ModelRunner:
         for attn, (k, v) in zip(model.kv_attention_modules(), self.kv_caches, strict=True):
             attn.k_cache, attn.v_cache = k, v
         self._is_block_zeroed = bytearray(kv.num_blocks)
+        self.is_cuda = device.type == "cuda"
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if (
+            self.is_cuda) else 0  # fmt: skip
+        self.graphs = None
+        if self.is_cuda and cuda_graph_max_batch > 0:
+            from harness.engine.cuda_graph import DecodeGraphs
+
+            max_len = max_model_len or cfg.max_position_embeddings
+            self.graphs = DecodeGraphs(
+                model, cuda_graph_max_batch, -(-max_len // kv.block_size), kv.block_size, device
+            )
+            self.graphs.capture()
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         batch = self._prepare(sched)
-        hidden = self.model(batch.input_ids, batch.positions, batch.meta)  # [N, hidden]
+        meta = batch.meta
+        if (
+            self.graphs is not None
+            and not meta.prefills
+            and self.graphs.can_run(meta.num_decode_tokens, meta.decode_block_tables.shape[1])
+        ):
+            hidden = self.graphs.run(
+                batch.input_ids, batch.positions, meta.slot_mapping,
+                meta.decode_block_tables, meta.decode_context_lens,
+            )  # fmt: skip
+        else:
+            hidden = self.model(batch.input_ids, batch.positions, meta)  # [N, hidden]
         logits = self.model.compute_logits(hidden[batch.logits_indices])  # [S, vocab] fp32
         tokens = self.sampler(logits, batch.suppress_rows, batch.suppress_cols).tolist()
         return ModelRunnerOutput(dict(zip(batch.sampled_request_ids, tokens, strict=True)))
@@ -145,6 +174,18 @@ class ModelRunner:
         )
         if decodes:
             meta.decode_block_tables, meta.decode_mask = self._decode_tables(decodes)
+            if self.is_cuda:  # the Triton decode kernel bounds its reads by length, no mask
+                ctx_lens = [s.start_position + 1 for s in decodes]
+                meta.decode_context_lens = torch.tensor(
+                    ctx_lens, dtype=torch.int32, device=self.device
+                )  # [num_decodes]
+                meta.decode_max_context = max(ctx_lens)
+                from harness.engine.kernels.paged_attention import choose_num_splits
+
+                meta.decode_num_splits = choose_num_splits(
+                    len(decodes), self.model.config.num_key_value_heads, max(ctx_lens),
+                    self.num_sms,
+                )  # fmt: skip
 
         logits_indices, sampled_ids, rows, cols = [], [], [], []
         row_end = 0
@@ -190,6 +231,8 @@ class ModelRunner:
             s.block_ids[: -(-c // bs)] + [s.block_ids[0]] * (max_blocks - -(-c // bs))
             for s, c in zip(decodes, ctx_lens, strict=True)
         ]
+        if self.is_cuda:  # no mask needed (decode_context_lens bound the kernel's reads)
+            return self._tensor(tables), None
         key_pos = torch.arange(max_blocks * bs, device=self.device)
         mask = key_pos[None, :] < self._tensor(ctx_lens)[:, None]  # [B, T]
         return self._tensor(tables), mask.view(1, len(decodes), 1, -1)
@@ -197,6 +240,8 @@ class ModelRunner:
     def _zero_new_blocks(self, scheduled: list[ScheduledRequest]) -> None:
         """Blocks written for the first time are zeroed: stale bytes could be NaN, and masked
         positions still multiply into attention (0 * NaN = NaN)."""
+        if self.is_cuda:  # the CUDA kernels never read past a request's length
+            return
         bs = self.kv.block_size
         new = []
         for s in scheduled:

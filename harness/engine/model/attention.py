@@ -33,6 +33,10 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] int64
     decode_mask: torch.Tensor | None = None  # [1, num_decodes, 1, max_blocks*block_size] bool
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # CUDA path (kernels/paged_attention.py): no mask, lengths bound the reads instead.
+    decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32
+    decode_max_context: int = 0  # >= every decode_context_lens entry (host int, graph-safe)
+    decode_num_splits: int = 1  # split-K partitions of the decode kernel
 
 
 class PagedAttention(nn.Module):
@@ -46,11 +50,14 @@ class PagedAttention(nn.Module):
         self.scale = head_dim**-0.5
         self.k_cache = torch.empty(0)  # bound by the model runner
         self.v_cache = torch.empty(0)
+        self.kv_scale = 1.0  # FP8 KV cache: stored = value / kv_scale (K and V alike)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         """q: [N, H, D], k/v: [N, Hkv, D] -> [N, H * D]."""
+        if q.is_cuda:
+            return self._forward_cuda(q, k, v, meta)
         num_kv, d = self.num_kv_heads, self.head_dim
         # Cache views [Hkv, num_slots, D]; the writes land in the shared cache tensors.
         self.k_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
@@ -96,3 +103,46 @@ class PagedAttention(nn.Module):
                 q, k.unsqueeze(0), v.unsqueeze(0), attn_mask=chunk.mask, enable_gqa=True
             )
         return o.squeeze(0).transpose(0, 1).reshape(num_q, self.num_heads * d)  # [q, H * D]
+
+    def _forward_cuda(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """Triton cache write + split-K paged decode; SDPA (flash) for prefill chunks."""
+        from harness.engine.kernels.paged_attention import paged_decode, write_kv_cache
+
+        d, s = self.head_dim, self.kv_scale
+        write_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping, s, s)
+        n_dec = meta.num_decode_tokens
+        if n_dec and not meta.prefills:  # decode-only step (the CUDA-graph case)
+            o = paged_decode(
+                q, self.k_cache, self.v_cache, meta.decode_block_tables,
+                meta.decode_context_lens, self.scale, meta.decode_max_context,
+                meta.decode_num_splits, s, s,
+            )  # fmt: skip
+            return o.view(n_dec, self.num_heads * d)
+        out = q.new_empty(q.shape[0], self.num_heads * d)
+        if n_dec:
+            out[:n_dec] = paged_decode(
+                q[:n_dec], self.k_cache, self.v_cache, meta.decode_block_tables,
+                meta.decode_context_lens, self.scale, meta.decode_max_context,
+                meta.decode_num_splits, s, s,
+            ).view(n_dec, -1)  # fmt: skip
+        for chunk in meta.prefills:
+            rows = slice(chunk.query_start, chunk.query_start + chunk.num_query_tokens)
+            if chunk.mask is None:  # fresh K/V in the model dtype: no cache read
+                out[rows] = self._prefill(q[rows], k[rows], v[rows], chunk)
+            else:  # chunked prefill over cached context: gather, upcast, masked SDPA
+                out[rows] = self._prefill_cached(q[rows], chunk)
+        return out
+
+    def _prefill_cached(self, q: torch.Tensor, chunk: PrefillChunk) -> torch.Tensor:
+        num_q, num_kv, d = q.shape[0], self.num_kv_heads, self.head_dim
+        num_k = chunk.num_context_tokens + num_q
+        k = self.k_cache[:, chunk.block_table].view(num_kv, -1, d)[:, :num_k]  # [Hkv, T, D]
+        v = self.v_cache[:, chunk.block_table].view(num_kv, -1, d)[:, :num_k]
+        k = (k.to(q.dtype) * self.kv_scale).unsqueeze(0)
+        v = (v.to(q.dtype) * self.kv_scale).unsqueeze(0)
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0), k, v, attn_mask=chunk.mask, enable_gqa=True
+        )  # [1, H, q, D]
+        return o.squeeze(0).transpose(0, 1).reshape(num_q, self.num_heads * d)

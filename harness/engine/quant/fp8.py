@@ -71,4 +71,8 @@ class FP8Config:
     def linear_method(self, prefix: str) -> FP8LinearMethod | DenseLinearMethod:
         if prefix == "lm_head":  # the output head stays dense (accuracy)
             return self.dense.linear_method(prefix)
+        if self.dense.device.type == "cuda":  # FP8 tensor cores (Hopper); same storage
+            from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod
+
+            return FP8GpuLinearMethod(self.sparse24)
         return FP8LinearMethod(self.sparse24)

@@ -1,0 +1,186 @@
+"""Paged-KV kernels for CUDA: cache write (optionally to FP8) and split-K decode attention.
+
+Cache layout (owned by attention.py): per layer K and V of [Hkv, num_blocks, block_size, D].
+Each Triton kernel has a plain-torch reference here; tests/gpu/test_paged_attention.py
+compares them. Importable without Triton (the references still work).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: references only
+    triton = None
+    tl = None
+
+FP8_MAX = 448.0
+BLOCK_N = 64  # keys per inner tile of the decode kernel
+
+
+# ------------------------------------------------------------------ references (plain torch)
+
+
+def write_kv_cache_reference(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0,
+) -> None:  # fmt: skip
+    """k, v: [N, Hkv, D]; slot_mapping [N] (-1: skip) -> cache[:, slot // bs, slot % bs]."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    hkv, d = k_cache.shape[0], k_cache.shape[-1]
+    for src, cache, scale in ((k[keep], k_cache, k_scale), (v[keep], v_cache, v_scale)):
+        vals = (src.float() / scale).clamp(-FP8_MAX, FP8_MAX) if cache.dtype.itemsize == 1 else src
+        cache.view(hkv, -1, d).index_copy_(1, slots, vals.transpose(0, 1).to(cache.dtype))
+
+
+def paged_decode_reference(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    context_lens: torch.Tensor, scale: float, k_scale: float = 1.0, v_scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """q: [B, H, D]; block_tables [B, max_blocks]; context_lens [B] -> [B, H, D] in q.dtype.
+
+    fp32 math, one request at a time (slow, exact): the kernel's oracle.
+    """
+    b, h, d = q.shape
+    hkv, _, bs, _ = k_cache.shape
+    out = torch.zeros_like(q)
+    for i in range(b):
+        n = int(context_lens[i])
+        if n == 0:
+            continue
+        blocks = block_tables[i, : -(-n // bs)]
+        keys = k_cache[:, blocks].reshape(hkv, -1, d)[:, :n].float() * k_scale  # [Hkv, n, D]
+        vals = v_cache[:, blocks].reshape(hkv, -1, d)[:, :n].float() * v_scale
+        keys = keys.repeat_interleave(h // hkv, dim=0)  # [H, n, D]
+        vals = vals.repeat_interleave(h // hkv, dim=0)
+        probs = torch.softmax(torch.einsum("hd,hnd->hn", q[i].float(), keys) * scale, dim=-1)
+        out[i] = torch.einsum("hn,hnd->hd", probs, vals).to(q.dtype)
+    return out
+
+
+# ------------------------------------------------------------------ Triton kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _write_kv_kernel(
+        k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+        stride_kn, stride_kh, stride_vn, stride_vh, stride_ch,
+        inv_k_scale, inv_v_scale,
+        D: tl.constexpr, IS_FP8: tl.constexpr,
+    ):  # fmt: skip
+        n = tl.program_id(0)
+        h = tl.program_id(1)
+        slot = tl.load(slot_ptr + n).to(tl.int64)
+        if slot >= 0:
+            offs = tl.arange(0, D)
+            k = tl.load(k_ptr + n * stride_kn + h * stride_kh + offs).to(tl.float32)
+            v = tl.load(v_ptr + n * stride_vn + h * stride_vh + offs).to(tl.float32)
+            if IS_FP8:
+                k = tl.clamp(k * inv_k_scale, -448.0, 448.0)
+                v = tl.clamp(v * inv_v_scale, -448.0, 448.0)
+            dst = h * stride_ch + slot * D + offs
+            tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty))
+            tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _paged_decode_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, ctx_ptr,
+        acc_ptr, ml_ptr,
+        stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk,
+        tokens_per_split, qk_scale, v_scale,
+        G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        s = tl.program_id(2)
+        ctx = tl.load(ctx_ptr + b)
+        start = s * tokens_per_split
+        end = tl.minimum(start + tokens_per_split, ctx)
+        offs_g = tl.arange(0, G_PAD)
+        offs_d = tl.arange(0, D)
+        heads = kvh * G + offs_g
+        g_mask = offs_g < G
+        q = tl.load(
+            q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+            mask=g_mask[:, None], other=0.0,
+        )  # [G_PAD, D]
+        m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+        l_i = tl.zeros([G_PAD], tl.float32)
+        acc = tl.zeros([G_PAD, D], tl.float32)
+        for t0 in range(start, end, BLOCK_N):
+            offs_t = t0 + tl.arange(0, BLOCK_N)
+            t_mask = offs_t < end
+            page = tl.load(tables_ptr + b * stride_tb + offs_t // BLOCK_SIZE, mask=t_mask, other=0)
+            row = kvh * stride_ch + page.to(tl.int64) * stride_cblk + (offs_t % BLOCK_SIZE) * D
+            kv_off = row[:, None] + offs_d[None, :]
+            k = tl.load(k_cache_ptr + kv_off, mask=t_mask[:, None], other=0.0).to(q.dtype)
+            v = tl.load(v_cache_ptr + kv_off, mask=t_mask[:, None], other=0.0).to(q.dtype)
+            scores = tl.dot(q, tl.trans(k)) * qk_scale  # [G_PAD, BLOCK_N] fp32
+            scores = tl.where(t_mask[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+            m_i = m_new
+        # Partials: acc [B, H, S, D] fp32 (unnormalized, V scale applied), ml [2, B, H, S].
+        part = (b * (tl.num_programs(1) * G) + heads) * NUM_SPLITS + s
+        tl.store(acc_ptr + part[:, None] * D + offs_d[None, :], acc * v_scale, mask=g_mask[:, None])
+        plane = tl.num_programs(0) * tl.num_programs(1) * G * NUM_SPLITS
+        tl.store(ml_ptr + part, m_i, mask=g_mask)
+        tl.store(ml_ptr + plane + part, l_i, mask=g_mask)
+
+
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0,
+) -> None:  # fmt: skip
+    """Triton version of write_kv_cache_reference (k, v may be strided views of qkv)."""
+    n, hkv, d = k.shape
+    if n == 0:
+        return
+    _write_kv_kernel[(n, hkv)](
+        k, v, k_cache, v_cache, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0),
+        1.0 / k_scale, 1.0 / v_scale,
+        D=d, IS_FP8=k_cache.dtype.itemsize == 1,
+    )  # fmt: skip
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, num_sms: int) -> int:
+    """Enough (batch x kv head x split) programs to fill the SMs twice, >= 256 keys a split."""
+    want = -(-2 * num_sms // max(batch * num_kv_heads, 1))
+    return max(1, min(want, -(-max_context // 256), 32))
+
+
+def paged_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    context_lens: torch.Tensor, scale: float, max_context: int, num_splits: int,
+    k_scale: float = 1.0, v_scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """q: [B, H, D] -> [B, H, D]; max_context bounds every context_lens entry (graph-safe:
+    no host sync). Rows with context_lens 0 give zeros."""
+    b, h, d = q.shape
+    hkv, _, bs, _ = k_cache.shape
+    group = h // hkv
+    per_split = -(-max(max_context, 1) // num_splits)
+    per_split = -(-per_split // BLOCK_N) * BLOCK_N
+    acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
+    ml = torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(b, hkv, num_splits)](
+        q, k_cache, v_cache, block_tables, context_lens, acc, ml,
+        q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
+        per_split, scale * k_scale, v_scale,
+        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
+        BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, num_warps=4,
+    )  # fmt: skip
+    m, l_sum = ml[0], ml[1]  # [B, H, S]
+    m_max = m.amax(-1, keepdim=True).clamp(min=-1e30)
+    w = torch.exp(m - m_max)  # empty splits: exp(-inf) = 0
+    out = (acc * w.unsqueeze(-1)).sum(2) / (l_sum * w).sum(-1, keepdim=True).clamp(min=1e-30)
+    return out.to(q.dtype)  # [B, H, D]

@@ -1,0 +1,41 @@
+"""FP8 (e4m3) linear method for CUDA: `torch._scaled_mm` with per-channel weight scales and
+dynamic per-token activation scales (rowwise scaling, bf16 out).
+
+Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
+the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.engine.quant.fp8 import FP8_DTYPE, FP8_MAX, FP8LinearMethod
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [M, K] bf16 -> ([M, K] e4m3, [M, 1] fp32 scales) with x ~= q * scale."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # [M, 1]
+    q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
+def fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor
+) -> torch.Tensor:
+    """x [M, K] bf16, weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N] bf16."""
+    xq, x_scale = quantize_per_token(x)
+    return torch._scaled_mm(
+        xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row, out_dtype=x.dtype
+    )
+
+
+class FP8GpuLinearMethod(FP8LinearMethod):
+    """Same parameters as the reference; apply runs one FP8 tensor-core GEMM."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(x, layer.weight, layer.weight_scale_row)  # [N, in] -> [N, out]
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        # _scaled_mm's rowwise mode wants the weight scales as a [1, N] fp32 row.
+        layer.weight_scale_row = layer.weight_scale.data.view(1, -1).contiguous()
