@@ -116,8 +116,10 @@ def test_engine_runtime_quantize_then_build(world, model_opt, qformat):
     assert build[0] == "trtllm-build"
     assert flag(build, "--checkpoint_dir") == str(ckpt)
     assert ("--weight_sparsity" in build) is (model_opt == "Sparse")
-    assert (flag(build, "--gemm_swiglu_plugin") == "fp8") if model_opt != "Dense" else (
-        "--gemm_swiglu_plugin" not in build
+    assert (
+        (flag(build, "--gemm_swiglu_plugin") == "fp8")
+        if model_opt != "Dense"
+        else ("--gemm_swiglu_plugin" not in build)
     )
     assert flag(build, "--workers") == "2" and flag(build, "--reduce_fusion") == "enable"
 

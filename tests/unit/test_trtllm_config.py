@@ -52,9 +52,10 @@ def test_translate_values():
     assert t["pipeline_parallel_size"] == 1
     assert t["kv_cache_config.dtype"] == "fp8"
     assert t["kv_cache_config.max_tokens"] is None  # num_kv_blocks=0: sized from memory
-    assert translate(make_cfg(num_kv_blocks="100", block_size="32"))[
-        "kv_cache_config.max_tokens"
-    ] == 3200
+    assert (
+        translate(make_cfg(num_kv_blocks="100", block_size="32"))["kv_cache_config.max_tokens"]
+        == 3200
+    )
 
 
 def test_llm_kwargs_pytorch_runtime():
