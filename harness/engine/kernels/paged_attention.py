@@ -94,6 +94,7 @@ if triton is not None:
         tokens_per_split, qk_scale, v_scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -120,13 +121,13 @@ if triton is not None:
             kv_off = row[:, None] + offs_d[None, :]
             k = tl.load(k_cache_ptr + kv_off, mask=t_mask[:, None], other=0.0).to(q.dtype)
             v = tl.load(v_cache_ptr + kv_off, mask=t_mask[:, None], other=0.0).to(q.dtype)
-            scores = tl.dot(q, tl.trans(k)) * qk_scale  # [G_PAD, BLOCK_N] fp32
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, N]
             scores = tl.where(t_mask[None, :], scores, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(scores, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(scores - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
             m_i = m_new
         # Partials: acc [B, H, S, D] fp32 (unnormalized, V scale applied), ml [2, B, H, S].
         part = (b * (tl.num_programs(1) * G) + heads) * NUM_SPLITS + s
@@ -178,6 +179,7 @@ def paged_decode(
         per_split, scale * k_scale, v_scale,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
         BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, num_warps=4,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact
     )  # fmt: skip
     m, l_sum = ml[0], ml[1]  # [B, H, S]
     m_max = m.amax(-1, keepdim=True).clamp(min=-1e30)

@@ -1,0 +1,243 @@
+"""`python -m harness bench`: LoadGen speed runs through the run_harness flow, with roofline.
+
+Each (benchmark, backend, model_opt, scenario) runs in its own child process (one LoadGen
+test per process, as run_harness does); this parent prints tokens/s, the roofline bound for
+that workload on this GPU and the achieved fraction, and writes bench.json per run.
+Examples (docs/benchmarks.md):
+  python -m harness bench --compare=hf,torch --sample_limit=64 --min_query_count=64
+  python -m harness bench --benchmarks=llama2-70b-synthetic --model_opts=FP8,Sparse \
+      --scenarios=Offline,Server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.config.schema import HarnessConfig
+
+logger = logging.getLogger(__name__)
+
+KV_LINE = re.compile(r"KV cache: (\d+) blocks x (\d+) tokens = (\d+) tokens")
+
+
+@dataclass
+class BenchResult:
+    label: str
+    run_dir: Path
+    tokens_per_second: float
+    valid: bool
+    returncode: int
+    kv_tokens: int = 0
+    latencies: dict[str, float] = field(default_factory=dict)  # p99 TTFT/TPOT, ms
+    roofline: str = ""
+    fraction: float = 0.0
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m harness bench", allow_abbrev=False)
+    p.add_argument("--benchmarks", default="smollm2-135m")
+    p.add_argument("--scenarios", default="Offline")
+    p.add_argument("--compare", default="", help="backends, e.g. hf,torch (default: config's)")
+    p.add_argument("--model_opts", default="", help="e.g. FP8,Sparse (default: config's)")
+    p.add_argument("--system_name", default=None)
+    p.add_argument("--log_dir", default="build/logs/bench")
+    p.add_argument(
+        "--server_fraction", type=float, default=0.0,
+        help="Server target_qps = this x the Offline tokens/s just measured / mean output",
+    )  # fmt: skip
+    return p.parse_known_args(argv)
+
+
+def _csv(s: str) -> list[str]:
+    return [x for x in (v.strip() for v in s.split(",")) if x]
+
+
+def _configs(a: argparse.Namespace, extra: list[str], scenario: str) -> list[HarnessConfig]:
+    from harness.cli import resolve_configs
+    from harness.run_args import parse_run_args
+
+    out = []
+    for backend in _csv(a.compare) or [""]:
+        for opt in _csv(a.model_opts) or [""]:
+            argv = [f"--benchmarks={a.benchmarks}", f"--scenarios={scenario}", *extra]
+            argv += [f"--backend={backend}"] if backend else []
+            argv += [f"--model_opt={opt}"] if opt else []
+            argv += [f"--system_name={a.system_name}"] if a.system_name else []
+            out += resolve_configs(parse_run_args(argv))
+    return out
+
+
+def ensure_inputs(cfg: HarnessConfig) -> None:
+    """Dataset (the synthetic set for dummy-weight runs without one) and engine dir."""
+    from harness.cli import generate_engine, preprocess_data
+
+    b = cfg.benchmark
+    if not (Path(b.preprocessed_dir) / "input_lens.npy").is_file():
+        if cfg.engine.dummy_weights and not Path(b.dataset_path).is_file():
+            from preprocess.synthetic import build
+
+            build(Path(b.dataset_path), Path(b.preprocessed_dir))
+        else:
+            preprocess_data(cfg, force=False)
+    if cfg.engine.backend == "torch":
+        generate_engine(cfg, force=False)
+
+
+def run_child(cfg: HarnessConfig, run_dir: Path, command: str) -> tuple[int, int]:
+    """One LoadGen test in a child process; echoes its output; returns (rc, KV tokens)."""
+    from harness.config.loader import to_yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    child = [sys.executable, "-m", "harness", "_run_one", str(run_dir), command]
+    kv_tokens = 0
+    with subprocess.Popen(
+        child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        with open(run_dir / "bench_child.log", "w") as log:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                if m := KV_LINE.search(line):
+                    kv_tokens = int(m.group(3))
+        rc = proc.wait()
+    return rc, kv_tokens
+
+
+def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int = 0):
+    """The Roofline of this config on this GPU, or None (CPU, unknown GPU or model)."""
+    import numpy as np
+
+    from harness.engine.llm_engine import EngineArgs, resolve_model_config
+    from harness.report.roofline import Workload, peaks_for, roofline
+
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        peaks = peaks_for(torch.cuda.get_device_name(0))
+    except ImportError:
+        return None
+    if peaks is None:
+        return None
+    from harness.engine.builder import default_engine_dir
+
+    args = EngineArgs(model_path=str(default_engine_dir(cfg)), weights="dummy")
+    m = resolve_model_config(args, preset=cfg.benchmark.name)
+    pre = Path(cfg.benchmark.preprocessed_dir)
+    n = cfg.run.sample_limit or None
+    mean_in = float(np.load(pre / "input_lens.npy")[:n].mean())
+    mean_out = float(np.load(pre / "output_lens.npy")[:n].mean())
+    fp8 = cfg.engine.model_opt in ("FP8", "Sparse")
+    act_bytes = 2 if cfg.engine.dtype in ("bfloat16", "float16") else 4
+    kv_b = 1 if cfg.engine.kv_cache_dtype == "fp8" else act_bytes
+    seqs = cfg.engine.max_num_seqs
+    if kv_tokens:
+        seqs = min(seqs, kv_tokens / (mean_in + mean_out / 2))
+    if concurrency_cap:
+        seqs = min(seqs, concurrency_cap)
+    w = Workload(
+        m.num_hidden_layers, m.hidden_size, m.intermediate_size, m.num_attention_heads,
+        m.num_key_value_heads, m.head_dim, m.vocab_size, 1 if fp8 else act_bytes, kv_b,
+        mean_in, mean_out, max(seqs, 1.0),
+    )  # fmt: skip
+    return roofline(w, peaks, fp8_gemm=fp8)
+
+
+def bench_one(cfg: HarnessConfig, stamp: Path, command: str) -> BenchResult:
+    from harness.loadgen.logs import parse_detail
+
+    e = cfg.engine
+    label = f"{cfg.benchmark.name} {cfg.scenario.scenario} {e.backend} {e.model_opt}"
+    run_dir = stamp / f"{cfg.benchmark.name}-{cfg.scenario.scenario}-{e.backend}-{e.model_opt}"
+    ensure_inputs(cfg)
+    rc, kv_tokens = run_child(cfg, run_dir, command)
+    detail = parse_detail(run_dir)
+    key = "result_tokens_per_second"
+    if cfg.scenario.loadgen_scenario != "Offline":
+        key = "result_completed_tokens_per_second"
+    tps = float(detail.get(key) or 0.0)
+    lat = {
+        k: float(v) / 1e6 for k, v in detail.items()
+        if "99.00" in k and ("first_token" in k or "output_token" in k or k.startswith(
+            "result_99.00_percentile_latency"))
+    }  # fmt: skip
+    res = BenchResult(label, run_dir, tps, detail.get("result_validity") == "VALID", rc,
+                      kv_tokens, lat)  # fmt: skip
+    cap = 1 if cfg.scenario.loadgen_scenario == "SingleStream" else 0
+    roof = workload_roofline(cfg, kv_tokens, cap) if e.device == "cuda" else None
+    if roof is not None:
+        res.roofline = roof.line(tps)
+        res.fraction = roof.fraction(tps)
+    summary = {
+        "label": label, "tokens_per_second": tps, "valid": res.valid, "returncode": rc,
+        "kv_tokens": kv_tokens, "p99_ms": lat, "roofline": roof.as_dict() if roof else None,
+        "roofline_fraction": res.fraction, "command": command,
+    }  # fmt: skip
+    (run_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return res
+
+
+def _print_result(r: BenchResult) -> None:
+    validity = "VALID" if r.valid else "INVALID"
+    lat = ", ".join(f"{k.replace('result_', '')}={v:.1f} ms" for k, v in r.latencies.items())
+    print(f"[bench] {r.label}: {r.tokens_per_second:,.1f} tokens/s ({validity}, rc={r.returncode})"
+          + (f"; p99 {lat}" if lat else ""), flush=True)  # fmt: skip
+    if r.roofline:
+        print(f"[bench]   {r.roofline}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    from harness.cli import _setup_logging
+    from harness.loadgen.logs import new_timestamp_dir
+
+    a, extra = _parse(argv)
+    _setup_logging(False)
+    command = "python -m harness " + shlex.join(["bench", *argv])
+    stamp = new_timestamp_dir(Path(a.log_dir))
+    results: list[BenchResult] = []
+    offline_tps: dict[str, float] = {}
+    for scenario in _csv(a.scenarios):
+        for cfg in _configs(a, extra, scenario):
+            if scenario == "Server" and a.server_fraction > 0:
+                cfg = _server_from_offline(cfg, offline_tps, a.server_fraction)
+            r = bench_one(cfg, stamp, command)
+            if scenario == "Offline":
+                offline_tps[f"{cfg.engine.backend}/{cfg.engine.model_opt}"] = r.tokens_per_second
+            results.append(r)
+            _print_result(r)
+    print("\n[bench] summary", flush=True)
+    for r in results:
+        _print_result(r)
+    if len(results) == 2 and results[0].tokens_per_second > 0:
+        ratio = results[1].tokens_per_second / results[0].tokens_per_second
+        print(f"[bench] ratio {results[1].label} / {results[0].label}: {ratio:.2f}x", flush=True)
+    return 0 if all(r.returncode == 0 for r in results) else 1
+
+
+def _server_from_offline(
+    cfg: HarnessConfig, offline_tps: dict[str, float], fraction: float
+) -> HarnessConfig:
+    """Server target_qps from the Offline tokens/s measured in this bench (same engine)."""
+    import dataclasses
+
+    import numpy as np
+
+    tps = offline_tps.get(f"{cfg.engine.backend}/{cfg.engine.model_opt}", 0.0)
+    if tps <= 0:
+        return cfg
+    n = cfg.run.sample_limit or None
+    mean_out = float(np.load(Path(cfg.benchmark.preprocessed_dir) / "output_lens.npy")[:n].mean())
+    qps = round(fraction * tps / mean_out, 3)
+    logger.info("Server target_qps %.3f = %.2f x %.1f tok/s / %.1f", qps, fraction, tps, mean_out)
+    return dataclasses.replace(cfg, scenario=dataclasses.replace(cfg.scenario, target_qps=qps))

@@ -1,0 +1,1 @@
+"""Reports of a run: roofline bounds and efficiency (roofline.py)."""

@@ -1,0 +1,92 @@
+"""Where a decode step's time goes: step timings and torch.profiler's top CUDA kernels.
+
+Builds the native engine with dummy weights of a preset shape, fills `batch` sequences
+(prompt 200 tokens), then times eager and CUDA-graph decode steps and profiles a few.
+Run on the GPU: python -m harness.report.profile_step --preset=llama2-70b --batch=192
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
+    from harness.engine.llm_engine import EngineArgs, LLMEngine
+    from harness.engine.model.llama import PRESETS
+
+    args = EngineArgs(
+        weights="dummy", model_config=PRESETS[a.preset], model_opt=a.model_opt,
+        dtype="bfloat16", device="cuda", kv_cache_dtype=a.kv_cache_dtype,
+        max_num_seqs=batch, max_num_batched_tokens=8192, use_cuda_graph=graphs,
+        gpu_memory_utilization=a.gpu_memory_utilization,
+    )  # fmt: skip
+    return LLMEngine.from_args(args)
+
+
+def _timed_steps(engine, n: int) -> float:  # noqa: ANN001
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        engine.step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def profile(a: argparse.Namespace, batch: int) -> None:
+    from harness.engine.request import SamplingParams
+
+    engine = _engine(a, batch, graphs=not a.no_graphs)
+    sp = SamplingParams(max_new_tokens=10_000, min_new_tokens=10_000, ignore_eos=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(batch):
+        engine.add_request(i, torch.randint(3, 32000, (200,), generator=g).tolist(), sp)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while engine.scheduler.num_waiting or any(
+        r.num_computed_tokens < r.num_tokens - 1 for r in engine.scheduler.running
+    ):  # prefill every prompt (mixed steps)
+        engine.step()
+    torch.cuda.synchronize()
+    prefill_s = time.perf_counter() - t0
+    engine.step()
+    ms = _timed_steps(engine, 10)
+    print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch}: prefill of "
+          f"{batch}x200 tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
+          f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
+          f"{batch / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
+    runner = engine.model_runner
+    if runner.graphs is not None:  # the same step without graphs
+        graphs, runner.graphs = runner.graphs, None
+        print(f"[profile]   eager decode step {_timed_steps(engine, 5):.2f} ms", flush=True)
+        runner.graphs = graphs
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        _timed_steps(engine, 5)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top)
+    print(f"[profile] top kernels, 5 decode steps, batch {batch}:\n{table}", flush=True)
+    del engine, runner
+    torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama2-7b")
+    p.add_argument("--model_opt", default="Dense")
+    p.add_argument("--kv_cache_dtype", default="auto")
+    p.add_argument("--batch", type=int, action="append")
+    p.add_argument("--gpu_memory_utilization", type=float, default=0.95)
+    p.add_argument("--no_graphs", action="store_true")
+    p.add_argument("--top", type=int, default=18)
+    a = p.parse_args(argv)
+    for batch in a.batch or [64]:
+        profile(a, batch)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One device-tool call: install carried wheels, then the phases named in $@ (see docs/benchmarks.md).
+#   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
+#   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
+#   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
+set -u
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/gpu.txt"
+SHORT="--min_duration_ms=10000 --target_qps=1"
+for phase in "$@"; do
+  echo "=== phase $phase $(date +%T)"
+  case $phase in
+    tests) timeout 240 python3 -m pytest -q -x tests/gpu 2>&1 | tail -25 ;;
+    b7) timeout 260 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
+          --scenarios=SingleStream,Offline --min_duration_ms=15000 --min_query_count=1024 \
+          --target_qps=1 --single_stream_expected_latency_ms=1500 ;;
+    b70) timeout 330 python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
+          --min_query_count=${Q70:-512} ;;
+    b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} ;;
+    b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+          --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
+          --min_query_count=${Q70:-512} ;;
+    prof70) timeout 200 python3 -m harness.report.profile_step --preset=llama2-70b \
+          --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-192} ;;
+    prof7) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
+          --model_opt=Dense --batch=1 --batch=256 ;;
+  esac 2>&1 | tee -a "$OUT/session.log"
+  case $phase in b*) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
+done
+tar czf "$OUT/summaries.tgz" build/logs/bench/*/*/mlperf_log_summary.txt \
+  build/logs/bench/*/*/mlperf_log_detail.txt 2>/dev/null
+echo "=== done $(date +%T)"
