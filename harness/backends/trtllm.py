@@ -46,16 +46,20 @@ class TrtllmBackend:
 
     @classmethod
     def from_config(cls, cfg: HarnessConfig, engine_dir: Path | None = None) -> TrtllmBackend:
-        """Load what `make generate_engines --backend=trtllm` built (engine.json says which
-        runtime: the PyTorch backend on an HF checkpoint, or a 1.2.x TensorRT engine)."""
-        from harness.backends.trtllm_build import check_trtllm_engine, default_trtllm_engine_dir
+        """Load what `make generate_engines --backend=trtllm` built under <engine_dir>/trtllm
+        (its engine.json says which runtime: PyTorch on an HF checkpoint, or a 1.2.x engine)."""
+        from harness.backends.trtllm_build import check_trtllm_engine, engine_base_dir
+        from harness.backends.trtllm_config import resolve_runtime
         from harness.backends.trtllm_version import (
             import_llm_class,
             import_symbol,
+            installed_version,
             require_trtllm,
         )
 
-        engine_dir = Path(engine_dir) if engine_dir is not None else default_trtllm_engine_dir(cfg)
+        if installed_version() is None:  # say so first: nothing below can work without it
+            require_trtllm(resolve_runtime(cfg))
+        engine_dir = Path(engine_dir) if engine_dir is not None else engine_base_dir(cfg)
         manifest = check_trtllm_engine(cfg, engine_dir)
         runtime = manifest["runtime"]
         validate(cfg, runtime)

@@ -90,10 +90,15 @@ def trtllm_engine_dir(engine_dir: Path) -> Path:
     return Path(engine_dir) / SUBDIR
 
 
-def default_trtllm_engine_dir(cfg: HarnessConfig) -> Path:
+def engine_base_dir(cfg: HarnessConfig) -> Path:
+    """The CLI's engine dir for cfg (--engine_dir, or build/engines/<system>/<bench>/<opt>)."""
     from harness.engine.builder import default_engine_dir
 
-    return trtllm_engine_dir(default_engine_dir(cfg))
+    return default_engine_dir(cfg)
+
+
+def default_trtllm_engine_dir(cfg: HarnessConfig) -> Path:
+    return trtllm_engine_dir(engine_base_dir(cfg))
 
 
 def calibration_dir(cfg: HarnessConfig) -> Path:

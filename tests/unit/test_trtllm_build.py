@@ -233,3 +233,64 @@ def test_write_calibration_text(world):
                                   world.root / "ct", 5)  # fmt: skip
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert path.name == "train.jsonl" and rows == [{"text": "5-6-7"}, {"text": "8-9"}]
+
+
+# --- loading: TrtllmBackend.from_config and the CLI, with FAKE library symbols -------------
+
+
+class FakeKvCacheConfig:  # NOT tensorrt_llm.llmapi.KvCacheConfig: records its keywords
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+class FakeLLMClass:  # NOT tensorrt_llm.LLM: records its keywords
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+def fake_symbols(monkeypatch):
+    monkeypatch.setattr(tv, "import_llm_class", lambda runtime: FakeLLMClass)
+    symbols = {"KvCacheConfig": FakeKvCacheConfig, "SamplingParams": dict}
+    monkeypatch.setattr(tv, "import_symbol", lambda module, attr: symbols[attr])
+
+
+def test_from_config_builds_llm_from_the_manifest(world, monkeypatch):
+    from harness.backends.trtllm import TrtllmBackend
+
+    fake_symbols(monkeypatch)
+    cfg = make_cfg(world, model_opt="Dense", admission="fifo")
+    build_trtllm_engine(cfg, world.root / "engines", runner=Recorder())
+    backend = TrtllmBackend.from_config(cfg, world.root / "engines")
+    kw = backend.llm.kw
+    assert kw["model"] == str(world.model) and kw["max_batch_size"] == 512
+    assert kw["kv_cache_config"].kw["enable_block_reuse"] is False
+    assert backend.eos_token_id == 2 and backend.make_sampling_params is dict
+
+
+def test_from_config_without_library_says_how_to_install(world, monkeypatch):
+    from harness.backends.trtllm import TrtllmBackend
+
+    world.versions.clear()
+    with pytest.raises(BackendError, match=r"pip install tensorrt-llm==1\.2\.1"):
+        TrtllmBackend.from_config(make_cfg(world), world.root / "engines")
+
+
+def test_from_config_refuses_engine_runtime_on_newer_library(world, monkeypatch):
+    from harness.backends.trtllm import TrtllmBackend
+
+    fake_symbols(monkeypatch)
+    cfg = make_cfg(world, model_opt="Sparse")
+    build_trtllm_engine(cfg, world.root / "engines", runner=Recorder())
+    world.versions["tensorrt-llm"] = "1.3.0"
+    with pytest.raises(BackendError, match="removed after 1.2.x"):
+        TrtllmBackend.from_config(cfg, world.root / "engines")
+
+
+def test_cli_generate_engines_trtllm_reports_missing_library(world, capsys):
+    from harness.cli import main
+
+    world.versions.clear()
+    rc = main(["generate_engines", "--benchmarks=llama2-70b", "--backend=trtllm",
+               "--system_name=H100-SXM-80GBx1", f"--model_path={world.model}"])  # fmt: skip
+    assert rc == 2
+    assert "pip install tensorrt-llm==1.2.1" in capsys.readouterr().err
