@@ -53,19 +53,24 @@ async def relay_stream(
     sent_first = False
     finished = False
     iterator = stream.__aiter__()
-    while not finished:
-        try:
-            output = await iterator.__anext__()
-        except StopAsyncIteration:
-            break
-        except Exception as err:  # the library's own failure, e.g. a RequestError
-            raise TrtllmStreamError(request_id, tokens, repr(err)) from err
-        # The library mutates and re-yields one object: copy the ids now.
-        tokens = list(output.outputs[0].token_ids)
-        finished = bool(output.finished)
-        if tokens and not sent_first:
-            sink.on_first_token(request_id, tokens[0])
-            sent_first = True
+    try:
+        while not finished:
+            try:
+                output = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as err:  # the library's own failure, e.g. a RequestError
+                raise TrtllmStreamError(request_id, tokens, repr(err)) from err
+            # The library mutates and re-yields one object: copy the ids now.
+            tokens = list(output.outputs[0].token_ids)
+            finished = bool(output.finished)
+            if tokens and not sent_first:
+                sink.on_first_token(request_id, tokens[0])
+                sent_first = True
+    finally:
+        aclose = getattr(iterator, "aclose", None)  # async generators: finalize here, not at GC
+        if aclose is not None:
+            await aclose()
     if not finished:
         raise TrtllmStreamError(request_id, tokens, "the stream ended without a finished output")
     final = trim_after_eos(tokens, eos_token_id, ignore_eos)

@@ -104,8 +104,8 @@ def require_modelopt() -> str:
     if version is None:
         raise TrtllmUnavailableError(
             "the FP8 checkpoint for the trtllm PyTorch runtime is made with NVIDIA ModelOpt, "
-            "which is not installed; fix: `pip install nvidia-modelopt[torch]` (comes with "
-            f"tensorrt-llm=={TESTED_VERSION}) on a CUDA machine"
+            "which is not installed; fix: `pip install nvidia-modelopt[torch]` on the CUDA "
+            f"machine (tensorrt-llm=={TESTED_VERSION} normally brings it along)"
         )
     return version
 
