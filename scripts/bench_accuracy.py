@@ -199,12 +199,22 @@ def score(out: Path, num_workers: int | None, rouge_impl: str) -> None:
     )
     wall = time.perf_counter() - t0
     sampler.stop()
-    main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    main_rss = own.ru_maxrss / 1024
+    main_cpu, worker_cpu = own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
     print(result.as_dict())
     print(judge(result, load_targets("llama2-70b"), "high_accuracy", "llama2-70b").line)
     print(
         f"score_log wall {wall:.1f} s | peak RSS: main {main_rss:.0f} MiB, largest worker "
         f"{sampler.peak_worker_mib:.0f} MiB, main + workers {sampler.peak_total_mib:.0f} MiB"
+    )
+    # Wall time depends on what else runs on the machine; CPU seconds much less so.
+    print(
+        f"CPU seconds: main {main_cpu:.1f}, workers {worker_cpu:.1f} (load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     )
 
 

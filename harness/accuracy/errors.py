@@ -12,3 +12,7 @@ class AccuracyInputError(Exception):
 
 class PunktDataError(AccuracyInputError):
     """NLTK's English punkt_tab parameters are missing or cannot be written/loaded."""
+
+
+class TargetsNotSetError(AccuracyInputError):
+    """The benchmark config has no accuracy targets yet (all zero): scoring works, judging not."""

@@ -1,5 +1,6 @@
-"""Accuracy targets of a benchmark: from configs/benchmark/<name>.yaml (`accuracy:` section,
-the fields of config.schema.AccuracyTargets) or given explicitly; llama2-70b has built-ins.
+"""Accuracy targets of a benchmark: the `accuracy:` section (fields of
+config.schema.AccuracyTargets) of configs/<name>/benchmark.yaml (or configs/benchmark/<name>.yaml),
+or given explicitly; llama2-70b has built-ins. A tiny YAML read: no config layering here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AccuracyInputError
+from .errors import AccuracyInputError, TargetsNotSetError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,13 @@ def targets_from_mapping(values: dict, source: str) -> Targets:
         raise AccuracyInputError(
             f"{source}: unknown accuracy key(s) {unknown}; allowed keys: {list(_FIELDS)}"
         )
-    missing = [k for k in ("rouge1", "rouge2", "rougeL", "tokens_per_sample") if not values.get(k)]
+    required = ("rouge1", "rouge2", "rougeL", "tokens_per_sample")
+    if not any(values.get(k) for k in required):
+        raise TargetsNotSetError(
+            f"{source}: no accuracy targets recorded yet (all zero); fix: run "
+            "`make record_accuracy_targets` or pass --benchmark_config"
+        )
+    missing = [k for k in required if not values.get(k)]
     if missing:
         raise AccuracyInputError(f"{source}: accuracy target(s) {missing} missing or zero")
     try:
@@ -55,12 +62,16 @@ def targets_from_mapping(values: dict, source: str) -> Targets:
 
 
 def benchmark_yaml_path(benchmark: str, repo_root: Path = REPO_ROOT) -> Path:
-    return repo_root / "configs" / "benchmark" / f"{benchmark}.yaml"
+    """configs/<name>/benchmark.yaml (the project's layout), else configs/benchmark/<name>.yaml."""
+    layout = repo_root / "configs" / benchmark / "benchmark.yaml"
+    flat = repo_root / "configs" / "benchmark" / f"{benchmark}.yaml"
+    return flat if flat.is_file() and not layout.is_file() else layout
 
 
 def load_targets(benchmark: str, config_path: str | os.PathLike[str] | None = None) -> Targets:
-    """The `accuracy:` section of the benchmark YAML (configs/benchmark/<benchmark>.yaml unless
-    config_path is given); without that file, the built-in reference targets if known."""
+    """The `accuracy:` section of the benchmark YAML (`benchmark_yaml_path` unless config_path
+    is given); without that file, the built-in reference targets if known.
+    Raises TargetsNotSetError when the file's targets are all zero (not recorded yet)."""
     path = Path(config_path) if config_path is not None else benchmark_yaml_path(benchmark)
     if not path.is_file():
         if config_path is None and benchmark in BUILTIN_TARGETS:

@@ -290,6 +290,9 @@ def test_cli_scores_prints_and_writes_accuracy_txt(
     code, out, _ = _cli(capsys, *common)  # built-in llama2-70b targets: too few tokens
     assert code == 1 and "llama2-70b-99: accuracy: [PASSED] ROUGE1" in out
     assert "[FAILED] TOKENS_PER_SAMPLE: 44.900 (Threshold=265.005)" in out
+    config.write_text("accuracy: {rouge1: 0, rouge2: 0, rougeL: 0, tokens_per_sample: 0}\n")
+    code, out, _ = _cli(capsys, *common, "--benchmark_config", str(config))
+    assert code == 0 and str(result.as_dict()) in out and "note: " in out
 
 
 def _bad_input_cases(tmp: Path, log: Path, dataset: Path, tok: Path) -> dict:
@@ -299,6 +302,7 @@ def _bad_input_cases(tmp: Path, log: Path, dataset: Path, tok: Path) -> dict:
     (tmp / "badtok").mkdir()
     (tmp / "badtok" / "tokenizer.json").write_text("{not json")
     pd.DataFrame({"input": ["q"]}).to_pickle(tmp / "noout.pkl")
+    pd.DataFrame({"output": ["a", "b"]}, index=[5, 7]).to_pickle(tmp / "index.pkl")
     files = {
         "truncated.json": good[: len(good) // 2],
         "notjson.json": "this is not JSON\n",
@@ -320,6 +324,7 @@ def _bad_input_cases(tmp: Path, log: Path, dataset: Path, tok: Path) -> dict:
     cases["missing log"] = (tmp / "absent.json", dataset, tok, "absent.json")
     cases["no output column"] = (log, tmp / "noout.pkl", tok, "noout.pkl")
     cases["dataset not a pickle"] = (log, tmp / "notjson.json", tok, "notjson.json")
+    cases["dataset index not 0..N-1"] = (log, tmp / "index.pkl", tok, "index.pkl")
     cases["preprocessed dir without dataset.pkl"] = (log, tmp / "notok", tok, "notok")
     cases["tokenizer dir empty"] = (log, dataset, tmp / "notok", "notok")
     cases["tokenizer unloadable"] = (log, dataset, tmp / "badtok", "badtok")

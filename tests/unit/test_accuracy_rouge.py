@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from harness.accuracy.errors import AccuracyInputError
+from harness.accuracy.errors import AccuracyInputError, TargetsNotSetError
 from harness.accuracy.rouge import (
     FastRougeScorer,
     ReferenceRougeScorer,
@@ -186,3 +186,10 @@ def test_targets_from_yaml_and_builtins(tmp_path) -> None:
         load_targets("x", bad)
     with pytest.raises(AccuracyInputError, match="not found"):
         load_targets("no-such-benchmark", None)
+    unset = tmp_path / "unset.yaml"
+    unset.write_text("benchmark:\n  accuracy: {rouge1: 0.0, rouge2: 0.0, rougeL: 0.0, "
+                     "tokens_per_sample: 0.0}\n")
+    with pytest.raises(TargetsNotSetError, match="record_accuracy_targets"):
+        load_targets("x", unset)
+    # The project's configs/llama2-70b/benchmark.yaml (or, without it, the built-ins).
+    assert load_targets("llama2-70b") == LLAMA
