@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.engine.model.attention import AttentionMetadata, PrefillChunk
+from harness.engine.model.attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
 from harness.engine.outputs import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from harness.engine.sampler import Sampler
@@ -18,6 +18,9 @@ from harness.engine.sampler import Sampler
 logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
+# CPU decodes are grouped by context length so that padding to a group's longest context
+# wastes at most this factor (plus a block): the gathered K/V and score matmuls shrink.
+DECODE_GROUP_SLACK = 1.5
 
 
 class KVCacheCapacityError(RuntimeError):
@@ -148,7 +151,9 @@ class ModelRunner:
 
     def _prepare(self, sched: SchedulerOutput) -> _Batch:
         bs = self.kv.block_size
-        decodes = [s for s in sched.scheduled if s.num_tokens == 1]
+        decodes = sorted(
+            (s for s in sched.scheduled if s.num_tokens == 1), key=lambda s: s.start_position
+        )
         prefills = [s for s in sched.scheduled if s.num_tokens > 1]
         self._zero_new_blocks(sched.scheduled)
 
@@ -172,7 +177,9 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slots), num_decode_tokens=len(decodes), prefills=chunks
         )
-        if decodes:
+        if decodes and not self.is_cuda:
+            meta.decode_groups = self._decode_groups(decodes)
+        elif decodes:
             meta.decode_block_tables, meta.decode_mask = self._decode_tables(decodes)
             if self.is_cuda:  # the Triton decode kernel bounds its reads by length, no mask
                 ctx_lens = [s.start_position + 1 for s in decodes]
@@ -221,6 +228,22 @@ class ModelRunner:
             block_table=self._tensor(s.block_ids[:num_blocks]),
             mask=mask,  # [n, ctx + n] bool
         )
+
+    def _decode_groups(self, decodes: list[ScheduledRequest]) -> list[DecodeGroup]:
+        """Split decodes (sorted by context length) into groups of bounded padding."""
+        groups, start, limit = [], 0, 0.0
+        for i, s in enumerate(decodes):
+            if i > start and s.start_position + 1 > limit:
+                groups.append(self._decode_group(decodes[start:i], start))
+                start = i
+            if i == start:
+                limit = DECODE_GROUP_SLACK * (s.start_position + 1) + self.kv.block_size
+        groups.append(self._decode_group(decodes[start:], start))
+        return groups
+
+    def _decode_group(self, decodes: list[ScheduledRequest], row_start: int) -> DecodeGroup:
+        tables, mask = self._decode_tables(decodes)
+        return DecodeGroup(row_start, tables, mask)
 
     def _decode_tables(self, decodes: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Block tables padded with each row's own first block, and the key mask."""

@@ -25,6 +25,15 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """CPU path: one-token decodes of similar context length, attended together."""
+
+    row_start: int  # rows [row_start, row_start + B) of the flat batch
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with each row's first block
+    mask: torch.Tensor  # [1, B, 1, max_blocks * block_size] bool, True: a real key
+
+
+@dataclass
 class AttentionMetadata:
     """Built once per step by the model runner and shared by every layer."""
 
@@ -33,6 +42,8 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] int64
     decode_mask: torch.Tensor | None = None  # [1, num_decodes, 1, max_blocks*block_size] bool
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # CPU path: decodes sorted by context and grouped so padding stays bounded.
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
     # CUDA path (kernels/paged_attention.py): no mask, lengths bound the reads instead.
     decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32
     decode_max_context: int = 0  # >= every decode_context_lens entry (host int, graph-safe)
@@ -64,24 +75,25 @@ class PagedAttention(nn.Module):
         self.v_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
 
         out = q.new_empty(q.shape[0], self.num_heads * d)
-        n_dec = meta.num_decode_tokens
-        if n_dec:
-            out[:n_dec] = self._decode(q[:n_dec], meta)
+        for group in meta.decode_groups:
+            rows = slice(group.row_start, group.row_start + group.block_tables.shape[0])
+            out[rows] = self._decode(q[rows], group)
         for chunk in meta.prefills:
             rows = slice(chunk.query_start, chunk.query_start + chunk.num_query_tokens)
             out[rows] = self._prefill(q[rows], k[rows], v[rows], chunk)
         return out
 
-    def _decode(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, group: DecodeGroup) -> torch.Tensor:
         """Batched single-token attention: gathered K/V + a masked matmul, no KV repeat."""
         b, num_kv, d = q.shape[0], self.num_kv_heads, self.head_dim
+        tables = group.block_tables  # [B, max_blocks]
+        mask = group.mask  # [1, B, 1, T]
         group = self.num_heads // num_kv
-        tables = meta.decode_block_tables  # [B, max_blocks]
         keys = self.k_cache[:, tables].view(num_kv, b, -1, d)  # [Hkv, B, T, D]
         values = self.v_cache[:, tables].view(num_kv, b, -1, d)  # [Hkv, B, T, D]
         q = q.view(b, num_kv, group, d).transpose(0, 1)  # [Hkv, B, G, D]
         scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale  # [Hkv, B, G, T]
-        scores.masked_fill_(~meta.decode_mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         attn = torch.matmul(probs, values)  # [Hkv, B, G, D]
         return attn.transpose(0, 1).reshape(b, self.num_heads * d)
