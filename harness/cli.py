@@ -33,6 +33,7 @@ ACTIONS = (
     "bench",
     "stage_results",
     "check_submission",
+    "serve",
 )
 
 
@@ -138,6 +139,10 @@ def make_backend(cfg: HarnessConfig):  # -> Backend
         from harness.backends.torch_backend import TorchBackend
 
         return TorchBackend.from_config(cfg, engine_dir(cfg))
+    if cfg.engine.backend == "openai":  # no engine dir: the server holds the model
+        from harness.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_config(cfg)
     from harness.backends.trtllm import TrtllmBackend
 
     return TrtllmBackend.from_config(cfg, engine_dir(cfg))
@@ -156,6 +161,10 @@ def preflight(cfg: HarnessConfig) -> None:
             f"{cfg.benchmark.model_path}: no checkpoint (config.json missing); run "
             f"`make preprocess_data BENCHMARKS={cfg.benchmark.name}` or pass --model_path=<dir>"
         )
+    if cfg.engine.backend == "openai":  # the server answers and serves the model
+        from harness.backends.openai import check_endpoint
+
+        check_endpoint(cfg)
     if cfg.engine.backend == "torch" and not (engine_dir(cfg) / "engine.json").is_file():
         raise UserError(
             f'{engine_dir(cfg)}: no engine; run `make generate_engines RUN_ARGS="--benchmarks='
@@ -320,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         if action == "_run_one":  # internal: the child process of run_harness
             _setup_logging(False)
             return run_one(Path(rest[0]), rest[1])
+        if action == "serve":
+            from harness.serve.server import main as serve_main
+
+            _setup_logging("--verbose" in rest)
+            return serve_main([a for a in rest if a != "--verbose"])
         if action == "bench":
             from harness.bench import main as bench_main
 

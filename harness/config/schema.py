@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 SCENARIOS = ("Offline", "Server", "SingleStream", "Interactive")
 TEST_MODES = ("PerformanceOnly", "AccuracyOnly")
 CONFIG_VERS = ("default", "high_accuracy")
-BACKENDS = ("hf", "torch", "trtllm")
+BACKENDS = ("hf", "torch", "trtllm", "openai")
 MODEL_OPTS = ("Dense", "FP8", "Sparse")
 
 
@@ -92,6 +92,12 @@ class EngineConfig:
     data_parallelism: int = 1
     use_cuda_graph: bool = True
     compile: bool = False
+    # backend=openai: any OpenAI-compatible server (docs/openai.md)
+    endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)
+    endpoint_model: str = ""  # served model name; "": the server's only model
+    endpoint_max_concurrency: int = 64  # open HTTP requests at once
+    endpoint_api_key_env: str = ""  # NAME of the environment variable holding the key
+    endpoint_timeout_s: float = 600.0  # total time per request
 
 
 @dataclass
