@@ -198,8 +198,8 @@ def test_fixed_length_body_pins_greedy_and_ignores_eos():
     r = GenerationRequest(0, [3, 4], max_new_tokens=50, min_new_tokens=2, fixed_output_len=7)
     body = completion_body("m", r, EndpointCaps(), None)
     assert body["max_tokens"] == body["min_tokens"] == 7 and body["ignore_eos"] is True
-    text = completion_body("m", r, EndpointCaps(token_prompt=False, extra_fields=False,
-                                                token_source="retokenize"), CharTokenizer())  # fmt: skip
+    caps = EndpointCaps(token_prompt=False, extra_fields=False, token_source="retokenize")
+    text = completion_body("m", r, caps, CharTokenizer())
     assert text["prompt"] == "ab" and "min_tokens" not in text and text["temperature"] == 0
 
 
