@@ -22,6 +22,7 @@ from harness.backends.base import Backend, GenerationRequest
 from harness.backends.openai_protocol import Tokenizer
 
 logger = logging.getLogger(__name__)
+BRIDGE = web.AppKey("bridge", dict)  # {"bridge": EngineBridge}, filled at startup
 
 
 @dataclass
@@ -268,7 +269,7 @@ def make_app(
         return web.json_response(out)
 
     app.on_startup.append(on_startup)
-    app["bridge_state"] = state
+    app[BRIDGE] = state
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/completions", completions)

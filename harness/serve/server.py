@@ -21,7 +21,7 @@ from harness.config.loader import load_config
 from harness.config.schema import HarnessConfig
 from harness.config.system_detect import detect_system
 from harness.run_args import parse_run_args
-from harness.serve.app import EngineBridge, ServeLimits, make_app
+from harness.serve.app import BRIDGE, EngineBridge, ServeLimits, make_app
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ async def _serve(app: web.Application, host: str, port: int, idle_exit_s: float)
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except asyncio.TimeoutError:
                 pass
-            bridge = app["bridge_state"]["bridge"]
+            bridge = app[BRIDGE]["bridge"]
             idle_s = time.monotonic() - bridge.last_activity
             if idle_exit_s > 0 and bridge.num_active == 0 and idle_s > idle_exit_s:
                 logger.info("no requests for %.0f s: exiting (--idle_exit_s)", idle_s)
