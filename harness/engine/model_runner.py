@@ -64,6 +64,7 @@ def plan_kv_cache(
         num_blocks = num_kv_blocks
     else:
         if device.type == "cuda":
+            torch.cuda.empty_cache()  # cached temporaries of weight loading count as used
             free, total = torch.cuda.mem_get_info(device)
             budget = total * gpu_memory_utilization - (total - free)
         else:

@@ -15,9 +15,10 @@ for phase in "$@"; do
   echo "=== phase $phase $(date +%T)"
   case $phase in
     tests) timeout 240 python3 -m pytest -q -x tests/gpu 2>&1 | tail -25 ;;
-    b7) timeout 260 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
-          --scenarios=SingleStream,Offline --min_duration_ms=15000 --min_query_count=1024 \
-          --target_qps=1 --single_stream_expected_latency_ms=1500 ;;
+    b7) timeout 100 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
+          --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
+        timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
+          --scenarios=Offline --min_duration_ms=10000 --min_query_count=1024 --target_qps=1 ;;
     b70) timeout 330 python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ;;
     b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
@@ -26,7 +27,7 @@ for phase in "$@"; do
           --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
           --min_query_count=${Q70:-512} ;;
     prof70) timeout 200 python3 -m harness.report.profile_step --preset=llama2-70b \
-          --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-192} ;;
+          --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} ;;
     prof7) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
           --model_opt=Dense --batch=1 --batch=256 ;;
   esac 2>&1 | tee -a "$OUT/session.log"

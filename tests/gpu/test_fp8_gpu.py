@@ -35,3 +35,17 @@ def test_fp8_gpu_linear_matches_reference(m: int, sparse24: bool) -> None:
     assert out.shape == (m, sum(sizes)) and out.dtype == torch.bfloat16
     err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
     assert err < 5e-2  # per-token e4m3 activations: ~2-3% relative error
+
+
+@pytest.mark.parametrize("m,k", [(1, 8192), (33, 28672), (300, 4096), (5, 100)])
+def test_quantize_per_token_triton_matches_reference(m: int, k: int) -> None:
+    from harness.engine.kernels.fp8_quant import quantize_per_token_triton
+    from harness.engine.quant.fp8_gpu import quantize_per_token
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    x[0, :7] = 0  # a row start of zeros must not matter
+    q, s = quantize_per_token_triton(x)
+    q_ref, s_ref = quantize_per_token(x)
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    deq, deq_ref = q.float() * s, q_ref.float() * s_ref
+    assert ((deq - deq_ref).abs() <= 2 * s_ref * 2**-3 + 1e-6).all()  # at most ~1 e4m3 ulp

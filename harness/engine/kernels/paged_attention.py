@@ -108,7 +108,8 @@ if triton is not None:
         g_mask = offs_g < G
         q = tl.load(
             q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-            mask=g_mask[:, None], other=0.0,
+            mask=g_mask[:, None],
+            other=0.0,
         )  # [G_PAD, D]
         m_i = tl.full([G_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
@@ -129,6 +130,11 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
             m_i = m_new
+        if NUM_SPLITS == 1:  # no partials: normalize here, write [B, H, D] in q's dtype
+            o = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
+            o_ptrs = acc_ptr + (b * (tl.num_programs(1) * G) + heads)[:, None] * D + offs_d[None, :]
+            tl.store(o_ptrs, o.to(acc_ptr.dtype.element_ty), mask=g_mask[:, None])
+            return
         # Partials: acc [B, H, S, D] fp32 (unnormalized, V scale applied), ml [2, B, H, S].
         part = (b * (tl.num_programs(1) * G) + heads) * NUM_SPLITS + s
         tl.store(acc_ptr + part[:, None] * D + offs_d[None, :], acc * v_scale, mask=g_mask[:, None])
@@ -171,8 +177,12 @@ def paged_decode(
     group = h // hkv
     per_split = -(-max(max_context, 1) // num_splits)
     per_split = -(-per_split // BLOCK_N) * BLOCK_N
-    acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
-    ml = torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
+    if num_splits == 1:  # the kernel writes the final output
+        acc = torch.empty(b, h, 1, d, dtype=q.dtype, device=q.device)
+        ml = acc  # unused
+    else:
+        acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
     _paged_decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, block_tables, context_lens, acc, ml,
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
@@ -181,6 +191,8 @@ def paged_decode(
         BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, num_warps=4,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact
     )  # fmt: skip
+    if num_splits == 1:
+        return acc.view(b, h, d)
     m, l_sum = ml[0], ml[1]  # [B, H, S]
     m_max = m.amax(-1, keepdim=True).clamp(min=-1e30)
     w = torch.exp(m - m_max)  # empty splits: exp(-inf) = 0
