@@ -34,13 +34,14 @@ def test_smollm2_greedy_matches_hf():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(MODEL)
-    prompts = [
+    texts = [
         tok.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
         )
         for p in PROMPTS
     ]
-    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert all(isinstance(t, int) for p in prompts for t in p)
     sp = SamplingParams(max_new_tokens=32, min_new_tokens=2, eos_token_ids=(2,))
     engine = LLMEngine.from_args(
         EngineArgs(model_path=str(MODEL), max_num_batched_tokens=64, max_model_len=512)
