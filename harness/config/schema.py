@@ -73,7 +73,7 @@ class ScenarioConfig:
 class EngineConfig:
     """Knobs of the inference backend (engine build and runtime)."""
 
-    backend: str = "hf"
+    backend: str = "torch"  # the native engine; hf is the accuracy reference
     model_opt: str = "Dense"
     dtype: str = "float32"  # activations / dense weights: float32, bfloat16, float16
     device: str = "cpu"

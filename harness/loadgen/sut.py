@@ -13,6 +13,7 @@ from harness.config.schema import HarnessConfig
 from harness.dataset import Dataset
 
 logger = logging.getLogger(__name__)
+PROGRESS_EVERY = 50  # completions between progress log lines
 
 
 class SUT:
@@ -89,6 +90,8 @@ class SUT:
             self._first_sent.discard(request_id)
             self.num_completed += 1
             self.num_tokens += len(token_ids)
+            if self.num_completed % PROGRESS_EVERY == 0:
+                logger.info("%d samples completed, %d tokens", self.num_completed, self.num_tokens)
         data = np.asarray(token_ids, dtype="<i4")  # little-endian int32, as the checker reads
         response = lg.QuerySampleResponse(sample_id, data.ctypes.data, data.nbytes, len(token_ids))
         lg.QuerySamplesComplete([response])  # copies the bytes before returning
