@@ -20,7 +20,7 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
     args = EngineArgs(
         weights="dummy", model_config=PRESETS[a.preset], model_opt=a.model_opt,
         dtype="bfloat16", device="cuda", kv_cache_dtype=a.kv_cache_dtype,
-        max_num_seqs=batch, max_num_batched_tokens=8192, use_cuda_graph=graphs,
+        max_num_seqs=batch + 3, max_num_batched_tokens=8192, use_cuda_graph=graphs,
         gpu_memory_utilization=a.gpu_memory_utilization,
     )  # fmt: skip
     return LLMEngine.from_args(args)
@@ -39,7 +39,7 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     from harness.engine.request import SamplingParams
 
     engine = _engine(a, batch, graphs=not a.no_graphs)
-    sp = SamplingParams(max_new_tokens=10_000, min_new_tokens=10_000, ignore_eos=True)
+    sp = SamplingParams(max_new_tokens=1000, min_new_tokens=1000, ignore_eos=True)
     g = torch.Generator().manual_seed(0)
     for i in range(batch):
         engine.add_request(i, torch.randint(3, 32000, (200,), generator=g).tolist(), sp)
@@ -62,9 +62,15 @@ def profile(a: argparse.Namespace, batch: int) -> None:
         graphs, runner.graphs = runner.graphs, None
         print(f"[profile]   eager decode step {_timed_steps(engine, 5):.2f} ms", flush=True)
         runner.graphs = graphs
+    # A mixed step: every decode plus one new 200-token prompt (Offline's steady state).
+    for j in range(3):
+        engine.add_request(batch + j, torch.randint(3, 32000, (200,), generator=g).tolist(), sp)
+        print(f"[profile]   mixed step (+1 prefill of 200) {_timed_steps(engine, 1):.2f} ms",
+              flush=True)  # fmt: skip
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
+    engine.step()
     with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         _timed_steps(engine, 5)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top)

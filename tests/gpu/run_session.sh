@@ -14,7 +14,7 @@ SHORT="--min_duration_ms=10000 --target_qps=1"
 for phase in "$@"; do
   echo "=== phase $phase $(date +%T)"
   case $phase in
-    tests) timeout 240 python3 -m pytest -q -x tests/gpu 2>&1 | tail -25 ;;
+    tests) timeout 90 python3 -m pytest -q -x tests/gpu 2>&1 | tail -25 ;;
     b7) timeout 100 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
@@ -28,6 +28,9 @@ for phase in "$@"; do
           --min_query_count=${Q70:-512} ;;
     prof70) timeout 200 python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} ;;
+    srv70) timeout 240 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+          --scenarios=Server --min_duration_ms=60000 --min_query_count=100 \
+          --target_qps=${QPS70:-2.7} ;;
     prof7) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
           --model_opt=Dense --batch=1 --batch=256 ;;
   esac 2>&1 | tee -a "$OUT/session.log"

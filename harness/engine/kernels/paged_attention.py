@@ -33,7 +33,10 @@ def write_kv_cache_reference(
     hkv, d = k_cache.shape[0], k_cache.shape[-1]
     for src, cache, scale in ((k[keep], k_cache, k_scale), (v[keep], v_cache, v_scale)):
         vals = (src.float() / scale).clamp(-FP8_MAX, FP8_MAX) if cache.dtype.itemsize == 1 else src
-        cache.view(hkv, -1, d).index_copy_(1, slots, vals.transpose(0, 1).to(cache.dtype))
+        vals = vals.transpose(0, 1).to(cache.dtype)  # [Hkv, n, D]
+        if cache.dtype.itemsize == 1:  # index_copy_ has no float8 kernel: copy the bytes
+            cache, vals = cache.view(torch.uint8), vals.view(torch.uint8)
+        cache.view(hkv, -1, d).index_copy_(1, slots, vals)
 
 
 def paged_decode_reference(
