@@ -60,10 +60,15 @@ def test_offline_performance_and_accuracy(default_built, tmp_path):
     assert "smollm2-135m.Offline.min_query_count = 16" in (run / "user.conf").read_text()
 
     acc_dir = tmp_path / "acc"
-    proc = harness("run_harness", *args[:-1], f"--log_dir={acc_dir}", "--test_mode=AccuracyOnly")
+    proc = harness(
+        "run_harness", *args[:-1], f"--log_dir={acc_dir}", "--test_mode=AccuracyOnly", check=False
+    )
+    # 16 samples against whole-dataset targets may pass or fail; the verdict must be printed.
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
     run = run_dir_of(acc_dir, "Offline")
     assert check_responses(run, streams_first_token=False) == 16
-    assert "accuracy: [" in proc.stdout and "ROUGE1" in proc.stdout
+    assert "smollm2-135m-99: accuracy: [" in proc.stdout
+    assert "TOKENS_PER_SAMPLE" in proc.stdout
     assert "'rouge1': " in (run / "accuracy.txt").read_text()
 
 
