@@ -135,6 +135,10 @@ def make_backend(cfg: HarnessConfig):  # -> Backend
         from harness.backends.hf import HFBackend
 
         return HFBackend.from_config(cfg)
+    if cfg.engine.backend == "torch" and cfg.engine.data_parallelism > 1:
+        from harness.backends.data_parallel import DataParallelBackend
+
+        return DataParallelBackend.from_config(cfg, engine_dir(cfg))
     if cfg.engine.backend == "torch":
         from harness.backends.torch_backend import TorchBackend
 
