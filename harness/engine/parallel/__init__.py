@@ -1,0 +1,2 @@
+"""Tensor parallelism for the native engine: weight sharding (tp.py) and rank processes
+(launcher.py). Imports nothing outside harness.engine."""

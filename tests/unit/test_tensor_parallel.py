@@ -1,0 +1,83 @@
+"""Tensor parallelism on CPU (gloo, 2 processes): same greedy tokens as the unsplit engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig as HFLlamaConfig
+from transformers import LlamaForCausalLM as HFLlamaForCausalLM
+
+from harness.config.schema import HarnessConfig
+from harness.engine.builder import build_engine
+from harness.engine.llm_engine import EngineArgs, LLMEngine
+from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
+from harness.engine.parallel.launcher import launch_tensor_parallel
+from harness.engine.parallel.tp import TensorParallelError, apply_tp, check_tp
+from harness.engine.quant.dense import DenseConfig
+from harness.engine.request import SamplingParams
+
+VOCAB = 128
+TINY = {
+    "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    hf = HFLlamaForCausalLM(
+        HFLlamaConfig(**TINY, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    ).eval()
+    root = tmp_path_factory.mktemp("tp")
+    hf.save_pretrained(root / "hf")
+    cfg = HarnessConfig()
+    cfg.benchmark.name = "tiny"
+    cfg.benchmark.model_path = str(root / "hf")
+    cfg.system.name = "test"
+    build_engine(cfg, root / "engine")
+    return str(root / "engine")
+
+
+def test_tp2_gloo_greedy_tokens_equal_unsplit(engine_dir):
+    args = EngineArgs(model_path=engine_dir, weights="engine", num_kv_blocks=64, block_size=4,
+                      max_num_batched_tokens=16, num_threads=1)  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 11, 2, 17)]
+    sp = SamplingParams(max_new_tokens=8, eos_token_ids=(2,))
+    want = LLMEngine.from_args(args).generate(prompts, sp)
+    engine = launch_tensor_parallel(args, 2, timeout_s=120)
+    try:
+        k_cache = engine.model_runner.runner.kv_caches[0][0]
+        assert k_cache.shape[0] == 1  # [Hkv / tp, blocks, block_size, D]: one KV head per rank
+        assert engine.model_runner.model.config.num_attention_heads == 2
+        got = engine.generate(prompts, sp)
+    finally:
+        engine.model_runner.shutdown()
+    assert got == want
+
+
+def test_tp3_with_two_kv_heads_is_refused():
+    config = LlamaConfig(**TINY)
+    with pytest.raises(TensorParallelError, match=r"tensor_parallelism=3.*num_key_value_heads=2"):
+        check_tp(config, 3)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, DenseConfig(torch.device("cpu")), torch.float32)
+    with pytest.raises(TensorParallelError, match=r"use one of \[1, 2\]"):
+        apply_tp(model, 0, 3)
+
+
+def test_shard_shapes_on_meta():
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**TINY), DenseConfig(torch.device("cpu")),
+                                 torch.float32)  # fmt: skip
+    specs = apply_tp(model, 1, 2)
+    layer = model.model.layers[0]
+    assert layer.self_attn.qkv_proj.weight.shape == (2 * 16 + 2 * 16, 64)  # 2 q + 1 k + 1 v head
+    assert layer.self_attn.o_proj.weight.shape == (64, 32)
+    assert layer.mlp.gate_up_proj.weight.shape == (96, 64)
+    assert layer.mlp.down_proj.weight.shape == (64, 48)
+    qkv = specs["model.layers.0.self_attn.qkv_proj.weight"]
+    assert qkv.dim == 0 and qkv.ranges == ((32, 32), (64 + 16, 16), (96 + 16, 16))
+    assert specs["model.layers.0.mlp.down_proj.weight"].ranges == ((48, 48),)
+    assert model.model.embed_tokens.weight.shape == (VOCAB, 64)  # replicated
