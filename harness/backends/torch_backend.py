@@ -69,7 +69,12 @@ class TorchBackend:
             use_cuda_graph=e.use_cuda_graph,
         )
         try:
-            engine = LLMEngine.from_args(args)
+            if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)
+                from harness.engine.parallel.launcher import launch_tensor_parallel
+
+                engine = launch_tensor_parallel(args, e.tensor_parallelism)
+            else:
+                engine = LLMEngine.from_args(args)
         except (RequestTooLongError, RuntimeError, ValueError, NotImplementedError) as err:
             raise BackendError(f"torch backend cannot start from {engine_dir}: {err}") from err
         logger.info("torch backend: engine %s (%s, %s)", engine_dir, e.model_opt, e.dtype)

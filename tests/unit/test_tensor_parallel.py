@@ -23,8 +23,9 @@ TINY = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory) -> str:
+@pytest.fixture(scope="module", params=["Dense", "FP8"])
+def engine_dir(request, tmp_path_factory) -> tuple[str, str]:
+    """An engine dir built from a tiny random HF checkpoint, and its model_opt."""
     torch.manual_seed(0)
     hf = HFLlamaForCausalLM(
         HFLlamaConfig(**TINY, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
@@ -35,13 +36,15 @@ def engine_dir(tmp_path_factory) -> str:
     cfg.benchmark.name = "tiny"
     cfg.benchmark.model_path = str(root / "hf")
     cfg.system.name = "test"
+    cfg.engine.model_opt = request.param
     build_engine(cfg, root / "engine")
-    return str(root / "engine")
+    return str(root / "engine"), request.param
 
 
 def test_tp2_gloo_greedy_tokens_equal_unsplit(engine_dir):
-    args = EngineArgs(model_path=engine_dir, weights="engine", num_kv_blocks=64, block_size=4,
-                      max_num_batched_tokens=16, num_threads=1)  # fmt: skip
+    path, model_opt = engine_dir
+    args = EngineArgs(model_path=path, weights="engine", model_opt=model_opt, num_kv_blocks=64,
+                      block_size=4, max_num_batched_tokens=16, num_threads=1)  # fmt: skip
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 11, 2, 17)]
     sp = SamplingParams(max_new_tokens=8, eos_token_ids=(2,))
@@ -81,3 +84,18 @@ def test_shard_shapes_on_meta():
     assert qkv.dim == 0 and qkv.ranges == ((32, 32), (64 + 16, 16), (96 + 16, 16))
     assert specs["model.layers.0.mlp.down_proj.weight"].ranges == ((48, 48),)
     assert model.model.embed_tokens.weight.shape == (VOCAB, 64)  # replicated
+
+
+def test_torch_backend_refuses_tp3_before_spawning(engine_dir, tmp_path):
+    from harness.backends.base import BackendError
+    from harness.backends.torch_backend import TorchBackend
+
+    path, model_opt = engine_dir
+    cfg = HarnessConfig()
+    cfg.benchmark.name = "tiny"
+    cfg.system.name = "test"
+    cfg.engine.model_opt = model_opt
+    cfg.engine.num_kv_blocks = 64
+    cfg.engine.tensor_parallelism = 3
+    with pytest.raises(BackendError, match=r"tensor_parallelism=3.*use one of \[1, 2\]"):
+        TorchBackend.from_config(cfg, path)
