@@ -216,12 +216,13 @@ def run_one(run_dir: Path, command: str) -> int:
     start = time.perf_counter()
     result = run_loadgen(cfg, backend, dataset, run_dir, command)
     elapsed = time.perf_counter() - start
-    validity = "VALID" if result.valid else "INVALID"
+    head = f"\n{cfg.benchmark.name} {cfg.scenario.scenario} {cfg.run.test_mode} "
+    head += f"[{cfg.engine.backend}, {cfg.system.name}]: "
+    if cfg.run.test_mode == "PerformanceOnly":  # LoadGen judges validity in this mode only
+        validity = "VALID" if result.valid else "INVALID"
+        head += f"Result is : {validity}, {result.tokens_per_second:.1f} tokens/s, "
     print(
-        f"\n{cfg.benchmark.name} {cfg.scenario.scenario} {cfg.run.test_mode} "
-        f"[{cfg.engine.backend}, {cfg.system.name}]: Result is : {validity}, "
-        f"{result.tokens_per_second:.1f} tokens/s, {result.num_errors} LoadGen errors, "
-        f"{elapsed:.0f} s; logs in {run_dir}",
+        f"{head}{result.num_errors} LoadGen errors, {elapsed:.0f} s; logs in {run_dir}",
         flush=True,
     )
     ok = result.num_errors == 0

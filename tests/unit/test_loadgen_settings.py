@@ -29,7 +29,7 @@ def test_user_conf_for_default_sets_its_own_latency_limits():
     cfg = load_config("smollm2-135m", "Server", "cpu-default")
     text = user_conf_text(cfg, 400)
     assert "smollm2-135m.Server.ttft_latency = 10000" in text
-    assert "smollm2-135m.Server.tpot_latency = 500" in text
+    assert "smollm2-135m.Server.tpot_latency = 1000" in text
     assert "smollm2-135m.Server.target_latency_percentile = 90.0" in text
     assert "smollm2-135m.Server.use_token_latencies = 1" in text
 
