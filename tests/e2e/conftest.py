@@ -14,7 +14,10 @@ def harness(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.Comp
         [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"harness {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"harness {args} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
