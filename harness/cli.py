@@ -102,10 +102,9 @@ def preprocess_data(cfg: HarnessConfig, force: bool) -> None:
 
 def generate_engine(cfg: HarnessConfig, force: bool) -> None:
     backend = cfg.engine.backend
-    if backend == "hf":
-        print(
-            f"{cfg.benchmark.name}: the hf backend runs the checkpoint itself; no engine to build"
-        )
+    if backend in ("hf", "openai"):
+        where = "the checkpoint itself" if backend == "hf" else "the server's model"
+        print(f"{cfg.benchmark.name}: the {backend} backend runs {where}; no engine to build")
         return
     if backend == "trtllm":
         from harness.backends.trtllm_build import build_trtllm_engine
