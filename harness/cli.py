@@ -168,11 +168,13 @@ def preflight(cfg: HarnessConfig) -> None:
         from harness.backends.openai import check_endpoint
 
         check_endpoint(cfg)
-    if cfg.engine.backend == "torch" and not (engine_dir(cfg) / "engine.json").is_file():
-        raise UserError(
-            f'{engine_dir(cfg)}: no engine; run `make generate_engines RUN_ARGS="--benchmarks='
-            f'{cfg.benchmark.name} --backend=torch --model_opt={cfg.engine.model_opt}"` first'
-        )
+    if cfg.engine.backend == "torch":
+        from harness.engine.builder import EngineManifestError, check_engine
+
+        try:  # missing or built for other settings: refused before LoadGen starts
+            check_engine(cfg, engine_dir(cfg))
+        except EngineManifestError as e:
+            raise UserError(str(e)) from e
     if cfg.run.test_mode == "AccuracyOnly":
         if cfg.engine.dummy_weights:
             raise UserError("--dummy_weights measures speed only; AccuracyOnly needs real weights")
