@@ -85,7 +85,11 @@ def test_accuracy_tokens_match_in_process_torch(server, tmp_path):
     runs = {}
     for name, args in (("torch", ["--backend=torch", *SHORT]), ("openai", openai_args(server))):
         log_dir = tmp_path / name
-        harness("run_harness", *args, "--test_mode=AccuracyOnly", f"--log_dir={log_dir}")
+        # 8 short answers miss the whole-dataset targets: rc 1 (verdict FAILED) is expected
+        proc = harness(
+            "run_harness", *args, "--test_mode=AccuracyOnly", f"--log_dir={log_dir}", check=False
+        )
+        assert proc.returncode in (0, 1) and "accuracy: [" in proc.stdout, proc.stderr[-2000:]
         runs[name] = accuracy_tokens(run_dir_of(log_dir, "Offline"))
     assert len(runs["openai"]) == 8
     assert runs["openai"] == runs["torch"]
