@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from transformers import LlamaConfig as HFLlamaConfig
@@ -15,28 +13,11 @@ from harness.backends.torch_backend import TorchBackend
 from harness.cli import make_backend
 from harness.config.schema import HarnessConfig
 from harness.engine.builder import build_engine
+from tests.unit.sinks import RecordingSink
 
 VOCAB = 128
 EOS = 2
 
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.first: dict[int, int] = {}
-        self.finished: dict[int, list[int]] = {}
-        self.num_finished_events = 0
-        self.lock = threading.Lock()
-
-    def on_first_token(self, request_id: int, token_id: int) -> None:
-        with self.lock:
-            assert request_id not in self.first
-            self.first[request_id] = token_id
-
-    def on_finished(self, request_id: int, token_ids: list[int]) -> None:
-        with self.lock:
-            assert request_id not in self.finished, f"request {request_id} finished twice"
-            self.finished[request_id] = token_ids
-            self.num_finished_events += 1
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from harness.backends.openai_protocol import (
     normalize_url,
 )
 from harness.config.schema import HarnessConfig
+from tests.unit.sinks import RecordingSink
 
 EOS = 2
 
@@ -133,22 +134,6 @@ class FakeServer:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.first: dict[int, int] = {}
-        self.finished: dict[int, list[int]] = {}
-        self.lock = threading.Lock()
-
-    def on_first_token(self, request_id: int, token_id: int) -> None:
-        with self.lock:
-            assert request_id not in self.first, "first token reported twice"
-            self.first[request_id] = token_id
-
-    def on_finished(self, request_id: int, token_ids: list[int]) -> None:
-        with self.lock:
-            assert request_id not in self.finished, "sample completed twice"
-            self.finished[request_id] = token_ids
 
 
 def requests(n: int = 4, max_new: int = 6) -> list[GenerationRequest]:

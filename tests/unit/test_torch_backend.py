@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
@@ -14,25 +13,11 @@ from harness.backends.base import BackendError, GenerationRequest
 from harness.backends.torch_backend import TorchBackend
 from harness.config.schema import HarnessConfig
 from harness.engine.builder import EngineExistsError, build_engine
+from tests.unit.sinks import RecordingSink
 
 VOCAB = 128
 EOS = 2
 
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.first: dict[int, int] = {}
-        self.finished: dict[int, list[int]] = {}
-        self.lock = threading.Lock()
-
-    def on_first_token(self, request_id: int, token_id: int) -> None:
-        with self.lock:
-            assert request_id not in self.first
-            self.first[request_id] = token_id
-
-    def on_finished(self, request_id: int, token_ids: list[int]) -> None:
-        with self.lock:
-            self.finished[request_id] = token_ids
 
 
 @pytest.fixture(scope="module")
