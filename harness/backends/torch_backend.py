@@ -67,6 +67,7 @@ class TorchBackend:
             num_threads=e.num_threads,
             kv_cache_dtype=e.kv_cache_dtype,
             use_cuda_graph=e.use_cuda_graph,
+            fused_kernels=e.fused_kernels,
         )
         try:
             if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)

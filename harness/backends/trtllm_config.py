@@ -48,7 +48,14 @@ FIXED_KV_CACHE: dict[str, Any] = {"enable_block_reuse": False}
 GREEDY: dict[str, Any] = {"top_k": 1, "top_p": None, "n": 1, "use_beam_search": False,
                           "detokenize": False}  # fmt: skip
 # Knobs of ours with no TensorRT-LLM counterpart: TensorRT-LLM schedules on its own.
-IGNORED_KNOBS = ("admission", "num_threads", "batch_size", "compile", "use_cuda_graph")
+IGNORED_KNOBS = (
+    "admission",
+    "num_threads",
+    "batch_size",
+    "compile",
+    "use_cuda_graph",
+    "fused_kernels",
+)
 
 MAX_INPUT_LEN = 1024  # NVIDIA's llama2-70b engines: --max_input_len 1024 --max_seq_len 2048
 RUNTIME_ENV = "HARNESS_TRTLLM_RUNTIME"  # pytorch | tensorrt_engine | auto (the default)

@@ -91,6 +91,7 @@ class EngineConfig:
     tensor_parallelism: int = 1
     data_parallelism: int = 1
     use_cuda_graph: bool = True
+    fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels; false: torch ops
     compile: bool = False
     # backend=openai: any OpenAI-compatible server (docs/openai.md)
     endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)

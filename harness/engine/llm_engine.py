@@ -47,6 +47,7 @@ class EngineArgs:
     seed: int = 0
     kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
+    fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels (False: torch ops)
 
 
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
@@ -79,6 +80,7 @@ class LLMEngine:
         config = resolve_model_config(args)
         quant = quant_config_for(args.model_opt, device)
         model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
+        model.use_fused_kernels(args.fused_kernels)
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
         max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
         kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype

@@ -21,7 +21,7 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
         weights="dummy", model_config=PRESETS[a.preset], model_opt=a.model_opt,
         dtype="bfloat16", device="cuda", kv_cache_dtype=a.kv_cache_dtype,
         max_num_seqs=batch + 3, max_num_batched_tokens=8192, use_cuda_graph=graphs,
-        gpu_memory_utilization=a.gpu_memory_utilization,
+        gpu_memory_utilization=a.gpu_memory_utilization, fused_kernels=not a.no_fused,
     )  # fmt: skip
     return LLMEngine.from_args(args)
 
@@ -53,7 +53,8 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     prefill_s = time.perf_counter() - t0
     engine.step()
     ms = _timed_steps(engine, 10)
-    print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch}: prefill of "
+    print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch} "
+          f"fused={not a.no_fused}: prefill of "
           f"{batch}x200 tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
           f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
           f"{batch / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
@@ -75,8 +76,41 @@ def profile(a: argparse.Namespace, batch: int) -> None:
         _timed_steps(engine, 5)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top)
     print(f"[profile] top kernels, 5 decode steps, batch {batch}:\n{table}", flush=True)
+    if a.prefill_prompts:
+        _profile_prefill(a, engine, g)
     del engine, runner
     torch.cuda.empty_cache()
+
+
+def _profile_prefill(a: argparse.Namespace, engine, g: torch.Generator) -> None:  # noqa: ANN001
+    """One prefill-only step of prefill_prompts x prefill_len tokens, timed and profiled."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    from harness.engine.request import SamplingParams
+
+    sched = engine.scheduler  # drop the decodes: prefill only from here
+    for req in sched.running:
+        sched.block_manager.free_request(req)
+    sched.running.clear()
+    sched.requests.clear()
+    sp = SamplingParams(max_new_tokens=1, min_new_tokens=1, ignore_eos=True)
+    n, length = a.prefill_prompts, a.prefill_len
+
+    def one_step(base: int) -> float:
+        for i in range(n):
+            engine.add_request(base + i, torch.randint(3, 32000, (length,), generator=g).tolist(),
+                               sp)  # fmt: skip
+        return _timed_steps(engine, 1)
+
+    one_step(10**6)  # warm-up: kernels compile for these shapes
+    ms = one_step(2 * 10**6)
+    print(f"[profile] prefill step {n}x{length} tokens: {ms:.1f} ms = "
+          f"{n * length / ms * 1e3:,.0f} prompt tok/s", flush=True)  # fmt: skip
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        one_step(3 * 10**6)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top)
+    print(f"[profile] top kernels, one prefill step of {n}x{length}:\n{table}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, action="append")
     p.add_argument("--gpu_memory_utilization", type=float, default=0.95)
     p.add_argument("--no_graphs", action="store_true")
+    p.add_argument("--no_fused", action="store_true", help="torch ops instead of Triton kernels")
     p.add_argument("--top", type=int, default=18)
+    p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")
+    p.add_argument("--prefill_len", type=int, default=256)
     a = p.parse_args(argv)
     for batch in a.batch or [64]:
         profile(a, batch)

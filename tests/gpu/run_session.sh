@@ -3,6 +3,7 @@
 #   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
+#   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -19,20 +20,22 @@ for phase in "$@"; do
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=1024 --target_qps=1 ;;
-    b70) timeout 330 python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
+    b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ;;
     b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
           --min_query_count=${Q70:-512} ;;
-    prof70) timeout 200 python3 -m harness.report.profile_step --preset=llama2-70b \
-          --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} ;;
+    prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
+          --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
+          $([ $phase = prof70u ] && echo --no_fused) ;;
     srv70) timeout 240 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=60000 --min_query_count=100 \
           --target_qps=${QPS70:-2.7} ;;
-    prof7) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
-          --model_opt=Dense --batch=1 --batch=256 ;;
+    prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
+          --model_opt=Dense --batch=1 --batch=256 --prefill_prompts=16 \
+          $([ $phase = prof7u ] && echo --no_fused) ;;
   esac 2>&1 | tee -a "$OUT/session.log"
   case $phase in b*) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
 done

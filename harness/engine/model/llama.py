@@ -1,19 +1,24 @@
 """The Llama decoder (GQA, RoPE incl. llama3 scaling, RMSNorm, SwiGLU) as a plain nn.Module.
 
 Reads top to bottom: config -> presets -> building blocks -> layer -> model. Precision lives
-in each Linear's quant method; attention over the paged cache lives in attention.py.
+in each Linear's quant method; attention over the paged cache lives in attention.py. Norms,
+RoPE and SwiGLU run their plain-torch references unless `use_fused_kernels` switched on the
+Triton kernels of harness/engine/kernels (CUDA).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from harness.engine.kernels.activation import silu_mul_reference
+from harness.engine.kernels.rms_norm import rms_norm_reference
+from harness.engine.kernels.rope import rope_reference
 from harness.engine.model.attention import AttentionMetadata, PagedAttention
 from harness.engine.quant.base import LinearMethod, QuantConfig
 
@@ -116,16 +121,23 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
+    """Statistics in fp32 whatever the model dtype; with `residual`, norms x + residual and
+    returns that sum as the new residual (the add is fused into the norm kernel)."""
+
     def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
+        self.use_triton = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in fp32 whatever the model dtype, as the reference implementation does.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.use_triton:
+            from harness.engine.kernels.rms_norm import rms_norm_triton
+
+            return rms_norm_triton(x, self.weight, self.eps, residual)
+        return rms_norm_reference(x, self.weight, self.eps, residual)
 
 
 def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
@@ -168,24 +180,28 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_pos, head_dim]
         self.cos_sin = torch.stack((emb.cos(), emb.sin()), dim=1).to(dtype)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [N] -> (cos, sin), each [N, 1, D]: gathered once per step, all layers."""
-        cos_sin = self.cos_sin[positions]  # [N, 2, D]
-        return cos_sin[:, 0:1], cos_sin[:, 1:2]
+    def forward(self, positions: torch.Tensor) -> Rope:
+        return Rope(positions, self.cos_sin)
 
 
-def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x: [N, heads, D] rotated by position (rotate-half convention of HF Llama)."""
-    cos, sin = rope
-    return x * cos + _rotate_half(x) * sin
+@dataclass
+class Rope:
+    """One step's rotary inputs, shared by all layers; cos/sin are gathered once, when used."""
 
+    positions: torch.Tensor  # [N] int64
+    cos_sin: torch.Tensor  # [max_pos, 2, head_dim] table in the model dtype
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N, 1, head_dim]
+    @cached_property
+    def _gathered(self) -> torch.Tensor:
+        return self.cos_sin[self.positions]  # [N, 2, D]
 
+    @property
+    def cos(self) -> torch.Tensor:
+        return self._gathered[:, 0:1]  # [N, 1, D]
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    @property
+    def sin(self) -> torch.Tensor:
+        return self._gathered[:, 1:2]  # [N, 1, D]
 
 
 class LlamaAttention(nn.Module):
@@ -205,13 +221,20 @@ class LlamaAttention(nn.Module):
             q_size, [config.hidden_size], quant.linear_method(f"{prefix}.o_proj"), dtype
         )
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+        self.use_triton = False
 
     def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        n, d = x.shape[0], self.head_dim
-        qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]
-        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], -1)
-        q, k = apply_rope(q.view(n, -1, d), rope), apply_rope(k.view(n, -1, d), rope)
-        o = self.attn(q, k, v.view(n, -1, d), meta)  # [N, H * D]
+        n, d, h = x.shape[0], self.head_dim, self.num_heads
+        qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]: q heads, then k heads, then v heads
+        qk = qkv[:, : (h + self.num_kv_heads) * d].view(n, -1, d)  # [N, H + Hkv, D]
+        if self.use_triton:  # rotated in place
+            from harness.engine.kernels.rope import rope_triton_
+
+            rope_triton_(qk, rope.positions, rope.cos_sin)
+        else:
+            qk = rope_reference(qk, rope.cos, rope.sin)
+        v = qkv[:, (h + self.num_kv_heads) * d :].view(n, -1, d)
+        o = self.attn(qk[:, :h], qk[:, h:], v, meta)  # [N, H * D]
         return self.o_proj(o)
 
 
@@ -225,10 +248,15 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(
             inter, [config.hidden_size], quant.linear_method(f"{prefix}.down_proj"), dtype
         )
+        self.use_triton = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # SwiGLU
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)  # [N, 2 I]
+        if self.use_triton:  # SwiGLU: silu(gate) * up
+            from harness.engine.kernels.activation import silu_mul_triton
+
+            return self.down_proj(silu_mul_triton(gate_up))
+        return self.down_proj(silu_mul_reference(gate_up))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -240,9 +268,19 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = LlamaMLP(config, quant, f"{prefix}.mlp", dtype)
 
-    def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(rope, self.input_layernorm(x), meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: this layer's input as the previous layer's MLP output, not yet added to
+        residual (None in the first layer, where x is the embedding) -> (MLP output, residual)."""
+        if residual is None:
+            residual = x
+            h, _ = self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(rope, h, meta)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -263,9 +301,10 @@ class LlamaModel(nn.Module):
         """input_ids, positions: [N] int64 -> hidden states [N, hidden_size]."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary(positions)
+        residual = None
         for layer in self.layers:
-            x = layer(rope, x, meta)
-        return self.norm(x)
+            x, residual = layer(rope, x, residual, meta)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -313,6 +352,17 @@ class LlamaForCausalLM(nn.Module):
 
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         self.model.rotary.init_table(device, dtype)
+
+    def use_fused_kernels(self, enabled: bool) -> bool:
+        """Switch norms, RoPE and SwiGLU to their Triton kernels (CUDA and Triton needed);
+        returns whether they are on."""
+        from harness.engine.kernels.rms_norm import triton
+
+        enabled = enabled and triton is not None and self.lm_head.weight.is_cuda
+        for module in self.modules():
+            if hasattr(module, "use_triton"):
+                module.use_triton = enabled
+        return enabled
 
     def kv_attention_modules(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]

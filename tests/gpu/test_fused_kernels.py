@@ -1,0 +1,97 @@
+"""Triton norm / RoPE / SwiGLU kernels vs their plain-torch references, on the shapes we run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+DTYPES = [torch.bfloat16, torch.float32]
+# (rows, hidden): decode batch 1, a ragged batch, a prefill step; hidden of SmolLM2 / 7B / 70B.
+NORM_SHAPES = [(1, 4096), (37, 576), (300, 8192), (4096, 8192)]
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal up to one rounding of the output dtype (fp32 statistics in another order)."""
+    tol = 1e-5 if out.dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,h", NORM_SHAPES)
+def test_rms_norm_matches_reference(n: int, h: int, dtype: torch.dtype) -> None:
+    from harness.engine.kernels.rms_norm import rms_norm_reference, rms_norm_triton
+
+    g = torch.Generator(device="cuda").manual_seed(n)
+    x = torch.randn(n, h, device="cuda", dtype=dtype, generator=g) * 4
+    res = torch.randn(n, h, device="cuda", dtype=dtype, generator=g)
+    w = torch.rand(h, device="cuda", dtype=dtype, generator=g) + 0.5
+    ref, ref_res = rms_norm_reference(x, w, 1e-5, res.clone())
+    res_in = res.clone()
+    out, out_res = rms_norm_triton(x, w, 1e-5, res_in)
+    assert out_res is res_in  # the residual is updated in place
+    assert torch.equal(out_res, ref_res)  # the add is rounded exactly as torch rounds it
+    _close(out, ref)
+    ref, _ = rms_norm_reference(x, w, 1e-5)
+    out, none = rms_norm_triton(x, w, 1e-5)
+    assert none is None
+    _close(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,inter", [(1, 11008), (37, 1536), (4096, 28672)])
+def test_silu_mul_matches_reference(n: int, inter: int, dtype: torch.dtype) -> None:
+    from harness.engine.kernels.activation import silu_mul_reference, silu_mul_triton
+
+    gate_up = torch.randn(n, 2 * inter, device="cuda", dtype=dtype) * 3
+    _close(silu_mul_triton(gate_up), silu_mul_reference(gate_up))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset,n", [("smollm2-135m", 5), ("llama2-7b", 1), ("llama2-70b", 300)])
+def test_rope_matches_reference(preset: str, n: int, dtype: torch.dtype) -> None:
+    from harness.engine.kernels.rope import rope_reference, rope_triton_
+    from harness.engine.model.llama import PRESETS, RotaryEmbedding
+
+    cfg = PRESETS[preset]
+    h, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    rotary = RotaryEmbedding(cfg)
+    rotary.init_table(torch.device("cuda"), dtype)
+    positions = torch.randint(0, cfg.max_position_embeddings, (n,), device="cuda")
+    rope = rotary(positions)
+    qkv = torch.randn(n, (h + 2 * hkv) * d, device="cuda", dtype=dtype)
+    v_before = qkv[:, (h + hkv) * d :].clone()
+    qk = qkv[:, : (h + hkv) * d].view(n, h + hkv, d)  # strided rows, as the model passes it
+    ref = rope_reference(qk, rope.cos, rope.sin)
+    rope_triton_(qk, positions, rotary.cos_sin)
+    _close(qk, ref)
+    assert torch.equal(qkv[:, (h + hkv) * d :], v_before)  # v is left alone
+
+
+@pytest.mark.parametrize("model_opt", ["Dense", "FP8"])
+def test_fused_model_matches_unfused(model_opt: str) -> None:
+    """One engine's hidden states for a mixed prefill batch, kernels on vs off (bf16)."""
+    from harness.engine.llm_engine import EngineArgs, LLMEngine
+    from harness.engine.model.llama import PRESETS
+    from harness.engine.request import SamplingParams
+
+    args = EngineArgs(
+        weights="dummy", model_config=PRESETS["smollm2-135m"], model_opt=model_opt,
+        dtype="bfloat16", device="cuda", num_kv_blocks=64,
+    )  # fmt: skip
+    engine = LLMEngine.from_args(args)
+    model = engine.model_runner.model
+    for i, n in enumerate((1, 40, 200)):
+        engine.add_request(i, list(range(3, 3 + n)), SamplingParams(max_new_tokens=4))
+    batch = engine.model_runner._prepare(engine.scheduler.schedule())
+    hidden = {}
+    for fused in (True, False):
+        assert model.use_fused_kernels(fused) is fused
+        with torch.inference_mode():
+            hidden[fused] = model(batch.input_ids, batch.positions, batch.meta).float()
+    err = (hidden[True] - hidden[False]).norm() / hidden[False].norm()
+    assert err < 2e-2, err
