@@ -64,6 +64,7 @@ class TorchBackend:
             max_num_seqs=e.max_num_seqs,
             max_num_batched_tokens=e.max_num_batched_tokens,
             admission=e.admission,
+            admission_batch=e.admission_batch,
             num_threads=e.num_threads,
             kv_cache_dtype=e.kv_cache_dtype,
             use_cuda_graph=e.use_cuda_graph,

@@ -50,6 +50,7 @@ GREEDY: dict[str, Any] = {"top_k": 1, "top_p": None, "n": 1, "use_beam_search": 
 # Knobs of ours with no TensorRT-LLM counterpart: TensorRT-LLM schedules on its own.
 IGNORED_KNOBS = (
     "admission",
+    "admission_batch",
     "num_threads",
     "batch_size",
     "compile",

@@ -87,6 +87,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     num_kv_blocks: int = 0  # 0: computed from free memory
     admission: str = "fifo"  # fifo | longest_first
+    admission_batch: int = 1  # torch: while others decode, admit new requests in groups
     num_threads: int = 0  # torch intra-op threads on CPU; 0: torch's default
     tensor_parallelism: int = 1
     data_parallelism: int = 1

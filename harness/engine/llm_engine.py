@@ -42,6 +42,7 @@ class EngineArgs:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     admission: str = "fifo"
+    admission_batch: int = 1  # new requests join running ones in groups of this many
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     num_threads: int = 0  # CPU intra-op threads; 0: torch's default
     seed: int = 0
@@ -97,6 +98,7 @@ class LLMEngine:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             admission=args.admission,
+            admission_batch=args.admission_batch,
             max_model_len=max_model_len,
         )
         scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))

@@ -36,14 +36,18 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # tokens per step, prefill chunks and decodes together
     admission: str = "fifo"  # fifo | longest_first (longest prompt first; Offline)
     max_model_len: int = 0  # prompt + outputs limit; 0: only the KV pool limits it
+    # While others decode, new requests start only in groups of this many (Offline: most
+    # steps then stay decode-only, replayed as CUDA graphs); 1: as soon as one fits.
+    admission_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.admission not in ADMISSION_POLICIES:
             raise ValueError(f"admission={self.admission!r}: use one of {ADMISSION_POLICIES}")
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.admission_batch < 1:
             raise ValueError(
                 f"max_num_seqs={self.max_num_seqs}, max_num_batched_tokens="
-                f"{self.max_num_batched_tokens}: both must be >= 1"
+                f"{self.max_num_batched_tokens}, admission_batch={self.admission_batch}: "
+                "each must be >= 1"
             )
 
 
@@ -123,8 +127,10 @@ class Scheduler:
             i += 1
 
         # 2. Then waiting requests (preempted ones first), unless this step had to preempt.
+        may_admit = self._may_admit()  # decided once, before this step's admissions
         while (
-            not out.preempted_request_ids
+            may_admit
+            and not out.preempted_request_ids
             and budget > 0
             and len(self.running) < self.config.max_num_seqs
             and (self.preempted or self._waiting)
@@ -144,6 +150,15 @@ class Scheduler:
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
+
+    def _may_admit(self) -> bool:
+        """Batched admission: with requests running, wait until admission_batch free slots
+        (or every waiting request) can be filled at once. Preempted requests never wait."""
+        group = self.config.admission_batch
+        if group <= 1 or not self.running or self.preempted:
+            return True
+        free_slots = self.config.max_num_seqs - len(self.running)
+        return free_slots >= min(group, len(self._waiting))
 
     def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens

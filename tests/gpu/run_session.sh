@@ -21,7 +21,7 @@ for phase in "$@"; do
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=1024 --target_qps=1 ;;
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
-          --min_query_count=${Q70:-512} ;;
+          --min_query_count=${Q70:-512} ${EXTRA70:-} ;;
     b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \

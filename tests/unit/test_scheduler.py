@@ -197,3 +197,50 @@ def test_many_requests_tiny_pool_all_finish():
     out = run_to_completion(s)
     assert sorted(out) == list(range(10)) and all(v == [7] * 4 for v in out.values())
     assert s.num_preemptions > 0 and s.block_manager.num_free_blocks == 6
+
+
+def _decode_all(s: Scheduler, steps: int) -> list[SchedulerOutput]:
+    outs = []
+    for _ in range(steps):
+        sched = s.schedule()
+        s.update_from_output(sched, fake_output(sched))
+        outs.append(sched)
+    return outs
+
+
+def test_admission_batch_holds_new_requests_until_a_group_fits():
+    s = make_scheduler(max_num_seqs=4, admission_batch=3)
+    reqs = make_requests(4, num_prompt=4, max_new_tokens=3) + [
+        Request(request_id=10 + i, prompt_token_ids=[20 + i] * 4,
+                sampling=SamplingParams(max_new_tokens=50, eos_token_ids=(EOS,)))
+        for i in range(5)
+    ]  # fmt: skip
+    long_running = reqs[4]
+    for r in [long_running, *reqs[:3], *reqs[5:]]:
+        s.add_request(r)
+    first = s.schedule()  # nothing running yet: the first 4 start at once
+    assert [x.request_id for x in first.scheduled] == [10, 0, 1, 2]
+    s.update_from_output(first, fake_output(first))
+    # Requests 0-2 finish after 3 tokens; until then, and with one slot free, nobody joins.
+    steps = _decode_all(s, 2)
+    assert all(len(x.scheduled) == 4 for x in steps)
+    joined = s.schedule()  # 3 slots free now (0, 1, 2 finished): a group of 3 joins
+    assert sorted(x.request_id for x in joined.scheduled) == [10, 11, 12, 13]
+    assert len(s.running) == 4
+
+
+def test_admission_batch_admits_the_last_few_when_all_of_them_fit():
+    s = make_scheduler(max_num_seqs=5, admission_batch=4)
+    for r in make_requests(6, num_prompt=4, max_new_tokens=2):
+        s.add_request(r)
+    first = s.schedule()
+    assert len(first.scheduled) == 5
+    s.update_from_output(first, fake_output(first))
+    # 1 waiting, 0 free slots: waits; once slots free up it joins though fewer than 4 wait.
+    finished = run_to_completion(s)
+    assert sorted(finished) == [0, 1, 2, 3, 4, 5]
+
+
+def test_admission_batch_must_be_positive():
+    with pytest.raises(ValueError, match="admission_batch=0"):
+        SchedulerConfig(admission_batch=0)

@@ -358,7 +358,7 @@ class LlamaForCausalLM(nn.Module):
         returns whether they are on."""
         from harness.engine.kernels.rms_norm import triton
 
-        enabled = enabled and triton is not None and self.lm_head.weight.is_cuda
+        enabled = enabled and triton is not None and self.model.embed_tokens.weight.is_cuda
         for module in self.modules():
             if hasattr(module, "use_triton"):
                 module.use_triton = enabled
