@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call: install carried wheels, then the phases named in $@ (see docs/benchmarks.md).
 #   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
+#   ss7    : llama2-7b SingleStream, 64 queries (early stopping's minimum)
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
@@ -15,11 +16,13 @@ SHORT="--min_duration_ms=10000 --target_qps=1"
 for phase in "$@"; do
   echo "=== phase $phase $(date +%T)"
   case $phase in
-    tests) timeout 90 python3 -m pytest -q -x tests/gpu 2>&1 | tail -25 ;;
+    tests) timeout 120 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
     b7) timeout 100 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=1024 --target_qps=1 ;;
+    ss7) timeout 150 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
+          --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=64 ;;
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} ;;
     b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
@@ -30,7 +33,7 @@ for phase in "$@"; do
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
           $([ $phase = prof70u ] && echo --no_fused) ;;
-    srv70) timeout 240 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+    srv70) timeout ${TS70:-240} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=60000 --min_query_count=100 \
           --target_qps=${QPS70:-2.7} ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
