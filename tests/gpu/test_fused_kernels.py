@@ -94,4 +94,7 @@ def test_fused_model_matches_unfused(model_opt: str) -> None:
         with torch.inference_mode():
             hidden[fused] = model(batch.input_ids, batch.positions, batch.meta).float()
     err = (hidden[True] - hidden[False]).norm() / hidden[False].norm()
-    assert err < 2e-2, err
+    # Dense: one-ulp bf16 differences stay small (measured < 2%). FP8: per-token e4m3 inputs
+    # re-round them to e4m3 steps (6%) and 30 random layers compound it (measured 5.6% on
+    # an H200). A wrong kernel gives ~100%.
+    assert err < (2e-2 if model_opt == "Dense" else 1e-1), err
