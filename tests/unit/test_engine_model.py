@@ -8,7 +8,12 @@ import torch
 from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM, rope_inv_freq
 from harness.engine.quant.base import quant_config_for
-from harness.engine.quant.fp8 import FP8LinearMethod, prune_2_of_4, quantize_per_channel
+from harness.engine.quant.fp8 import (
+    FP8LinearMethod,
+    prune_2_of_4,
+    quantize_per_channel,
+    quantize_per_token,
+)
 
 CPU = torch.device("cpu")
 
@@ -80,6 +85,8 @@ def test_fp8_linear_matches_its_dequantized_reference():
     w = torch.randn(16, 32)
     method.load_dense(layer, w, slice(0, 16))
     x = torch.randn(5, 32)
-    want = x @ (layer.weight.float() * layer.weight_scale[:, None]).t()
+    xq, x_scale = quantize_per_token(x)  # the activations as the FP8 GEMM sees them
+    assert xq.dtype == torch.float8_e4m3fn and x_scale.shape == (5, 1)
+    want = (xq.float() * x_scale) @ (layer.weight.float() * layer.weight_scale[:, None]).t()
     torch.testing.assert_close(method.apply(layer, x), want)
     torch.testing.assert_close(method.apply(layer, x), x @ w.t(), atol=0.5, rtol=0.1)

@@ -1,7 +1,7 @@
 """Dynamic per-token FP8 (e4m3) activation quantization in one Triton launch per matrix.
 
 Replaces 6-8 elementwise torch launches per linear (abs, amax, div, clamp, cast) in decode,
-where launches, not bytes, dominate. Reference: quant/fp8_gpu.quantize_per_token.
+where launches, not bytes, dominate. Reference: quant/fp8.quantize_per_token.
 """
 
 from __future__ import annotations

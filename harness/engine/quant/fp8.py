@@ -1,7 +1,8 @@
 """FP8 (e4m3) weight linear method with per-channel scales, optionally 2:4 sparse.
 
-This is the plain-torch reference: weights dequantized to the activation dtype, then F.linear.
-The GPU path (issue 6) swaps in FP8 GEMMs with dynamic per-token activation scales.
+This is the plain-torch reference of the GPU math: activations rounded to e4m3 with a dynamic
+per-token scale and weights dequantized, both in the activation dtype, then F.linear. The GPU
+path (fp8_gpu.py) runs the same quantization into one FP8 tensor-core GEMM.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def prune_2_of_4(weight: torch.Tensor) -> torch.Tensor:
     return (groups * mask).reshape(out_f, in_f)
 
 
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [M, K] -> ([M, K] e4m3, [M, 1] fp32 scales) with x ~= q * scale."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # [M, 1]
+    q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> ([out, in] e4m3, [out] fp32 scales) with weight ~= q * scale."""
     w32 = weight.float()
@@ -48,6 +56,8 @@ class FP8LinearMethod:
         layer.register_parameter("weight_scale", nn.Parameter(scale, requires_grad=False))
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        xq, x_scale = quantize_per_token(x.reshape(-1, x.shape[-1]))
+        x = (xq.float() * x_scale).to(x.dtype).view(x.shape)  # what the FP8 GEMM multiplies
         w = layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
         return F.linear(x, w)  # [N, in] -> [N, out]
 

@@ -10,14 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.engine.quant.fp8 import FP8_DTYPE, FP8_MAX, FP8LinearMethod
-
-
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: [M, K] bf16 -> ([M, K] e4m3, [M, 1] fp32 scales) with x ~= q * scale."""
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # [M, 1]
-    q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, scale
+from harness.engine.quant.fp8 import FP8LinearMethod
 
 
 def fp8_linear(
