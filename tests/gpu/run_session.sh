@@ -33,9 +33,9 @@ for phase in "$@"; do
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
           $([ $phase = prof70u ] && echo --no_fused) ;;
-    srv70) timeout ${TS70:-240} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
-          --scenarios=Server --min_duration_ms=60000 --min_query_count=100 \
-          --target_qps=${QPS70:-2.7} ;;
+    srv70) timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+          --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
+          --target_qps=${QPS70:-7.5} ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
           --model_opt=Dense --batch=1 --batch=256 --prefill_prompts=16 \
           $([ $phase = prof7u ] && echo --no_fused) ;;
