@@ -89,8 +89,10 @@ class PagedAttention(nn.Module):
         tables = group.block_tables  # [B, max_blocks]
         mask = group.mask  # [1, B, 1, T]
         group = self.num_heads // num_kv
-        keys = self.k_cache[:, tables].view(num_kv, b, -1, d)  # [Hkv, B, T, D]
-        values = self.v_cache[:, tables].view(num_kv, b, -1, d)  # [Hkv, B, T, D]
+        # index_select copies whole blocks; advanced indexing (cache[:, tables]) is ~3x slower
+        # on CPU, and this gather is the largest cost of a CPU decode step.
+        keys = self.k_cache.index_select(1, tables.flatten()).view(num_kv, b, -1, d)  # [Hkv,B,T,D]
+        values = self.v_cache.index_select(1, tables.flatten()).view(num_kv, b, -1, d)
         q = q.view(b, num_kv, group, d).transpose(0, 1)  # [Hkv, B, G, D]
         scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale  # [Hkv, B, G, T]
         scores.masked_fill_(~mask, float("-inf"))
@@ -109,8 +111,9 @@ class PagedAttention(nn.Module):
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             num_k = chunk.num_context_tokens + num_q
-            k = self.k_cache[:, chunk.block_table].view(self.num_kv_heads, -1, d)[:, :num_k]
-            v = self.v_cache[:, chunk.block_table].view(self.num_kv_heads, -1, d)[:, :num_k]
+            k = self.k_cache.index_select(1, chunk.block_table).view(self.num_kv_heads, -1, d)
+            v = self.v_cache.index_select(1, chunk.block_table).view(self.num_kv_heads, -1, d)
+            k, v = k[:, :num_k], v[:, :num_k]
             o = F.scaled_dot_product_attention(
                 q, k.unsqueeze(0), v.unsqueeze(0), attn_mask=chunk.mask, enable_gqa=True
             )
