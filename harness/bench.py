@@ -26,6 +26,7 @@ from harness.config.schema import HarnessConfig
 logger = logging.getLogger(__name__)
 
 KV_LINE = re.compile(r"KV cache: (\d+) blocks x (\d+) tokens = (\d+) tokens")
+STEADY_LINE = re.compile(r"steady state \(10-90% of tokens\) ([\d.]+) tokens/s")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class BenchResult:
     valid: bool
     returncode: int
     kv_tokens: int = 0
+    engine_steady_tps: float = 0.0  # torch engine: tokens/s between 10% and 90% of its tokens
     latencies: dict[str, float] = field(default_factory=dict)  # p99 TTFT/TPOT, ms
     roofline: str = ""
     fraction: float = 0.0
@@ -91,14 +93,15 @@ def ensure_inputs(cfg: HarnessConfig) -> None:
         generate_engine(cfg, force=False)
 
 
-def run_child(cfg: HarnessConfig, run_dir: Path, command: str) -> tuple[int, int]:
-    """One LoadGen test in a child process; echoes its output; returns (rc, KV tokens)."""
+def run_child(cfg: HarnessConfig, run_dir: Path, command: str) -> tuple[int, int, float]:
+    """One LoadGen test in a child process; echoes its output; returns (rc, KV tokens,
+    the engine's steady-state tokens/s or 0)."""
     from harness.config.loader import to_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     child = [sys.executable, "-m", "harness", "_run_one", str(run_dir), command]
-    kv_tokens = 0
+    kv_tokens, steady = 0, 0.0
     with subprocess.Popen(
         child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
@@ -109,8 +112,10 @@ def run_child(cfg: HarnessConfig, run_dir: Path, command: str) -> tuple[int, int
                 log.write(line)
                 if m := KV_LINE.search(line):
                     kv_tokens = int(m.group(3))
+                if m := STEADY_LINE.search(line):
+                    steady = float(m.group(1))
         rc = proc.wait()
-    return rc, kv_tokens
+    return rc, kv_tokens, steady
 
 
 def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int = 0):
@@ -161,7 +166,7 @@ def bench_one(cfg: HarnessConfig, stamp: Path, command: str) -> BenchResult:
     label = f"{cfg.benchmark.name} {cfg.scenario.scenario} {e.backend} {e.model_opt}"
     run_dir = stamp / f"{cfg.benchmark.name}-{cfg.scenario.scenario}-{e.backend}-{e.model_opt}"
     ensure_inputs(cfg)
-    rc, kv_tokens = run_child(cfg, run_dir, command)
+    rc, kv_tokens, steady = run_child(cfg, run_dir, command)
     detail = parse_detail(run_dir)
     key = "result_tokens_per_second"
     if cfg.scenario.loadgen_scenario != "Offline":
@@ -173,7 +178,7 @@ def bench_one(cfg: HarnessConfig, stamp: Path, command: str) -> BenchResult:
             "result_99.00_percentile_latency"))
     }  # fmt: skip
     res = BenchResult(label, run_dir, tps, detail.get("result_validity") == "VALID", rc,
-                      kv_tokens, lat)  # fmt: skip
+                      kv_tokens, steady, lat)  # fmt: skip
     cap = 1 if cfg.scenario.loadgen_scenario == "SingleStream" else 0
     roof = workload_roofline(cfg, kv_tokens, cap) if e.device == "cuda" else None
     if roof is not None:
@@ -181,8 +186,9 @@ def bench_one(cfg: HarnessConfig, stamp: Path, command: str) -> BenchResult:
         res.fraction = roof.fraction(tps)
     summary = {
         "label": label, "tokens_per_second": tps, "valid": res.valid, "returncode": rc,
-        "kv_tokens": kv_tokens, "p99_ms": lat, "roofline": roof.as_dict() if roof else None,
-        "roofline_fraction": res.fraction, "command": command,
+        "kv_tokens": kv_tokens, "engine_steady_tokens_per_second": steady, "p99_ms": lat,
+        "roofline": roof.as_dict() if roof else None, "roofline_fraction": res.fraction,
+        "command": command,
     }  # fmt: skip
     (run_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     return res
@@ -193,6 +199,10 @@ def _print_result(r: BenchResult) -> None:
     lat = ", ".join(f"{k.replace('result_', '')}={v:.1f} ms" for k, v in r.latencies.items())
     print(f"[bench] {r.label}: {r.tokens_per_second:,.1f} tokens/s ({validity}, rc={r.returncode})"
           + (f"; p99 {lat}" if lat else ""), flush=True)  # fmt: skip
+    if r.engine_steady_tps:
+        print(f"[bench]   engine steady state (10-90% of its tokens): "
+              f"{r.engine_steady_tps:,.1f} tokens/s (engine-side timing, not a LoadGen figure)",
+              flush=True)  # fmt: skip
     if r.roofline:
         print(f"[bench]   {r.roofline}", flush=True)
 

@@ -106,6 +106,13 @@ class TorchBackend:
             self._thread.join()
             self._thread = None
         self._raise_if_failed()
+        log = self.engine.step_log
+        if log.num_tokens:
+            logger.info(
+                "engine: %d tokens in %d steps over %.1f s; steady state (10-90%% of tokens) "
+                "%.1f tokens/s", log.num_tokens, len(log.times), log.times[-1] - log.times[0],
+                log.rate_between(),
+            )  # fmt: skip
 
     # --- worker ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from harness.engine.outputs import RequestOutput
 from harness.engine.quant.base import quant_config_for
 from harness.engine.request import Request, SamplingParams
 from harness.engine.scheduler import Scheduler, SchedulerConfig
+from harness.engine.stats import StepLog
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class LLMEngine:
         self.scheduler = scheduler
         self.model_runner = model_runner
         self.num_steps = 0
+        self.step_log = StepLog()  # tokens generated per step, for the steady-state rate
         self._next_generate_id = 1 << 48  # generate() ids: far from any caller's ids
 
     @classmethod
@@ -120,6 +122,7 @@ class LLMEngine:
             return []
         runner_out = self.model_runner.execute(sched)
         self.num_steps += 1
+        self.step_log.record(len(runner_out.sampled_token_ids))
         return self.scheduler.update_from_output(sched, runner_out)
 
     def has_unfinished(self) -> bool:

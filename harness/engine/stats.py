@@ -1,0 +1,41 @@
+"""Tokens generated per engine step over time, and the steady-state rate they imply.
+
+Plain Python. A short Offline run spends a large share of its time ramping up (every prompt
+prefilled before the first answer) and draining (the longest answers alone at the end); the
+rate between the 10% and the 90% marks of all generated tokens shows the engine while full.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from array import array
+
+
+class StepLog:
+    """16 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
+
+    def __init__(self) -> None:
+        self.times = array("d")  # [num_steps] seconds (perf_counter) at each step's end
+        self.cumulative_tokens = array("q")  # [num_steps] tokens generated up to that step
+
+    def record(self, num_tokens: int, now: float | None = None) -> None:
+        total = (self.cumulative_tokens[-1] if self.cumulative_tokens else 0) + num_tokens
+        self.times.append(time.perf_counter() if now is None else now)
+        self.cumulative_tokens.append(total)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cumulative_tokens[-1] if self.cumulative_tokens else 0
+
+    def rate_between(self, lo: float = 0.1, hi: float = 0.9) -> float:
+        """Tokens/s from the step that reached lo x all tokens to the one that reached hi x;
+        0.0 when there are too few steps to tell."""
+        total = self.num_tokens
+        i = bisect.bisect_left(self.cumulative_tokens, lo * total)
+        j = bisect.bisect_left(self.cumulative_tokens, hi * total)
+        if total == 0 or j <= i or self.times[j] <= self.times[i]:
+            return 0.0
+        return (self.cumulative_tokens[j] - self.cumulative_tokens[i]) / (
+            self.times[j] - self.times[i]
+        )

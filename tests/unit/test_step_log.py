@@ -1,0 +1,30 @@
+"""StepLog: the steady-state rate between the 10% and 90% marks of all generated tokens."""
+
+from __future__ import annotations
+
+from harness.engine.stats import StepLog
+
+
+def test_rate_between_ignores_a_slow_ramp_and_drain():
+    log = StepLog()
+    t = 0.0
+    for _ in range(10):  # ramp: 1 token per second
+        t += 1.0
+        log.record(1, now=t)
+    for _ in range(80):  # full: 100 tokens per second
+        t += 1.0
+        log.record(100, now=t)
+    for _ in range(10):  # drain
+        t += 1.0
+        log.record(1, now=t)
+    assert log.num_tokens == 10 + 8000 + 10
+    overall = log.num_tokens / (log.times[-1] - log.times[0])
+    assert overall < 82
+    assert 99.0 <= log.rate_between() <= 100.0
+
+
+def test_rate_between_is_zero_without_enough_steps():
+    log = StepLog()
+    assert log.rate_between() == 0.0
+    log.record(5, now=1.0)
+    assert log.rate_between() == 0.0
