@@ -1,7 +1,8 @@
-"""Where a decode step's time goes: step timings and torch.profiler's top CUDA kernels.
+"""Where a step's time goes: step timings and torch.profiler's top CUDA kernels.
 
 Builds the native engine with dummy weights of a preset shape, fills `batch` sequences
-(prompt 200 tokens), then times eager and CUDA-graph decode steps and profiles a few.
+(prompt 200 tokens), then times eager and CUDA-graph decode steps and profiles a few; with
+--prefill_prompts=N also one prefill step of N prompts, and --no_fused for the torch ops.
 Run on the GPU: python -m harness.report.profile_step --preset=llama2-70b --batch=192
 """
 
