@@ -90,3 +90,13 @@ def test_fp8_linear_matches_its_dequantized_reference():
     want = (xq.float() * x_scale) @ (layer.weight.float() * layer.weight_scale[:, None]).t()
     torch.testing.assert_close(method.apply(layer, x), want)
     torch.testing.assert_close(method.apply(layer, x), x @ w.t(), atol=0.5, rtol=0.1)
+
+
+def test_fused_kernels_stay_off_on_cpu():
+    from harness.engine.loader import build_model
+    from harness.engine.model.llama import LlamaConfig
+
+    config = LlamaConfig(64, 32, 48, 1, 4, 2, max_position_embeddings=16)
+    model = build_model(config, quant_config_for("Dense", CPU), torch.float32, CPU, "dummy", "")
+    assert model.use_fused_kernels(True) is False  # Triton kernels need CUDA tensors
+    assert not any(getattr(m, "use_triton", False) for m in model.modules())
