@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config.schema import CHOICES, HarnessConfig
+from harness.config.schema import AT_LEAST_ONE, CHOICES, HarnessConfig
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(HarnessConfig))
 # Short settings of --test_run (NVIDIA's meaning: min_duration 1 min, few queries).
@@ -175,10 +175,26 @@ def merge(layers: list[Layer]) -> DictConfig:
             raise ConfigError(
                 f"{key} = {value!r} is not allowed; choose one of: {', '.join(choices)}"
             )
+    for key in AT_LEAST_ONE:
+        value = OmegaConf.select(cfg, key)
+        if value < 1:
+            raise ConfigError(
+                f"{_source_of(key, layers)}: {key} = {value!r}; it is a count and must be >= 1: "
+                "set it to 1 or more"
+            )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
     return cfg
+
+
+def _source_of(key: str, layers: list[Layer]) -> str:
+    """The last layer (file or command line) that set section.key; else the schema default."""
+    section, leaf = key.split(".", 1)
+    for layer in reversed(layers):
+        if leaf in (layer.values.get(section) or {}):
+            return layer.source
+    return "harness/config/schema.py (default)"
 
 
 def load_config(

@@ -138,6 +138,14 @@ class HarnessConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+# Counts that must be >= 1, checked after the merge (before any engine is built).
+AT_LEAST_ONE: tuple[str, ...] = (
+    "engine.max_num_seqs",
+    "engine.max_num_batched_tokens",
+    "engine.block_size",
+    "engine.admission_batch",
+)
+
 # Values that must be one of a fixed set, checked after the merge.
 CHOICES: dict[str, tuple[str, ...]] = {
     "scenario.scenario": SCENARIOS,

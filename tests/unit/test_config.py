@@ -96,6 +96,11 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
             "system: {name: s}\ndefaults: {engine: {dtype: fp4}}\n",
             "engine.dtype = 'fp4' is not allowed",
         ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {engine: {admission_batch: 0}}}}\n",
+            r"systems/s.yaml \(benchmarks.b.Offline\): engine.admission_batch = 0; .* >= 1",
+        ),
         ("benchmark: {name: b}\n", "system: {name: s}\n", "missing required config key"),
         ("benchmark: [1, 2\n", "system: {name: s}\n", "not valid YAML"),
     ],
