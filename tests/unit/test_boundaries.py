@@ -65,3 +65,9 @@ def test_only_loadgen_imports_mlperf_loadgen():
         if "mlperf_loadgen" in names
     ]
     assert users == []
+
+
+@pytest.mark.parametrize("module", ["request", "kv_cache", "scheduler", "outputs", "stats"])
+def test_engine_bookkeeping_is_plain_python(module):
+    names = imports_of("engine")[f"harness/engine/{module}.py"]
+    assert not [n for n in names if is_under(n, "torch") or is_under(n, "numpy")], names
