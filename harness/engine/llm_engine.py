@@ -122,7 +122,8 @@ class LLMEngine:
             return []
         runner_out = self.model_runner.execute(sched)
         self.num_steps += 1
-        self.step_log.record(len(runner_out.sampled_token_ids))
+        prefill = sched.num_batched_tokens > len(sched.scheduled)  # prompt tokens this step
+        self.step_log.record(len(runner_out.sampled_token_ids), prefill=prefill)
         return self.scheduler.update_from_output(sched, runner_out)
 
     def has_unfinished(self) -> bool:

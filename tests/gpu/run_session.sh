@@ -5,6 +5,8 @@
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
+#   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI
+#   sweep  : small-M FP8 GEMM, cuBLAS vs Triton configs   sparse : .carry/probe_sparse.py if carried
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -21,7 +23,7 @@ for phase in "$@"; do
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=1024 --target_qps=1 ;;
-    ss7) timeout 150 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
+    ss7) timeout ${TSS7:-240} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=64 ;;
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} ;;
@@ -36,6 +38,14 @@ for phase in "$@"; do
     srv70) timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
           --target_qps=${QPS70:-7.5} ;;
+    int70) timeout ${TI70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+          --scenarios=Interactive --min_duration_ms=${DURI:-60000} --min_query_count=100 \
+          --target_qps=${QPSI:-2} ;;
+    o7) timeout ${T7:-200} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
+          --scenarios=Offline --min_duration_ms=10000 --min_query_count=${Q7:-2000} --target_qps=1 \
+          ${EXTRA7:-} ;;
+    sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b ;;
+    sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
           --model_opt=Dense --batch=1 --batch=256 --prefill_prompts=16 \
           $([ $phase = prof7u ] && echo --no_fused) ;;

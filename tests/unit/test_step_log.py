@@ -28,3 +28,14 @@ def test_rate_between_is_zero_without_enough_steps():
     assert log.rate_between() == 0.0
     log.record(5, now=1.0)
     assert log.rate_between() == 0.0
+
+
+def test_time_split_counts_steps_with_prompt_tokens_apart():
+    log = StepLog()
+    log.record(4, now=0.0, prefill=True)  # the first step has no start: left out
+    log.record(4, now=0.5, prefill=True)
+    log.record(4, now=0.6)
+    log.record(4, now=0.7)
+    decode_n, decode_s, prefill_n, prefill_s = log.time_split()
+    assert (decode_n, prefill_n) == (2, 1)
+    assert abs(decode_s - 0.2) < 1e-9 and abs(prefill_s - 0.5) < 1e-9

@@ -110,6 +110,7 @@ class Linear(nn.Module):
         self.output_sizes = output_sizes
         self.out_features = sum(output_sizes)
         self.method = method
+        self.use_triton = False  # the method may pick a Triton GEMM (quant/fp8_gpu.py)
         method.create_weights(self, in_features, self.out_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -354,8 +355,8 @@ class LlamaForCausalLM(nn.Module):
         self.model.rotary.init_table(device, dtype)
 
     def use_fused_kernels(self, enabled: bool) -> bool:
-        """Switch norms, RoPE and SwiGLU to their Triton kernels (CUDA and Triton needed);
-        returns whether they are on."""
+        """Switch norms, RoPE, SwiGLU and small-batch FP8 GEMMs to their Triton kernels (CUDA
+        and Triton needed); returns whether they are on."""
         from harness.engine.kernels.rms_norm import triton
 
         enabled = enabled and triton is not None and self.model.embed_tokens.weight.is_cuda

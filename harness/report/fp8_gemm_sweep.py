@@ -1,0 +1,96 @@
+"""Small-M FP8 GEMM on a model's linear shapes: cuBLAS `_scaled_mm` against the Triton kernel's
+configurations (kernels/fp8_gemm.py), with the weight bandwidth each reaches.
+
+Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+
+def _ms(fn, iters: int = 20) -> float:  # noqa: ANN001
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
+    """name -> (N, K) of one decoder layer's linears (q|k|v and gate|up fused, as we run them)."""
+    from harness.engine.model.llama import PRESETS
+
+    c = PRESETS[preset]
+    kv = c.num_key_value_heads * c.head_dim
+    return {
+        "qkv": (c.num_attention_heads * c.head_dim + 2 * kv, c.hidden_size),
+        "o": (c.hidden_size, c.num_attention_heads * c.head_dim),
+        "gate_up": (2 * c.intermediate_size, c.hidden_size),
+        "down": (c.hidden_size, c.intermediate_size),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.engine.kernels.fp8_gemm import fp8_gemm_reference, fp8_gemm_triton
+    from harness.engine.quant.fp8 import quantize_per_channel, quantize_per_token
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama2-70b")
+    p.add_argument("--m", type=int, action="append", help="rows (default 1 8 16 32)")
+    a = p.parse_args(argv)
+    shapes = linear_shapes(a.preset)
+    weights = {}
+    for name, (n, k) in shapes.items():
+        w, s = quantize_per_channel(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+        weights[name] = (w, s.view(1, -1).contiguous())
+    layer_bytes = sum(n * k for n, k in shapes.values())
+    configs = list(itertools.product((32, 64, 128), (128, 256)))
+    for m in a.m or [1, 8, 16, 32]:
+        xs = {name: quantize_per_token(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+              for name, (_, k) in shapes.items()}  # fmt: skip
+
+        def shape_ms(fn, xs=xs) -> dict[str, float]:  # noqa: ANN001
+            return {name: _ms(lambda name=name: fn(*xs[name], *weights[name])) for name in shapes}
+
+        def cublas(xq, xsc, w, ws):  # noqa: ANN001, ANN202
+            return torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16)
+
+        base = shape_ms(cublas)
+        total = sum(base.values())
+        print(f"[fp8_gemm] {a.preset} M={m}: cuBLAS {total:.3f} ms per layer = "
+              f"{layer_bytes / total / 1e6:,.0f} GB/s of weights; "
+              + ", ".join(f"{k} {v:.3f}" for k, v in base.items()), flush=True)  # fmt: skip
+        results = []
+        for bn, bk in configs:
+            kw = dict(block_n=bn, block_k=bk)
+            try:
+                for name in shapes:  # a config that computes wrong is not a candidate
+                    out = fp8_gemm_triton(*xs[name], *weights[name], **kw)
+                    ref = fp8_gemm_reference(*xs[name], *weights[name])
+                    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=1e-2)
+                times = shape_ms(lambda *t, kw=kw: fp8_gemm_triton(*t, **kw))
+            except Exception as ex:  # noqa: BLE001 (out of shared memory, wrong results)
+                print(f"[fp8_gemm]   {kw}: failed {type(ex).__name__}: {str(ex)[:120]}")
+                continue
+            results.append((sum(times.values()), times, kw))
+        for t, _, kw in sorted(results, key=lambda r: r[0])[:3]:
+            print(f"[fp8_gemm]   triton {t:.3f} ms = {layer_bytes / t / 1e6:,.0f} GB/s "
+                  f"({total / t:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip
+        for name in shapes if results else ():
+            _, times, kw = min(results, key=lambda r, name=name: r[1][name])
+            print(f"[fp8_gemm]   best for {name} {shapes[name]}: {times[name]:.3f} ms "
+                  f"({base[name] / times[name]:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
