@@ -65,6 +65,7 @@ class TorchBackend:
             max_num_batched_tokens=e.max_num_batched_tokens,
             admission=e.admission,
             admission_batch=e.admission_batch,
+            admission_headroom_tokens=e.admission_headroom_tokens,
             num_threads=e.num_threads,
             kv_cache_dtype=e.kv_cache_dtype,
             use_cuda_graph=e.use_cuda_graph,

@@ -51,6 +51,7 @@ GREEDY: dict[str, Any] = {"top_k": 1, "top_p": None, "n": 1, "use_beam_search": 
 IGNORED_KNOBS = (
     "admission",
     "admission_batch",
+    "admission_headroom_tokens",
     "num_threads",
     "batch_size",
     "compile",

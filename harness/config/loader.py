@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config.schema import AT_LEAST_ONE, CHOICES, HarnessConfig
+from harness.config.schema import AT_LEAST_ONE, AT_LEAST_ZERO, CHOICES, HarnessConfig
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(HarnessConfig))
 # Short settings of --test_run (NVIDIA's meaning: min_duration 1 min, few queries).
@@ -181,6 +181,13 @@ def merge(layers: list[Layer]) -> DictConfig:
             raise ConfigError(
                 f"{_source_of(key, layers)}: {key} = {value!r}; it is a count and must be >= 1: "
                 "set it to 1 or more"
+            )
+    for key in AT_LEAST_ZERO:
+        value = OmegaConf.select(cfg, key)
+        if value < 0:
+            raise ConfigError(
+                f"{_source_of(key, layers)}: {key} = {value!r}; it must be >= 0 (0: off): "
+                "set it to 0 or more"
             )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

@@ -88,6 +88,9 @@ class EngineConfig:
     num_kv_blocks: int = 0  # 0: computed from free memory
     admission: str = "fifo"  # fifo | longest_first
     admission_batch: int = 1  # torch: while others decode, admit new requests in groups
+    # torch: a new request starts only if free KV still holds this many more tokens for
+    # every running sequence (fewer preemptions when KV, not max_num_seqs, is the limit)
+    admission_headroom_tokens: int = 0
     num_threads: int = 0  # torch intra-op threads on CPU; 0: torch's default
     tensor_parallelism: int = 1
     data_parallelism: int = 1
@@ -145,6 +148,8 @@ AT_LEAST_ONE: tuple[str, ...] = (
     "engine.block_size",
     "engine.admission_batch",
 )
+# Counts that may be 0 (off) but not negative.
+AT_LEAST_ZERO: tuple[str, ...] = ("engine.admission_headroom_tokens",)
 
 # Values that must be one of a fixed set, checked after the merge.
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -44,6 +44,7 @@ class EngineArgs:
     max_num_batched_tokens: int = 2048
     admission: str = "fifo"
     admission_batch: int = 1  # new requests join running ones in groups of this many
+    admission_headroom_tokens: int = 0  # KV growth kept free per running sequence (0: off)
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     num_threads: int = 0  # CPU intra-op threads; 0: torch's default
     seed: int = 0
@@ -101,6 +102,7 @@ class LLMEngine:
             max_num_batched_tokens=args.max_num_batched_tokens,
             admission=args.admission,
             admission_batch=args.admission_batch,
+            admission_headroom_tokens=args.admission_headroom_tokens,
             max_model_len=max_model_len,
         )
         scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))

@@ -39,6 +39,10 @@ class SchedulerConfig:
     # While others decode, new requests start only in groups of this many (Offline: most
     # steps then stay decode-only, replayed as CUDA graphs); 1: as soon as one fits.
     admission_batch: int = 1
+    # A new request starts only if the free blocks left after its prompt still hold this many
+    # more tokens for every running sequence; 0: whenever its prompt fits. Preempted requests
+    # resume without this check.
+    admission_headroom_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.admission not in ADMISSION_POLICIES:
@@ -48,6 +52,10 @@ class SchedulerConfig:
                 f"max_num_seqs={self.max_num_seqs}, max_num_batched_tokens="
                 f"{self.max_num_batched_tokens}, admission_batch={self.admission_batch}: "
                 "each must be >= 1"
+            )
+        if self.admission_headroom_tokens < 0:
+            raise ValueError(
+                f"admission_headroom_tokens={self.admission_headroom_tokens}: must be >= 0"
             )
 
 
@@ -137,6 +145,8 @@ class Scheduler:
         ):
             req = self.preempted[0] if self.preempted else self._waiting[0][1]
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.preempted and not self._leaves_headroom(req, num_new):
+                break
             if not bm.append_slots(req, num_new):
                 break
             if self.preempted:
@@ -159,6 +169,16 @@ class Scheduler:
             return True
         free_slots = self.config.max_num_seqs - len(self.running)
         return free_slots >= min(group, len(self._waiting))
+
+    def _leaves_headroom(self, req: Request, num_new: int) -> bool:
+        """Would admitting req keep admission_headroom_tokens of growth free for each running
+        sequence (req included)? Always true with nothing running, so work never stalls."""
+        tokens = self.config.admission_headroom_tokens
+        if tokens == 0 or not self.running:
+            return True
+        bm = self.block_manager
+        reserve = bm.num_blocks_for(tokens) * (len(self.running) + 1)
+        return bm.num_free_blocks - bm.num_new_blocks_needed(req, num_new) >= reserve
 
     def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens

@@ -7,6 +7,8 @@
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI
 #   sweep  : small-M FP8 GEMM, cuBLAS vs Triton configs   sparse : .carry/probe_sparse.py if carried
+# A phase may carry extra bench flags after a colon, commas for spaces, e.g.
+#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, srv70, int70)
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -15,8 +17,9 @@ export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/gpu.txt"
 SHORT="--min_duration_ms=10000 --target_qps=1"
-for phase in "$@"; do
-  echo "=== phase $phase $(date +%T)"
+for spec in "$@"; do
+  phase=${spec%%:*}; flags=""; [[ $spec == *:* ]] && flags=${spec#*:}; flags=${flags//,/ }
+  echo "=== phase $spec $(date +%T)"
   case $phase in
     tests) timeout 120 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
     b7) timeout 100 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
@@ -26,7 +29,7 @@ for phase in "$@"; do
     ss7) timeout ${TSS7:-240} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=64 ;;
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
-          --min_query_count=${Q70:-512} ${EXTRA70:-} ;;
+          --min_query_count=${Q70:-512} ${EXTRA70:-} $flags ;;
     b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
@@ -35,15 +38,18 @@ for phase in "$@"; do
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
           $([ $phase = prof70u ] && echo --no_fused) ;;
-    srv70) timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+    srv70) qps=${QPS70:-7.5}  # auto: 0.85 x the last Offline tokens/s of this call / 294 (mean output)
+        [ "$qps" = auto ] && qps=$(cat build/logs/bench/latest/*/bench.json | python3 -c \
+          'import json,sys; print(round(0.85 * json.load(sys.stdin)["tokens_per_second"] / 294, 2))')
+        timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
-          --target_qps=${QPS70:-7.5} ;;
+          --target_qps=$qps $flags ;;
     int70) timeout ${TI70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Interactive --min_duration_ms=${DURI:-60000} --min_query_count=100 \
-          --target_qps=${QPSI:-2} ;;
+          --target_qps=${QPSI:-2} $flags ;;
     o7) timeout ${T7:-200} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=${Q7:-2000} --target_qps=1 \
-          ${EXTRA7:-} ;;
+          ${EXTRA7:-} $flags ;;
     sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b ;;
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \

@@ -101,6 +101,11 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
             "system: {name: s}\nbenchmarks: {b: {Offline: {engine: {admission_batch: 0}}}}\n",
             r"systems/s.yaml \(benchmarks.b.Offline\): engine.admission_batch = 0; .* >= 1",
         ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\ndefaults: {engine: {admission_headroom_tokens: -4}}\n",
+            r"systems/s.yaml \(defaults\): engine.admission_headroom_tokens = -4; .* >= 0",
+        ),
         ("benchmark: {name: b}\n", "system: {name: s}\n", "missing required config key"),
         ("benchmark: [1, 2\n", "system: {name: s}\n", "not valid YAML"),
     ],

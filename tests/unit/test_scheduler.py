@@ -244,3 +244,31 @@ def test_admission_batch_admits_the_last_few_when_all_of_them_fit():
 def test_admission_batch_must_be_positive():
     with pytest.raises(ValueError, match="admission_batch=0"):
         SchedulerConfig(admission_batch=0)
+
+
+def test_admission_headroom_keeps_growth_room_for_running_requests():
+    s = make_scheduler(num_blocks=12, block_size=4, admission_headroom_tokens=8)
+    for r in make_requests(6, num_prompt=8, max_new_tokens=16):
+        s.add_request(r)
+    first = s.schedule()
+    # 12 blocks: each start takes 2 and must leave 2 (8 tokens) per running request, so the
+    # 4th would leave 4 free blocks for 4 requests' 8: it waits (without headroom, 6 start).
+    assert [x.request_id for x in first.scheduled] == [0, 1, 2]
+    assert s.block_manager.num_free_blocks == 6
+
+
+def test_admission_headroom_means_fewer_preemptions_same_outputs():
+    def run(headroom: int) -> tuple[dict, int]:
+        s = make_scheduler(num_blocks=12, block_size=4, admission_headroom_tokens=headroom)
+        for r in make_requests(6, num_prompt=8, max_new_tokens=16):
+            s.add_request(r)
+        return run_to_completion(s), s.num_preemptions
+
+    (plain, plain_preemptions), (kept, kept_preemptions) = run(0), run(8)
+    assert plain == kept and sorted(kept) == list(range(6))
+    assert kept_preemptions < plain_preemptions
+
+
+def test_admission_headroom_must_not_be_negative():
+    with pytest.raises(ValueError, match="admission_headroom_tokens=-1"):
+        SchedulerConfig(admission_headroom_tokens=-1)

@@ -229,6 +229,7 @@ def launch_tensor_parallel(
             max_num_batched_tokens=args.max_num_batched_tokens,
             admission=args.admission,
             admission_batch=args.admission_batch,
+            admission_headroom_tokens=args.admission_headroom_tokens,
             max_model_len=max_model_len,
         ),
         BlockManager(runner.kv.num_blocks, runner.kv.block_size),
