@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.engine.model.attention import AttentionMetadata, DecodeGroup, PrefillChunk
+from harness.engine.model.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    FreshPrefills,
+    PrefillChunk,
+)
 from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
 from harness.engine.outputs import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from harness.engine.sampler import Sampler
@@ -178,6 +183,8 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slots), num_decode_tokens=len(decodes), prefills=chunks
         )
+        if self.is_cuda:
+            meta.fresh_prefills = self._fresh_prefills(chunks)
         if decodes and not self.is_cuda:
             meta.decode_groups = self._decode_groups(decodes)
         elif decodes:
@@ -213,6 +220,30 @@ class ModelRunner:
             sampled_request_ids=sampled_ids,
             suppress_rows=rows,
             suppress_cols=cols,
+        )
+
+    def _fresh_prefills(self, chunks: list[PrefillChunk]) -> FreshPrefills | None:
+        """The last run of consecutive chunks with no cached context (new prompts follow the
+        continued ones), for one varlen attention call; None if there is none."""
+        run: list[PrefillChunk] = []
+        for c in chunks:
+            fresh = c.mask is None
+            if fresh and run and run[-1].query_start + run[-1].num_query_tokens == c.query_start:
+                run.append(c)
+            else:
+                run = [c] if fresh else []
+        if not run:
+            return None
+        lens = [c.num_query_tokens for c in run]
+        cu = [0]
+        for n in lens:
+            cu.append(cu[-1] + n)
+        start = run[0].query_start
+        return FreshPrefills(
+            row_start=start,
+            row_end=start + cu[-1],
+            cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=self.device),
+            max_len=max(lens),
         )
 
     def _prefill_chunk(self, s: ScheduledRequest, query_start: int) -> PrefillChunk:

@@ -22,6 +22,8 @@ for spec in "$@"; do
   echo "=== phase $spec $(date +%T)"
   case $phase in
     tests) timeout 120 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
+    gate) timeout 60 python3 -m pytest -q -x tests/gpu/test_varlen_prefill.py \
+          tests/gpu/test_fp8_gemm.py || { echo "gate failed: later phases not run"; exit 3; } ;;
     b7) timeout 100 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
@@ -56,6 +58,7 @@ for spec in "$@"; do
           --model_opt=Dense --batch=1 --batch=256 --prefill_prompts=16 \
           $([ $phase = prof7u ] && echo --no_fused) ;;
   esac 2>&1 | tee -a "$OUT/session.log"
+  [ "${PIPESTATUS[0]}" = 3 ] && break  # the gate failed
   case $phase in b*) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
 done
 tar czf "$OUT/summaries.tgz" build/logs/bench/*/*/mlperf_log_summary.txt \

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# cuDNN's SDPA builds a plan for every new sequence length (hundreds of ms each), and prompt
+# lengths vary: prefill never uses it.
+SDPA_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -22,6 +27,17 @@ class PrefillChunk:
     num_context_tokens: int  # tokens already cached before this chunk
     block_table: torch.Tensor  # [num_blocks] int64, covers context + chunk
     mask: torch.Tensor | None  # [q, context + q] bool (True: attend); None: plain causal
+
+
+@dataclass
+class FreshPrefills:
+    """CUDA path: consecutive prefill chunks without cached context, rows [row_start, row_end)
+    of the flat batch, attended by one variable-length flash call."""
+
+    row_start: int
+    row_end: int
+    cu_seqlens: torch.Tensor  # [num_chunks + 1] int32: chunk starts relative to row_start
+    max_len: int  # longest chunk
 
 
 @dataclass
@@ -48,6 +64,7 @@ class AttentionMetadata:
     decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32
     decode_max_context: int = 0  # >= every decode_context_lens entry (host int, graph-safe)
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
+    fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
 
 
 class PagedAttention(nn.Module):
@@ -142,12 +159,19 @@ class PagedAttention(nn.Module):
                 meta.decode_context_lens, self.scale, meta.decode_max_context,
                 meta.decode_num_splits, s, s,
             ).view(n_dec, -1)  # fmt: skip
+        fresh = meta.fresh_prefills
+        if fresh is not None:  # fresh K/V in the model dtype: no cache read
+            rows = slice(fresh.row_start, fresh.row_end)
+            out[rows] = varlen_causal_attention(q[rows], k[rows], v[rows], fresh, self.scale)
         for chunk in meta.prefills:
             rows = slice(chunk.query_start, chunk.query_start + chunk.num_query_tokens)
-            if chunk.mask is None:  # fresh K/V in the model dtype: no cache read
-                out[rows] = self._prefill(q[rows], k[rows], v[rows], chunk)
-            else:  # chunked prefill over cached context: gather, upcast, masked SDPA
-                out[rows] = self._prefill_cached(q[rows], chunk)
+            if fresh is not None and fresh.row_start <= chunk.query_start < fresh.row_end:
+                continue
+            with sdpa_kernel(SDPA_NO_CUDNN):
+                if chunk.mask is None:
+                    out[rows] = self._prefill(q[rows], k[rows], v[rows], chunk)
+                else:  # chunked prefill over cached context: gather, upcast, masked SDPA
+                    out[rows] = self._prefill_cached(q[rows], chunk)
         return out
 
     def _prefill_cached(self, q: torch.Tensor, chunk: PrefillChunk) -> torch.Tensor:
@@ -161,3 +185,17 @@ class PagedAttention(nn.Module):
             q.transpose(0, 1).unsqueeze(0), k, v, attn_mask=chunk.mask, enable_gqa=True
         )  # [1, H, q, D]
         return o.squeeze(0).transpose(0, 1).reshape(num_q, self.num_heads * d)
+
+
+def varlen_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fresh: FreshPrefills, scale: float
+) -> torch.Tensor:
+    """Packed prompts, each attending causally to itself: q [T, H, D], k/v [T, Hkv, D] ->
+    [T, H * D], in one FlashAttention-2 launch (grouped KV heads natively). Reference: the
+    per-chunk SDPA of PagedAttention._prefill (tests/gpu/test_varlen_prefill.py)."""
+    cu = fresh.cu_seqlens
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # views into the fused qkv
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, fresh.max_len, fresh.max_len, 0.0, True, False, scale=scale
+    )[0]
+    return out.reshape(q.shape[0], -1)
