@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # cuDNN's SDPA builds a plan for every new sequence length (hundreds of ms each), and prompt
 # lengths vary: prefill never uses it.
 SDPA_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+FLASH_DTYPES = (torch.float16, torch.bfloat16)  # what the varlen flash kernel takes
 
 
 @dataclass
@@ -159,7 +160,7 @@ class PagedAttention(nn.Module):
                 meta.decode_context_lens, self.scale, meta.decode_max_context,
                 meta.decode_num_splits, s, s,
             ).view(n_dec, -1)  # fmt: skip
-        fresh = meta.fresh_prefills
+        fresh = meta.fresh_prefills if q.dtype in FLASH_DTYPES else None  # fp32: per chunk
         if fresh is not None:  # fresh K/V in the model dtype: no cache read
             rows = slice(fresh.row_start, fresh.row_end)
             out[rows] = varlen_causal_attention(q[rows], k[rows], v[rows], fresh, self.scale)
