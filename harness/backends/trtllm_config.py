@@ -54,7 +54,6 @@ IGNORED_KNOBS = (
     "admission_headroom_tokens",
     "num_threads",
     "batch_size",
-    "compile",
     "use_cuda_graph",
     "fused_kernels",
 )

@@ -96,7 +96,6 @@ class EngineConfig:
     data_parallelism: int = 1
     use_cuda_graph: bool = True
     fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels; false: torch ops
-    compile: bool = False
     # backend=openai: any OpenAI-compatible server (docs/openai.md)
     endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)
     endpoint_model: str = ""  # served model name; "": the server's only model

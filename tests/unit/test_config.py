@@ -13,7 +13,7 @@ def test_default_benchmark_resolves_with_system_knobs():
     cfg = load_config("smollm2-135m", "Offline", "cpu-default")
     assert cfg.benchmark.name == "smollm2-135m"
     assert cfg.scenario.loadgen_scenario == "Offline"
-    assert cfg.engine.max_num_seqs == 64  # from systems/cpu-default.yaml benchmarks section
+    assert cfg.engine.max_num_seqs == 128  # from systems/cpu-default.yaml benchmarks section
     assert cfg.engine.admission == "longest_first"  # from configs/smollm2-135m/Offline.yaml
 
 
