@@ -28,6 +28,30 @@ GIB = 1 << 30
 DECODE_GROUP_SLACK = 1.5
 
 
+def fresh_prefills(chunks: list[PrefillChunk], device: torch.device) -> FreshPrefills | None:
+    """The last run of consecutive chunks with no cached context (new prompts come after the
+    continued ones), for one varlen attention call; None if there is none."""
+    run: list[PrefillChunk] = []
+    for c in chunks:
+        fresh = c.mask is None
+        if fresh and run and run[-1].query_start + run[-1].num_query_tokens == c.query_start:
+            run.append(c)
+        else:
+            run = [c] if fresh else []
+    if not run:
+        return None
+    cu = [0]
+    for c in run:
+        cu.append(cu[-1] + c.num_query_tokens)
+    start = run[0].query_start
+    return FreshPrefills(
+        row_start=start,
+        row_end=start + cu[-1],
+        cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
+        max_len=max(c.num_query_tokens for c in run),
+    )
+
+
 class KVCacheCapacityError(RuntimeError):
     """Not even one request fits the KV-cache memory; the message says which knob to raise."""
 
@@ -184,7 +208,7 @@ class ModelRunner:
             slot_mapping=self._tensor(slots), num_decode_tokens=len(decodes), prefills=chunks
         )
         if self.is_cuda:
-            meta.fresh_prefills = self._fresh_prefills(chunks)
+            meta.fresh_prefills = fresh_prefills(chunks, self.device)
         if decodes and not self.is_cuda:
             meta.decode_groups = self._decode_groups(decodes)
         elif decodes:
@@ -220,30 +244,6 @@ class ModelRunner:
             sampled_request_ids=sampled_ids,
             suppress_rows=rows,
             suppress_cols=cols,
-        )
-
-    def _fresh_prefills(self, chunks: list[PrefillChunk]) -> FreshPrefills | None:
-        """The last run of consecutive chunks with no cached context (new prompts follow the
-        continued ones), for one varlen attention call; None if there is none."""
-        run: list[PrefillChunk] = []
-        for c in chunks:
-            fresh = c.mask is None
-            if fresh and run and run[-1].query_start + run[-1].num_query_tokens == c.query_start:
-                run.append(c)
-            else:
-                run = [c] if fresh else []
-        if not run:
-            return None
-        lens = [c.num_query_tokens for c in run]
-        cu = [0]
-        for n in lens:
-            cu.append(cu[-1] + n)
-        start = run[0].query_start
-        return FreshPrefills(
-            row_start=start,
-            row_end=start + cu[-1],
-            cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=self.device),
-            max_len=max(lens),
         )
 
     def _prefill_chunk(self, s: ScheduledRequest, query_start: int) -> PrefillChunk:
