@@ -112,10 +112,8 @@ class PagedAttention(nn.Module):
         keys = self.k_cache.index_select(1, tables.flatten()).view(num_kv, b, -1, d)  # [Hkv,B,T,D]
         values = self.v_cache.index_select(1, tables.flatten()).view(num_kv, b, -1, d)
         q = q.view(b, num_kv, group, d).transpose(0, 1)  # [Hkv, B, G, D]
-        scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale  # [Hkv, B, G, T]
-        scores.masked_fill_(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        attn = torch.matmul(probs, values)  # [Hkv, B, G, D]
+        # The G query heads of a KV head act as SDPA's query length, B as its heads.
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [Hkv,B,G,D]
         return attn.transpose(0, 1).reshape(b, self.num_heads * d)
 
     def _prefill(
