@@ -102,7 +102,7 @@ class PagedAttention(nn.Module):
         return out
 
     def _decode(self, q: torch.Tensor, group: DecodeGroup) -> torch.Tensor:
-        """Batched single-token attention: gathered K/V + a masked matmul, no KV repeat."""
+        """Batched single-token attention: gathered K/V + one masked SDPA call, no KV repeat."""
         b, num_kv, d = q.shape[0], self.num_kv_heads, self.head_dim
         tables = group.block_tables  # [B, max_blocks]
         mask = group.mask  # [1, B, 1, T]
