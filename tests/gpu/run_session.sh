@@ -46,10 +46,10 @@ for spec in "$@"; do
         timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
           --target_qps=$qps $flags ;;
-    int70) # p99 early stopping needs 459-662+ queries: about 470 s at 1.5 qps
+    int70) # the config's min_query_count (700, for early stopping): about 470 s at 1.5 qps
         timeout ${TI70:-560} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
-          --scenarios=Interactive --min_duration_ms=${DURI:-60000} --min_query_count=${QI70:-700} \
-          --target_qps=${QPSI:-1.5} $flags ;;
+          --scenarios=Interactive --min_duration_ms=${DURI:-60000} --target_qps=${QPSI:-1.5} \
+          $flags ;;
     o7) timeout ${T7:-200} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=${Q7:-2000} --target_qps=1 \
           ${EXTRA7:-} $flags ;;
