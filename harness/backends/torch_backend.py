@@ -70,6 +70,7 @@ class TorchBackend:
             kv_cache_dtype=e.kv_cache_dtype,
             use_cuda_graph=e.use_cuda_graph,
             fused_kernels=e.fused_kernels,
+            cpu_attention_kernel=e.cpu_attention_kernel,
         )
         try:
             if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)

@@ -96,6 +96,7 @@ class EngineConfig:
     data_parallelism: int = 1
     use_cuda_graph: bool = True
     fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels; false: torch ops
+    cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     # backend=openai: any OpenAI-compatible server (docs/openai.md)
     endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)
     endpoint_model: str = ""  # served model name; "": the server's only model

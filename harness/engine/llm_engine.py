@@ -51,6 +51,7 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels (False: torch ops)
+    cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
 
 
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
@@ -107,7 +108,9 @@ class LLMEngine:
         )
         scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))
         graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
-        runner = ModelRunner(model, kv, device, kv_dtype, graph_batch, max_model_len)
+        runner = ModelRunner(
+            model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel
+        )
         return cls(scheduler, runner)
 
     @property

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.engine.kernels import cpu_attention
 from harness.engine.model.attention import (
     AttentionMetadata,
     DecodeGroup,
@@ -126,10 +127,12 @@ class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, kv: KVCacheSpec, device: torch.device,
         kv_dtype: torch.dtype | None = None, cuda_graph_max_batch: int = 0,
-        max_model_len: int = 0,
+        max_model_len: int = 0, cpu_attention_kernel: bool = True,
     ) -> None:  # fmt: skip
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
-        cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only)."""
+        cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only);
+        cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds
+        (False: the plain-torch gather + SDPA)."""
         self.model = model
         self.kv = kv
         self.device = device
@@ -146,6 +149,12 @@ class ModelRunner:
             attn.k_cache, attn.v_cache = k, v
         self._is_block_zeroed = bytearray(kv.num_blocks)
         self.is_cuda = device.type == "cuda"
+        # CPU: decode attention by the C kernel, which reads the cached blocks in place
+        self.use_cpu_kernel = (
+            not self.is_cuda
+            and cpu_attention_kernel
+            and cpu_attention.is_available(dtype, cfg.head_dim)
+        )
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if (
             self.is_cuda) else 0  # fmt: skip
         self.graphs = None
@@ -209,16 +218,16 @@ class ModelRunner:
         )
         if self.is_cuda:
             meta.fresh_prefills = fresh_prefills(chunks, self.device)
-        if decodes and not self.is_cuda:
+        if decodes and not (self.is_cuda or self.use_cpu_kernel):
             meta.decode_groups = self._decode_groups(decodes)
-        elif decodes:
-            meta.decode_block_tables, meta.decode_mask = self._decode_tables(decodes)
-            if self.is_cuda:  # the Triton decode kernel bounds its reads by length, no mask
-                ctx_lens = [s.start_position + 1 for s in decodes]
-                meta.decode_context_lens = torch.tensor(
-                    ctx_lens, dtype=torch.int32, device=self.device
-                )  # [num_decodes]
-                meta.decode_max_context = max(ctx_lens)
+        elif decodes:  # the kernels bound their reads by length: no mask, no groups
+            ctx_lens = [s.start_position + 1 for s in decodes]
+            meta.decode_block_tables = self._decode_tables(decodes)[0]
+            meta.decode_context_lens = torch.tensor(
+                ctx_lens, dtype=torch.int32 if self.is_cuda else torch.int64, device=self.device
+            )  # [num_decodes]
+            meta.decode_max_context = max(ctx_lens)
+            if self.is_cuda:
                 from harness.engine.kernels.paged_attention import choose_num_splits
 
                 meta.decode_num_splits = choose_num_splits(
@@ -286,7 +295,7 @@ class ModelRunner:
             s.block_ids[: -(-c // bs)] + [s.block_ids[0]] * (max_blocks - -(-c // bs))
             for s, c in zip(decodes, ctx_lens, strict=True)
         ]
-        if self.is_cuda:  # no mask needed (decode_context_lens bound the kernel's reads)
+        if self.is_cuda or self.use_cpu_kernel:  # decode_context_lens bound the reads
             return self._tensor(tables), None
         key_pos = torch.arange(max_blocks * bs, device=self.device)
         mask = key_pos[None, :] < self._tensor(ctx_lens)[:, None]  # [B, T]
@@ -294,8 +303,8 @@ class ModelRunner:
 
     def _zero_new_blocks(self, scheduled: list[ScheduledRequest]) -> None:
         """Blocks written for the first time are zeroed: stale bytes could be NaN, and masked
-        positions still multiply into attention (0 * NaN = NaN)."""
-        if self.is_cuda:  # the CUDA kernels never read past a request's length
+        positions of the plain-torch decode still multiply into attention (0 * NaN = NaN)."""
+        if self.is_cuda or self.use_cpu_kernel:  # kernels never read past a request's length
             return
         bs = self.kv.block_size
         new = []
@@ -308,8 +317,8 @@ class ModelRunner:
         if new:
             ids = self._tensor(new)
             for k, v in self.kv_caches:
-                k[:, ids] = 0
-                v[:, ids] = 0
+                k.index_fill_(1, ids, 0)
+                v.index_fill_(1, ids, 0)
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)

@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM as HFLlamaForCausalLM
 
+from harness.engine.kernels import cpu_attention
 from harness.engine.llm_engine import EngineArgs, LLMEngine
 from harness.engine.request import SamplingParams
 
@@ -96,12 +97,15 @@ SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["c_attention", "torch_attention"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_greedy_matches_hf(tiny_dir, setting):
+def test_greedy_matches_hf(tiny_dir, setting, kernel):
     path, hf = tiny_dir
     prompts = make_prompts(10)
     sp = SamplingParams(max_new_tokens=MAX_NEW, eos_token_ids=(2,))
-    engine = engine_for(path, **SETTINGS[setting])
+    engine = engine_for(path, cpu_attention_kernel=kernel, **SETTINGS[setting])
+    uses_kernel = kernel and cpu_attention.is_available(torch.float32, 16)
+    assert engine.model_runner.use_cpu_kernel == uses_kernel
     got = engine.generate(prompts, sp)
     want = [hf(p, sp) for p in prompts]
     assert got == want

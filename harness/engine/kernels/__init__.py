@@ -1,4 +1,3 @@
-"""GPU kernels of the native engine (Triton), each beside its plain-torch reference.
-
-Imported only on CUDA; the references run anywhere and are what tests/gpu compares against.
+"""Kernels of the native engine, each beside its plain-torch reference: Triton (CUDA; the
+references are what tests/gpu compares against) and one C kernel for CPU decode attention.
 """

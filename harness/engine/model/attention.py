@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from harness.engine.kernels.cpu_attention import paged_decode_cpu
+
 # cuDNN's SDPA builds a plan for every new sequence length (hundreds of ms each), and prompt
 # lengths vary: prefill never uses it.
 SDPA_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -57,12 +59,12 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64: block_id * block_size + offset
     num_decode_tokens: int  # rows [0, num_decode_tokens) are one-token decodes
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] int64
-    decode_mask: torch.Tensor | None = None  # [1, num_decodes, 1, max_blocks*block_size] bool
     prefills: list[PrefillChunk] = field(default_factory=list)
-    # CPU path: decodes sorted by context and grouped so padding stays bounded.
+    # CPU plain-torch path: decodes sorted by context and grouped so padding stays bounded.
     decode_groups: list[DecodeGroup] = field(default_factory=list)
-    # CUDA path (kernels/paged_attention.py): no mask, lengths bound the reads instead.
-    decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32
+    # Kernel paths (CUDA kernels/paged_attention.py, CPU kernels/cpu_attention.py): no mask,
+    # lengths bound the reads instead. Rows are sorted by context length, ascending.
+    decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32 (CUDA), int64 (CPU)
     decode_max_context: int = 0  # >= every decode_context_lens entry (host int, graph-safe)
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
@@ -93,6 +95,12 @@ class PagedAttention(nn.Module):
         self.v_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
 
         out = q.new_empty(q.shape[0], self.num_heads * d)
+        if meta.decode_context_lens is not None:  # the C kernel; else decode_groups below
+            n_dec = meta.num_decode_tokens
+            out[:n_dec] = paged_decode_cpu(
+                q[:n_dec], self.k_cache, self.v_cache, meta.decode_block_tables,
+                meta.decode_context_lens, self.scale,
+            )  # fmt: skip
         for group in meta.decode_groups:
             rows = slice(group.row_start, group.row_start + group.block_tables.shape[0])
             out[rows] = self._decode(q[rows], group)

@@ -124,7 +124,9 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture
         dist.all_reduce(torch.zeros(1, device=device))
     graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
-    return ModelRunner(model, kv, device, kv_dtype, graph_batch, max_model_len)
+    return ModelRunner(
+        model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel
+    )
 
 
 class BroadcastingRunner:

@@ -1,0 +1,119 @@
+"""CPU paged decode attention (cpu_paged_attention.c): built once with the C compiler, called
+through ctypes. Reference: PagedAttention's gather + SDPA path (tests/unit/test_cpu_attention.py).
+
+If no compiler works the engine keeps that plain-torch path and logs why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
+CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared"]
+_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7
+_ARGTYPES += [ctypes.c_float, ctypes.c_int]
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $HARNESS_KERNEL_CACHE, else ~/.cache/harness/kernels."""
+    env = os.environ.get("HARNESS_KERNEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "harness" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """-march=native code runs only where it was built: the CPU's flags key the cache."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def build(compiler: str = "") -> Path:
+    """Compile the kernel (or find it already built); returns the shared library's path.
+    Raises RuntimeError with the compiler's message when it fails."""
+    cc = compiler or os.environ.get("CC", "cc")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([cc, *CFLAGS, _cpu_signature()]).encode()).hexdigest()
+    lib = cache_dir() / f"cpu_paged_attention-{key[:16]}.so"
+    if lib.exists():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)  # concurrent builders: rename
+    os.close(fd)
+    cmd = [cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm", "-lpthread"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        os.unlink(tmp)
+        raise RuntimeError(f"{' '.join(cmd)}: {e}") from e
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
+    os.replace(tmp, lib)
+    logger.info("built the CPU paged-attention kernel: %s", lib)
+    return lib
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The kernel library, or None (logged once) when it cannot be built here."""
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as e:
+        logger.warning("CPU paged-attention kernel unavailable, using gather + SDPA: %s", e)
+        return None
+    lib.paged_decode_f32.argtypes = _ARGTYPES
+    lib.paged_decode_f32.restype = ctypes.c_int
+    return lib
+
+
+def is_available(dtype: torch.dtype, head_dim: int) -> bool:
+    """The kernel takes fp32 and head sizes that are multiples of 8 (its vector width)."""
+    return dtype == torch.float32 and head_dim % 8 == 0 and load() is not None
+
+
+def paged_decode_cpu(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """q [B, H, D] fp32 (rows may be strided), caches [Hkv, num_blocks, bs, D], block_tables
+    [B, max_blocks] int64, context_lens [B] int64 -> [B, H * D]. Rows sorted by context length
+    ascending balance best (the kernel starts from the last, longest row)."""
+    lib = load()
+    assert lib is not None, "paged_decode_cpu called where is_available() is False"
+    b, h, d = q.shape
+    num_kv, num_blocks, block_size, _ = k_cache.shape
+    if q.stride(2) != 1 or q.stride(1) != d:
+        q = q.contiguous()
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and q.dtype == torch.float32
+    block_tables = block_tables.contiguous()
+    context_lens = context_lens.contiguous()
+    out = q.new_empty(b, h * d)
+    status = lib.paged_decode_f32(
+        q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+        block_tables.data_ptr(), context_lens.data_ptr(), out.data_ptr(),
+        b, h, num_kv, d, num_blocks, block_size, block_tables.shape[1], scale,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError(f"paged_decode_f32 failed with status {status} (1: out of memory)")
+    return out
