@@ -5,6 +5,7 @@ test per process, as run_harness does); this parent prints tokens/s, the rooflin
 that workload on this GPU and the achieved fraction, and writes bench.json per run.
 Examples (docs/benchmarks.md):
   python -m harness bench --compare=hf,torch --sample_limit=64 --min_query_count=64
+  python -m harness bench --compare=hf,torch,torch:--cpu_gemm=mkl   # a variant's own flags
   python -m harness bench --benchmarks=llama2-70b-synthetic --model_opts=FP8,Sparse \
       --scenarios=Offline,Server
 """
@@ -18,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +49,11 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m harness bench", allow_abbrev=False)
     p.add_argument("--benchmarks", default="smollm2-135m")
     p.add_argument("--scenarios", default="Offline")
-    p.add_argument("--compare", default="", help="backends, e.g. hf,torch (default: config's)")
+    p.add_argument(
+        "--compare", default="",
+        help="backends, e.g. hf,torch (default: config's); an entry may carry its own flags "
+        "after colons: torch:--cpu_gemm=mkl:--max_num_seqs=64",
+    )  # fmt: skip
     p.add_argument("--model_opts", default="", help="e.g. FP8,Sparse (default: config's)")
     p.add_argument("--system_name", default=None)
     p.add_argument("--log_dir", default="build/logs/bench")
@@ -62,18 +68,22 @@ def _csv(s: str) -> list[str]:
     return [x for x in (v.strip() for v in s.split(",")) if x]
 
 
-def _configs(a: argparse.Namespace, extra: list[str], scenario: str) -> list[HarnessConfig]:
+def _configs(
+    a: argparse.Namespace, extra: list[str], scenario: str
+) -> list[tuple[HarnessConfig, list[str]]]:
+    """(config, the entry's own flags) for every --compare entry and model_opt."""
     from harness.cli import resolve_configs
     from harness.run_args import parse_run_args
 
     out = []
-    for backend in _csv(a.compare) or [""]:
+    for entry in _csv(a.compare) or [""]:
+        backend, *flags = entry.split(":")
         for opt in _csv(a.model_opts) or [""]:
-            argv = [f"--benchmarks={a.benchmarks}", f"--scenarios={scenario}", *extra]
+            argv = [f"--benchmarks={a.benchmarks}", f"--scenarios={scenario}", *extra, *flags]
             argv += [f"--backend={backend}"] if backend else []
             argv += [f"--model_opt={opt}"] if opt else []
             argv += [f"--system_name={a.system_name}"] if a.system_name else []
-            out += resolve_configs(parse_run_args(argv))
+            out += [(cfg, flags) for cfg in resolve_configs(parse_run_args(argv))]
     return out
 
 
@@ -159,12 +169,14 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
     return roofline(w, peaks, fp8_gemm=fp8)
 
 
-def bench_one(cfg: HarnessConfig, stamp: Path, command: str) -> BenchResult:
+def bench_one(
+    cfg: HarnessConfig, stamp: Path, command: str, flags: Sequence[str] = ()
+) -> BenchResult:
     from harness.loadgen.logs import parse_detail
 
     e = cfg.engine
-    label = f"{cfg.benchmark.name} {cfg.scenario.scenario} {e.backend} {e.model_opt}"
-    run_dir = stamp / f"{cfg.benchmark.name}-{cfg.scenario.scenario}-{e.backend}-{e.model_opt}"
+    label = " ".join([cfg.benchmark.name, cfg.scenario.scenario, e.backend, e.model_opt, *flags])
+    run_dir = stamp / re.sub(r"[^\w.=-]+", "-", label.replace(" ", "-")).strip("-")
     ensure_inputs(cfg)
     rc, kv_tokens, steady = run_child(cfg, run_dir, command)
     detail = parse_detail(run_dir)
@@ -216,22 +228,28 @@ def main(argv: list[str]) -> int:
     command = "python -m harness " + shlex.join(["bench", *argv])
     stamp = new_timestamp_dir(Path(a.log_dir))
     results: list[BenchResult] = []
+    scenarios: list[str] = []  # results[i]'s scenario
     offline_tps: dict[str, float] = {}
     for scenario in _csv(a.scenarios):
-        for cfg in _configs(a, extra, scenario):
+        for cfg, flags in _configs(a, extra, scenario):
             if scenario == "Server" and a.server_fraction > 0:
                 cfg = _server_from_offline(cfg, offline_tps, a.server_fraction)
-            r = bench_one(cfg, stamp, command)
+            r = bench_one(cfg, stamp, command, flags)
             if scenario == "Offline":
                 offline_tps[f"{cfg.engine.backend}/{cfg.engine.model_opt}"] = r.tokens_per_second
             results.append(r)
+            scenarios.append(scenario)
             _print_result(r)
     print("\n[bench] summary", flush=True)
     for r in results:
         _print_result(r)
-    if len(results) == 2 and results[0].tokens_per_second > 0:
-        ratio = results[1].tokens_per_second / results[0].tokens_per_second
-        print(f"[bench] ratio {results[1].label} / {results[0].label}: {ratio:.2f}x", flush=True)
+    if a.compare or a.model_opts:  # each run against the first of its scenario
+        firsts: dict[str, BenchResult] = {}
+        for r, scenario in zip(results, scenarios, strict=True):
+            base = firsts.setdefault(scenario, r)
+            if r is not base and base.tokens_per_second > 0:
+                ratio = r.tokens_per_second / base.tokens_per_second
+                print(f"[bench] ratio {r.label} / {base.label}: {ratio:.2f}x", flush=True)
     return 0 if all(r.returncode == 0 for r in results) else 1
 
 

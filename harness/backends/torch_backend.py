@@ -71,6 +71,7 @@ class TorchBackend:
             use_cuda_graph=e.use_cuda_graph,
             fused_kernels=e.fused_kernels,
             cpu_attention_kernel=e.cpu_attention_kernel,
+            cpu_gemm=e.cpu_gemm,
         )
         try:
             if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)

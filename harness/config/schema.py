@@ -97,6 +97,7 @@ class EngineConfig:
     use_cuda_graph: bool = True
     fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels; false: torch ops
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
+    cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # backend=openai: any OpenAI-compatible server (docs/openai.md)
     endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)
     endpoint_model: str = ""  # served model name; "": the server's only model
@@ -162,4 +163,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "engine.dtype": ("float32", "bfloat16", "float16"),
     "engine.admission": ("fifo", "longest_first"),
     "engine.kv_cache_dtype": ("auto", "fp8"),
+    "engine.cpu_gemm": ("onednn", "mkl"),
 }

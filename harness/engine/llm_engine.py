@@ -52,6 +52,7 @@ class EngineArgs:
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels (False: torch ops)
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
+    cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
 
 
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
@@ -83,7 +84,7 @@ class LLMEngine:
         device = torch.device(args.device)
         dtype = DTYPES[args.dtype]
         config = resolve_model_config(args)
-        quant = quant_config_for(args.model_opt, device)
+        quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
         model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
         model.use_fused_kernels(args.fused_kernels)
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)

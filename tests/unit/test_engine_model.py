@@ -100,3 +100,28 @@ def test_fused_kernels_stay_off_on_cpu():
     model = build_model(config, quant_config_for("Dense", CPU), torch.float32, CPU, "dummy", "")
     assert model.use_fused_kernels(True) is False  # Triton kernels need CUDA tensors
     assert not any(getattr(m, "use_triton", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_gemm_choices_compute_the_same_linear(dtype):
+    """oneDNN (fp32 only) and MKL on the transposed weight: same product, rounding aside."""
+    from harness.engine.quant.dense import DenseLinearMethod
+
+    w, x = torch.randn(48, 40).to(dtype), torch.randn(7, 40).to(dtype)
+    outputs = {}
+    for gemm in ("onednn", "mkl"):
+        layer, method = torch.nn.Module(), DenseLinearMethod(gemm)
+        method.create_weights(layer, 40, 48, dtype)
+        method.load_dense(layer, w, slice(0, 48))
+        method.process_weights_after_loading(layer)
+        assert method.use_onednn == (gemm == "onednn" and dtype == torch.float32)
+        assert hasattr(layer, "weight") == method.use_onednn  # mkl keeps only weight_t
+        outputs[gemm] = method.apply(layer, x)
+    torch.testing.assert_close(outputs["onednn"], outputs["mkl"])
+    torch.testing.assert_close(outputs["mkl"].float(), x.float() @ w.float().t(), **(
+        {"atol": 0.1, "rtol": 0.02} if dtype == torch.bfloat16 else {}))  # fmt: skip
+
+
+def test_unknown_cpu_gemm_is_refused_by_name():
+    with pytest.raises(ValueError, match="cpu_gemm='blis'"):
+        quant_config_for("Dense", CPU, cpu_gemm="blis")

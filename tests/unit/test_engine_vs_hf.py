@@ -97,13 +97,14 @@ SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("gemm", ["onednn", "mkl"])
 @pytest.mark.parametrize("kernel", [True, False], ids=["c_attention", "torch_attention"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_greedy_matches_hf(tiny_dir, setting, kernel):
+def test_greedy_matches_hf(tiny_dir, setting, kernel, gemm):
     path, hf = tiny_dir
     prompts = make_prompts(10)
     sp = SamplingParams(max_new_tokens=MAX_NEW, eos_token_ids=(2,))
-    engine = engine_for(path, cpu_attention_kernel=kernel, **SETTINGS[setting])
+    engine = engine_for(path, cpu_attention_kernel=kernel, cpu_gemm=gemm, **SETTINGS[setting])
     uses_kernel = kernel and cpu_attention.is_available(torch.float32, 16)
     assert engine.model_runner.use_cpu_kernel == uses_kernel
     got = engine.generate(prompts, sp)

@@ -107,7 +107,7 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     device = rank_device(args.device, rank)
     dtype = DTYPES[args.dtype]
     config = resolve_model_config(args)
-    quant = quant_config_for(args.model_opt, device)
+    quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
     model = load_tp_model(config, quant, dtype, device, args.weights, args.model_path,
                           args.seed, rank, world)  # fmt: skip
     model.use_fused_kernels(args.fused_kernels)

@@ -49,14 +49,17 @@ class UnsupportedQuantError(NotImplementedError):
     """A model_opt has no implementation on this device yet; the message says what to use."""
 
 
-def quant_config_for(model_opt: str, device: torch.device) -> QuantConfig:
-    """The QuantConfig of a model_opt (`--model_opt`): Dense, FP8 or Sparse."""
+def quant_config_for(
+    model_opt: str, device: torch.device, cpu_gemm: str = "onednn"
+) -> QuantConfig:
+    """The QuantConfig of a model_opt (`--model_opt`): Dense, FP8 or Sparse; cpu_gemm picks
+    the dense GEMM library on CPU (quant/dense.py)."""
     if model_opt == "Dense":
         from harness.engine.quant.dense import DenseConfig
 
-        return DenseConfig(device)
+        return DenseConfig(device, cpu_gemm)
     if model_opt in ("FP8", "Sparse"):
         from harness.engine.quant.fp8 import FP8Config
 
-        return FP8Config(device, sparse24=model_opt == "Sparse")
+        return FP8Config(device, sparse24=model_opt == "Sparse", cpu_gemm=cpu_gemm)
     raise UnsupportedQuantError(f"model_opt={model_opt!r}: use one of Dense, FP8, Sparse")

@@ -1,7 +1,12 @@
 """Dense linear method: an unquantized weight in the model dtype, applied as one matmul.
 
-Stored [out, in] (checkpoint layout); on CPU it is transposed once after loading to
-[in, out], which MKL multiplies about 2x faster for the small row counts of decode.
+Stored [out, in] (checkpoint layout). On CPU the GEMM library is a choice (`cpu_gemm`):
+- onednn: fp32 through oneDNN's linear, 1.1-1.9x faster than MKL at the engine's shapes
+  (docs/benchmarks.md); its sums round differently from the MKL GEMM that HF runs, so greedy
+  tokens can differ from the hf backend's where two logits nearly tie;
+- mkl: the weight is transposed once to [in, out], which MKL multiplies about 2x faster than
+  [out, in] at the small row counts of decode, with the same rounding as HF's F.linear.
+Other CPU dtypes always take the mkl path.
 """
 
 from __future__ import annotations
@@ -10,10 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CPU_GEMMS = ("onednn", "mkl")
+
+
+def onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
 
 class DenseLinearMethod:
-    def __init__(self, transpose_for_cpu: bool = False) -> None:
-        self.transpose_for_cpu = transpose_for_cpu
+    def __init__(self, cpu_gemm: str = "") -> None:
+        """cpu_gemm: "" (not on CPU: F.linear), "mkl" or "onednn"."""
+        self.cpu_gemm = cpu_gemm
+        self.use_onednn = False  # decided after loading, when the dtype is known
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
@@ -22,7 +35,9 @@ class DenseLinearMethod:
         layer.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.transpose_for_cpu:
+        if self.use_onednn:  # [N, in] x [out, in] -> [N, out]
+            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, None, "none", [], "")
+        if self.cpu_gemm:
             return torch.matmul(x, layer.weight_t)  # [N, in] @ [in, out]
         return F.linear(x, layer.weight)  # [N, in] -> [N, out]
 
@@ -30,17 +45,25 @@ class DenseLinearMethod:
         layer.weight.data[rows].copy_(weight)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        if self.transpose_for_cpu:
-            weight_t = layer.weight.data.t().contiguous()  # [in, out]
-            del layer.weight
-            layer.register_parameter("weight_t", nn.Parameter(weight_t, requires_grad=False))
+        if not self.cpu_gemm:
+            return
+        fp32 = layer.weight.dtype == torch.float32
+        if self.cpu_gemm == "onednn" and fp32 and onednn_linear_available():
+            self.use_onednn = True
+            return
+        weight_t = layer.weight.data.t().contiguous()  # [in, out]
+        del layer.weight
+        layer.register_parameter("weight_t", nn.Parameter(weight_t, requires_grad=False))
 
 
 class DenseConfig:
     name = "Dense"
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, cpu_gemm: str = "onednn") -> None:
+        if cpu_gemm not in CPU_GEMMS:
+            raise ValueError(f"cpu_gemm={cpu_gemm!r}: use one of {', '.join(CPU_GEMMS)}")
         self.device = torch.device(device)
+        self.cpu_gemm = cpu_gemm
 
     def linear_method(self, prefix: str) -> DenseLinearMethod:
-        return DenseLinearMethod(transpose_for_cpu=self.device.type == "cpu")
+        return DenseLinearMethod(self.cpu_gemm if self.device.type == "cpu" else "")

@@ -73,8 +73,10 @@ class FP8LinearMethod:
 
 
 class FP8Config:
-    def __init__(self, device: torch.device, sparse24: bool = False) -> None:
-        self.dense = DenseConfig(device)
+    def __init__(
+        self, device: torch.device, sparse24: bool = False, cpu_gemm: str = "onednn"
+    ) -> None:
+        self.dense = DenseConfig(device, cpu_gemm)  # the head's method
         self.sparse24 = sparse24
         self.name = "Sparse" if sparse24 else "FP8"
 

@@ -1,0 +1,17 @@
+"""`python -m harness bench --compare`: entries with their own flags become their own configs."""
+
+from __future__ import annotations
+
+from harness.bench import _configs, _parse
+
+
+def test_compare_entries_carry_their_own_flags():
+    a, extra = _parse(["--compare=hf,torch,torch:--cpu_gemm=mkl:--max_num_seqs=8",
+                       "--sample_limit=4", "--system_name=cpu-default"])  # fmt: skip
+    runs = _configs(a, extra, "Offline")
+    assert [(c.engine.backend, flags) for c, flags in runs] == [
+        ("hf", []), ("torch", []), ("torch", ["--cpu_gemm=mkl", "--max_num_seqs=8"]),
+    ]  # fmt: skip
+    assert [c.engine.cpu_gemm for c, _ in runs] == ["onednn", "onednn", "mkl"]
+    assert runs[2][0].engine.max_num_seqs == 8 and runs[1][0].engine.max_num_seqs != 8
+    assert all(c.run.sample_limit == 4 for c, _ in runs)  # shared flags reach every entry
