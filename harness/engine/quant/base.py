@@ -49,9 +49,7 @@ class UnsupportedQuantError(NotImplementedError):
     """A model_opt has no implementation on this device yet; the message says what to use."""
 
 
-def quant_config_for(
-    model_opt: str, device: torch.device, cpu_gemm: str = "onednn"
-) -> QuantConfig:
+def quant_config_for(model_opt: str, device: torch.device, cpu_gemm: str = "onednn") -> QuantConfig:
     """The QuantConfig of a model_opt (`--model_opt`): Dense, FP8 or Sparse; cpu_gemm picks
     the dense GEMM library on CPU (quant/dense.py)."""
     if model_opt == "Dense":
