@@ -155,6 +155,8 @@ class ModelRunner:
             and cpu_attention_kernel
             and cpu_attention.is_available(dtype, cfg.head_dim)
         )
+        for attn in model.kv_attention_modules():
+            attn.use_cpu_kernels = self.use_cpu_kernel
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if (
             self.is_cuda) else 0  # fmt: skip
         self.graphs = None

@@ -91,3 +91,18 @@ def test_build_failure_names_the_command(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no-such-cc"):
         cpu_attention.build(compiler=str(tmp_path / "no-such-cc"))
     assert not list(tmp_path.glob("*.so"))  # nothing half-written is left to be loaded
+
+
+def test_cache_write_matches_index_copy():
+    """Rows of a fused qkv view land in the same slots as PagedAttention's index_copy_."""
+    g = torch.Generator().manual_seed(1)
+    num_kv, d, num_blocks, bs = 3, 64, 10, 4
+    qkv = torch.randn(7, 9 + 2 * num_kv, d, generator=g)
+    k, v = qkv[:, 9 : 9 + num_kv], qkv[:, 9 + num_kv :]
+    slots = torch.randperm(num_blocks * bs, generator=g)[:7]
+    got = [torch.zeros(num_kv, num_blocks, bs, d) for _ in range(2)]
+    want = [torch.zeros(num_kv, num_blocks, bs, d) for _ in range(2)]
+    cpu_attention.write_kv_cpu(k, v, got[0], got[1], slots)
+    for cache, rows in zip(want, (k, v), strict=True):
+        cache.view(num_kv, -1, d).index_copy_(1, slots, rows.transpose(0, 1))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -1,5 +1,6 @@
-"""CPU paged decode attention (cpu_paged_attention.c): built once with the C compiler, called
-through ctypes. Reference: PagedAttention's gather + SDPA path (tests/unit/test_cpu_attention.py).
+"""CPU paged decode attention and KV-cache write (cpu_paged_attention.c): built once with the C
+compiler, called through ctypes. References: PagedAttention's gather + SDPA path and its
+index_copy_ write (tests/unit/test_cpu_attention.py).
 
 If no compiler works the engine keeps that plain-torch path and logs why.
 """
@@ -21,9 +22,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
-CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared"]
-_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7
-_ARGTYPES += [ctypes.c_float, ctypes.c_int]
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
+_PTR, _I64 = ctypes.c_void_p, ctypes.c_int64  # the C signatures, in order
+_DECODE_ARGS = [_PTR, _I64, *[_PTR] * 5, *[_I64] * 7, ctypes.c_float, ctypes.c_int]
+_WRITE_ARGS = [_PTR, _I64, _PTR, _I64, *[_PTR] * 3, *[_I64] * 4]
 
 
 def cache_dir() -> Path:
@@ -55,7 +57,7 @@ def build(compiler: str = "") -> Path:
     lib.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)  # concurrent builders: rename
     os.close(fd)
-    cmd = [cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm", "-lpthread"]
+    cmd = [cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -77,8 +79,8 @@ def load() -> ctypes.CDLL | None:
     except (RuntimeError, OSError) as e:
         logger.warning("CPU paged-attention kernel unavailable, using gather + SDPA: %s", e)
         return None
-    lib.paged_decode_f32.argtypes = _ARGTYPES
-    lib.paged_decode_f32.restype = ctypes.c_int
+    lib.paged_decode_f32.argtypes, lib.paged_decode_f32.restype = _DECODE_ARGS, ctypes.c_int
+    lib.write_kv_f32.argtypes, lib.write_kv_f32.restype = _WRITE_ARGS, None
     return lib
 
 
@@ -102,8 +104,7 @@ def paged_decode_cpu(
     assert lib is not None, "paged_decode_cpu called where is_available() is False"
     b, h, d = q.shape
     num_kv, num_blocks, block_size, _ = k_cache.shape
-    if q.stride(2) != 1 or q.stride(1) != d:
-        q = q.contiguous()
+    q = _rows(q)
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and q.dtype == torch.float32
     block_tables = block_tables.contiguous()
     context_lens = context_lens.contiguous()
@@ -117,3 +118,24 @@ def paged_decode_cpu(
     if status != 0:
         raise RuntimeError(f"paged_decode_f32 failed with status {status} (1: out of memory)")
     return out
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """[N, heads, D] with unit inner strides (a view of qkv rows is), else a contiguous copy."""
+    return x if x.stride(2) == 1 and x.stride(1) == x.shape[2] else x.contiguous()
+
+
+def write_kv_cpu(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:  # fmt: skip
+    """k, v [N, Hkv, D] fp32 -> caches [Hkv, num_blocks, bs, D] at slot_mapping [N] int64."""
+    lib = load()
+    assert lib is not None, "write_kv_cpu called where is_available() is False"
+    k, v, slots = _rows(k), _rows(v), slot_mapping.contiguous()
+    num_kv, num_blocks, block_size, d = k_cache.shape
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and k.dtype == torch.float32
+    lib.write_kv_f32(
+        k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(),
+        v_cache.data_ptr(), slots.data_ptr(), k.shape[0], num_kv, d, num_blocks * block_size,
+    )  # fmt: skip

@@ -1,18 +1,21 @@
 /* Paged decode attention for the CPU, fp32: each query row attends to its request's cached
- * keys in place, block by block, so the K/V blocks are read once and never gathered.
+ * keys in place, block by block, so the K/V blocks are read once and never gathered; and the
+ * cache write of each step's K/V rows.
  *
  * Layout (harness/engine/model/attention.py): k_cache, v_cache [Hkv, num_blocks, bs, D];
  * q rows [B, H, D] with a row stride (a view of the fused qkv output); out [B, H * D].
  * Work item = (row, kv head): its G = H / Hkv query heads share every key read. Items are
- * handed out last row first to num_threads pthreads through an atomic counter; the caller
- * sorts rows by context length ascending, so the longest start first and the load balances.
+ * handed out last row first to OpenMP threads; the caller sorts rows by context length
+ * ascending, so the longest start first and the load balances. Built with -fopenmp, the
+ * library binds to the libgomp that torch has already loaded (same soname), so it runs on
+ * torch's own thread pool: a second pool would fight torch's spinning threads for the cores.
  * Softmax is exact (max, exp, sum, divide), as the plain-torch reference computes it.
- * Built by cpu_attention.py with -O3 -march=native -fopenmp-simd; no OpenMP runtime.
+ * Built by cpu_attention.py with -O3 -march=native -fopenmp.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     const float *q;
@@ -24,8 +27,6 @@ typedef struct {
     float *out;
     int64_t num_rows, num_heads, num_kv_heads, head_dim, num_blocks, block_size, max_blocks;
     float scale;
-    int64_t next_item; /* atomic work counter over num_rows * num_kv_heads items */
-    int status;        /* non-zero: a thread could not allocate its scratch */
 } Job;
 
 /* 8 floats; GCC/Clang vector extensions lower it to AVX (x86-64) or NEON pairs (aarch64).
@@ -107,14 +108,10 @@ static inline __attribute__((always_inline)) void attend_item_dim(
     const float *v_head = job->v_cache + kv_head * job->num_blocks * bs * d;
     const int64_t num_blocks = (len + bs - 1) / bs;
 
-    /* scores[g * len + t]; the next block is prefetched: blocks are scattered, so the
-     * hardware prefetcher cannot guess it */
+    /* scores[g * len + t] (software prefetch of the next block measured slower) */
     for (int64_t j = 0; j < num_blocks; j++) {
         const float *k = k_head + table[j] * bs * d;
         const int64_t n = len - j * bs < bs ? len - j * bs : bs;
-        if (j + 1 < num_blocks)
-            for (int64_t c = 0; c < bs * d; c += 16)
-                __builtin_prefetch(k_head + table[j + 1] * bs * d + c);
         for (int64_t g = 0; g < group; g++)
             block_scores(q + g * d, k, n, d, job->scale, scores + g * len + j * bs);
     }
@@ -142,9 +139,6 @@ static inline __attribute__((always_inline)) void attend_item_dim(
         for (int64_t j = 0; j < num_blocks; j++) {
             const float *restrict v = v_head + table[j] * bs * d;
             const int64_t n = len - j * bs < bs ? len - j * bs : bs;
-            if (g == 0 && j + 1 < num_blocks)
-                for (int64_t c = 0; c < bs * d; c += 16)
-                    __builtin_prefetch(v_head + table[j + 1] * bs * d + c);
             for (int64_t t = 0; t < n; t++) {
                 const float pt = p[j * bs + t];
                 for (int64_t c = 0; c < d / 8; c++) acc[c] += pt * load8(v + t * d + 8 * c);
@@ -162,25 +156,6 @@ static void attend_item(const Job *job, int64_t row, int64_t kv_head, float *sco
     }
 }
 
-static void *worker(void *arg) {
-    Job *job = (Job *)arg;
-    float *scores = malloc((size_t)(job->num_heads / job->num_kv_heads) * job->max_blocks *
-                           job->block_size * sizeof(float));
-    if (scores == NULL) {
-        __atomic_store_n(&job->status, 1, __ATOMIC_RELAXED);
-        return NULL;
-    }
-    const int64_t num_items = job->num_rows * job->num_kv_heads;
-    for (;;) {
-        const int64_t item = __atomic_fetch_add(&job->next_item, 1, __ATOMIC_RELAXED);
-        if (item >= num_items) break;
-        const int64_t row = job->num_rows - 1 - item / job->num_kv_heads;
-        attend_item(job, row, item % job->num_kv_heads, scores);
-    }
-    free(scores);
-    return NULL;
-}
-
 /* Returns 0 on success, 1 when scratch memory could not be had, 2 for bad arguments
  * (head_dim must be a multiple of 8, num_heads a multiple of num_kv_heads). */
 int paged_decode_f32(const float *q, int64_t q_row_stride, const float *k_cache,
@@ -190,16 +165,40 @@ int paged_decode_f32(const float *q, int64_t q_row_stride, const float *k_cache,
                      int64_t num_blocks, int64_t block_size, int64_t max_blocks, float scale,
                      int num_threads) {
     if (num_kv_heads <= 0 || num_heads % num_kv_heads || head_dim % 8) return 2;
-    Job job = {q, q_row_stride, k_cache, v_cache, block_tables, context_lens, out,
-               num_rows, num_heads, num_kv_heads, head_dim, num_blocks, block_size, max_blocks,
-               scale, 0, 0};
-    if (num_threads < 1) num_threads = 1;
-    if (num_threads > 256) num_threads = 256;
-    pthread_t threads[256];
-    int started = 0;
-    for (; started < num_threads - 1; started++)
-        if (pthread_create(&threads[started], NULL, worker, &job) != 0) break;
-    worker(&job); /* the calling thread works too; fewer threads only means slower */
-    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
-    return job.status;
+    const Job job = {q, q_row_stride, k_cache, v_cache, block_tables, context_lens, out,
+                     num_rows, num_heads, num_kv_heads, head_dim, num_blocks, block_size,
+                     max_blocks, scale};
+    const int64_t num_items = num_rows * num_kv_heads;
+    const size_t scratch = (size_t)(num_heads / num_kv_heads) * max_blocks * block_size;
+    int status = 0;
+#pragma omp parallel num_threads(num_threads > 0 ? num_threads : 1) reduction(| : status)
+    {
+        float *scores = malloc(scratch * sizeof(float));
+        status = scores == NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < num_items; item++) {
+            if (scores == NULL) continue;
+            const int64_t row = num_rows - 1 - item / num_kv_heads; /* longest rows first */
+            attend_item(&job, row, item % num_kv_heads, scores);
+        }
+        free(scores);
+    }
+    return status;
+}
+
+/* This step's K and V rows into their cache slots: cache[h, slot_mapping[n]] = row[n, h].
+ * k, v [N, Hkv, D] with row strides (views of the fused qkv output); caches viewed as
+ * [Hkv, num_slots, D]. A plain copy, so it is exact; one thread is enough (N * Hkv rows). */
+void write_kv_f32(const float *k, int64_t k_row_stride, const float *v, int64_t v_row_stride,
+                  float *k_cache, float *v_cache, const int64_t *slot_mapping,
+                  int64_t num_tokens, int64_t num_kv_heads, int64_t head_dim, int64_t num_slots) {
+    const size_t row_bytes = (size_t)head_dim * sizeof(float);
+    for (int64_t n = 0; n < num_tokens; n++) {
+        const int64_t slot = slot_mapping[n];
+        for (int64_t h = 0; h < num_kv_heads; h++) {
+            const int64_t dst = (h * num_slots + slot) * head_dim;
+            memcpy(k_cache + dst, k + n * k_row_stride + h * head_dim, row_bytes);
+            memcpy(v_cache + dst, v + n * v_row_stride + h * head_dim, row_bytes);
+        }
+    }
 }

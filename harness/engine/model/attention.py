@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from harness.engine.kernels.cpu_attention import paged_decode_cpu
+from harness.engine.kernels.cpu_attention import paged_decode_cpu, write_kv_cpu
 
 # cuDNN's SDPA builds a plan for every new sequence length (hundreds of ms each), and prompt
 # lengths vary: prefill never uses it.
@@ -82,6 +82,7 @@ class PagedAttention(nn.Module):
         self.k_cache = torch.empty(0)  # bound by the model runner
         self.v_cache = torch.empty(0)
         self.kv_scale = 1.0  # FP8 KV cache: stored = value / kv_scale (K and V alike)
+        self.use_cpu_kernels = False  # set by the model runner: kernels/cpu_attention.py
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
@@ -90,12 +91,14 @@ class PagedAttention(nn.Module):
         if q.is_cuda:
             return self._forward_cuda(q, k, v, meta)
         num_kv, d = self.num_kv_heads, self.head_dim
-        # Cache views [Hkv, num_slots, D]; the writes land in the shared cache tensors.
-        self.k_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
-        self.v_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+        if self.use_cpu_kernels:
+            write_kv_cpu(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        else:  # cache views [Hkv, num_slots, D]; the writes land in the shared cache tensors
+            self.k_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+            self.v_cache.view(num_kv, -1, d).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
 
         out = q.new_empty(q.shape[0], self.num_heads * d)
-        if meta.decode_context_lens is not None:  # the C kernel; else decode_groups below
+        if self.use_cpu_kernels and meta.num_decode_tokens:  # else decode_groups below
             n_dec = meta.num_decode_tokens
             out[:n_dec] = paged_decode_cpu(
                 q[:n_dec], self.k_cache, self.v_cache, meta.decode_block_tables,
