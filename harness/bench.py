@@ -169,6 +169,17 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
     return roofline(w, peaks, fp8_gemm=fp8)
 
 
+def new_run_dir(stamp: Path, label: str) -> Path:
+    """A folder named after the label that does not exist yet: an entry repeated in one bench
+    gets -run2, -run3, ... (logs are never overwritten)."""
+    name = re.sub(r"[^\w.=-]+", "-", label.replace(" ", "-")).strip("-")
+    run_dir, repeat = stamp / name, 1
+    while run_dir.exists():
+        repeat += 1
+        run_dir = stamp / f"{name}-run{repeat}"
+    return run_dir
+
+
 def bench_one(
     cfg: HarnessConfig, stamp: Path, command: str, flags: Sequence[str] = ()
 ) -> BenchResult:
@@ -176,7 +187,7 @@ def bench_one(
 
     e = cfg.engine
     label = " ".join([cfg.benchmark.name, cfg.scenario.scenario, e.backend, e.model_opt, *flags])
-    run_dir = stamp / re.sub(r"[^\w.=-]+", "-", label.replace(" ", "-")).strip("-")
+    run_dir = new_run_dir(stamp, label)
     ensure_inputs(cfg)
     rc, kv_tokens, steady = run_child(cfg, run_dir, command)
     detail = parse_detail(run_dir)

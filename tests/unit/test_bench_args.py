@@ -15,3 +15,14 @@ def test_compare_entries_carry_their_own_flags():
     assert [c.engine.cpu_gemm for c, _ in runs] == ["onednn", "onednn", "mkl"]
     assert runs[2][0].engine.max_num_seqs == 8 and runs[1][0].engine.max_num_seqs != 8
     assert all(c.run.sample_limit == 4 for c, _ in runs)  # shared flags reach every entry
+
+
+def test_repeated_entries_get_their_own_log_folders(tmp_path):
+    from harness.bench import new_run_dir
+
+    label = "smollm2-135m Offline torch Dense --cpu_gemm=mkl"
+    first = new_run_dir(tmp_path, label)
+    assert first.name == "smollm2-135m-Offline-torch-Dense---cpu_gemm=mkl"
+    first.mkdir()
+    second = new_run_dir(tmp_path, label)
+    assert second.name == first.name + "-run2" and not second.exists()
