@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -106,3 +108,15 @@ def test_cache_write_matches_index_copy():
     for cache, rows in zip(want, (k, v), strict=True):
         cache.view(num_kv, -1, d).index_copy_(1, slots, rows.transpose(0, 1))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.skipif(
+    not (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists(),
+    reason="this torch build does not ship libgomp",
+)
+def test_kernel_shares_torchs_openmp_runtime():
+    """A second OpenMP runtime would keep its own threads, fighting torch's for the cores."""
+    cpu_attention.load()
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
