@@ -150,13 +150,13 @@ class ModelRunner:
         self._is_block_zeroed = bytearray(kv.num_blocks)
         self.is_cuda = device.type == "cuda"
         # CPU: decode attention by the C kernel, which reads the cached blocks in place
-        self.use_cpu_kernel = (
+        self.use_cpu_kernels = (
             not self.is_cuda
             and cpu_attention_kernel
             and cpu_attention.is_available(dtype, cfg.head_dim)
         )
         for attn in model.kv_attention_modules():
-            attn.use_cpu_kernels = self.use_cpu_kernel
+            attn.use_cpu_kernels = self.use_cpu_kernels
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if (
             self.is_cuda) else 0  # fmt: skip
         self.graphs = None
@@ -220,7 +220,7 @@ class ModelRunner:
         )
         if self.is_cuda:
             meta.fresh_prefills = fresh_prefills(chunks, self.device)
-        if decodes and not (self.is_cuda or self.use_cpu_kernel):
+        if decodes and not (self.is_cuda or self.use_cpu_kernels):
             meta.decode_groups = self._decode_groups(decodes)
         elif decodes:  # the kernels bound their reads by length: no mask, no groups
             ctx_lens = [s.start_position + 1 for s in decodes]
@@ -297,7 +297,7 @@ class ModelRunner:
             s.block_ids[: -(-c // bs)] + [s.block_ids[0]] * (max_blocks - -(-c // bs))
             for s, c in zip(decodes, ctx_lens, strict=True)
         ]
-        if self.is_cuda or self.use_cpu_kernel:  # decode_context_lens bound the reads
+        if self.is_cuda or self.use_cpu_kernels:  # decode_context_lens bound the reads
             return self._tensor(tables), None
         key_pos = torch.arange(max_blocks * bs, device=self.device)
         mask = key_pos[None, :] < self._tensor(ctx_lens)[:, None]  # [B, T]
@@ -306,7 +306,7 @@ class ModelRunner:
     def _zero_new_blocks(self, scheduled: list[ScheduledRequest]) -> None:
         """Blocks written for the first time are zeroed: stale bytes could be NaN, and masked
         positions of the plain-torch decode still multiply into attention (0 * NaN = NaN)."""
-        if self.is_cuda or self.use_cpu_kernel:  # kernels never read past a request's length
+        if self.is_cuda or self.use_cpu_kernels:  # kernels never read past a request's length
             return
         bs = self.kv.block_size
         new = []

@@ -106,7 +106,7 @@ def test_greedy_matches_hf(tiny_dir, setting, kernel, gemm):
     sp = SamplingParams(max_new_tokens=MAX_NEW, eos_token_ids=(2,))
     engine = engine_for(path, cpu_attention_kernel=kernel, cpu_gemm=gemm, **SETTINGS[setting])
     uses_kernel = kernel and cpu_attention.is_available(torch.float32, 16)
-    assert engine.model_runner.use_cpu_kernel == uses_kernel
+    assert engine.model_runner.use_cpu_kernels == uses_kernel
     got = engine.generate(prompts, sp)
     want = [hf(p, sp) for p in prompts]
     assert got == want
