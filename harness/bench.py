@@ -237,31 +237,30 @@ def main(argv: list[str]) -> int:
     a, extra = _parse(argv)
     _setup_logging(False)
     command = "python -m harness " + shlex.join(["bench", *argv])
+    # Every run's config is resolved first: a bad flag stops the bench before any run or log.
+    plan = [(s, cfg, flags) for s in _csv(a.scenarios) for cfg, flags in _configs(a, extra, s)]
     stamp = new_timestamp_dir(Path(a.log_dir))
-    results: list[BenchResult] = []
-    scenarios: list[str] = []  # results[i]'s scenario
+    runs: list[tuple[str, BenchResult]] = []  # (scenario, result)
     offline_tps: dict[str, float] = {}
-    for scenario in _csv(a.scenarios):
-        for cfg, flags in _configs(a, extra, scenario):
-            if scenario == "Server" and a.server_fraction > 0:
-                cfg = _server_from_offline(cfg, offline_tps, a.server_fraction)
-            r = bench_one(cfg, stamp, command, flags)
-            if scenario == "Offline":
-                offline_tps[f"{cfg.engine.backend}/{cfg.engine.model_opt}"] = r.tokens_per_second
-            results.append(r)
-            scenarios.append(scenario)
-            _print_result(r)
+    for scenario, cfg, flags in plan:
+        if scenario == "Server" and a.server_fraction > 0:
+            cfg = _server_from_offline(cfg, offline_tps, a.server_fraction)
+        r = bench_one(cfg, stamp, command, flags)
+        if scenario == "Offline":
+            offline_tps[f"{cfg.engine.backend}/{cfg.engine.model_opt}"] = r.tokens_per_second
+        runs.append((scenario, r))
+        _print_result(r)
     print("\n[bench] summary", flush=True)
-    for r in results:
+    for _, r in runs:
         _print_result(r)
     if a.compare or a.model_opts:  # each run against the first of its scenario
         firsts: dict[str, BenchResult] = {}
-        for r, scenario in zip(results, scenarios, strict=True):
+        for scenario, r in runs:
             base = firsts.setdefault(scenario, r)
             if r is not base and base.tokens_per_second > 0:
                 ratio = r.tokens_per_second / base.tokens_per_second
                 print(f"[bench] ratio {r.label} / {base.label}: {ratio:.2f}x", flush=True)
-    return 0 if all(r.returncode == 0 for r in results) else 1
+    return 0 if all(r.returncode == 0 for _, r in runs) else 1
 
 
 def _server_from_offline(

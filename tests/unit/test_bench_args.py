@@ -26,3 +26,17 @@ def test_repeated_entries_get_their_own_log_folders(tmp_path):
     first.mkdir()
     second = new_run_dir(tmp_path, label)
     assert second.name == first.name + "-run2" and not second.exists()
+
+
+def test_a_bad_entry_flag_stops_the_bench_before_any_log(tmp_path):
+    import subprocess
+    import sys
+
+    log_dir = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "bench", "--compare=hf,torch:--nonsense=1",
+         f"--log_dir={log_dir}", "--system_name=cpu-default"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "--nonsense" in proc.stderr + proc.stdout
+    assert not log_dir.exists()  # no empty timestamped folder left behind
