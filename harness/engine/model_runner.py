@@ -157,6 +157,9 @@ class ModelRunner:
         )
         for attn in model.kv_attention_modules():
             attn.use_cpu_kernels = self.use_cpu_kernels
+        # The plain-torch CPU decode pads rows to a group's longest context and masks the
+        # padding; every kernel bounds its reads by length instead.
+        self.uses_decode_groups = not (self.is_cuda or self.use_cpu_kernels)
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if (
             self.is_cuda) else 0  # fmt: skip
         self.graphs = None
@@ -220,11 +223,11 @@ class ModelRunner:
         )
         if self.is_cuda:
             meta.fresh_prefills = fresh_prefills(chunks, self.device)
-        if decodes and not (self.is_cuda or self.use_cpu_kernels):
+        if decodes and self.uses_decode_groups:
             meta.decode_groups = self._decode_groups(decodes)
-        elif decodes:  # the kernels bound their reads by length: no mask, no groups
+        elif decodes:
             ctx_lens = [s.start_position + 1 for s in decodes]
-            meta.decode_block_tables = self._decode_tables(decodes)[0]
+            meta.decode_block_tables = self._decode_tables(decodes)
             meta.decode_context_lens = torch.tensor(
                 ctx_lens, dtype=torch.int32 if self.is_cuda else torch.int64, device=self.device
             )  # [num_decodes]
@@ -285,28 +288,27 @@ class ModelRunner:
         return groups
 
     def _decode_group(self, decodes: list[ScheduledRequest], row_start: int) -> DecodeGroup:
-        tables, mask = self._decode_tables(decodes)
-        return DecodeGroup(row_start, tables, mask)
+        tables = self._decode_tables(decodes)  # [B, max_blocks]
+        ctx_lens = self._tensor([s.start_position + 1 for s in decodes])
+        key_pos = torch.arange(tables.shape[1] * self.kv.block_size, device=self.device)
+        mask = key_pos[None, :] < ctx_lens[:, None]  # [B, T]: True for a real key
+        return DecodeGroup(row_start, tables, mask.view(1, len(decodes), 1, -1))
 
-    def _decode_tables(self, decodes: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block tables padded with each row's own first block, and the key mask."""
+    def _decode_tables(self, decodes: list[ScheduledRequest]) -> torch.Tensor:
+        """[B, max_blocks] int64 block tables, padded with each row's own first block."""
         bs = self.kv.block_size
-        ctx_lens = [s.start_position + 1 for s in decodes]
-        max_blocks = -(-max(ctx_lens) // bs)
+        num_blocks = [-(-(s.start_position + 1) // bs) for s in decodes]
+        width = max(num_blocks)
         tables = [
-            s.block_ids[: -(-c // bs)] + [s.block_ids[0]] * (max_blocks - -(-c // bs))
-            for s, c in zip(decodes, ctx_lens, strict=True)
+            s.block_ids[:n] + [s.block_ids[0]] * (width - n)
+            for s, n in zip(decodes, num_blocks, strict=True)
         ]
-        if self.is_cuda or self.use_cpu_kernels:  # decode_context_lens bound the reads
-            return self._tensor(tables), None
-        key_pos = torch.arange(max_blocks * bs, device=self.device)
-        mask = key_pos[None, :] < self._tensor(ctx_lens)[:, None]  # [B, T]
-        return self._tensor(tables), mask.view(1, len(decodes), 1, -1)
+        return self._tensor(tables)
 
     def _zero_new_blocks(self, scheduled: list[ScheduledRequest]) -> None:
         """Blocks written for the first time are zeroed: stale bytes could be NaN, and masked
         positions of the plain-torch decode still multiply into attention (0 * NaN = NaN)."""
-        if self.is_cuda or self.use_cpu_kernels:  # kernels never read past a request's length
+        if not self.uses_decode_groups:  # kernels never read past a request's length
             return
         bs = self.kv.block_size
         new = []
