@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.engine import host_memory
 from harness.engine.kernels import cpu_attention
 from harness.engine.model.attention import (
     AttentionMetadata,
@@ -149,6 +150,8 @@ class ModelRunner:
             attn.k_cache, attn.v_cache = k, v
         self._is_block_zeroed = bytearray(kv.num_blocks)
         self.is_cuda = device.type == "cuda"
+        if not self.is_cuda:  # activations come back from the heap, not fresh pages
+            host_memory.keep_freed_memory()
         # CPU: decode attention by the C kernel, which reads the cached blocks in place
         self.use_cpu_kernels = (
             not self.is_cuda
