@@ -95,7 +95,7 @@ class EngineConfig:
     tensor_parallelism: int = 1
     data_parallelism: int = 1
     use_cuda_graph: bool = True
-    fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels; false: torch ops
+    fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # backend=openai: any OpenAI-compatible server (docs/openai.md)

@@ -50,7 +50,7 @@ class EngineArgs:
     seed: int = 0
     kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
-    fused_kernels: bool = True  # CUDA: Triton norm / RoPE / SwiGLU kernels (False: torch ops)
+    fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
 
@@ -86,7 +86,7 @@ class LLMEngine:
         config = resolve_model_config(args)
         quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
         model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
-        model.use_fused_kernels(args.fused_kernels)
+        logger.info("norm / RoPE / SwiGLU kernels: %s", model.use_fused_kernels(args.fused_kernels))
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
         max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
         kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,7 +9,7 @@ from harness.engine.kernels import cpu_attention
 from harness.engine.model.attention import DecodeGroup, PagedAttention
 
 pytestmark = pytest.mark.skipif(
-    not cpu_attention.is_available(torch.float32, 64), reason="no C compiler for the CPU kernel"
+    not cpu_attention.is_available(torch.float32, 64), reason="no C compiler for the CPU kernels"
 )
 
 
@@ -91,13 +86,6 @@ def test_only_fp32_and_head_dims_of_whole_vectors():
     assert not cpu_attention.is_available(torch.float32, 36)  # the engine keeps torch ops
 
 
-def test_build_failure_names_the_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path))
-    with pytest.raises(RuntimeError, match="no-such-cc"):
-        cpu_attention.build(compiler=str(tmp_path / "no-such-cc"))
-    assert not list(tmp_path.glob("*.so"))  # nothing half-written is left to be loaded
-
-
 def test_cache_write_matches_index_copy():
     """Rows of a fused qkv view land in the same slots as PagedAttention's index_copy_."""
     g = torch.Generator().manual_seed(1)
@@ -111,22 +99,3 @@ def test_cache_write_matches_index_copy():
     for cache, rows in zip(want, (k, v), strict=True):
         cache.view(num_kv, -1, d).index_copy_(1, slots, rows.transpose(0, 1))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-
-
-@pytest.mark.skipif(
-    not (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists(),
-    reason="this torch build does not ship libgomp",
-)
-def test_kernel_shares_torchs_openmp_runtime():
-    """A second OpenMP runtime would keep its own threads, fighting torch's for the cores.
-    Checked in a fresh process: other packages (sentencepiece) bring libgomps of their own."""
-    script = (
-        "import torch\n"
-        "from harness.engine.kernels import cpu_attention\n"
-        "assert cpu_attention.load() is not None\n"
-        "print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    runtimes = ast.literal_eval(out.stdout.strip().splitlines()[-1])
-    assert runtimes == [str((Path(torch.__file__).parent / "lib" / "libgomp.so.1").resolve())]

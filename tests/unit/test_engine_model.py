@@ -92,14 +92,20 @@ def test_fp8_linear_matches_its_dequantized_reference():
     torch.testing.assert_close(method.apply(layer, x), x @ w.t(), atol=0.5, rtol=0.1)
 
 
-def test_fused_kernels_stay_off_on_cpu():
+def test_fused_kernels_on_cpu_are_the_c_ones_for_fp32_only():
+    from harness.engine.kernels import cpu_elementwise
     from harness.engine.loader import build_model
     from harness.engine.model.llama import LlamaConfig
 
     config = LlamaConfig(64, 32, 48, 1, 4, 2, max_position_embeddings=16)
-    model = build_model(config, quant_config_for("Dense", CPU), torch.float32, CPU, "dummy", "")
-    assert model.use_fused_kernels(True) is False  # Triton kernels need CUDA tensors
-    assert not any(getattr(m, "use_triton", False) for m in model.modules())
+    for dtype in (torch.float32, torch.bfloat16):
+        model = build_model(config, quant_config_for("Dense", CPU), dtype, CPU, "dummy", "")
+        want = "c" if dtype == torch.float32 and cpu_elementwise.is_available(dtype) else "torch"
+        assert model.use_fused_kernels(True) == want  # Triton kernels need CUDA tensors
+        assert not any(getattr(m, "use_triton", False) for m in model.modules())
+        assert {m.kernels for m in model.modules() if hasattr(m, "kernels")} == {want}
+        assert model.use_fused_kernels(False) == "torch"
+        assert {m.kernels for m in model.modules() if hasattr(m, "kernels")} == {"torch"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

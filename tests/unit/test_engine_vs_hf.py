@@ -98,15 +98,21 @@ SETTINGS = {
 
 
 @pytest.mark.parametrize("gemm", ["onednn", "mkl"])
-@pytest.mark.parametrize("kernel", [True, False], ids=["c_attention", "torch_attention"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["c_kernels", "torch_ops"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_greedy_matches_hf(tiny_dir, setting, kernel, gemm):
+def test_greedy_matches_hf(tiny_dir, setting, kernels, gemm):
+    """kernels: the C attention and the C norm / RoPE / SwiGLU, or torch ops for all."""
     path, hf = tiny_dir
     prompts = make_prompts(10)
     sp = SamplingParams(max_new_tokens=MAX_NEW, eos_token_ids=(2,))
-    engine = engine_for(path, cpu_attention_kernel=kernel, cpu_gemm=gemm, **SETTINGS[setting])
-    uses_kernel = kernel and cpu_attention.is_available(torch.float32, 16)
-    assert engine.model_runner.use_cpu_kernels == uses_kernel
+    engine = engine_for(
+        path, cpu_attention_kernel=kernels, fused_kernels=kernels, cpu_gemm=gemm,
+        **SETTINGS[setting],
+    )  # fmt: skip
+    uses_kernels = kernels and cpu_attention.is_available(torch.float32, 16)
+    assert engine.model_runner.use_cpu_kernels == uses_kernels
+    norm = engine.model_runner.model.model.norm
+    assert norm.kernels == ("c" if uses_kernels else "torch")
     got = engine.generate(prompts, sp)
     want = [hf(p, sp) for p in prompts]
     assert got == want

@@ -1,87 +1,13 @@
-"""CPU paged decode attention and KV-cache write (cpu_paged_attention.c): built once with the C
-compiler, called through ctypes. References: PagedAttention's gather + SDPA path and its
-index_copy_ write (tests/unit/test_cpu_attention.py).
-
-If no compiler works the engine keeps that plain-torch path and logs why.
+"""CPU paged decode attention and KV-cache write (cpu_paged_attention.c, built by cpu_build.py).
+References: PagedAttention's gather + SDPA path and its index_copy_ write
+(tests/unit/test_cpu_attention.py). If no compiler works the engine keeps that plain-torch path.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import logging
-import os
-import platform
-import subprocess
-import tempfile
-from pathlib import Path
-
 import torch
 
-logger = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
-_PTR, _I64 = ctypes.c_void_p, ctypes.c_int64  # the C signatures, in order
-_DECODE_ARGS = [_PTR, _I64, *[_PTR] * 5, *[_I64] * 7, ctypes.c_float, ctypes.c_int]
-_WRITE_ARGS = [_PTR, _I64, _PTR, _I64, *[_PTR] * 3, *[_I64] * 4]
-
-
-def cache_dir() -> Path:
-    """Where built kernels live: $HARNESS_KERNEL_CACHE, else ~/.cache/harness/kernels."""
-    env = os.environ.get("HARNESS_KERNEL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "harness" / "kernels"
-
-
-def _cpu_signature() -> str:
-    """-march=native code runs only where it was built: the CPU's flags key the cache."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    return platform.machine() + flags
-
-
-def build(compiler: str = "") -> Path:
-    """Compile the kernel (or find it already built); returns the shared library's path.
-    Raises RuntimeError with the compiler's message when it fails."""
-    cc = compiler or os.environ.get("CC", "cc")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, *CFLAGS, _cpu_signature()]).encode()).hexdigest()
-    lib = cache_dir() / f"cpu_paged_attention-{key[:16]}.so"
-    if lib.exists():
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)  # concurrent builders: rename
-    os.close(fd)
-    cmd = [cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        os.unlink(tmp)
-        raise RuntimeError(f"{' '.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
-    os.replace(tmp, lib)
-    logger.info("built the CPU paged-attention kernel: %s", lib)
-    return lib
-
-
-@functools.cache
-def load() -> ctypes.CDLL | None:
-    """The kernel library, or None (logged once) when it cannot be built here."""
-    try:
-        lib = ctypes.CDLL(str(build()))
-    except (RuntimeError, OSError) as e:
-        logger.warning("CPU paged-attention kernel unavailable, using gather + SDPA: %s", e)
-        return None
-    lib.paged_decode_f32.argtypes, lib.paged_decode_f32.restype = _DECODE_ARGS, ctypes.c_int
-    lib.write_kv_f32.argtypes, lib.write_kv_f32.restype = _WRITE_ARGS, None
-    return lib
+from harness.engine.kernels.cpu_build import load
 
 
 def is_available(dtype: torch.dtype, head_dim: int) -> bool:

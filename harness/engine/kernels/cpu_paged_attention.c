@@ -10,12 +10,14 @@
  * library binds to the libgomp that torch has already loaded (same soname), so it runs on
  * torch's own thread pool: a second pool would fight torch's spinning threads for the cores.
  * Softmax is exact (max, exp, sum, divide), as the plain-torch reference computes it.
- * Built by cpu_attention.py with -O3 -march=native -fopenmp.
+ * Built by cpu_build.py with -O3 -march=native -fopenmp.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cpu_vec.h"
 
 typedef struct {
     const float *q;
@@ -28,12 +30,6 @@ typedef struct {
     int64_t num_rows, num_heads, num_kv_heads, head_dim, num_blocks, block_size, max_blocks;
     float scale;
 } Job;
-
-/* 8 floats; GCC/Clang vector extensions lower it to AVX (x86-64) or NEON pairs (aarch64).
- * aligned(4): loads from any float address. */
-typedef float vec8 __attribute__((vector_size(32), aligned(4)));
-
-static inline vec8 load8(const float *p) { return *(const vec8 *)p; }
 
 /* [sum(v[0]), ..., sum(v[7])]: a transpose-and-add tree, 7 adds for 8 dot products */
 static inline vec8 sum8x8(const vec8 v[8]) {
@@ -52,23 +48,6 @@ static inline float sum8(vec8 v) {
     float s = 0.0f;
     for (int i = 0; i < 8; i++) s += v[i];
     return s;
-}
-
-/* exp(x) for x <= 0 (scores minus their max): 2^n * p(r), r in [-ln2/2, ln2/2], a degree-6
- * polynomial (relative error ~2e-7, about 1 ulp), written so that the compiler vectorizes it. */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x; /* 2^n must stay a normal float */
-    const float n = nearbyintf(x * 1.44269504088896341f);
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; /* ln2 in two parts */
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
-    return p * two_n.f;
 }
 
 /* scores[t] = scale * q . k_t for the n keys of one block (k: [n, d]) */
@@ -123,7 +102,7 @@ static inline __attribute__((always_inline)) void attend_item_dim(
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t t = 0; t < len; t++) {
-            s[t] = exp_nonpositive(s[t] - m);
+            s[t] = exp_f32(s[t] - m);
             sum += s[t];
         }
         const float inv_sum = 1.0f / sum;

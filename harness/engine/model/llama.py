@@ -3,7 +3,7 @@
 Reads top to bottom: config -> presets -> building blocks -> layer -> model. Precision lives
 in each Linear's quant method; attention over the paged cache lives in attention.py. Norms,
 RoPE and SwiGLU run their plain-torch references unless `use_fused_kernels` switched on the
-Triton kernels of harness/engine/kernels (CUDA).
+fused kernels of harness/engine/kernels: Triton on CUDA, C for fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.engine.kernels.activation import silu_mul_reference
-from harness.engine.kernels.rms_norm import rms_norm_reference
-from harness.engine.kernels.rope import rope_reference
+from harness.engine.kernels import cpu_elementwise
+from harness.engine.kernels.activation import silu_mul_reference, silu_mul_triton
+from harness.engine.kernels.cpu_elementwise import rms_norm_cpu, rope_cpu_, silu_mul_cpu
+from harness.engine.kernels.rms_norm import rms_norm_reference, rms_norm_triton, triton
+from harness.engine.kernels.rope import rope_reference, rope_triton_
 from harness.engine.model.attention import AttentionMetadata, PagedAttention
 from harness.engine.quant.base import LinearMethod, QuantConfig
 
@@ -129,15 +131,15 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
-        self.use_triton = False
+        self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.use_triton:
-            from harness.engine.kernels.rms_norm import rms_norm_triton
-
+        if self.kernels == "triton":
             return rms_norm_triton(x, self.weight, self.eps, residual)
+        if self.kernels == "c":
+            return rms_norm_cpu(x, self.weight, self.eps, residual)
         return rms_norm_reference(x, self.weight, self.eps, residual)
 
 
@@ -222,16 +224,16 @@ class LlamaAttention(nn.Module):
             q_size, [config.hidden_size], quant.linear_method(f"{prefix}.o_proj"), dtype
         )
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
-        self.use_triton = False
+        self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
 
     def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         n, d, h = x.shape[0], self.head_dim, self.num_heads
         qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]: q heads, then k heads, then v heads
         qk = qkv[:, : (h + self.num_kv_heads) * d].view(n, -1, d)  # [N, H + Hkv, D]
-        if self.use_triton:  # rotated in place
-            from harness.engine.kernels.rope import rope_triton_
-
+        if self.kernels == "triton":  # rotated in place
             rope_triton_(qk, rope.positions, rope.cos_sin)
+        elif self.kernels == "c":
+            rope_cpu_(qk, rope.positions, rope.cos_sin)
         else:
             qk = rope_reference(qk, rope.cos, rope.sin)
         v = qkv[:, (h + self.num_kv_heads) * d :].view(n, -1, d)
@@ -249,14 +251,14 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(
             inter, [config.hidden_size], quant.linear_method(f"{prefix}.down_proj"), dtype
         )
-        self.use_triton = False
+        self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [N, 2 I]
-        if self.use_triton:  # SwiGLU: silu(gate) * up
-            from harness.engine.kernels.activation import silu_mul_triton
-
+        if self.kernels == "triton":  # SwiGLU: silu(gate) * up
             return self.down_proj(silu_mul_triton(gate_up))
+        if self.kernels == "c":
+            return self.down_proj(silu_mul_cpu(gate_up))
         return self.down_proj(silu_mul_reference(gate_up))
 
 
@@ -354,16 +356,22 @@ class LlamaForCausalLM(nn.Module):
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         self.model.rotary.init_table(device, dtype)
 
-    def use_fused_kernels(self, enabled: bool) -> bool:
-        """Switch norms, RoPE, SwiGLU and small-batch FP8 GEMMs to their Triton kernels (CUDA
-        and Triton needed); returns whether they are on."""
-        from harness.engine.kernels.rms_norm import triton
-
-        enabled = enabled and triton is not None and self.model.embed_tokens.weight.is_cuda
+    def use_fused_kernels(self, enabled: bool) -> str:
+        """Switch norms, RoPE and SwiGLU to fused kernels: Triton on CUDA (with small-batch FP8
+        GEMMs), C for fp32 on the CPU where a compiler builds them. Returns what runs now:
+        "triton", "c" or "torch" (the plain-torch references)."""
+        weight = self.model.embed_tokens.weight
+        kind = "torch"
+        if enabled and weight.is_cuda and triton is not None:
+            kind = "triton"
+        elif enabled and not weight.is_cuda and cpu_elementwise.is_available(weight.dtype):
+            kind = "c"
         for module in self.modules():
-            if hasattr(module, "use_triton"):
-                module.use_triton = enabled
-        return enabled
+            if isinstance(module, Linear):
+                module.use_triton = kind == "triton"
+            elif hasattr(module, "kernels"):
+                module.kernels = kind
+        return kind
 
     def kv_attention_modules(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]
