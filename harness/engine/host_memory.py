@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # mallopt() parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD = 1 << 30  # blocks below this come from the heap, and return to it
-TRIM_THRESHOLD = 1 << 31  # free heap top kept before it is given back
+TRIM_THRESHOLD = (1 << 31) - 1  # free heap top kept before it is given back (C int max)
 TOP_PAD = 256 << 20  # extra heap asked for each time it grows
 
 
