@@ -115,7 +115,7 @@ class TorchBackend:
                 "engine: %d tokens in %d steps over %.1f s; steady state (10-90%% of tokens) "
                 "%.1f tokens/s; %d preemptions; decode-only steps %d (%.1f s), steps with "
                 "prompt tokens %d (%.1f s)", log.num_tokens, len(log.times),
-                log.times[-1] - log.times[0], log.rate_between(),
+                log.span, log.rate_between(),
                 self.engine.scheduler.num_preemptions, *log.time_split(),
             )  # fmt: skip
 

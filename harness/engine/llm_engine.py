@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,14 +124,17 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule -> run the model -> apply sampled tokens; returns this step's events."""
+        start = time.perf_counter()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
         runner_out = self.model_runner.execute(sched)
         self.num_steps += 1
+        events = self.scheduler.update_from_output(sched, runner_out)
         prefill = sched.num_batched_tokens > len(sched.scheduled)  # prompt tokens this step
-        self.step_log.record(len(runner_out.sampled_token_ids), prefill=prefill)
-        return self.scheduler.update_from_output(sched, runner_out)
+        now = time.perf_counter()
+        self.step_log.record(len(runner_out.sampled_token_ids), now - start, now, prefill)
+        return events
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -13,29 +13,37 @@ from array import array
 
 
 class StepLog:
-    """17 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
+    """25 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
 
     def __init__(self) -> None:
         self.times = array("d")  # [num_steps] seconds (perf_counter) at each step's end
+        self.durations = array("d")  # [num_steps] seconds each step took
         self.cumulative_tokens = array("q")  # [num_steps] tokens generated up to that step
         self.with_prefill = array("b")  # [num_steps] 1 where the step computed prompt tokens
 
-    def record(self, num_tokens: int, now: float | None = None, prefill: bool = False) -> None:
+    def record(
+        self, num_tokens: int, seconds: float, now: float | None = None, prefill: bool = False
+    ) -> None:
+        """A step that ended now (perf_counter), took `seconds` and generated num_tokens."""
         total = (self.cumulative_tokens[-1] if self.cumulative_tokens else 0) + num_tokens
         self.times.append(time.perf_counter() if now is None else now)
+        self.durations.append(seconds)
         self.cumulative_tokens.append(total)
         self.with_prefill.append(prefill)
 
     def time_split(self) -> tuple[int, float, int, float]:
-        """(decode-only steps, their seconds, steps with prompt tokens, their seconds); a step
-        lasts from the previous step's end to its own, so the first step is left out."""
+        """(decode-only steps, their seconds, steps with prompt tokens, their seconds)."""
         n = [0, 0]
         seconds = [0.0, 0.0]
-        for i in range(1, len(self.times)):
-            kind = self.with_prefill[i]
+        for kind, duration in zip(self.with_prefill, self.durations, strict=True):
             n[kind] += 1
-            seconds[kind] += self.times[i] - self.times[i - 1]
+            seconds[kind] += duration
         return n[0], seconds[0], n[1], seconds[1]
+
+    @property
+    def span(self) -> float:
+        """Seconds from the first step's start to the last step's end (idle gaps included)."""
+        return self.times[-1] - self.times[0] + self.durations[0] if self.times else 0.0
 
     @property
     def num_tokens(self) -> int:

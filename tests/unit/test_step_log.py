@@ -10,13 +10,13 @@ def test_rate_between_ignores_a_slow_ramp_and_drain():
     t = 0.0
     for _ in range(10):  # ramp: 1 token per second
         t += 1.0
-        log.record(1, now=t)
+        log.record(1, 0.0, now=t)
     for _ in range(80):  # full: 100 tokens per second
         t += 1.0
-        log.record(100, now=t)
+        log.record(100, 0.0, now=t)
     for _ in range(10):  # drain
         t += 1.0
-        log.record(1, now=t)
+        log.record(1, 0.0, now=t)
     assert log.num_tokens == 10 + 8000 + 10
     overall = log.num_tokens / (log.times[-1] - log.times[0])
     assert overall < 82
@@ -26,16 +26,17 @@ def test_rate_between_ignores_a_slow_ramp_and_drain():
 def test_rate_between_is_zero_without_enough_steps():
     log = StepLog()
     assert log.rate_between() == 0.0
-    log.record(5, now=1.0)
+    log.record(5, 0.0, now=1.0)
     assert log.rate_between() == 0.0
 
 
 def test_time_split_counts_steps_with_prompt_tokens_apart():
     log = StepLog()
-    log.record(4, now=0.0, prefill=True)  # the first step has no start: left out
-    log.record(4, now=0.5, prefill=True)
-    log.record(4, now=0.6)
-    log.record(4, now=0.7)
+    log.record(4, 0.3, now=0.3, prefill=True)  # the first step counts from its own start
+    log.record(4, 0.2, now=0.5, prefill=True)
+    log.record(4, 0.1, now=0.6)
+    log.record(4, 0.05, now=1.0)  # an idle gap before this step is not step time
     decode_n, decode_s, prefill_n, prefill_s = log.time_split()
-    assert (decode_n, prefill_n) == (2, 1)
-    assert abs(decode_s - 0.2) < 1e-9 and abs(prefill_s - 0.5) < 1e-9
+    assert (decode_n, prefill_n) == (2, 2)
+    assert abs(decode_s - 0.15) < 1e-9 and abs(prefill_s - 0.5) < 1e-9
+    assert abs(log.span - 1.0) < 1e-9
