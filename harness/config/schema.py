@@ -98,6 +98,9 @@ class EngineConfig:
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
+    # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the
+    # run's first steps (the rest commits on first use); 0: all on first use
+    cpu_kv_commit_gib: float = 2.0
     # backend=openai: any OpenAI-compatible server (docs/openai.md)
     endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)
     endpoint_model: str = ""  # served model name; "": the server's only model
@@ -150,7 +153,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
     "engine.admission_batch",
 )
 # Counts that may be 0 (off) but not negative.
-AT_LEAST_ZERO: tuple[str, ...] = ("engine.admission_headroom_tokens",)
+AT_LEAST_ZERO: tuple[str, ...] = ("engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib")
 
 # Values that must be one of a fixed set, checked after the merge.
 CHOICES: dict[str, tuple[str, ...]] = {

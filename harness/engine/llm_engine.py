@@ -54,6 +54,7 @@ class EngineArgs:
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
+    cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
 
 
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
@@ -111,8 +112,9 @@ class LLMEngine:
         scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))
         graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
         runner = ModelRunner(
-            model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel
-        )
+            model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel,
+            args.cpu_kv_commit_gib,
+        )  # fmt: skip
         return cls(scheduler, runner)
 
     @property

@@ -24,3 +24,26 @@ def test_fresh_prefills_packs_the_new_prompts_after_a_continued_chunk():
 def test_fresh_prefills_none_without_fresh_chunks():
     assert fresh_prefills([], torch.device("cpu")) is None
     assert fresh_prefills([_chunk(0, 4, context=8)], torch.device("cpu")) is None
+
+
+def test_cpu_pool_commits_its_first_blocks_at_start():
+    """cpu_kv_commit_gib: the lowest block ids (the block manager's first picks) are written,
+    zeroed and marked so, the rest left uncommitted; 0 writes none."""
+    from harness.engine.llm_engine import EngineArgs, LLMEngine
+    from harness.engine.model.llama import LlamaConfig
+
+    # a block: 2 layers x (K + V) x 2 KV heads x 16 tokens x 8 dims x 4 B = 4 KiB
+    config = LlamaConfig(64, 32, 48, 2, 4, 2, max_position_embeddings=64)
+
+    def engine(gib: float) -> LLMEngine:
+        args = EngineArgs(model_config=config, weights="dummy", num_kv_blocks=40,
+                          cpu_kv_commit_gib=gib, max_num_seqs=2)  # fmt: skip
+        return LLMEngine.from_args(args)
+
+    runner = engine(6.5 * 4096 / 2**30).model_runner
+    assert list(runner._is_block_zeroed) == [1] * 6 + [0] * 34
+    k, v = runner.kv_caches[-1]
+    assert not k[:, :6].any() and not v[:, :6].any()
+    assert engine(4095 / 2**30).model_runner._is_block_zeroed == bytearray(40)
+    assert engine(0).model_runner._is_block_zeroed == bytearray(40)
+    assert engine(1.0).model_runner._is_block_zeroed == bytearray([1] * 40)

@@ -125,8 +125,9 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
         dist.all_reduce(torch.zeros(1, device=device))
     graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
     return ModelRunner(
-        model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel
-    )
+        model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel,
+        args.cpu_kv_commit_gib,
+    )  # fmt: skip
 
 
 class BroadcastingRunner:
