@@ -11,7 +11,7 @@
 
 #include "cpu_vec.h"
 
-/* Below this many floats a call runs on one thread: the fork costs more than it saves. */
+/* Calls smaller than this many floats (a few decode rows) stay on the calling thread. */
 #define PARALLEL_MIN 16384
 
 /* out = weight * (s * rsqrt(mean(s^2) + eps)), s = x + residual (stored back into residual),
@@ -20,8 +20,8 @@ void rms_norm_f32(const float *x, int64_t x_stride, float *residual, const float
                   float *out, int64_t n, int64_t h, float eps, int num_threads) {
 #pragma omp parallel for num_threads(num_threads > 0 ? num_threads : 1) if (n * h >= PARALLEL_MIN)
     for (int64_t row = 0; row < n; row++) {
-        const float *restrict xr = x + row * x_stride;
-        const float *restrict s = xr;
+        const float *xr = x + row * x_stride;
+        const float *s = xr; /* the normed row: x, or residual after the add */
         if (residual != NULL) {
             float *restrict r = residual + row * h;
 #pragma omp simd
