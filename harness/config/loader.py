@@ -156,6 +156,9 @@ def parse_overrides(overrides: dict[str, str]) -> Layer:
     return Layer("command line", values)
 
 
+_UNKNOWN = object()  # OmegaConf.select default: the key is not in the schema
+
+
 def merge(layers: list[Layer]) -> DictConfig:
     cfg = OmegaConf.structured(HarnessConfig)
     for layer in layers:
@@ -164,11 +167,14 @@ def merge(layers: list[Layer]) -> DictConfig:
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or "?"
             section = key.split(".", 1)[0]
-            allowed = ""
-            if section in SECTIONS:
-                allowed = "; allowed keys in '" + section + "': " + ", ".join(cfg[section].keys())
+            hint = ""
+            current = OmegaConf.select(cfg, key, default=_UNKNOWN) if section in SECTIONS else None
+            if current is _UNKNOWN:
+                hint = "; allowed keys in '" + section + "': " + ", ".join(cfg[section].keys())
+            elif current is not None:  # a known key given a value of the wrong type
+                hint = f"; expected {type(current).__name__}, e.g. the default {current!r}"
             msg = str(e).splitlines()[0]
-            raise ConfigError(f"{layer.source}: key '{key}': {msg}{allowed}") from e
+            raise ConfigError(f"{layer.source}: key '{key}': {msg}{hint}") from e
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:

@@ -82,7 +82,7 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
         (
             GOOD_BENCH + "engine: {block_size: big}\n",
             "system: {name: s}\n",
-            "could not be converted to Integer",
+            "could not be converted to Integer; expected int, e.g. the default 16",
         ),
         (GOOD_BENCH + "engines: {}\n", "system: {name: s}\n", "unknown section 'engines'"),
         (
