@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.engine.kernels.cpu_build import load
+from harness.engine.kernels.cpu_build import load, loaded
 
 
 def is_available(dtype: torch.dtype, head_dim: int) -> bool:
@@ -26,8 +26,6 @@ def paged_decode_cpu(
     """q [B, H, D] fp32 (rows may be strided), caches [Hkv, num_blocks, bs, D], block_tables
     [B, max_blocks] int64, context_lens [B] int64 -> [B, H * D]. Rows sorted by context length
     ascending balance best (the kernel starts from the last, longest row)."""
-    lib = load()
-    assert lib is not None, "paged_decode_cpu called where is_available() is False"
     b, h, d = q.shape
     num_kv, num_blocks, block_size, _ = k_cache.shape
     q = _rows(q)
@@ -35,7 +33,7 @@ def paged_decode_cpu(
     block_tables = block_tables.contiguous()
     context_lens = context_lens.contiguous()
     out = q.new_empty(b, h * d)
-    status = lib.paged_decode_f32(
+    status = loaded().paged_decode_f32(
         q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
         block_tables.data_ptr(), context_lens.data_ptr(), out.data_ptr(),
         b, h, num_kv, d, num_blocks, block_size, block_tables.shape[1], scale,
@@ -56,12 +54,10 @@ def write_kv_cpu(
     slot_mapping: torch.Tensor,
 ) -> None:  # fmt: skip
     """k, v [N, Hkv, D] fp32 -> caches [Hkv, num_blocks, bs, D] at slot_mapping [N] int64."""
-    lib = load()
-    assert lib is not None, "write_kv_cpu called where is_available() is False"
     k, v, slots = _rows(k), _rows(v), slot_mapping.contiguous()
     num_kv, num_blocks, block_size, d = k_cache.shape
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and k.dtype == torch.float32
-    lib.write_kv_f32(
+    loaded().write_kv_f32(
         k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(),
         v_cache.data_ptr(), slots.data_ptr(), k.shape[0], num_kv, d, num_blocks * block_size,
     )  # fmt: skip

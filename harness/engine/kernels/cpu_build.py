@@ -90,3 +90,10 @@ def load() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
     return lib
+
+
+def loaded() -> ctypes.CDLL:
+    """The library, for wrappers the engine calls only where is_available() said yes."""
+    lib = load()
+    assert lib is not None, "a CPU kernel called where is_available() is False"
+    return lib

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.engine.kernels.cpu_build import load
+from harness.engine.kernels.cpu_build import load, loaded
 
 
 def is_available(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and load() is not None
-
-
-def _lib():
-    lib = load()
-    assert lib is not None, "a CPU kernel called where is_available() is False"
-    return lib
 
 
 def rms_norm_cpu(
@@ -33,7 +27,7 @@ def rms_norm_cpu(
         assert residual.shape == x.shape and residual.is_contiguous()
         assert residual.dtype == torch.float32
     out = x.new_empty(n, h)
-    _lib().rms_norm_f32(
+    loaded().rms_norm_f32(
         x.data_ptr(), x.stride(0), residual.data_ptr() if residual is not None else None,
         weight.data_ptr(), out.data_ptr(), n, h, eps, torch.get_num_threads(),
     )  # fmt: skip
@@ -47,7 +41,7 @@ def silu_mul_cpu(gate_up: torch.Tensor) -> torch.Tensor:
         gate_up = gate_up.contiguous()
     assert gate_up.dtype == torch.float32
     out = gate_up.new_empty(n, two_i // 2)
-    _lib().silu_mul_f32(
+    loaded().silu_mul_f32(
         gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), n, two_i // 2,
         torch.get_num_threads(),
     )  # fmt: skip
@@ -61,7 +55,7 @@ def rope_cpu_(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -
     assert x.stride(-1) == 1 and x.stride(1) == d and cos_sin.is_contiguous(), "layout"
     assert x.dtype == cos_sin.dtype == torch.float32 and positions.dtype == torch.int64
     positions = positions.contiguous()
-    _lib().rope_f32(
+    loaded().rope_f32(
         x.data_ptr(), x.stride(0), positions.data_ptr(), cos_sin.data_ptr(), n, heads, d,
         torch.get_num_threads(),
     )  # fmt: skip

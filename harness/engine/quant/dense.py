@@ -11,15 +11,24 @@ Other CPU dtypes always take the mkl path.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 CPU_GEMMS = ("onednn", "mkl")
 
 
+@functools.cache
 def onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if not ok:  # logged once: every layer falls back
+        logger.warning("cpu_gemm=onednn: this torch has no oneDNN linear; using the mkl path")
+    return ok
 
 
 class DenseLinearMethod:
