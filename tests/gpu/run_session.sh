@@ -5,7 +5,7 @@
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
-#   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI
+#   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
 #   sweep  : small-M FP8 GEMM, cuBLAS vs Triton configs   sparse : .carry/probe_sparse.py if carried
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
 #   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, srv70, int70)
@@ -46,9 +46,9 @@ for spec in "$@"; do
         timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
           --target_qps=$qps $flags ;;
-    int70) # the config's min_query_count (700, for early stopping): about 470 s at 1.5 qps
-        timeout ${TI70:-560} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
-          --scenarios=Interactive --min_duration_ms=${DURI:-60000} --target_qps=${QPSI:-1.5} \
+    int70) # the config's min_query_count (700, for early stopping): 500 s at the YAML's 1.4 qps
+        timeout ${TI70:-590} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+          --scenarios=Interactive --min_duration_ms=${DURI:-60000} ${QPSI:+--target_qps=$QPSI} \
           $flags ;;
     o7) timeout ${T7:-200} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=${Q7:-2000} --target_qps=1 \
