@@ -69,6 +69,7 @@ class TorchBackend:
             num_threads=e.num_threads,
             kv_cache_dtype=e.kv_cache_dtype,
             use_cuda_graph=e.use_cuda_graph,
+            cuda_graph_max_tokens=e.cuda_graph_max_tokens,
             fused_kernels=e.fused_kernels,
             cpu_attention_kernel=e.cpu_attention_kernel,
             cpu_kv_commit_gib=e.cpu_kv_commit_gib,

@@ -55,6 +55,7 @@ IGNORED_KNOBS = (
     "num_threads",
     "batch_size",
     "use_cuda_graph",
+    "cuda_graph_max_tokens",
     "fused_kernels",
     "cpu_attention_kernel",
     "cpu_gemm",

@@ -95,6 +95,9 @@ class EngineConfig:
     tensor_parallelism: int = 1
     data_parallelism: int = 1
     use_cuda_graph: bool = True
+    # CUDA: steps that mix prompt chunks (up to 4, no cached context) with decodes replay graphs
+    # too, up to this many tokens a step (0: they run eagerly); costs capture time at start
+    cuda_graph_max_tokens: int = 0
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
@@ -153,7 +156,9 @@ AT_LEAST_ONE: tuple[str, ...] = (
     "engine.admission_batch",
 )
 # Counts that may be 0 (off) but not negative.
-AT_LEAST_ZERO: tuple[str, ...] = ("engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib")
+AT_LEAST_ZERO: tuple[str, ...] = (
+    "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
+)  # fmt: skip
 
 # Values that must be one of a fixed set, checked after the merge.
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -1,8 +1,17 @@
-"""CUDA graphs of decode-only steps, one per batch-size bucket; owns their static buffers.
+"""CUDA graphs of engine steps, one per size bucket; owns their static input buffers.
 
-A replay costs one launch instead of ~15 per layer. Only pure-decode steps replay (mixed
-prefill+decode steps run eagerly); rows padded up to the bucket write nowhere (slot -1)
-and attend to nothing (context 0).
+A replay costs one launch instead of ~15 per layer: an eager 70B step is bound by the CPU's
+launches (about 70 ms at any small batch), a replayed one by the GPU. Two kinds:
+
+- decode graphs: B one-token decodes, B in `decode_buckets(max_num_seqs)`;
+- mixed graphs (`max_tokens` > 0): decodes first, then up to MAX_PROMPTS prompt chunks that
+  have no cached context, T rows in all, T in `mixed_buckets(max_tokens)`. Every row goes
+  through both attention kernels: the paged decode (prompt rows have context 0) and one
+  varlen flash call whose sequences are [the decode rows, prompt 1, prompt 2, ...]; each row
+  keeps its own kind's result (model/attention.py, `graph_mixed`).
+
+Rows padded up to a bucket write nowhere (slot -1), decode nothing (context 0) and belong to
+no flash sequence; their hidden states are never read.
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ import time
 import torch
 
 from harness.engine.kernels.paged_attention import choose_num_splits
-from harness.engine.model.attention import AttentionMetadata
+from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
 from harness.engine.model.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
+
+MAX_PROMPTS = 4  # prompt chunks in a mixed graph; a step with more runs eagerly
 
 
 def decode_buckets(max_batch: int) -> list[int]:
@@ -25,79 +36,139 @@ def decode_buckets(max_batch: int) -> list[int]:
     return sorted({min(s, max_batch) for s in sizes if s <= max_batch} | {max_batch})
 
 
-class DecodeGraphs:
+def mixed_buckets(max_tokens: int) -> list[int]:
+    """Every 32 rows up to 512, every 64 up to 1,024, then every 128: a padded row costs a
+    prompt token's GEMM work, so padding stays under ~12%."""
+    sizes = list(range(32, 513, 32)) + list(range(576, 1025, 64))
+    sizes += list(range(1152, max_tokens + 128, 128))
+    return sorted({s for s in sizes if s < max_tokens} | {max_tokens}) if max_tokens > 0 else []
+
+
+def mixed_cu_seqlens(num_decodes: int, prompt_lens: list[int]) -> list[int]:
+    """Flash sequence bounds of a mixed graph: the decode rows, then each prompt; padded to
+    MAX_PROMPTS prompts with empty sequences."""
+    cu = [0, num_decodes]
+    for n in prompt_lens:
+        cu.append(cu[-1] + n)
+    return cu + [cu[-1]] * (MAX_PROMPTS + 2 - len(cu))
+
+
+class StepGraphs:
     def __init__(
-        self, model: LlamaForCausalLM, max_batch: int, max_blocks_per_seq: int,
+        self, model: LlamaForCausalLM, max_batch: int, max_tokens: int, max_blocks_per_seq: int,
         block_size: int, device: torch.device,
     ) -> None:  # fmt: skip
+        """max_batch: the largest decode graph; max_tokens: the largest mixed graph (0: none;
+        only for models whose dtype the flash kernel takes)."""
         self.model = model
-        self.buckets = decode_buckets(max_batch)
-        self.max_batch = max_batch
+        dtype = model.model.embed_tokens.weight.dtype
+        if max_tokens and dtype not in FLASH_DTYPES:
+            logger.info("CUDA graphs: no mixed graphs for %s (the flash kernel takes bf16/fp16)",
+                        dtype)  # fmt: skip
+            max_tokens = 0
+        self.decode_sizes = decode_buckets(max_batch)
+        self.mixed_sizes = mixed_buckets(max_tokens)
+        self.max_batch, self.max_tokens = max_batch, max_tokens
         self.max_context = max_blocks_per_seq * block_size
         cfg = model.config
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self.num_kv_heads = cfg.num_key_value_heads
+        rows = max(max_batch, max_tokens)
         i64 = dict(dtype=torch.int64, device=device)
-        self.input_ids = torch.zeros(max_batch, **i64)  # [max_batch]
-        self.positions = torch.zeros(max_batch, **i64)
-        self.slot_mapping = torch.full((max_batch,), -1, **i64)
-        self.block_tables = torch.zeros(max_batch, max_blocks_per_seq, **i64)
-        self.context_lens = torch.zeros(max_batch, dtype=torch.int32, device=device)
-        self.outputs: dict[int, torch.Tensor] = {}  # bucket -> [bucket, hidden] static output
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.input_ids = torch.zeros(rows, **i64)  # [rows]
+        self.positions = torch.zeros(rows, **i64)
+        self.slot_mapping = torch.full((rows,), -1, **i64)
+        self.block_tables = torch.zeros(rows, max_blocks_per_seq, **i64)
+        self.context_lens = torch.zeros(rows, dtype=torch.int32, device=device)
+        self.cu_seqlens = torch.zeros(MAX_PROMPTS + 2, dtype=torch.int32, device=device)
+        self.hidden = torch.empty(rows, cfg.hidden_size, dtype=dtype, device=device)
+        self.decode_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 
-    def num_splits(self, batch: int) -> int:
-        return choose_num_splits(batch, self.num_kv_heads, self.max_context, self.num_sms)
-
-    def _meta(self, bs: int) -> AttentionMetadata:
-        return AttentionMetadata(
-            slot_mapping=self.slot_mapping[:bs],
-            num_decode_tokens=bs,
-            decode_block_tables=self.block_tables[:bs],
-            decode_context_lens=self.context_lens[:bs],
+    def _meta(self, rows: int, mixed: bool) -> AttentionMetadata:
+        meta = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:rows],
+            num_decode_tokens=rows,
+            decode_block_tables=self.block_tables[:rows],
+            decode_context_lens=self.context_lens[:rows],
             decode_max_context=self.max_context,
-            decode_num_splits=self.num_splits(bs),
+            decode_num_splits=choose_num_splits(
+                rows, self.num_kv_heads, self.max_context, self.num_sms
+            ),
         )
+        if mixed:
+            meta.graph_mixed = True
+            meta.fresh_prefills = FreshPrefills(0, rows, self.cu_seqlens, max_len=rows)
+        return meta
 
     @torch.inference_mode()
     def capture(self) -> None:
+        """Mixed graphs, then decode graphs, each largest first (later ones reuse its pool)."""
         start = time.perf_counter()
-        self.context_lens.fill_(1)  # warm-up reads block 0 only; never written (slot -1)
-        for bs in reversed(self.buckets):  # largest first: later graphs reuse its pool
-            meta = self._meta(bs)
-            for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks its algorithms
-                self.model(self.input_ids[:bs], self.positions[:bs], meta)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[bs] = self.model(self.input_ids[:bs], self.positions[:bs], meta)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[bs] = graph
+        for rows in reversed(self.mixed_sizes):  # warm-up and capture: one prompt of all rows
+            self.cu_seqlens.copy_(torch.tensor(mixed_cu_seqlens(0, [rows]), dtype=torch.int32))
+            self.mixed_graphs[rows] = self._capture(rows, mixed=True)
+        self.context_lens.fill_(1)  # decode warm-up reads block 0 only; never written (slot -1)
+        for rows in reversed(self.decode_sizes):
+            self.decode_graphs[rows] = self._capture(rows, mixed=False)
         self.context_lens.zero_()
         torch.cuda.synchronize()
         logger.info(
-            "CUDA graphs: %d decode buckets (1..%d) captured in %.1f s",
-            len(self.buckets), self.max_batch, time.perf_counter() - start,
+            "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s",
+            len(self.decode_sizes), self.max_batch, len(self.mixed_sizes),
+            f"{self.mixed_sizes[0]}..{self.max_tokens}" if self.mixed_sizes else "no",
+            time.perf_counter() - start,
         )  # fmt: skip
 
-    def can_run(self, batch: int, num_table_cols: int) -> bool:
-        return 0 < batch <= self.max_batch and num_table_cols <= self.block_tables.shape[1]
+    def _capture(self, rows: int, mixed: bool) -> torch.cuda.CUDAGraph:
+        meta = self._meta(rows, mixed)
+        ids, pos = self.input_ids[:rows], self.positions[:rows]
+        for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks its algorithms
+            self.model(ids, pos, meta)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.hidden[:rows].copy_(self.model(ids, pos, meta))
+        if self.pool is None:
+            self.pool = graph.pool()
+        return graph
+
+    def can_run(self, meta: AttentionMetadata, num_rows: int) -> bool:
+        """Whether a step's metadata (from the model runner) has a graph."""
+        tables = meta.decode_block_tables
+        if tables is not None and tables.shape[1] > self.block_tables.shape[1]:
+            return False
+        if not meta.prefills:
+            return 0 < num_rows <= self.max_batch
+        return (
+            num_rows <= self.max_tokens
+            and len(meta.prefills) <= MAX_PROMPTS
+            and all(c.mask is None for c in meta.prefills)
+        )
 
     def run(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-        block_tables: torch.Tensor, context_lens: torch.Tensor,
-    ) -> torch.Tensor:  # fmt: skip
-        """Inputs of B decode rows ([B], [B], [B], [B, cols], [B] int32) -> [B, hidden]."""
-        b = input_ids.shape[0]
-        bs = next(s for s in self.buckets if s >= b)
-        self.input_ids[:b].copy_(input_ids)
-        self.positions[:b].copy_(positions)
-        self.slot_mapping[:b].copy_(slot_mapping)
-        self.slot_mapping[b:bs].fill_(-1)
-        self.block_tables[:b, : block_tables.shape[1]].copy_(block_tables)
-        self.context_lens[:b].copy_(context_lens)
-        self.context_lens[b:bs].zero_()
-        self.graphs[bs].replay()
-        return self.outputs[bs][:b]
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """A step that `can_run`: [N] input ids and positions (decode rows first) -> [N, hidden]."""
+        n, n_dec = input_ids.shape[0], meta.num_decode_tokens
+        if meta.prefills:
+            rows = next(s for s in self.mixed_sizes if s >= n)
+            prompt_lens = [c.num_query_tokens for c in meta.prefills]
+            cu = torch.tensor(mixed_cu_seqlens(n_dec, prompt_lens), dtype=torch.int32)
+            self.cu_seqlens.copy_(cu)
+            graph = self.mixed_graphs[rows]
+        else:
+            rows = next(s for s in self.decode_sizes if s >= n)
+            graph = self.decode_graphs[rows]
+        self.input_ids[:n].copy_(input_ids)
+        self.positions[:n].copy_(positions)
+        self.slot_mapping[:n].copy_(meta.slot_mapping)
+        self.slot_mapping[n:rows].fill_(-1)
+        self.context_lens[:rows].zero_()
+        if n_dec:
+            tables = meta.decode_block_tables
+            self.block_tables[:n_dec, : tables.shape[1]].copy_(tables)
+            self.context_lens[:n_dec].copy_(meta.decode_context_lens)
+        graph.replay()
+        return self.hidden[:n]

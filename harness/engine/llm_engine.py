@@ -51,6 +51,7 @@ class EngineArgs:
     seed: int = 0
     kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
+    cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
@@ -113,7 +114,7 @@ class LLMEngine:
         graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
         runner = ModelRunner(
             model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel,
-            args.cpu_kv_commit_gib,
+            args.cpu_kv_commit_gib, args.cuda_graph_max_tokens,
         )  # fmt: skip
         return cls(scheduler, runner)
 

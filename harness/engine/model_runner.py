@@ -130,10 +130,11 @@ class ModelRunner:
         self, model: LlamaForCausalLM, kv: KVCacheSpec, device: torch.device,
         kv_dtype: torch.dtype | None = None, cuda_graph_max_batch: int = 0,
         max_model_len: int = 0, cpu_attention_kernel: bool = True,
-        cpu_kv_commit_gib: float = 0.0,
+        cpu_kv_commit_gib: float = 0.0, cuda_graph_max_tokens: int = 0,
     ) -> None:  # fmt: skip
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
-        cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only);
+        cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only), and
+        cuda_graph_max_tokens > 0 graphs of mixed steps up to that many tokens (cuda_graph.py);
         cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds
         (False: the plain-torch gather + SDPA); cpu_kv_commit_gib: see _commit_kv."""
         self.model = model
@@ -170,27 +171,21 @@ class ModelRunner:
             self.is_cuda) else 0  # fmt: skip
         self.graphs = None
         if self.is_cuda and cuda_graph_max_batch > 0:
-            from harness.engine.cuda_graph import DecodeGraphs
+            from harness.engine.cuda_graph import StepGraphs
 
             max_len = max_model_len or cfg.max_position_embeddings
-            self.graphs = DecodeGraphs(
-                model, cuda_graph_max_batch, -(-max_len // kv.block_size), kv.block_size, device
-            )
+            self.graphs = StepGraphs(
+                model, cuda_graph_max_batch, cuda_graph_max_tokens,
+                -(-max_len // kv.block_size), kv.block_size, device,
+            )  # fmt: skip
             self.graphs.capture()
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         batch = self._prepare(sched)
         meta = batch.meta
-        if (
-            self.graphs is not None
-            and not meta.prefills
-            and self.graphs.can_run(meta.num_decode_tokens, meta.decode_block_tables.shape[1])
-        ):
-            hidden = self.graphs.run(
-                batch.input_ids, batch.positions, meta.slot_mapping,
-                meta.decode_block_tables, meta.decode_context_lens,
-            )  # fmt: skip
+        if self.graphs is not None and self.graphs.can_run(meta, batch.input_ids.shape[0]):
+            hidden = self.graphs.run(batch.input_ids, batch.positions, meta)
         else:
             hidden = self.model(batch.input_ids, batch.positions, meta)  # [N, hidden]
         logits = self.model.compute_logits(hidden[batch.logits_indices])  # [S, vocab] fp32

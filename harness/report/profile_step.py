@@ -2,7 +2,8 @@
 
 Builds the native engine with dummy weights of a preset shape, fills `batch` sequences
 (prompt 200 tokens), then times eager and CUDA-graph decode steps and profiles a few; with
---prefill_prompts=N also one prefill step of N prompts, and --no_fused for the torch ops.
+--prefill_prompts=N also one prefill step of N prompts, and --no_fused for the torch ops;
+--graph_tokens=T also times mixed steps replayed as graphs (cuda_graph_max_tokens).
 Run on the GPU: python -m harness.report.profile_step --preset=llama2-70b --batch=192
 """
 
@@ -21,7 +22,8 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
     args = EngineArgs(
         weights="dummy", model_config=PRESETS[a.preset], model_opt=a.model_opt,
         dtype="bfloat16", device="cuda", kv_cache_dtype=a.kv_cache_dtype,
-        max_num_seqs=batch + 3, max_num_batched_tokens=8192, use_cuda_graph=graphs,
+        max_num_seqs=batch + 8, max_num_batched_tokens=8192, use_cuda_graph=graphs,
+        cuda_graph_max_tokens=a.graph_tokens,
         gpu_memory_utilization=a.gpu_memory_utilization, fused_kernels=not a.no_fused,
     )  # fmt: skip
     return LLMEngine.from_args(args)
@@ -65,10 +67,15 @@ def profile(a: argparse.Namespace, batch: int) -> None:
         print(f"[profile]   eager decode step {_timed_steps(engine, 5):.2f} ms", flush=True)
         runner.graphs = graphs
     # A mixed step: every decode plus one new 200-token prompt (Offline's steady state).
-    for j in range(3):
+    graphs = runner.graphs
+    modes = ["eager"] + (["graph"] if graphs is not None and graphs.mixed_sizes else [])
+    for j in range(6):
+        mode = modes[j % len(modes)]
+        if graphs is not None:  # "eager": no mixed graph fits (decode graphs stay)
+            graphs.max_tokens = graphs.mixed_sizes[-1] if mode == "graph" else 0
         engine.add_request(batch + j, torch.randint(3, 32000, (200,), generator=g).tolist(), sp)
-        print(f"[profile]   mixed step (+1 prefill of 200) {_timed_steps(engine, 1):.2f} ms",
-              flush=True)  # fmt: skip
+        print(f"[profile]   mixed step (+1 prefill of 200, {mode}) "
+              f"{_timed_steps(engine, 1):.2f} ms", flush=True)  # fmt: skip
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, action="append")
     p.add_argument("--gpu_memory_utilization", type=float, default=0.95)
     p.add_argument("--no_graphs", action="store_true")
+    p.add_argument("--graph_tokens", type=int, default=0, help="mixed-step graphs up to T tokens")
     p.add_argument("--no_fused", action="store_true", help="torch ops instead of Triton kernels")
     p.add_argument("--top", type=int, default=18)
     p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")

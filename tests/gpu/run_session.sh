@@ -8,7 +8,7 @@
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
 #   sweep  : small-M FP8 GEMM, cuBLAS vs Triton configs   sparse : .carry/probe_sparse.py if carried
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
-#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, srv70, int70)
+#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, srv70, int70, prof70)
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -21,9 +21,10 @@ for spec in "$@"; do
   phase=${spec%%:*}; flags=""; [[ $spec == *:* ]] && flags=${spec#*:}; flags=${flags//,/ }
   echo "=== phase $spec $(date +%T)"
   case $phase in
-    tests) timeout 120 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
-    gate) timeout 60 python3 -m pytest -q -x tests/gpu/test_varlen_prefill.py \
-          tests/gpu/test_fp8_gemm.py || { echo "gate failed: later phases not run"; exit 3; } ;;
+    tests) timeout 240 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
+    gate) timeout 150 python3 -m pytest -q -x tests/gpu/test_varlen_prefill.py \
+          tests/gpu/test_cuda_graph.py tests/gpu/test_fp8_gemm.py \
+          || { echo "gate failed: later phases not run"; exit 3; } ;;
     b7) timeout 100 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=8 ;
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
@@ -39,7 +40,7 @@ for spec in "$@"; do
           --min_query_count=${Q70:-512} ;;
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
-          $([ $phase = prof70u ] && echo --no_fused) ;;
+          $([ $phase = prof70u ] && echo --no_fused) $flags ;;
     srv70) qps=${QPS70:-7.5}  # auto: 0.85 x the last Offline tokens/s of this call / 294 (mean output)
         [ "$qps" = auto ] && qps=$(cat build/logs/bench/latest/*/bench.json | python3 -c \
           'import json,sys; print(round(0.85 * json.load(sys.stdin)["tokens_per_second"] / 294, 2))')

@@ -47,3 +47,17 @@ def test_cpu_pool_commits_its_first_blocks_at_start():
     assert engine(4095 / 2**30).model_runner._is_block_zeroed == bytearray(40)
     assert engine(0).model_runner._is_block_zeroed == bytearray(40)
     assert engine(1.0).model_runner._is_block_zeroed == bytearray([1] * 40)
+
+
+def test_mixed_graph_buckets_and_sequence_bounds():
+    from harness.engine.cuda_graph import MAX_PROMPTS, mixed_buckets, mixed_cu_seqlens
+
+    sizes = mixed_buckets(1280)
+    assert sizes[:3] == [32, 64, 96] and sizes[-3:] == [1024, 1152, 1280]
+    gaps = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+    assert all(g <= max(32, a // 8) for g, a in zip(gaps, sizes, strict=False))  # <= 12.5%
+    assert mixed_buckets(100) == [32, 64, 96, 100] and mixed_buckets(0) == []
+    # decode rows [0, 3) are the first flash sequence, prompts follow, empty ones pad
+    assert mixed_cu_seqlens(3, [5, 17]) == [0, 3, 8, 25, 25, 25]
+    assert mixed_cu_seqlens(0, [30]) == [0, 0, 30, 30, 30, 30]
+    assert len(mixed_cu_seqlens(7, [1] * MAX_PROMPTS)) == MAX_PROMPTS + 2

@@ -68,6 +68,10 @@ class AttentionMetadata:
     decode_max_context: int = 0  # >= every decode_context_lens entry (host int, graph-safe)
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
+    # A mixed step replayed as a CUDA graph (cuda_graph.py): every row goes through the decode
+    # kernel (prompt rows: context 0) and fresh_prefills' flash call (the decode rows are its
+    # first sequence); rows with a context keep the decode result.
+    graph_mixed: bool = False
 
 
 class PagedAttention(nn.Module):
@@ -150,25 +154,20 @@ class PagedAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         """Triton cache write + split-K paged decode; SDPA (flash) for prefill chunks."""
-        from harness.engine.kernels.paged_attention import paged_decode, write_kv_cache
+        from harness.engine.kernels.paged_attention import write_kv_cache
 
-        d, s = self.head_dim, self.kv_scale
+        s = self.kv_scale
         write_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping, s, s)
         n_dec = meta.num_decode_tokens
-        if n_dec and not meta.prefills:  # decode-only step (the CUDA-graph case)
-            o = paged_decode(
-                q, self.k_cache, self.v_cache, meta.decode_block_tables,
-                meta.decode_context_lens, self.scale, meta.decode_max_context,
-                meta.decode_num_splits, s, s,
-            )  # fmt: skip
-            return o.view(n_dec, self.num_heads * d)
-        out = q.new_empty(q.shape[0], self.num_heads * d)
+        if meta.graph_mixed:
+            pre = varlen_causal_attention(q, k, v, meta.fresh_prefills, self.scale)
+            is_decode = (meta.decode_context_lens > 0)[:, None]
+            return torch.where(is_decode, self._decode_cuda(q, meta), pre)
+        if n_dec and not meta.prefills:  # decode-only step (a decode CUDA graph's case)
+            return self._decode_cuda(q, meta)
+        out = q.new_empty(q.shape[0], self.num_heads * self.head_dim)
         if n_dec:
-            out[:n_dec] = paged_decode(
-                q[:n_dec], self.k_cache, self.v_cache, meta.decode_block_tables,
-                meta.decode_context_lens, self.scale, meta.decode_max_context,
-                meta.decode_num_splits, s, s,
-            ).view(n_dec, -1)  # fmt: skip
+            out[:n_dec] = self._decode_cuda(q[:n_dec], meta)
         fresh = meta.fresh_prefills if q.dtype in FLASH_DTYPES else None  # fp32: per chunk
         if fresh is not None:  # fresh K/V in the model dtype: no cache read
             rows = slice(fresh.row_start, fresh.row_end)
@@ -183,6 +182,17 @@ class PagedAttention(nn.Module):
                 else:  # chunked prefill over cached context: gather, upcast, masked SDPA
                     out[rows] = self._prefill_cached(q[rows], chunk)
         return out
+
+    def _decode_cuda(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """q [B, H, D] of one-token decodes -> [B, H * D] (rows of context 0: zeros)."""
+        from harness.engine.kernels.paged_attention import paged_decode
+
+        o = paged_decode(
+            q, self.k_cache, self.v_cache, meta.decode_block_tables, meta.decode_context_lens,
+            self.scale, meta.decode_max_context, meta.decode_num_splits,
+            self.kv_scale, self.kv_scale,
+        )  # fmt: skip
+        return o.view(q.shape[0], -1)
 
     def _prefill_cached(self, q: torch.Tensor, chunk: PrefillChunk) -> torch.Tensor:
         num_q, num_kv, d = q.shape[0], self.num_kv_heads, self.head_dim

@@ -126,7 +126,7 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
     return ModelRunner(
         model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel,
-        args.cpu_kv_commit_gib,
+        args.cpu_kv_commit_gib, args.cuda_graph_max_tokens,
     )  # fmt: skip
 
 
