@@ -37,13 +37,10 @@ def _runner(model_opt: str, kv_cache_dtype: str):  # -> ModelRunner
 def _step(decode_contexts: list[int], prompt_lens: list[int], cached: int = 0) -> SchedulerOutput:
     """Decodes at the given context lengths, then prompts (the first after `cached` tokens)."""
     g = torch.Generator().manual_seed(len(decode_contexts) + sum(prompt_lens))
+    starts = [ctx - 1 for ctx in decode_contexts] + [cached] + [0] * (len(prompt_lens) - 1)
+    sizes = [1] * len(decode_contexts) + prompt_lens  # tokens fed this step
     scheduled, next_block = [], 0
-    for i, ctx in enumerate(decode_contexts + prompt_lens):
-        is_prompt = i >= len(decode_contexts)
-        start = cached if is_prompt and i == len(decode_contexts) else 0
-        n = ctx if is_prompt else 1
-        if not is_prompt:
-            start = ctx - 1
+    for i, (start, n) in enumerate(zip(starts, sizes, strict=True)):
         num_blocks = -(-(start + n) // BLOCK)
         blocks = list(range(next_block, next_block + num_blocks))
         next_block += num_blocks
