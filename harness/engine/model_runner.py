@@ -178,7 +178,15 @@ class ModelRunner:
                 model, cuda_graph_max_batch, cuda_graph_max_tokens,
                 -(-max_len // kv.block_size), kv.block_size, device,
             )  # fmt: skip
-            self.graphs.capture()
+            try:
+                self.graphs.capture()
+            except torch.OutOfMemoryError as e:
+                raise KVCacheCapacityError(
+                    f"CUDA graph capture ran out of memory after the KV cache took "
+                    f"{kv.gib:.2f} GiB: lower gpu_memory_utilization (or set num_kv_blocks), "
+                    f"or capture smaller graphs: cuda_graph_max_tokens (now "
+                    f"{cuda_graph_max_tokens}), max_num_seqs (now {cuda_graph_max_batch})"
+                ) from e
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:

@@ -15,7 +15,7 @@ pytestmark = [
 BLOCK = 16
 
 
-def _runner(model_opt: str, kv_cache_dtype: str):  # -> ModelRunner
+def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto"):  # -> ModelRunner
     from harness.engine.llm_engine import EngineArgs, LLMEngine
     from harness.engine.model.llama import LlamaConfig
 
@@ -71,9 +71,21 @@ def test_mixed_graph_matches_eager_step(model_opt, kv, decodes, prompts):
 
 
 def test_steps_without_a_mixed_graph_run_eagerly():
-    runner = _runner("Dense", "auto")
+    runner = _runner()
     too_many = runner._prepare(_step([4], [2, 3, 4, 5, 6]))  # 5 prompts > MAX_PROMPTS
     too_long = runner._prepare(_step([4], [150, 10]))  # 161 rows > 160
     continued = runner._prepare(_step([4], [8], cached=16))  # a chunk over cached context
     for batch in (too_many, too_long, continued):
         assert not runner.graphs.can_run(batch.meta, batch.input_ids.shape[0])
+
+
+def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
+    from harness.engine.cuda_graph import StepGraphs
+    from harness.engine.model_runner import KVCacheCapacityError
+
+    def no_memory(self) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(StepGraphs, "capture", no_memory)
+    with pytest.raises(KVCacheCapacityError, match="gpu_memory_utilization.*cuda_graph_max_tokens"):
+        _runner()
