@@ -65,6 +65,7 @@ class QueueWorkerBackend:
         self.max_batch = max_batch
         self.sink: OutputSink | None = None
         self._queue: queue.Queue[GenerationRequest | None] = queue.Queue()
+        self._submit_lock = threading.Lock()  # a submit's requests enter the queue together
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -76,8 +77,9 @@ class QueueWorkerBackend:
     def submit(self, requests: Sequence[GenerationRequest]) -> None:
         if self._error is not None:
             raise BackendError(f"{self.name} backend worker failed: {self._error!r}")
-        for r in requests:
-            self._queue.put(r)
+        with self._submit_lock:
+            for r in requests:
+                self._queue.put(r)
 
     def flush(self) -> None:
         pass
@@ -92,20 +94,22 @@ class QueueWorkerBackend:
             ) from self._error
 
     def _next_batch(self) -> list[GenerationRequest] | None:
-        """Block for one request, then take what else is already waiting (up to max_batch)."""
+        """Block for one request, then take what else is already waiting (up to max_batch).
+        A submit in progress finishes first, so batches do not depend on thread timing."""
         first = self._queue.get()
         if first is None:
             return None
         batch = [first]
-        while len(batch) < self.max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # keep the stop marker for the next round
-                break
-            batch.append(item)
+        with self._submit_lock:
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # keep the stop marker for the next round
+                    break
+                batch.append(item)
         return batch
 
     def _loop(self) -> None:

@@ -26,7 +26,7 @@ class TorchBackend:
     def __init__(self, engine) -> None:  # noqa: ANN001 (harness.engine.llm_engine.LLMEngine)
         self.engine = engine
         self.sink: OutputSink | None = None
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[GenerationRequest]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._error: BaseException | None = None
@@ -96,9 +96,10 @@ class TorchBackend:
         self._thread.start()
 
     def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """One queue item per call: the worker adds a query's samples to the engine together,
+        so an Offline query's batches (and so its numerics) do not depend on thread timing."""
         self._raise_if_failed()
-        for r in requests:
-            self._queue.put(r)
+        self._queue.put(list(requests))
         self.num_submitted += len(requests)
 
     def flush(self) -> None:
@@ -142,7 +143,8 @@ class TorchBackend:
         except queue.Empty:
             return
         while True:
-            self._add(item)
+            for r in item:
+                self._add(r)
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

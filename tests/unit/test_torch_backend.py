@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import queue
+import time
 
 import pytest
 import torch
@@ -130,3 +132,34 @@ def test_dummy_weights_fixed_output_len_ignores_eos(hf_dir, tmp_path):
     sink = run_backend(TorchBackend.from_config(cfg), reqs)
     assert all(len(v) == 7 and EOS not in v for v in sink.finished.values())
     assert len(sink.first) == 4
+
+
+class SlowQueue(queue.SimpleQueue):
+    """Each put takes a while, so a worker could wake up between the items of one submit."""
+
+    def put(self, item, block=True, timeout=None):  # noqa: ANN001
+        super().put(item, block, timeout)
+        time.sleep(0.02)
+
+
+def test_a_submit_enters_the_engine_at_once(hf_dir, tmp_path):
+    """An Offline query's samples join the engine together, so its batches (and numerics) do
+    not depend on when the worker thread wakes."""
+    path, _ = hf_dir
+    cfg = make_cfg(path, tmp_path / "engine")
+    build_engine(cfg, tmp_path / "engine")
+    backend = TorchBackend.from_config(cfg, tmp_path / "engine")
+    backend._queue = SlowQueue()
+    engine, seen = backend.engine, []
+    step = engine.step
+
+    def recording_step():  # -> list[RequestOutput]
+        seen.append(len(engine.scheduler.requests))
+        return step()
+
+    engine.step = recording_step
+    sink = RecordingSink()
+    backend.start(sink)
+    backend.submit(requests(6))
+    backend.stop()
+    assert seen[0] == 6 and len(sink.finished) == 6
