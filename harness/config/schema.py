@@ -95,8 +95,9 @@ class EngineConfig:
     tensor_parallelism: int = 1
     data_parallelism: int = 1
     use_cuda_graph: bool = True
-    # CUDA: steps that mix prompt chunks (up to 4, no cached context) with decodes replay graphs
-    # too, up to this many tokens a step (0: they run eagerly); costs capture time at start
+    # CUDA, with use_cuda_graph: steps that mix prompt chunks (up to 4, no cached context) with
+    # decodes replay graphs too, up to this many tokens a step (at most max_num_batched_tokens;
+    # 0: they run eagerly); costs capture time and graph memory at start
     cuda_graph_max_tokens: int = 0
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops

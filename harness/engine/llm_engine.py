@@ -58,6 +58,15 @@ class EngineArgs:
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
 
 
+def cuda_graph_sizes(args: EngineArgs, device: torch.device) -> tuple[int, int]:
+    """(largest decode graph in rows, largest mixed graph in tokens) to capture; 0: none. Off
+    CUDA or without use_cuda_graph there are none; no step holds more than
+    max_num_batched_tokens tokens, so no mixed graph is larger."""
+    if not args.use_cuda_graph or device.type != "cuda":
+        return 0, 0
+    return args.max_num_seqs, min(args.cuda_graph_max_tokens, args.max_num_batched_tokens)
+
+
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
     if args.model_config is not None:
         return args.model_config
@@ -111,10 +120,10 @@ class LLMEngine:
             max_model_len=max_model_len,
         )
         scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))
-        graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
+        graph_rows, graph_tokens = cuda_graph_sizes(args, device)
         runner = ModelRunner(
-            model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel,
-            args.cpu_kv_commit_gib, args.cuda_graph_max_tokens,
+            model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
+            args.cpu_kv_commit_gib, graph_tokens,
         )  # fmt: skip
         return cls(scheduler, runner)
 

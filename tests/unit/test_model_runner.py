@@ -61,3 +61,16 @@ def test_mixed_graph_buckets_and_sequence_bounds():
     assert mixed_cu_seqlens(3, [5, 17]) == [0, 3, 8, 25, 25, 25]
     assert mixed_cu_seqlens(0, [30]) == [0, 0, 30, 30, 30, 30]
     assert len(mixed_cu_seqlens(7, [1] * MAX_PROMPTS)) == MAX_PROMPTS + 2
+
+
+def test_cuda_graph_sizes_follow_the_knobs_and_the_step_budget():
+    from harness.engine.llm_engine import EngineArgs, cuda_graph_sizes
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    args = EngineArgs(use_cuda_graph=True, max_num_seqs=64, max_num_batched_tokens=1280,
+                      cuda_graph_max_tokens=4096)  # fmt: skip
+    assert cuda_graph_sizes(args, cuda) == (64, 1280)  # no step is larger than its budget
+    assert cuda_graph_sizes(EngineArgs(use_cuda_graph=True, max_num_seqs=8), cuda) == (8, 0)
+    assert cuda_graph_sizes(args, cpu) == (0, 0)
+    no_graphs = EngineArgs(use_cuda_graph=False, cuda_graph_max_tokens=64)
+    assert cuda_graph_sizes(no_graphs, cuda) == (0, 0)

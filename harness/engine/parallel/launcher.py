@@ -18,7 +18,13 @@ import torch.multiprocessing as mp
 from safetensors import safe_open
 
 from harness.engine.kv_cache import BlockManager
-from harness.engine.llm_engine import DTYPES, EngineArgs, LLMEngine, resolve_model_config
+from harness.engine.llm_engine import (
+    DTYPES,
+    EngineArgs,
+    LLMEngine,
+    cuda_graph_sizes,
+    resolve_model_config,
+)
 from harness.engine.loader import (
     CheckpointError,
     build_model,
@@ -123,10 +129,10 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     kv = KVCacheSpec(int(num_blocks), kv.block_size, kv.bytes_per_block)
     if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture
         dist.all_reduce(torch.zeros(1, device=device))
-    graph_batch = args.max_num_seqs if args.use_cuda_graph and device.type == "cuda" else 0
+    graph_rows, graph_tokens = cuda_graph_sizes(args, device)
     return ModelRunner(
-        model, kv, device, kv_dtype, graph_batch, max_model_len, args.cpu_attention_kernel,
-        args.cpu_kv_commit_gib, args.cuda_graph_max_tokens,
+        model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
+        args.cpu_kv_commit_gib, graph_tokens,
     )  # fmt: skip
 
 
