@@ -57,6 +57,7 @@ IGNORED_KNOBS = (
     "use_cuda_graph",
     "cuda_graph_max_tokens",
     "fused_kernels",
+    "fp8_triton_max_rows",
     "cpu_attention_kernel",
     "cpu_gemm",
     "cpu_kv_commit_gib",

@@ -100,6 +100,9 @@ class EngineConfig:
     # 0: they run eagerly); costs capture time and graph memory at start
     cuda_graph_max_tokens: int = 0
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
+    # CUDA FP8 linears, with fused_kernels: steps of up to this many rows run the Triton GEMM
+    # (engine/kernels/fp8_gemm.py), larger ones cuBLAS; 0: cuBLAS always
+    fp8_triton_max_rows: int = 32
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the
@@ -159,6 +162,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
 # Counts that may be 0 (off) but not negative.
 AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
+    "engine.fp8_triton_max_rows",
 )  # fmt: skip
 
 # Values that must be one of a fixed set, checked after the merge.

@@ -53,6 +53,7 @@ class EngineArgs:
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
+    fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
@@ -98,7 +99,8 @@ class LLMEngine:
         config = resolve_model_config(args)
         quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
         model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
-        logger.info("norm / RoPE / SwiGLU kernels: %s", model.use_fused_kernels(args.fused_kernels))
+        kernels = model.use_fused_kernels(args.fused_kernels, args.fp8_triton_max_rows)
+        logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
         max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
         kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype

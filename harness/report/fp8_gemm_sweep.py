@@ -1,5 +1,6 @@
-"""Small-M FP8 GEMM on a model's linear shapes: cuBLAS `_scaled_mm` against the Triton kernel's
-configurations (kernels/fp8_gemm.py), with the weight bandwidth each reaches.
+"""FP8 GEMM at decode batch sizes on a model's linear shapes: cuBLAS `_scaled_mm` against the
+Triton kernel's block configurations (kernels/fp8_gemm.py), with the weight bandwidth each
+reaches; configs that compute wrong (against the fp32 reference) are dropped.
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b
 """
@@ -25,6 +26,20 @@ def _ms(fn, iters: int = 20) -> float:  # noqa: ANN001
     return start.elapsed_time(end) / iters
 
 
+def candidate_configs(m: int) -> list:  # list[GemmConfig]
+    """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 or 8 warps,
+    as many pipeline stages (2-4) as about 200 KB of shared memory holds."""
+    from harness.engine.kernels.fp8_gemm import GemmConfig
+
+    out = []
+    blocks = itertools.product((16, 32, 64, 128, 256), (64, 128), (128, 256), (4, 8))
+    for bm, bn, bk, warps in blocks:
+        stages = min(4, 200_000 // ((bm + bn) * bk))
+        if bm < 2 * max(m, 16) and bm * 8 >= m and stages >= 2:
+            out.append(GemmConfig(bm, bn, bk, warps, stages))
+    return out
+
+
 def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
     """name -> (N, K) of one decoder layer's linears (q|k|v and gate|up fused, as we run them)."""
     from harness.engine.model.llama import PRESETS
@@ -40,12 +55,12 @@ def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.engine.kernels.fp8_gemm import fp8_gemm_reference, fp8_gemm_triton
+    from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
     from harness.engine.quant.fp8 import quantize_per_channel, quantize_per_token
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="llama2-70b")
-    p.add_argument("--m", type=int, action="append", help="rows (default 1 8 16 32)")
+    p.add_argument("--m", type=int, action="append", help="rows (default 1 to 512)")
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
     weights = {}
@@ -53,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         w, s = quantize_per_channel(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
         weights[name] = (w, s.view(1, -1).contiguous())
     layer_bytes = sum(n * k for n, k in shapes.values())
-    configs = list(itertools.product((32, 64, 128), (128, 256)))
-    for m in a.m or [1, 8, 16, 32]:
+    for m in a.m or [1, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512]:
         xs = {name: quantize_per_token(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
               for name, (_, k) in shapes.items()}  # fmt: skip
 
@@ -70,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{layer_bytes / total / 1e6:,.0f} GB/s of weights; "
               + ", ".join(f"{k} {v:.3f}" for k, v in base.items()), flush=True)  # fmt: skip
         results = []
-        for bn, bk in configs:
-            kw = dict(block_n=bn, block_k=bk)
+        for cfg in [config_for(m)] + candidate_configs(m):
+            kw = dict(config=cfg)
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
                     out = fp8_gemm_triton(*xs[name], *weights[name], **kw)
@@ -82,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[fp8_gemm]   {kw}: failed {type(ex).__name__}: {str(ex)[:120]}")
                 continue
             results.append((sum(times.values()), times, kw))
+        if results and results[0][2]["config"] == config_for(m):
+            t = results[0][0]
+            print(f"[fp8_gemm]   current config_for({m}): {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         for t, _, kw in sorted(results, key=lambda r: r[0])[:3]:
             print(f"[fp8_gemm]   triton {t:.3f} ms = {layer_bytes / t / 1e6:,.0f} GB/s "
                   f"({total / t:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip

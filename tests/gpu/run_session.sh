@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call: install carried wheels, then the phases named in $@ (see docs/benchmarks.md).
 #   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
+#   pt:FILES : pytest on those files (commas between them)
 #   ss7    : llama2-7b SingleStream, 64 queries (early stopping's minimum)
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
@@ -22,6 +23,7 @@ for spec in "$@"; do
   echo "=== phase $spec $(date +%T)"
   case $phase in
     tests) timeout 240 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
+    pt) timeout 200 python3 -m pytest -q $flags 2>&1 | tail -25 ;;
     gate) timeout 150 python3 -m pytest -q -x tests/gpu/test_varlen_prefill.py \
           tests/gpu/test_cuda_graph.py tests/gpu/test_fp8_gemm.py \
           || { echo "gate failed: later phases not run"; exit 3; } ;;

@@ -1,17 +1,22 @@
-"""FP8 GEMM for a few rows (decode batches): out = (xq * x_scale) @ (w * w_scale)^T in bf16.
+"""FP8 GEMM for decode-sized batches: out = (xq * x_scale) @ (w * w_scale)^T in bf16.
 
-At small M a step streams every weight once, so only bandwidth counts, and cuBLAS's FP8 kernels
-read the 70B weights at about half of HBM bandwidth there. This kernel gives each program
-BLOCK_N weight rows over the whole of K and stores bf16 at once. On the H200 it ran one 70B
-layer's linears 1.58x (M=1), 1.44x (M=16) and 1.29x (M=32) faster than `_scaled_mm`
-(`python -m harness.report.fp8_gemm_sweep`, docs/benchmarks.md).
+Up to a few hundred rows a step streams every weight once, so bandwidth counts most, and
+cuBLAS's FP8 kernels read the 70B weights at about half of HBM bandwidth there. Each program
+of this kernel takes BLOCK_M rows x BLOCK_N weight rows over the whole of K and stores bf16
+at once; the row blocks of one weight block are launched next to each other, so the weight
+tile is read from HBM once and from L2 by the rest. `config_for(m)` holds the block sizes
+measured best per M (`python -m harness.report.fp8_gemm_sweep`, docs/benchmarks.md).
 
-MAX_ROWS is 32: with BLOCK_M=64 Triton's Hopper FP8 dot accumulated less precisely than fp32
-(2.5% of outputs off by more than 2% in tests/gpu/test_fp8_gemm.py); 16 and 32 match.
+Accuracy: with BLOCK_M >= 64 Triton uses Hopper's wgmma, whose FP8 accumulation is less
+precise than fp32 (2.5% of outputs off by more than 2% in tests/gpu/test_fp8_gemm.py, once);
+`max_num_imprecise_acc=32` adds every wgmma's partial sum into the fp32 accumulator, as cuBLAS
+does without fast accumulation. Smaller blocks use mma.sync, which is exact here.
 Reference: fp8_gemm_reference.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +26,31 @@ try:
 except ImportError:
     triton = None
 
-MAX_ROWS = 32  # the largest M this kernel serves
+PROMOTE_EVERY = 32  # FP8 products per wgmma accumulated before an fp32 add (see above)
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int = 256
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+# (largest M, config): the first row whose M fits is used. M <= 32 rows: the second H200
+# session's sweep; larger M: guessed, to be replaced by the H100 sweep.
+CONFIGS: list[tuple[int, GemmConfig]] = [
+    (8, GemmConfig(16, 64)),
+    (16, GemmConfig(16, 128)),
+    (32, GemmConfig(32, 128)),
+    (64, GemmConfig(64, 128, 128, 4, 3)),
+    (1 << 30, GemmConfig(128, 128, 128, 8, 3)),
+]
+
+
+def config_for(m: int) -> GemmConfig:
+    return next(cfg for max_m, cfg in CONFIGS if m <= max_m)
 
 
 def fp8_gemm_reference(
@@ -39,23 +68,25 @@ if triton is not None:
     def _fp8_gemm_kernel(
         x_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, stride_x, stride_w, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        PROMOTE: tl.constexpr,
     ):  # fmt: skip
-        offs_m = tl.arange(0, BLOCK_M)
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks vary fastest
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok = offs_m < M
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
             x = tl.load(x_ptr + offs_m[:, None] * stride_x + offs_k[None, :],
-                        mask=(offs_m[:, None] < M) & k_ok[None, :], other=0.0)  # fmt: skip
+                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
             w = tl.load(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :],
                         mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)  # fmt: skip
-            acc = tl.dot(x, tl.trans(w), acc)  # e4m3 x e4m3 -> fp32
-        xs = tl.load(xs_ptr + offs_m, mask=offs_m < M, other=0.0)
+            acc = tl.dot(x, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE)  # e4m3 -> fp32
+        xs = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
         ws = tl.load(ws_ptr + offs_n, mask=offs_n < N, other=0.0)
         acc = acc * xs[:, None] * ws[None, :]
         out = out_ptr + offs_m[:, None] * stride_out + offs_n[None, :]
-        tl.store(out, acc.to(tl.bfloat16), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        tl.store(out, acc.to(tl.bfloat16), mask=m_ok[:, None] & (offs_n[None, :] < N))
 
 
 def fp8_gemm_triton(
@@ -63,20 +94,18 @@ def fp8_gemm_triton(
     x_scale: torch.Tensor,
     w: torch.Tensor,
     w_scale_row: torch.Tensor,
-    block_n: int | None = None,
-    block_k: int = 256,
+    config: GemmConfig | None = None,
 ) -> torch.Tensor:
-    """Same contract as fp8_gemm_reference, for M <= MAX_ROWS. block_n None: the sweep's best
-    on the H200 (64 for M <= 8, else 128)."""
+    """Same contract as fp8_gemm_reference; config None: config_for(M)."""
     m, k = xq.shape
     n = w.shape[0]
-    if m > MAX_ROWS:
-        raise ValueError(f"fp8_gemm_triton serves M <= {MAX_ROWS} rows, got {m}")
-    block_n = block_n or (64 if m <= 8 else 128)
+    cfg = config or config_for(m)
     out = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
-    _fp8_gemm_kernel[(triton.cdiv(n, block_n),)](
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+    _fp8_gemm_kernel[grid](
         xq, x_scale, w, w_scale_row, out, m, n, k, xq.stride(0), w.stride(0), out.stride(0),
-        BLOCK_M=16 if m <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
-        num_stages=4,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        PROMOTE=min(PROMOTE_EVERY, cfg.block_k), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )  # fmt: skip
     return out

@@ -112,7 +112,7 @@ class Linear(nn.Module):
         self.output_sizes = output_sizes
         self.out_features = sum(output_sizes)
         self.method = method
-        self.use_triton = False  # the method may pick a Triton GEMM (quant/fp8_gpu.py)
+        self.triton_max_rows = 0  # the method may pick a Triton GEMM up to this M (fp8_gpu.py)
         method.create_weights(self, in_features, self.out_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -356,10 +356,10 @@ class LlamaForCausalLM(nn.Module):
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         self.model.rotary.init_table(device, dtype)
 
-    def use_fused_kernels(self, enabled: bool) -> str:
-        """Switch norms, RoPE and SwiGLU to fused kernels: Triton on CUDA (with small-batch FP8
-        GEMMs), C for fp32 on the CPU where a compiler builds them. Returns what runs now:
-        "triton", "c" or "torch" (the plain-torch references)."""
+    def use_fused_kernels(self, enabled: bool, fp8_triton_max_rows: int = 0) -> str:
+        """Switch norms, RoPE and SwiGLU to fused kernels: Triton on CUDA (with FP8 GEMMs of up
+        to fp8_triton_max_rows rows), C for fp32 on the CPU where a compiler builds them.
+        Returns what runs now: "triton", "c" or "torch" (the plain-torch references)."""
         weight = self.model.embed_tokens.weight
         kind = "torch"
         if enabled and weight.is_cuda and triton is not None:
@@ -368,7 +368,7 @@ class LlamaForCausalLM(nn.Module):
             kind = "c"
         for module in self.modules():
             if isinstance(module, Linear):
-                module.use_triton = kind == "triton"
+                module.triton_max_rows = fp8_triton_max_rows if kind == "triton" else 0
             elif hasattr(module, "kernels"):
                 module.kernels = kind
         return kind

@@ -14,20 +14,19 @@ from harness.engine.quant.fp8 import FP8LinearMethod
 
 
 def fp8_linear(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, use_triton: bool = False
+    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
 ) -> torch.Tensor:
     """x [M, K] bf16, weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N] bf16.
-    use_triton: M <= fp8_gemm.MAX_ROWS rows go to the Triton kernel instead of cuBLAS."""
+    M <= triton_max_rows rows go to the Triton kernel (kernels/fp8_gemm.py), more to cuBLAS."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     from harness.engine.kernels.fp8_quant import quantize_per_token_triton
 
     xq, x_scale = quantize_per_token_triton(x)  # one launch; reference: quantize_per_token
-    if use_triton:
-        from harness.engine.kernels import fp8_gemm
+    if x.shape[0] <= triton_max_rows:
+        from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 
-        if x.shape[0] <= fp8_gemm.MAX_ROWS:
-            return fp8_gemm.fp8_gemm_triton(xq, x_scale, weight, weight_scale_row)
+        return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row)
     return torch._scaled_mm(
         xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row, out_dtype=x.dtype
     )
@@ -39,7 +38,7 @@ class FP8GpuLinearMethod(FP8LinearMethod):
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # rowwise _scaled_mm writes bf16 only: fp32 models
             return super().apply(layer, x)  # (tests, CPU parity) keep the exact reference
-        return fp8_linear(x, layer.weight, layer.weight_scale_row, layer.use_triton)
+        return fp8_linear(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         # _scaled_mm's rowwise mode wants the weight scales as a [1, N] fp32 row.
