@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         w, s = quantize_per_channel(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
         weights[name] = (w, s.view(1, -1).contiguous())
     layer_bytes = sum(n * k for n, k in shapes.values())
+    summary = []  # (M, cuBLAS ms, best Triton ms, its config) per M
     for m in a.m or [1, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512]:
         xs = {name: quantize_per_token(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
               for name, (_, k) in shapes.items()}  # fmt: skip
@@ -102,10 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         for t, _, kw in sorted(results, key=lambda r: r[0])[:3]:
             print(f"[fp8_gemm]   triton {t:.3f} ms = {layer_bytes / t / 1e6:,.0f} GB/s "
                   f"({total / t:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip
+        if results:
+            best = min(results, key=lambda r: r[0])
+            summary.append((m, total, best[0], best[2]["config"]))
         for name in shapes if results else ():
             _, times, kw = min(results, key=lambda r, name=name: r[1][name])
             print(f"[fp8_gemm]   best for {name} {shapes[name]}: {times[name]:.3f} ms "
                   f"({base[name] / times[name]:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip
+    print("[fp8_gemm] summary: M, cuBLAS ms, best Triton ms, speed-up, config")
+    for m, cublas_ms, triton_ms, cfg in summary:
+        print(f"[fp8_gemm]   {m:5d} {cublas_ms:.3f} {triton_ms:.3f} {cublas_ms / triton_ms:.2f}x "
+              f"{cfg}", flush=True)  # fmt: skip
     return 0
 
 
