@@ -133,6 +133,7 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
     import numpy as np
 
     from harness.engine.llm_engine import EngineArgs, resolve_model_config
+    from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT
     from harness.report.roofline import Workload, peaks_for, roofline
 
     try:
@@ -155,6 +156,9 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
     mean_out = float(np.load(pre / "output_lens.npy")[:n].mean())
     fp8 = cfg.engine.model_opt in ("FP8", "Sparse")
     act_bytes = 2 if cfg.engine.dtype in ("bfloat16", "float16") else 4
+    weight_b = (
+        STORED_BYTES_PER_WEIGHT if cfg.engine.model_opt == "Sparse" else 1 if fp8 else act_bytes
+    )
     kv_b = 1 if cfg.engine.kv_cache_dtype == "fp8" else act_bytes
     seqs = cfg.engine.max_num_seqs
     if kv_tokens:
@@ -163,7 +167,7 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
         seqs = min(seqs, concurrency_cap)
     w = Workload(
         m.num_hidden_layers, m.hidden_size, m.intermediate_size, m.num_attention_heads,
-        m.num_key_value_heads, m.head_dim, m.vocab_size, 1 if fp8 else act_bytes, kv_b,
+        m.num_key_value_heads, m.head_dim, m.vocab_size, weight_b, kv_b,
         mean_in, mean_out, max(seqs, 1.0),
     )  # fmt: skip
     return roofline(w, peaks, fp8_gemm=fp8)

@@ -1,8 +1,9 @@
 """FP8 GEMM at decode batch sizes on a model's linear shapes: cuBLAS `_scaled_mm` against the
-Triton kernel's block configurations (kernels/fp8_gemm.py), with the weight bandwidth each
-reaches; configs that compute wrong (against the fp32 reference) are dropped.
+Triton kernel's block configurations (kernels/fp8_gemm.py; with --sparse on compressed 2:4
+weights), with the weight bandwidth each reaches; configs that
+compute wrong (against the fp32 reference) are dropped.
 
-Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b
+Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """
 
 from __future__ import annotations
@@ -56,61 +57,88 @@ def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
-    from harness.engine.quant.fp8 import quantize_per_channel, quantize_per_token
+    from harness.engine.kernels.sparse24_gemm import decompress_24_triton
+    from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
+    from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT, compress_24
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="llama2-70b")
     p.add_argument("--m", type=int, action="append", help="rows (default 1 to 512)")
+    sparse_help = "2:4 weights: the compressed kernel and expand + cuBLAS vs dense cuBLAS"
+    p.add_argument("--sparse", action="store_true", help=sparse_help)
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
-    weights = {}
+    weights, compressed = {}, {}
     for name, (n, k) in shapes.items():
-        w, s = quantize_per_channel(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        w, s = quantize_per_channel(prune_2_of_4(w) if a.sparse else w)
         weights[name] = (w, s.view(1, -1).contiguous())
+        if a.sparse:
+            compressed[name] = compress_24(w)
+    scratch = torch.empty(max(n * k for n, k in shapes.values()), dtype=torch.float8_e4m3fn,
+                          device="cuda") if a.sparse else None  # fmt: skip
     layer_bytes = sum(n * k for n, k in shapes.values())
+    stored_bytes = layer_bytes * (STORED_BYTES_PER_WEIGHT if a.sparse else 1)
+    kind = "sparse 2:4" if a.sparse else "dense"
+
+    def cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        w, ws = weights[name]
+        return torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16)
+
+    def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        (values, meta), (w, ws) = compressed[name], weights[name]
+        dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
+        return torch._scaled_mm(xq, dense.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16)
+
+    def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
+        w, ws = weights[name]
+        if a.sparse:
+            values, meta = compressed[name]
+            return fp8_gemm_triton(xq, xsc, values, ws, config=config, meta=meta)
+        return fp8_gemm_triton(xq, xsc, w, ws, config=config)
+
     summary = []  # (M, cuBLAS ms, best Triton ms, its config) per M
     for m in a.m or [1, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512]:
         xs = {name: quantize_per_token(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
               for name, (_, k) in shapes.items()}  # fmt: skip
 
         def shape_ms(fn, xs=xs) -> dict[str, float]:  # noqa: ANN001
-            return {name: _ms(lambda name=name: fn(*xs[name], *weights[name])) for name in shapes}
-
-        def cublas(xq, xsc, w, ws):  # noqa: ANN001, ANN202
-            return torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16)
+            return {name: _ms(lambda name=name: fn(name, *xs[name])) for name in shapes}
 
         base = shape_ms(cublas)
         total = sum(base.values())
-        print(f"[fp8_gemm] {a.preset} M={m}: cuBLAS {total:.3f} ms per layer = "
+        print(f"[fp8_gemm] {a.preset} {kind} M={m}: cuBLAS (dense) {total:.3f} ms per layer = "
               f"{layer_bytes / total / 1e6:,.0f} GB/s of weights; "
               + ", ".join(f"{k} {v:.3f}" for k, v in base.items()), flush=True)  # fmt: skip
+        if a.sparse:
+            t = sum(shape_ms(expand_cublas).values())
+            print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         results = []
         for cfg in [config_for(m)] + candidate_configs(m):
-            kw = dict(config=cfg)
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
-                    out = fp8_gemm_triton(*xs[name], *weights[name], **kw)
+                    out = kernel(name, *xs[name], cfg)
                     ref = fp8_gemm_reference(*xs[name], *weights[name])
                     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=1e-2)
-                times = shape_ms(lambda *t, kw=kw: fp8_gemm_triton(*t, **kw))
+                times = shape_ms(lambda name, *x, cfg=cfg: kernel(name, *x, cfg))
             except Exception as ex:  # noqa: BLE001 (out of shared memory, wrong results)
-                print(f"[fp8_gemm]   {kw}: failed {type(ex).__name__}: {str(ex)[:120]}")
+                print(f"[fp8_gemm]   {cfg}: failed {type(ex).__name__}: {str(ex)[:120]}")
                 continue
-            results.append((sum(times.values()), times, kw))
-        if results and results[0][2]["config"] == config_for(m):
+            results.append((sum(times.values()), times, cfg))
+        if results and results[0][2] == config_for(m):
             t = results[0][0]
             print(f"[fp8_gemm]   current config_for({m}): {t:.3f} ms ({total / t:.2f}x cuBLAS)")
-        for t, _, kw in sorted(results, key=lambda r: r[0])[:3]:
-            print(f"[fp8_gemm]   triton {t:.3f} ms = {layer_bytes / t / 1e6:,.0f} GB/s "
-                  f"({total / t:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip
+        for t, _, cfg in sorted(results, key=lambda r: r[0])[:3]:
+            print(f"[fp8_gemm]   triton {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
+                  f"({total / t:.2f}x cuBLAS) {cfg}", flush=True)  # fmt: skip
         if results:
             best = min(results, key=lambda r: r[0])
-            summary.append((m, total, best[0], best[2]["config"]))
+            summary.append((m, total, best[0], best[2]))
         for name in shapes if results else ():
-            _, times, kw = min(results, key=lambda r, name=name: r[1][name])
+            _, times, cfg = min(results, key=lambda r, name=name: r[1][name])
             print(f"[fp8_gemm]   best for {name} {shapes[name]}: {times[name]:.3f} ms "
-                  f"({base[name] / times[name]:.2f}x cuBLAS) {kw}", flush=True)  # fmt: skip
-    print("[fp8_gemm] summary: M, cuBLAS ms, best Triton ms, speed-up, config")
+                  f"({base[name] / times[name]:.2f}x cuBLAS) {cfg}", flush=True)  # fmt: skip
+    print(f"[fp8_gemm] summary ({kind}): M, cuBLAS ms, best Triton ms, speed-up, config")
     for m, cublas_ms, triton_ms, cfg in summary:
         print(f"[fp8_gemm]   {m:5d} {cublas_ms:.3f} {triton_ms:.3f} {cublas_ms / triton_ms:.2f}x "
               f"{cfg}", flush=True)  # fmt: skip

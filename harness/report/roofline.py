@@ -42,7 +42,7 @@ class Workload:
     num_kv_heads: int
     head_dim: int
     vocab: int
-    weight_bytes: float  # bytes per linear weight element (FP8: 1, bf16: 2)
+    weight_bytes: float  # bytes per linear weight element (FP8: 1, bf16: 2, CUDA Sparse: 0.625)
     kv_bytes: float  # bytes per KV element
     mean_input: float
     mean_output: float

@@ -9,7 +9,7 @@
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
 #   sweep  : small-M FP8 GEMM, cuBLAS vs Triton configs   sparse : .carry/probe_sparse.py if carried
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
-#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, srv70, int70, prof70)
+#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, b70s, srv70, int70, prof70, sweep)
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -36,7 +36,7 @@ for spec in "$@"; do
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} $flags ;;
     b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
-          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} ;;
+          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} $flags ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
           --min_query_count=${Q70:-512} ;;
@@ -56,7 +56,7 @@ for spec in "$@"; do
     o7) timeout ${T7:-200} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=${Q7:-2000} --target_qps=1 \
           ${EXTRA7:-} $flags ;;
-    sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b ;;
+    sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b $flags ;;
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
           --model_opt=Dense --batch=1 --batch=256 --prefill_prompts=16 \

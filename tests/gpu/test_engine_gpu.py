@@ -32,7 +32,7 @@ def tiny_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model_opt", ["Dense", "FP8"])
+@pytest.mark.parametrize("model_opt", ["Dense", "FP8", "Sparse"])  # CUDA Sparse: compressed
 def test_cuda_matches_cpu_reference(tiny_dir, model_opt):
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 160, (int(n),), generator=g).tolist() for n in (1, 5, 17, 30, 9)]

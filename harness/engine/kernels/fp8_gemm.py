@@ -1,4 +1,5 @@
-"""FP8 GEMM for decode-sized batches: out = (xq * x_scale) @ (w * w_scale)^T in bf16.
+"""FP8 GEMM for decode-sized batches: out = (xq * x_scale) @ (w * w_scale)^T in bf16, with w
+dense or compressed 2:4 (expanded in registers by sparse24_gemm.load_expanded).
 
 Up to a few hundred rows a step streams every weight once, so bandwidth counts most, and
 cuBLAS's FP8 kernels read the 70B weights at about half of HBM bandwidth there. Each program
@@ -24,6 +25,8 @@ import torch
 try:
     import triton
     import triton.language as tl
+
+    from harness.engine.kernels.sparse24_gemm import load_expanded
 except ImportError:
     triton = None
 
@@ -67,9 +70,10 @@ if triton is not None:
 
     @triton.jit
     def _fp8_gemm_kernel(
-        x_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, stride_x, stride_w, stride_out,
+        x_ptr, xs_ptr, w_ptr, meta_ptr, ws_ptr, out_ptr, M, N, K,
+        stride_x, stride_w, stride_meta, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PROMOTE: tl.constexpr,
+        PROMOTE: tl.constexpr, SPARSE: tl.constexpr,
     ):  # fmt: skip
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks vary fastest
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -80,8 +84,12 @@ if triton is not None:
             k_ok = offs_k < K
             x = tl.load(x_ptr + offs_m[:, None] * stride_x + offs_k[None, :],
                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
-            w = tl.load(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :],
-                        mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)  # fmt: skip
+            if SPARSE:  # w_ptr: compressed values (as uint8), meta_ptr: their positions
+                w = load_expanded(w_ptr, meta_ptr, offs_n, k0, N, K, stride_w, stride_meta,
+                                  BLOCK_N, BLOCK_K).to(tl.float8e4nv, bitcast=True)  # fmt: skip
+            else:
+                w = tl.load(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :],
+                            mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)  # fmt: skip
             if PROMOTE > 0:  # e4m3 x e4m3 -> fp32
                 acc = tl.dot(x, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE)
             else:
@@ -99,17 +107,21 @@ def fp8_gemm_triton(
     w: torch.Tensor,
     w_scale_row: torch.Tensor,
     config: GemmConfig | None = None,
+    meta: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Same contract as fp8_gemm_reference; config None: config_for(M)."""
+    """Same contract as fp8_gemm_reference; config None: config_for(M). With meta, w is a 2:4
+    weight compressed by quant/sparse24.compress_24: values [N, K/2] e4m3, meta [N, K/8]."""
     m, k = xq.shape
     n = w.shape[0]
     cfg = config or config_for(m)
     out = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+    sparse = meta is not None
     _fp8_gemm_kernel[grid](
-        xq, x_scale, w, w_scale_row, out, m, n, k, xq.stride(0), w.stride(0), out.stride(0),
+        xq, x_scale, w.view(torch.uint8) if sparse else w, meta if sparse else w, w_scale_row,
+        out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PROMOTE=PROMOTE_EVERY if cfg.block_m >= 64 else 0, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        PROMOTE=PROMOTE_EVERY if cfg.block_m >= 64 else 0, SPARSE=sparse,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out

@@ -43,6 +43,17 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q, scale
 
 
+def reference_fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
+) -> torch.Tensor:
+    """x [N, in], weight [out, in] e4m3, weight_scale [out] -> [N, out] in x.dtype: the FP8
+    GEMM's math in plain torch."""
+    xq, x_scale = quantize_per_token(x.reshape(-1, x.shape[-1]))
+    x = (xq.float() * x_scale).to(x.dtype).view(x.shape)  # what the FP8 GEMM multiplies
+    w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
+    return F.linear(x, w)  # [N, in] -> [N, out]
+
+
 class FP8LinearMethod:
     def __init__(self, sparse24: bool = False) -> None:
         self.sparse24 = sparse24
@@ -56,10 +67,7 @@ class FP8LinearMethod:
         layer.register_parameter("weight_scale", nn.Parameter(scale, requires_grad=False))
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        xq, x_scale = quantize_per_token(x.reshape(-1, x.shape[-1]))
-        x = (xq.float() * x_scale).to(x.dtype).view(x.shape)  # what the FP8 GEMM multiplies
-        w = layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
-        return F.linear(x, w)  # [N, in] -> [N, out]
+        return reference_fp8_linear(x, layer.weight, layer.weight_scale)
 
     def load_dense(self, layer: nn.Module, weight: torch.Tensor, rows: slice) -> None:
         if self.sparse24:
@@ -79,12 +87,18 @@ class FP8Config:
         self.dense = DenseConfig(device, cpu_gemm)  # the head's method
         self.sparse24 = sparse24
         self.name = "Sparse" if sparse24 else "FP8"
+        self.scratch = None  # CUDA Sparse: the shared expansion buffer (quant/sparse24.py)
 
     def linear_method(self, prefix: str) -> FP8LinearMethod | DenseLinearMethod:
         if prefix == "lm_head":  # the output head stays dense (accuracy)
             return self.dense.linear_method(prefix)
+        if self.dense.device.type == "cuda" and self.sparse24:  # stored compressed
+            from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
+
+            self.scratch = self.scratch or ScratchWeight()
+            return Sparse24GpuLinearMethod(self.scratch)
         if self.dense.device.type == "cuda":  # FP8 tensor cores (Hopper); same storage
             from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod
 
-            return FP8GpuLinearMethod(self.sparse24)
+            return FP8GpuLinearMethod()
         return FP8LinearMethod(self.sparse24)

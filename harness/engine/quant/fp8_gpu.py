@@ -13,16 +13,22 @@ from torch import nn
 from harness.engine.quant.fp8 import FP8LinearMethod
 
 
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] bf16 -> ([M, K] e4m3, [M, 1] fp32 scales) in one Triton launch (reference:
+    quant/fp8.quantize_per_token)."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    from harness.engine.kernels.fp8_quant import quantize_per_token_triton
+
+    return quantize_per_token_triton(x)
+
+
 def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
 ) -> torch.Tensor:
     """x [M, K] bf16, weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N] bf16.
     M <= triton_max_rows rows go to the Triton kernel (kernels/fp8_gemm.py), more to cuBLAS."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    from harness.engine.kernels.fp8_quant import quantize_per_token_triton
-
-    xq, x_scale = quantize_per_token_triton(x)  # one launch; reference: quantize_per_token
+    xq, x_scale = quantize_activations(x)
     if x.shape[0] <= triton_max_rows:
         from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 

@@ -1,0 +1,73 @@
+"""Expansion of compressed 2:4 FP8 weights (quant/sparse24.py's layout) in Triton.
+
+`load_expanded` reads a tile of values [N, K/2] e4m3 and meta [N, K/8] uint8 (62.5% of the
+dense tile's bytes) and expands it in registers to the dense e4m3 tile: the FP8 GEMM
+(fp8_gemm.py, `meta=`) multiplies that on the dense tensor cores (Triton exposes no sparse
+MMA), so a step that streams the weights reads fewer bytes for the same FLOPs.
+`decompress_24_triton` writes the expansion to a dense [N, K] buffer, for steps whose M is
+better served by cuBLAS's dense GEMM. Reference: quant/sparse24.decompress_24.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _expand_24(vals, meta, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """vals [BLOCK_N, BLOCK_K/2], meta [BLOCK_N, BLOCK_K/8] uint8 -> dense [BLOCK_N,
+        BLOCK_K] uint8 (e4m3 bit patterns)."""
+        nibble = tl.reshape(tl.join(meta & 15, meta >> 4), (BLOCK_N, BLOCK_K // 4))
+        i0 = nibble & 3
+        i1 = nibble >> 2  # i0 < i1: position 0 can only be i0, position 3 only i1
+        v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, BLOCK_K // 4, 2)))
+        zero = tl.zeros_like(v0)
+        d0 = tl.where(i0 == 0, v0, zero)
+        d1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
+        d2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
+        d3 = tl.where(i1 == 3, v1, zero)
+        return tl.reshape(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (BLOCK_N, BLOCK_K))
+
+    @triton.jit
+    def load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+        """Rows offs_n, inputs k0 .. k0 + BLOCK_K of W, expanded (uint8 bit patterns)."""
+        offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        n_ok = offs_n[:, None] < N
+        vals = tl.load(v_ptr + offs_n[:, None] * stride_v + offs_v[None, :],
+                       mask=n_ok & (offs_v[None, :] < K // 2), other=0)  # fmt: skip
+        meta = tl.load(m_ptr + offs_n[:, None] * stride_m + offs_m[None, :],
+                       mask=n_ok & (offs_m[None, :] < K // 8), other=0)  # fmt: skip
+        return _expand_24(vals, meta, BLOCK_N, BLOCK_K)
+
+    @triton.jit
+    def _decompress_24_kernel(v_ptr, m_ptr, out_ptr, N, K, stride_v, stride_m, stride_out,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        dense = load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m,
+                               BLOCK_N, BLOCK_K)  # fmt: skip
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], dense,
+                 mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))  # fmt: skip
+
+
+def decompress_24_triton(
+    values: torch.Tensor, meta: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """values [N, K/2] e4m3, meta [N, K/8] uint8 -> out [N, K] e4m3 (written and returned)."""
+    n, k = out.shape
+    block_n, block_k = 32, 256
+    _decompress_24_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
+        values.view(torch.uint8), meta, out.view(torch.uint8), n, k, values.stride(0),
+        meta.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+    )  # fmt: skip
+    return out

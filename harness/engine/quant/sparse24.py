@@ -1,0 +1,138 @@
+"""2:4-sparse FP8 weights stored compressed on CUDA (`--model_opt=Sparse`).
+
+Engines keep the pruned weight dense ([out, in] e4m3 with at most 2 nonzeros in every 4
+consecutive inputs). After loading, each linear keeps only the 2 kept values of every group
+([out, in/2] e4m3) and their positions (2 bits each, two groups per byte: [out, in/8] uint8):
+62.5% of the FP8 bytes. That frees memory for KV (on one 80 GB H100, 70B FP8 leaves ~12 GiB)
+and, where a step streams the weights (decode), reads fewer bytes.
+
+A step of up to `triton_max_rows` rows multiplies the compressed weight directly (the Triton
+FP8 GEMM expands each tile in registers: kernels/fp8_gemm.py, sparse24_gemm.py); a larger one
+expands it into a shared scratch buffer and runs cuBLAS's dense FP8 GEMM. compress_24 and
+decompress_24 here are the plain-torch reference of the layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
+from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, quantize_activations
+
+STORED_BYTES_PER_WEIGHT = 0.5 + 0.125  # one e4m3 value per 2 inputs + 2 bits per value
+ROWS_PER_CHUNK = 4096  # compress this many weight rows at a time (bounded temporaries)
+
+
+def _position_table() -> torch.Tensor:
+    """4-bit nonzero mask of a group -> its meta nibble i0 | i1 << 2 with i0 < i1 (padded with
+    a zero position when fewer than 2 are nonzero); 255 for masks of 3-4 nonzeros."""
+    table = torch.full((16,), 255, dtype=torch.uint8)
+    for mask in range(16):
+        kept = [i for i in range(4) if mask >> i & 1]
+        if len(kept) > 2:
+            continue
+        kept += [i for i in range(4) if i not in kept][: 2 - len(kept)]
+        i0, i1 = sorted(kept)
+        table[mask] = i0 | i1 << 2
+    return table
+
+
+POSITIONS = _position_table()
+
+
+def compress_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] e4m3, 2:4 sparse, K % 8 == 0 -> (values [N, K/2] e4m3, meta [N, K/8] uint8).
+    Group g of row r keeps values[r, 2g], values[r, 2g+1] at positions i0 < i1 of its 4
+    inputs; meta[r, g // 2] holds i0 | i1 << 2 in its low nibble for even g, high for odd."""
+    n, k = weight.shape
+    if k % 8:
+        raise ValueError(f"compressed 2:4 storage needs in_features divisible by 8, got {k}")
+    values = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)
+    meta = torch.empty(n, k // 8, dtype=torch.uint8, device=weight.device)
+    table = POSITIONS.to(weight.device)
+    bits = torch.tensor([1, 2, 4, 8], dtype=torch.uint8, device=weight.device)
+    for r0 in range(0, n, ROWS_PER_CHUNK):
+        raw = weight[r0 : r0 + ROWS_PER_CHUNK].view(torch.uint8).view(-1, k // 4, 4)
+        mask = ((raw & 0x7F) != 0).to(torch.uint8).mul_(bits).sum(-1, dtype=torch.uint8)
+        nibble = table[mask.long()]  # [rows, K/4]
+        if (nibble == 255).any():
+            row = r0 + int((nibble == 255).any(-1).nonzero()[0])
+            raise ValueError(
+                f"weight row {row} has a group of 4 inputs with more than 2 nonzeros: it is not "
+                "2:4 sparse; build the engine with --model_opt=Sparse"
+            )
+        i0, i1 = (nibble & 3).long(), (nibble >> 2).long()
+        kept = torch.stack((raw.gather(-1, i0[..., None]), raw.gather(-1, i1[..., None])), -2)
+        values[r0 : r0 + ROWS_PER_CHUNK] = kept.reshape(-1, k // 2)
+        pairs = nibble.view(-1, k // 8, 2)
+        meta[r0 : r0 + ROWS_PER_CHUNK] = pairs[..., 0] | pairs[..., 1] << 4
+    return values.view(weight.dtype), meta
+
+
+def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Inverse of compress_24: -> [N, K] e4m3 with zeros at the dropped positions."""
+    n, half = values.shape
+    nibble = torch.stack((meta & 15, meta >> 4), dim=-1).view(n, half // 2)  # [N, K/4]
+    raw = values.view(torch.uint8).view(n, half // 2, 2)
+    dense = torch.zeros(n, half // 2, 4, dtype=torch.uint8, device=values.device)
+    dense.scatter_(-1, (nibble & 3).long()[..., None], raw[..., :1])
+    dense.scatter_(-1, (nibble >> 2).long()[..., None], raw[..., 1:])
+    return dense.view(n, half * 2).view(values.dtype)
+
+
+class ScratchWeight:
+    """One [N*K] e4m3 buffer shared by a model's compressed linears, for steps too large for
+    the sparse kernel; sized to the largest linear as they are processed (before the KV
+    cache takes the free memory)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def reserve(self, numel: int, device: torch.device) -> None:
+        if self.buffer is None or self.buffer.numel() < numel:
+            self.buffer = None  # free the smaller one first
+            self.buffer = torch.empty(numel, dtype=FP8_DTYPE, device=device)
+
+    def view(self, n: int, k: int) -> torch.Tensor:
+        return self.buffer[: n * k].view(n, k)
+
+
+class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
+    """Loads like FP8 with sparse24 (prune, quantize), then stores the weight compressed."""
+
+    def __init__(self, scratch: ScratchWeight) -> None:
+        super().__init__(sparse24=True)
+        self.scratch = scratch
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        super().process_weights_after_loading(layer)
+        n, k = layer.weight.shape
+        if k % 8:  # tiny test models: keep the dense layout (FP8GpuLinearMethod.apply)
+            return
+        values, meta = compress_24(layer.weight.data)
+        del layer.weight  # the dense copy's memory goes back to the allocator
+        layer.register_parameter("weight_values", nn.Parameter(values, requires_grad=False))
+        layer.register_parameter("weight_meta", nn.Parameter(meta, requires_grad=False))
+        self.scratch.reserve(n * k, values.device)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(layer, "weight_values"):
+            return super().apply(layer, x)
+        values, meta, scale_row = layer.weight_values, layer.weight_meta, layer.weight_scale_row
+        if x.dtype == torch.float32:  # the reference, as FP8GpuLinearMethod does for fp32
+            return reference_fp8_linear(x, decompress_24(values, meta), layer.weight_scale)
+        from harness.engine.kernels import sparse24_gemm
+        from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
+
+        xq, x_scale = quantize_activations(x)
+        if xq.shape[0] <= layer.triton_max_rows:  # 0 without Triton (use_fused_kernels)
+            return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta)
+        n, k = values.shape[0], values.shape[1] * 2
+        if sparse24_gemm.triton is None:  # CUDA without Triton: the reference expansion
+            weight = decompress_24(values, meta)
+        else:
+            weight = sparse24_gemm.decompress_24_triton(values, meta, self.scratch.view(n, k))
+        return torch._scaled_mm(
+            xq, weight.t(), scale_a=x_scale, scale_b=scale_row, out_dtype=x.dtype
+        )

@@ -1,0 +1,80 @@
+"""Compressed 2:4 FP8 kernels (the expansion, the FP8 GEMM with meta=) against the plain-torch
+references, and the Sparse linear's two paths (sparse GEMM, expand + cuBLAS) against each
+other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+SHAPES = [(10240, 8192), (8192, 28672), (130, 296)]  # 70B qkv, 70B down, ragged tails
+
+
+def _compressed(n: int, k: int):  # noqa: ANN202
+    from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
+    from harness.engine.quant.sparse24 import compress_24
+
+    torch.manual_seed(n + k)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    q, s = quantize_per_channel(prune_2_of_4(w))
+    return q, *compress_24(q), s.view(1, -1).contiguous()
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_decompress_kernel_matches_reference(n: int, k: int) -> None:
+    from harness.engine.kernels.sparse24_gemm import decompress_24_triton
+    from harness.engine.quant.sparse24 import decompress_24
+
+    dense, values, meta, _ = _compressed(n, k)
+    out = decompress_24_triton(values, meta, torch.empty_like(dense))
+    assert torch.equal(out.float(), decompress_24(values, meta).float())
+    assert torch.equal(out.float(), dense.float())
+
+
+@pytest.mark.parametrize("m", [1, 16, 33, 64, 160, 256])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_sparse_gemm_matches_reference(m: int, n: int, k: int) -> None:
+    from harness.engine.kernels.fp8_gemm import fp8_gemm_reference, fp8_gemm_triton
+    from harness.engine.quant.fp8 import quantize_per_token
+
+    dense, values, meta, ws = _compressed(n, k)
+    xq, xs = quantize_per_token(torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3)
+    out = fp8_gemm_triton(xq, xs, values, ws, meta=meta)
+    ref = fp8_gemm_reference(xq, xs, dense, ws)
+    assert out.shape == (m, n) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-3 * ref.abs().max())
+
+
+@pytest.mark.parametrize("m", [1, 48, 300])
+def test_sparse_linear_paths_agree_with_the_reference(m: int) -> None:
+    from harness.engine.model.llama import Linear
+    from harness.engine.quant.fp8 import FP8LinearMethod
+    from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
+
+    torch.manual_seed(m)
+    k, sizes = 1024, [512, 256]
+    w = torch.randn(sum(sizes), k, device="cuda", dtype=torch.bfloat16) * 0.05
+    layers = []
+    for method in (Sparse24GpuLinearMethod(ScratchWeight()), FP8LinearMethod(sparse24=True)):
+        with torch.device("cuda"):
+            layer = Linear(k, sizes, method, torch.bfloat16)
+        method.load_dense(layer, w[:512], layer.shard_rows(0))
+        method.load_dense(layer, w[512:], layer.shard_rows(1))
+        method.process_weights_after_loading(layer)
+        layers.append(layer)
+    compressed, reference = layers
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ref = reference(x)
+    outs = []
+    for max_rows in (0, 1 << 20):  # expand + cuBLAS, then the sparse kernel
+        compressed.triton_max_rows = max_rows
+        outs.append(compressed(x))
+        err = ((outs[-1].double() - ref.double()).norm() / ref.double().norm()).item()
+        assert err < 5e-2  # per-token e4m3 activations: ~2-3% relative error
+    err = ((outs[0].double() - outs[1].double()).norm() / outs[1].double().norm()).item()
+    assert err < 1e-2  # same quantized operands; only the summation order differs

@@ -1,0 +1,81 @@
+"""Compressed 2:4 FP8 storage (quant/sparse24.py): layout, round trip, errors, and the linear
+method's reference path on CPU (the Triton kernels are compared in tests/gpu)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.engine.quant.fp8 import FP8LinearMethod, prune_2_of_4, quantize_per_channel
+from harness.engine.quant.sparse24 import (
+    STORED_BYTES_PER_WEIGHT,
+    ScratchWeight,
+    Sparse24GpuLinearMethod,
+    compress_24,
+    decompress_24,
+)
+
+
+def _pruned_fp8(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return quantize_per_channel(prune_2_of_4(torch.randn(n, k)))[0]
+
+
+def test_layout_values_then_positions_two_groups_per_byte():
+    w = torch.tensor([[0.0, 2.0, 0.0, -3.0, 4.0, 0.0, 0.0, 0.0]]).to(torch.float8_e4m3fn)
+    values, meta = compress_24(w)
+    # group 0 keeps inputs 1 and 3; group 1 keeps input 0 and pads with the zero at input 1
+    assert values.float().tolist() == [[2.0, -3.0, 4.0, 0.0]]
+    assert meta.tolist() == [[(1 | 3 << 2) | (0 | 1 << 2) << 4]]
+
+
+@pytest.mark.parametrize("n,k", [(3, 8), (64, 96), (5000, 16)])  # 5000 rows: two chunks
+def test_round_trip_is_exact_and_stores_five_eighths(n: int, k: int):
+    w = _pruned_fp8(n, k)
+    values, meta = compress_24(w)
+    assert values.shape == (n, k // 2) and values.dtype == torch.float8_e4m3fn
+    assert meta.shape == (n, k // 8) and meta.dtype == torch.uint8
+    assert values.nbytes + meta.nbytes == STORED_BYTES_PER_WEIGHT * w.nbytes
+    assert torch.equal(decompress_24(values, meta).float(), w.float())
+
+
+def test_dense_weights_are_refused_with_the_row_and_the_fix():
+    w = _pruned_fp8(6, 16)
+    w[4, 8:12] = torch.tensor([1.0, 1.0, 1.0, 0.0]).to(w.dtype)
+    with pytest.raises(ValueError, match=r"row 4 .*not 2:4 sparse.*--model_opt=Sparse"):
+        compress_24(w)
+    with pytest.raises(ValueError, match="divisible by 8, got 12"):
+        compress_24(_pruned_fp8(2, 12))
+
+
+def _layer(method, k: int, sizes: list[int], w: torch.Tensor):  # noqa: ANN001, ANN202
+    from harness.engine.model.llama import Linear
+
+    layer = Linear(k, sizes, method, torch.float32)
+    method.load_dense(layer, w[: sizes[0]], layer.shard_rows(0))
+    method.load_dense(layer, w[sizes[0] :], layer.shard_rows(1))
+    method.process_weights_after_loading(layer)
+    return layer
+
+
+def test_compressed_method_frees_the_dense_weight_and_computes_the_reference():
+    torch.manual_seed(1)
+    k, sizes = 64, [24, 16]
+    w = torch.randn(sum(sizes), k)
+    scratch = ScratchWeight()
+    compressed = _layer(Sparse24GpuLinearMethod(scratch), k, sizes, w)
+    reference = _layer(FP8LinearMethod(sparse24=True), k, sizes, w)
+    assert not hasattr(compressed, "weight")
+    assert compressed.weight_values.shape == (40, 32) and compressed.weight_meta.shape == (40, 8)
+    assert scratch.buffer.numel() == 40 * 64  # the largest linear's dense size
+    x = torch.randn(5, k)
+    assert torch.equal(compressed(x), reference(x))  # fp32: the same reference math
+
+
+def test_in_features_not_divisible_by_8_keep_the_dense_layout():
+    torch.manual_seed(2)
+    w, x = torch.randn(8, 12), torch.randn(3, 12)
+    layer = _layer(Sparse24GpuLinearMethod(ScratchWeight()), 12, [4, 4], w)
+    assert hasattr(layer, "weight") and not hasattr(layer, "weight_values")
+    reference = _layer(FP8LinearMethod(sparse24=True), 12, [4, 4], w)
+    assert torch.equal(layer(x), reference(x))
