@@ -58,6 +58,7 @@ IGNORED_KNOBS = (
     "cuda_graph_max_tokens",
     "fused_kernels",
     "fp8_triton_max_rows",
+    "sparse_triton_max_rows",
     "cpu_attention_kernel",
     "cpu_gemm",
     "cpu_kv_commit_gib",

@@ -103,6 +103,10 @@ class EngineConfig:
     # CUDA FP8 linears, with fused_kernels: steps of up to this many rows run the Triton GEMM
     # (engine/kernels/fp8_gemm.py), larger ones cuBLAS; 0: cuBLAS always
     fp8_triton_max_rows: int = 32
+    # CUDA Sparse (weights stored compressed, quant/sparse24.py): the Triton GEMM on compressed
+    # tiles up to this many rows; larger steps expand the weights and run cuBLAS. 256: reads
+    # 62.5% of the bytes where steps stream weights (an estimate, not yet measured)
+    sparse_triton_max_rows: int = 256
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the
@@ -162,7 +166,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
 # Counts that may be 0 (off) but not negative.
 AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
-    "engine.fp8_triton_max_rows",
+    "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows",
 )  # fmt: skip
 
 # Values that must be one of a fixed set, checked after the merge.

@@ -54,6 +54,7 @@ class EngineArgs:
     cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
+    sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
@@ -99,7 +100,9 @@ class LLMEngine:
         config = resolve_model_config(args)
         quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
         model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
-        kernels = model.use_fused_kernels(args.fused_kernels, args.fp8_triton_max_rows)
+        kernels = model.use_fused_kernels(
+            args.fused_kernels, args.fp8_triton_max_rows, args.sparse_triton_max_rows
+        )
         logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
         max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)

@@ -45,3 +45,21 @@ def test_cuda_matches_cpu_reference(tiny_dir, model_opt):
         )  # fmt: skip
         outs[device] = LLMEngine.from_args(args).generate(prompts, sp)
     assert outs["cuda"] == outs["cpu"]
+
+
+def test_sparse_bf16_on_cuda_stores_compressed_weights_and_generates(tiny_dir):
+    from harness.engine.model.llama import Linear
+
+    args = EngineArgs(
+        model_path=tiny_dir, device="cuda", dtype="bfloat16", model_opt="Sparse",
+        num_kv_blocks=20, block_size=4, max_num_batched_tokens=16,
+    )  # fmt: skip
+    engine = LLMEngine.from_args(args)
+    model = engine.model_runner.model
+    linears = [m for m in model.modules() if isinstance(m, Linear) and m is not model.lm_head]
+    assert linears and all(not hasattr(m, "weight") for m in linears)
+    assert all(m.weight_values.numel() * 2 == m.out_features * m.in_features for m in linears)
+    assert {m.triton_max_rows for m in linears} == {args.sparse_triton_max_rows}
+    sp = SamplingParams(max_new_tokens=6, min_new_tokens=6, ignore_eos=True)
+    outs = engine.generate([[5, 6, 7], list(range(3, 40))], sp)
+    assert [len(o) for o in outs] == [6, 6]

@@ -356,10 +356,13 @@ class LlamaForCausalLM(nn.Module):
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         self.model.rotary.init_table(device, dtype)
 
-    def use_fused_kernels(self, enabled: bool, fp8_triton_max_rows: int = 0) -> str:
+    def use_fused_kernels(
+        self, enabled: bool, fp8_triton_max_rows: int = 0, sparse_triton_max_rows: int = 0
+    ) -> str:
         """Switch norms, RoPE and SwiGLU to fused kernels: Triton on CUDA (with FP8 GEMMs of up
-        to fp8_triton_max_rows rows), C for fp32 on the CPU where a compiler builds them.
-        Returns what runs now: "triton", "c" or "torch" (the plain-torch references)."""
+        to fp8_triton_max_rows rows, sparse_triton_max_rows for 2:4 weights), C for fp32 on the
+        CPU where a compiler builds them. Returns what runs now: "triton", "c" or "torch" (the
+        plain-torch references)."""
         weight = self.model.embed_tokens.weight
         kind = "torch"
         if enabled and weight.is_cuda and triton is not None:
@@ -368,7 +371,9 @@ class LlamaForCausalLM(nn.Module):
             kind = "c"
         for module in self.modules():
             if isinstance(module, Linear):
-                module.triton_max_rows = fp8_triton_max_rows if kind == "triton" else 0
+                sparse = getattr(module.method, "sparse24", False)
+                max_rows = sparse_triton_max_rows if sparse else fp8_triton_max_rows
+                module.triton_max_rows = max_rows if kind == "triton" else 0
             elif hasattr(module, "kernels"):
                 module.kernels = kind
         return kind

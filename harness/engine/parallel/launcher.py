@@ -116,7 +116,9 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
     model = load_tp_model(config, quant, dtype, device, args.weights, args.model_path,
                           args.seed, rank, world)  # fmt: skip
-    kernels = model.use_fused_kernels(args.fused_kernels, args.fp8_triton_max_rows)
+    kernels = model.use_fused_kernels(
+        args.fused_kernels, args.fp8_triton_max_rows, args.sparse_triton_max_rows
+    )
     logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
     max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
     max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
