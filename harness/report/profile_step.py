@@ -25,6 +25,7 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
         max_num_seqs=batch + 8, max_num_batched_tokens=8192, use_cuda_graph=graphs,
         cuda_graph_max_tokens=a.graph_tokens,
         gpu_memory_utilization=a.gpu_memory_utilization, fused_kernels=not a.no_fused,
+        fp8_triton_max_rows=a.fp8_triton_max_rows, sparse_triton_max_rows=a.sparse_triton_max_rows,
     )  # fmt: skip
     return LLMEngine.from_args(args)
 
@@ -122,6 +123,8 @@ def _profile_prefill(a: argparse.Namespace, engine, g: torch.Generator) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.engine.llm_engine import EngineArgs
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="llama2-7b")
     p.add_argument("--model_opt", default="Dense")
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_graphs", action="store_true")
     p.add_argument("--graph_tokens", type=int, default=0, help="mixed-step graphs up to T tokens")
     p.add_argument("--no_fused", action="store_true", help="torch ops instead of Triton kernels")
+    defaults = EngineArgs()
+    for knob in ("fp8_triton_max_rows", "sparse_triton_max_rows"):  # Triton GEMM thresholds
+        p.add_argument(f"--{knob}", type=int, default=getattr(defaults, knob))
     p.add_argument("--top", type=int, default=18)
     p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")
     p.add_argument("--prefill_len", type=int, default=256)
