@@ -5,8 +5,8 @@ Up to a few hundred rows a step streams every weight once, so bandwidth counts m
 cuBLAS's FP8 kernels read the 70B weights at about half of HBM bandwidth there. Each program
 of this kernel takes BLOCK_M rows x BLOCK_N weight rows over the whole of K and stores bf16
 at once; the row blocks of one weight block are launched next to each other, so the weight
-tile is read from HBM once and from L2 by the rest. `config_for(m)` holds the block sizes
-measured best per M (`python -m harness.report.fp8_gemm_sweep`, docs/benchmarks.md).
+tile is read from HBM once and from L2 by the rest. `config_for(m)` gives the block sizes
+per M (`python -m harness.report.fp8_gemm_sweep` measures them, docs/benchmarks.md).
 
 Accuracy: with BLOCK_M >= 64 Triton uses Hopper's wgmma, whose FP8 accumulation is less
 precise than fp32 (2.5% of outputs off by more than 2% in tests/gpu/test_fp8_gemm.py, once);
@@ -43,7 +43,8 @@ class GemmConfig:
 
 
 # (largest M, config): the first row whose M fits is used. M <= 32 rows: the second H200
-# session's sweep; larger M: guessed, to be replaced by the H100 sweep.
+# session's sweep; larger M: not yet measured (engine.fp8_triton_max_rows keeps dense FP8 on
+# cuBLAS there by default; Sparse uses them up to engine.sparse_triton_max_rows).
 CONFIGS: list[tuple[int, GemmConfig]] = [
     (8, GemmConfig(16, 64)),
     (16, GemmConfig(16, 128)),

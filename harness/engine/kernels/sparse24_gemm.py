@@ -37,7 +37,7 @@ if triton is not None:
 
     @triton.jit
     def load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
         """Rows offs_n, inputs k0 .. k0 + BLOCK_K of W, expanded (uint8 bit patterns)."""
         offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
@@ -54,7 +54,7 @@ if triton is not None:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         k0 = tl.program_id(1) * BLOCK_K
         dense = load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m,
-                               BLOCK_N, BLOCK_K)  # fmt: skip
+                              BLOCK_N, BLOCK_K)  # fmt: skip
         offs_k = k0 + tl.arange(0, BLOCK_K)
         tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], dense,
                  mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))  # fmt: skip

@@ -122,17 +122,14 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         values, meta, scale_row = layer.weight_values, layer.weight_meta, layer.weight_scale_row
         if x.dtype == torch.float32:  # the reference, as FP8GpuLinearMethod does for fp32
             return reference_fp8_linear(x, decompress_24(values, meta), layer.weight_scale)
-        from harness.engine.kernels import sparse24_gemm
         from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
+        from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 
         xq, x_scale = quantize_activations(x)
-        if xq.shape[0] <= layer.triton_max_rows:  # 0 without Triton (use_fused_kernels)
+        if xq.shape[0] <= layer.triton_max_rows:
             return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta)
         n, k = values.shape[0], values.shape[1] * 2
-        if sparse24_gemm.triton is None:  # CUDA without Triton: the reference expansion
-            weight = decompress_24(values, meta)
-        else:
-            weight = sparse24_gemm.decompress_24_triton(values, meta, self.scratch.view(n, k))
+        weight = decompress_24_triton(values, meta, self.scratch.view(n, k))
         return torch._scaled_mm(
             xq, weight.t(), scale_a=x_scale, scale_b=scale_row, out_dtype=x.dtype
         )
