@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         results = []
-        for cfg in [config_for(m)] + candidate_configs(m):
+        for cfg in [config_for(m, a.sparse)] + candidate_configs(m):
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
                     out = kernel(name, *xs[name], cfg)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[fp8_gemm]   {cfg}: failed {type(ex).__name__}: {str(ex)[:120]}")
                 continue
             results.append((sum(times.values()), times, cfg))
-        if results and results[0][2] == config_for(m):
+        if results and results[0][2] == config_for(m, a.sparse):
             t = results[0][0]
             print(f"[fp8_gemm]   current config_for({m}): {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         for t, _, cfg in sorted(results, key=lambda r: r[0])[:3]:

@@ -54,8 +54,21 @@ CONFIGS: list[tuple[int, GemmConfig]] = [
 ]
 
 
-def config_for(m: int) -> GemmConfig:
-    return next(cfg for max_m, cfg in CONFIGS if m <= max_m)
+# Compressed 2:4 weights: the expanded tile lives in registers too, so K steps of 128 (the
+# dense table's 256 spills registers at 32 rows: 255 + 112 bytes of stack when compiled for
+# sm_90). Not yet measured on a GPU; `fp8_gemm_sweep --sparse` measures them.
+SPARSE_CONFIGS: list[tuple[int, GemmConfig]] = [
+    (8, GemmConfig(16, 64, 128)),
+    (16, GemmConfig(16, 128, 128)),
+    (32, GemmConfig(32, 128, 128)),
+    (64, GemmConfig(64, 128, 128, 4, 3)),
+    (1 << 30, GemmConfig(128, 128, 128, 8, 3)),
+]
+
+
+def config_for(m: int, sparse: bool = False) -> GemmConfig:
+    table = SPARSE_CONFIGS if sparse else CONFIGS
+    return next(cfg for max_m, cfg in table if m <= max_m)
 
 
 def fp8_gemm_reference(
@@ -111,13 +124,14 @@ def fp8_gemm_triton(
     meta: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as fp8_gemm_reference; config None: config_for(M). With meta, w is a 2:4
-    weight compressed by quant/sparse24.compress_24: values [N, K/2] e4m3, meta [N, K/8]."""
+    weight compressed by quant/sparse24.compress_24: values [N, K/2] e4m3, meta [N, K/8]
+    (config None: config_for(M, sparse=True))."""
     m, k = xq.shape
     n = w.shape[0]
-    cfg = config or config_for(m)
+    sparse = meta is not None
+    cfg = config or config_for(m, sparse)
     out = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
-    sparse = meta is not None
     _fp8_gemm_kernel[grid](
         xq, x_scale, w.view(torch.uint8) if sparse else w, meta if sparse else w, w_scale_row,
         out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),

@@ -1,0 +1,111 @@
+"""Compile the FP8 GEMM kernels for Hopper (sm_90) ahead of time, without a GPU.
+
+For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS)
+and the 2:4 expansion kernel: Triton's compiler and its bundled ptxas build the cubin for
+sm_90, with 16-byte alignment assumed as the JIT does for aligned arguments; prints registers,
+spill stack, shared memory, which MMA was used and the fp32 promotion adds, and exits 1 if a
+config fails to compile or spills. A team without a GPU catches these before device time.
+Needs only `pip install triton` (the CPU torch suffices).
+
+python -m harness.report.kernel_compile_check [--arch=90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+ALIGNED = "tt.divisibility"
+
+
+def _compile(kernel, signature: dict, constexprs: dict, aligned: list[str], arch: int,
+             **options):  # noqa: ANN001, ANN003, ANN202  # fmt: skip
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    attrs = {(names.index(n),): [[ALIGNED, 16]] for n in aligned}
+    src = ASTSource(kernel, {**signature, **dict.fromkeys(constexprs, "constexpr")},
+                    constexprs, attrs)  # fmt: skip
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
+    """REG, STACK, ... of the cubin, from the cuobjdump that ships with Triton."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", out)}
+
+
+def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
+    """(label, usage or error) for every (config, weight format) the engine may run."""
+    from harness.engine.kernels import fp8_gemm
+
+    rows = []
+    for sparse, table in ((False, fp8_gemm.CONFIGS), (True, fp8_gemm.SPARSE_CONFIGS)):
+        wt = "*u8" if sparse else "*fp8e4nv"
+        signature = {
+            "x_ptr": "*fp8e4nv", "xs_ptr": "*fp32", "w_ptr": wt, "meta_ptr": wt, "ws_ptr": "*fp32",
+            "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_x": "i32",
+            "stride_w": "i32", "stride_meta": "i32", "stride_out": "i32",
+        }  # fmt: skip
+        aligned = [n for n in signature if n != "M"]
+        for max_m, cfg in table:
+            label = f"{'sparse' if sparse else 'dense'} M<={max_m} {cfg}"
+            constexprs = {
+                "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                "PROMOTE": fp8_gemm.PROMOTE_EVERY if cfg.block_m >= 64 else 0, "SPARSE": sparse,
+            }  # fmt: skip
+            try:
+                k = _compile(fp8_gemm._fp8_gemm_kernel, signature, constexprs, aligned, arch,
+                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # fmt: skip
+            except Exception as ex:  # noqa: BLE001 (report every config, then fail)
+                rows.append((label, f"{type(ex).__name__}: {str(ex)[:300]}"))
+                continue
+            ptx = k.asm["ptx"]
+            usage = resource_usage(k) | {
+                "shared": k.metadata.shared, "wgmma": "wgmma" in ptx,
+                "promote_adds": ptx.count("add.f32"),
+            }  # fmt: skip
+            rows.append((label, usage))
+    return rows
+
+
+def check_expand_kernel(arch: int = 90) -> tuple[str, dict | str]:
+    from harness.engine.kernels import sparse24_gemm
+
+    signature = {"v_ptr": "*u8", "m_ptr": "*u8", "out_ptr": "*u8", "N": "i32", "K": "i32",
+                 "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"}  # fmt: skip
+    try:
+        blocks = {"BLOCK_N": 32, "BLOCK_K": 256}  # as decompress_24_triton launches it
+        k = _compile(sparse24_gemm._decompress_24_kernel, signature, blocks, list(signature),
+                     arch, num_warps=4)  # fmt: skip
+    except Exception as ex:  # noqa: BLE001
+        return "decompress_24", f"{type(ex).__name__}: {str(ex)[:300]}"
+    return "decompress_24", resource_usage(k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: Hopper)")
+    a = p.parse_args(argv)
+    bad = 0
+    for label, usage in check_gemm_configs(a.arch) + [check_expand_kernel(a.arch)]:
+        failed = isinstance(usage, str) or usage.get("STACK", 0) > 0
+        bad += failed
+        print(f"[compile sm_{a.arch}] {'FAIL' if failed else 'ok  '} {label}: {usage}", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
