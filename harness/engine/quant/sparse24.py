@@ -110,8 +110,13 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         n, k = layer.weight.shape
         if k % 8:  # tiny test models: keep the dense layout (FP8GpuLinearMethod.apply)
             return
+        on_cuda = layer.weight.is_cuda
+        if on_cuda:  # cached blocks of loading must not host the compressed tensors: a
+            torch.cuda.empty_cache()  # partly reused segment stays held, and KV gets less
         values, meta = compress_24(layer.weight.data)
-        del layer.weight  # the dense copy's memory goes back to the allocator
+        del layer.weight
+        if on_cuda:
+            torch.cuda.empty_cache()  # the dense weight's segment goes back to the driver whole
         layer.register_parameter("weight_values", nn.Parameter(values, requires_grad=False))
         layer.register_parameter("weight_meta", nn.Parameter(meta, requires_grad=False))
         self.scratch.reserve(n * k, values.device)
