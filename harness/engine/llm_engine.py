@@ -60,6 +60,30 @@ class EngineArgs:
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
 
 
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores and Triton's e4m3: Ada (8.9), Hopper (9.0), later
+
+
+def check_device(args: EngineArgs) -> None:
+    """Refuse, before any weight is loaded, what this device cannot run."""
+    device = torch.device(args.device)
+    if args.kv_cache_dtype == "fp8" and device.type != "cuda":
+        raise NotImplementedError(
+            f"kv_cache_dtype='fp8' needs the CUDA kernels; on {device} use kv_cache_dtype=auto"
+        )
+    if device.type != "cuda":
+        return
+    needs_fp8 = [f"kv_cache_dtype={args.kv_cache_dtype}"] if args.kv_cache_dtype == "fp8" else []
+    if args.model_opt in ("FP8", "Sparse") and args.dtype != "float32":  # fp32: the reference
+        needs_fp8.insert(0, f"model_opt={args.model_opt}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if needs_fp8 and (major, minor) < FP8_MIN_CAPABILITY:
+        raise NotImplementedError(
+            f"{' and '.join(needs_fp8)} need FP8 tensor cores (compute capability 8.9 or "
+            f"later: Ada, Hopper); {torch.cuda.get_device_name(device)} is {major}.{minor}: "
+            "use model_opt=Dense and kv_cache_dtype=auto"
+        )
+
+
 def cuda_graph_sizes(args: EngineArgs, device: torch.device) -> tuple[int, int]:
     """(largest decode graph in rows, largest mixed graph in tokens) to capture; 0: none. Off
     CUDA or without use_cuda_graph there are none; no step holds more than
@@ -93,6 +117,7 @@ class LLMEngine:
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> LLMEngine:
+        check_device(args)
         if args.num_threads > 0:
             torch.set_num_threads(args.num_threads)
         device = torch.device(args.device)
@@ -107,11 +132,6 @@ class LLMEngine:
         max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
         max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
         kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype
-        if kv_dtype != dtype and device.type != "cuda":
-            raise NotImplementedError(
-                f"kv_cache_dtype={args.kv_cache_dtype!r} needs the CUDA kernels; on {device} "
-                "use kv_cache_dtype=auto"
-            )
         kv = plan_kv_cache(
             config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
             args.num_kv_blocks, max_blocks_useful,

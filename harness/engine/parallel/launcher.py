@@ -22,6 +22,7 @@ from harness.engine.llm_engine import (
     DTYPES,
     EngineArgs,
     LLMEngine,
+    check_device,
     cuda_graph_sizes,
     resolve_model_config,
 )
@@ -207,6 +208,7 @@ def launch_tensor_parallel(
     """An LLMEngine whose model is split over `tp` ranks: this process is rank 0, the others
     are spawned here. Call `engine.model_runner.shutdown()` when done (also run at exit)."""
     check_tp(resolve_model_config(args), tp)
+    check_device(args)
     is_cuda = torch.device(args.device).type == "cuda"
     if is_cuda and rank_device(args.device, tp - 1).index >= torch.cuda.device_count():
         raise TensorParallelError(

@@ -1,0 +1,49 @@
+"""What a device cannot run is refused before any weight is loaded (llm_engine.check_device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.engine.llm_engine import EngineArgs, LLMEngine, check_device
+
+
+def test_fp8_kv_cache_on_cpu_is_refused_before_the_checkpoint_is_read():
+    args = EngineArgs(device="cpu", kv_cache_dtype="fp8", model_path="/nonexistent/checkpoint")
+    with pytest.raises(NotImplementedError, match="on cpu use kv_cache_dtype=auto"):
+        LLMEngine.from_args(args)  # not FileNotFoundError: nothing was read yet
+
+
+@pytest.fixture
+def gpu(monkeypatch):  # noqa: ANN201
+    """A pretend GPU of a given compute capability (no CUDA is touched)."""
+
+    def make(capability: tuple[int, int], name: str) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+    return make
+
+
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_names_the_gpu_and_the_fix(gpu):
+    gpu((8, 0), "NVIDIA A100-SXM4-80GB")
+    args = EngineArgs(device="cuda", dtype="bfloat16", model_opt="Sparse", kv_cache_dtype="fp8")
+    with pytest.raises(NotImplementedError) as err:
+        check_device(args)
+    msg = str(err.value)
+    assert "model_opt=Sparse and kv_cache_dtype=fp8 need FP8 tensor cores" in msg
+    assert "NVIDIA A100-SXM4-80GB is 8.0" in msg and "use model_opt=Dense" in msg
+
+
+@pytest.mark.parametrize(
+    "capability,model_opt,dtype,kv",
+    [
+        ((8, 0), "Dense", "bfloat16", "auto"),  # no FP8 asked for
+        ((8, 0), "FP8", "float32", "auto"),  # fp32 models run the FP8 reference (tests)
+        ((8, 9), "FP8", "bfloat16", "fp8"),  # Ada
+        ((9, 0), "Sparse", "bfloat16", "fp8"),  # Hopper
+    ],
+)
+def test_what_the_gpu_can_run_passes(gpu, capability, model_opt, dtype, kv):
+    gpu(capability, "some GPU")
+    check_device(EngineArgs(device="cuda", dtype=dtype, model_opt=model_opt, kv_cache_dtype=kv))
