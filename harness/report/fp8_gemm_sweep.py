@@ -1,7 +1,7 @@
 """FP8 GEMM at decode batch sizes on a model's linear shapes: cuBLAS `_scaled_mm` against the
 Triton kernel's block configurations (kernels/fp8_gemm.py; with --sparse on compressed 2:4
-weights), with the weight bandwidth each reaches; configs that
-compute wrong (against the fp32 reference) are dropped.
+weights), with the weight bandwidth each reaches. Configs that compute wrong (against the
+fp32 reference) are dropped.
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """

@@ -7,7 +7,8 @@
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
-#   sweep  : small-M FP8 GEMM, cuBLAS vs Triton configs   sparse : .carry/probe_sparse.py if carried
+#   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
+#   sparse : .carry/probe_sparse.py if carried
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
 #   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, b70s, srv70, int70, prof70, sweep)
 set -u
