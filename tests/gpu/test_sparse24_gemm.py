@@ -52,22 +52,15 @@ def test_sparse_gemm_matches_reference(m: int, n: int, k: int) -> None:
 
 @pytest.mark.parametrize("m", [1, 48, 300])
 def test_sparse_linear_paths_agree_with_the_reference(m: int) -> None:
-    from harness.engine.model.llama import Linear
     from harness.engine.quant.fp8 import FP8LinearMethod
     from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
+    from tests.linears import loaded_linear
 
     torch.manual_seed(m)
     k, sizes = 1024, [512, 256]
     w = torch.randn(sum(sizes), k, device="cuda", dtype=torch.bfloat16) * 0.05
-    layers = []
-    for method in (Sparse24GpuLinearMethod(ScratchWeight()), FP8LinearMethod(sparse24=True)):
-        with torch.device("cuda"):
-            layer = Linear(k, sizes, method, torch.bfloat16)
-        method.load_dense(layer, w[:512], layer.shard_rows(0))
-        method.load_dense(layer, w[512:], layer.shard_rows(1))
-        method.process_weights_after_loading(layer)
-        layers.append(layer)
-    compressed, reference = layers
+    compressed = loaded_linear(Sparse24GpuLinearMethod(ScratchWeight()), w, sizes)
+    reference = loaded_linear(FP8LinearMethod(sparse24=True), w, sizes)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     ref = reference(x)
     outs = []

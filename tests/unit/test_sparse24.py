@@ -14,6 +14,7 @@ from harness.engine.quant.sparse24 import (
     compress_24,
     decompress_24,
 )
+from tests.linears import loaded_linear
 
 
 def _pruned_fp8(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -48,23 +49,13 @@ def test_dense_weights_are_refused_with_the_row_and_the_fix():
         compress_24(_pruned_fp8(2, 12))
 
 
-def _layer(method, k: int, sizes: list[int], w: torch.Tensor):  # noqa: ANN001, ANN202
-    from harness.engine.model.llama import Linear
-
-    layer = Linear(k, sizes, method, torch.float32)
-    method.load_dense(layer, w[: sizes[0]], layer.shard_rows(0))
-    method.load_dense(layer, w[sizes[0] :], layer.shard_rows(1))
-    method.process_weights_after_loading(layer)
-    return layer
-
-
 def test_compressed_method_frees_the_dense_weight_and_computes_the_reference():
     torch.manual_seed(1)
     k, sizes = 64, [24, 16]
     w = torch.randn(sum(sizes), k)
     scratch = ScratchWeight()
-    compressed = _layer(Sparse24GpuLinearMethod(scratch), k, sizes, w)
-    reference = _layer(FP8LinearMethod(sparse24=True), k, sizes, w)
+    compressed = loaded_linear(Sparse24GpuLinearMethod(scratch), w, sizes)
+    reference = loaded_linear(FP8LinearMethod(sparse24=True), w, sizes)
     assert not hasattr(compressed, "weight")
     assert compressed.weight_values.shape == (40, 32) and compressed.weight_meta.shape == (40, 8)
     assert scratch.buffer.numel() == 40 * 64  # the largest linear's dense size
@@ -75,7 +66,7 @@ def test_compressed_method_frees_the_dense_weight_and_computes_the_reference():
 def test_in_features_not_divisible_by_8_keep_the_dense_layout():
     torch.manual_seed(2)
     w, x = torch.randn(8, 12), torch.randn(3, 12)
-    layer = _layer(Sparse24GpuLinearMethod(ScratchWeight()), 12, [4, 4], w)
+    layer = loaded_linear(Sparse24GpuLinearMethod(ScratchWeight()), w, [4, 4])
     assert hasattr(layer, "weight") and not hasattr(layer, "weight_values")
-    reference = _layer(FP8LinearMethod(sparse24=True), 12, [4, 4], w)
+    reference = loaded_linear(FP8LinearMethod(sparse24=True), w, [4, 4])
     assert torch.equal(layer(x), reference(x))
