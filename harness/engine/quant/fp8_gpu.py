@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
+from harness.engine.kernels.fp8_quant import quantize_per_token_triton
 from harness.engine.quant.fp8 import FP8LinearMethod
 
 
@@ -18,8 +20,6 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     quant/fp8.quantize_per_token)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
-    from harness.engine.kernels.fp8_quant import quantize_per_token_triton
-
     return quantize_per_token_triton(x)
 
 
@@ -30,8 +30,6 @@ def fp8_linear(
     M <= triton_max_rows rows go to the Triton kernel (kernels/fp8_gemm.py), more to cuBLAS."""
     xq, x_scale = quantize_activations(x)
     if x.shape[0] <= triton_max_rows:
-        from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
-
         return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row)
     return torch._scaled_mm(
         xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row, out_dtype=x.dtype

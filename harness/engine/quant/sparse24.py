@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
+from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
 from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, quantize_activations
 
@@ -127,9 +129,6 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         values, meta, scale_row = layer.weight_values, layer.weight_meta, layer.weight_scale_row
         if x.dtype == torch.float32:  # the reference, as FP8GpuLinearMethod does for fp32
             return reference_fp8_linear(x, decompress_24(values, meta), layer.weight_scale)
-        from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
-        from harness.engine.kernels.sparse24_gemm import decompress_24_triton
-
         xq, x_scale = quantize_activations(x)
         if xq.shape[0] <= layer.triton_max_rows:
             return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta)
