@@ -47,11 +47,6 @@ class TorchBackend:
             check_engine(cfg, engine_dir)
         except EngineManifestError as err:
             raise BackendError(str(err)) from err
-        if e.kv_cache_dtype != "auto" and not e.device.startswith("cuda"):  # cuda, cuda:N
-            raise BackendError(
-                f"kv_cache_dtype={e.kv_cache_dtype!r}: the torch backend's CPU path keeps the KV "
-                "cache in the model dtype; use kv_cache_dtype=auto (FP8 KV: issue 6, GPU path)"
-            )
         args = EngineArgs(
             model_path=str(engine_dir),
             weights="dummy" if e.dummy_weights else "engine",

@@ -113,6 +113,13 @@ def test_missing_engine_says_how_to_build(hf_dir, tmp_path):
         TorchBackend.from_config(make_cfg(hf_dir[0], tmp_path / "nothing"))
 
 
+def test_fp8_kv_cache_on_cpu_names_the_value_and_the_fix(hf_dir, tmp_path):
+    cfg = make_cfg(hf_dir[0], tmp_path / "e", kv_cache_dtype="fp8")
+    build_engine(cfg, tmp_path / "e")
+    with pytest.raises(BackendError, match="kv_cache_dtype='fp8'.*on cpu use kv_cache_dtype=auto"):
+        TorchBackend.from_config(cfg)
+
+
 @pytest.mark.parametrize("model_opt", ["FP8", "Sparse"])
 def test_fp8_engines_build_and_run_on_cpu(hf_dir, tmp_path, model_opt):
     cfg = make_cfg(hf_dir[0], tmp_path / "e", model_opt=model_opt)
