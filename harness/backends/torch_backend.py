@@ -71,6 +71,7 @@ class TorchBackend:
             cpu_attention_kernel=e.cpu_attention_kernel,
             cpu_kv_commit_gib=e.cpu_kv_commit_gib,
             cpu_gemm=e.cpu_gemm,
+            async_scheduling=e.async_scheduling,
         )
         try:
             if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)

@@ -112,6 +112,10 @@ class EngineConfig:
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the
     # run's first steps (the rest commits on first use); 0: all on first use
     cpu_kv_commit_gib: float = 2.0
+    # Queue each step before the previous step's tokens are applied, so the host's scheduling
+    # and input preparation run while the device computes (one GPU: tensor_parallelism 1).
+    # Same tokens either way; events come one step later
+    async_scheduling: bool = False
     # backend=openai: any OpenAI-compatible server (docs/openai.md)
     endpoint_url: str = ""  # http://host:port (a trailing /v1 is accepted)
     endpoint_model: str = ""  # served model name; "": the server's only model

@@ -24,6 +24,7 @@ import torch
 from harness.engine.kernels.paged_attention import choose_num_splits
 from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
 from harness.engine.model.llama import LlamaForCausalLM
+from harness.engine.model_runner import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ class StepGraphs:
         if meta.prefills:
             rows = next(s for s in self.mixed_sizes if s >= n)
             prompt_lens = [c.num_query_tokens for c in meta.prefills]
-            cu = torch.tensor(mixed_cu_seqlens(n_dec, prompt_lens), dtype=torch.int32)
-            self.cu_seqlens.copy_(cu)
+            cu = mixed_cu_seqlens(n_dec, prompt_lens)
+            self.cu_seqlens.copy_(to_device(cu, torch.int32, self.cu_seqlens.device))
             graph = self.mixed_graphs[rows]
         else:
             rows = next(s for s in self.decode_sizes if s >= n)

@@ -1,6 +1,8 @@
 """LLMEngine: wires model, KV cache, scheduler and runner; `step()` advances every request.
 
-Single-threaded and synchronous; callers (a backend thread, a server) own any concurrency.
+Single-threaded; callers (a backend thread, a server) own any concurrency. With
+async_scheduling a step is queued on the device before the previous step's tokens are applied,
+so the host's bookkeeping runs while the device computes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import torch
 from harness.engine.kv_cache import BlockManager
 from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig
-from harness.engine.model_runner import ModelRunner, plan_kv_cache
-from harness.engine.outputs import RequestOutput
+from harness.engine.model_runner import LaunchedStep, ModelRunner, plan_kv_cache
+from harness.engine.outputs import RequestOutput, SchedulerOutput
 from harness.engine.quant.base import quant_config_for
 from harness.engine.request import Request, SamplingParams
 from harness.engine.scheduler import Scheduler, SchedulerConfig
@@ -58,6 +60,9 @@ class EngineArgs:
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
+    # Queue step n+1 before applying step n's tokens (its decode inputs are read on the device):
+    # the host's scheduling and input preparation overlap the device's work. One device only.
+    async_scheduling: bool = False
 
 
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores and Triton's e4m3: Ada (8.9), Hopper (9.0), later
@@ -108,12 +113,17 @@ def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
 
 
 class LLMEngine:
-    def __init__(self, scheduler: Scheduler, model_runner: ModelRunner) -> None:
+    def __init__(
+        self, scheduler: Scheduler, model_runner: ModelRunner, async_scheduling: bool = False
+    ) -> None:
         self.scheduler = scheduler
         self.model_runner = model_runner
+        self.async_scheduling = async_scheduling
         self.num_steps = 0
         self.step_log = StepLog()  # tokens generated per step, for the steady-state rate
         self._next_generate_id = 1 << 48  # generate() ids: far from any caller's ids
+        self._in_flight: tuple[SchedulerOutput, LaunchedStep, float] | None = None
+        self._last_finish = 0.0
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> LLMEngine:
@@ -150,7 +160,7 @@ class LLMEngine:
             model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
             args.cpu_kv_commit_gib, graph_tokens,
         )  # fmt: skip
-        return cls(scheduler, runner)
+        return cls(scheduler, runner, args.async_scheduling)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -160,21 +170,31 @@ class LLMEngine:
         self.scheduler.add_request(Request(request_id, list(prompt_token_ids), sampling))
 
     def step(self) -> list[RequestOutput]:
-        """Schedule -> run the model -> apply sampled tokens; returns this step's events."""
+        """Schedule -> run the model -> apply sampled tokens; returns the events of the step
+        applied: this one, or with async_scheduling the previous one (this one then runs)."""
         start = time.perf_counter()
         sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return []
-        runner_out = self.model_runner.execute(sched)
+        queued = None if sched.is_empty else (sched, self.model_runner.launch(sched), start)
+        if self.async_scheduling:
+            queued, self._in_flight = self._in_flight, queued
+        return self._finish(*queued) if queued else []
+
+    def _finish(
+        self, sched: SchedulerOutput, launched: LaunchedStep, start: float
+    ) -> list[RequestOutput]:
+        runner_out = self.model_runner.collect(launched)
         self.num_steps += 1
         events = self.scheduler.update_from_output(sched, runner_out)
         prefill = sched.num_batched_tokens > len(sched.scheduled)  # prompt tokens this step
         now = time.perf_counter()
-        self.step_log.record(len(runner_out.sampled_token_ids), now - start, now, prefill)
+        # async: the step began when the previous one ended, if it was queued before that
+        took = now - max(start, self._last_finish)
+        self.step_log.record(len(runner_out.sampled_token_ids), took, now, prefill)
+        self._last_finish = now
         return events
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self._in_flight is not None or self.scheduler.has_unfinished()
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams]

@@ -1,6 +1,8 @@
 """Turns a SchedulerOutput into tensors, runs the model over the paged KV cache, samples.
 
 Owns the KV-cache tensors and their sizing. Knows nothing of queues or stop rules (scheduler).
+`launch` queues a step on the device and `collect` waits for its tokens; on CUDA nothing in
+between waits for the device, so the host can prepare the next step while this one runs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from harness.engine.model.attention import (
 )
 from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
 from harness.engine.outputs import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from harness.engine.request import PENDING_TOKEN
 from harness.engine.sampler import Sampler
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,14 @@ GIB = 1 << 30
 # CPU decodes are grouped by context length so that padding to a group's longest context
 # wastes at most this factor (plus a block): the gathered K/V and score matmuls shrink.
 DECODE_GROUP_SLACK = 1.5
+
+
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on `device`. CUDA: copied from pinned memory without waiting:
+    a copy from pageable memory waits for all queued work, i.e. for the step still running."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def fresh_prefills(chunks: list[PrefillChunk], device: torch.device) -> FreshPrefills | None:
@@ -50,7 +61,7 @@ def fresh_prefills(chunks: list[PrefillChunk], device: torch.device) -> FreshPre
     return FreshPrefills(
         row_start=start,
         row_end=start + cu[-1],
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
+        cu_seqlens=to_device(cu, torch.int32, device),
         max_len=max(c.num_query_tokens for c in run),
     )
 
@@ -125,6 +136,15 @@ def _cpu_available_bytes() -> int:
     raise KVCacheCapacityError("cannot read MemAvailable from /proc/meminfo; set num_kv_blocks")
 
 
+@dataclass
+class LaunchedStep:
+    """A step queued on the device; its sampled tokens are read by ModelRunner.collect."""
+
+    request_ids: list[int]  # [S] whose next token each row of `tokens` is
+    tokens: torch.Tensor  # [S] int64 on the host (pinned on CUDA), valid once `done` fired
+    done: torch.cuda.Event | None  # CUDA: recorded after the copy to `tokens`
+
+
 class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, kv: KVCacheSpec, device: torch.device,
@@ -141,6 +161,10 @@ class ModelRunner:
         self.kv = kv
         self.device = device
         self.sampler = Sampler()
+        # The last launched step's sampled tokens ([S] on the device) and each request's row:
+        # a pending token in the next step (async scheduling) is read from there.
+        self._last_tokens: torch.Tensor | None = None
+        self._last_rows: dict[int, int] = {}
         cfg = model.config
         dtype = kv_dtype or model.model.embed_tokens.weight.dtype
         shape = (cfg.num_key_value_heads, kv.num_blocks, kv.block_size, cfg.head_dim)
@@ -188,8 +212,12 @@ class ModelRunner:
                     f"{cuda_graph_max_tokens}), max_num_seqs (now {cuda_graph_max_batch})"
                 ) from e
 
-    @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        return self.collect(self.launch(sched))
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput) -> LaunchedStep:
+        """Queue the step's forward pass and sampling; on CUDA this returns without waiting."""
         batch = self._prepare(sched)
         meta = batch.meta
         if self.graphs is not None and self.graphs.can_run(meta, batch.input_ids.shape[0]):
@@ -197,8 +225,23 @@ class ModelRunner:
         else:
             hidden = self.model(batch.input_ids, batch.positions, meta)  # [N, hidden]
         logits = self.model.compute_logits(hidden[batch.logits_indices])  # [S, vocab] fp32
-        tokens = self.sampler(logits, batch.suppress_rows, batch.suppress_cols).tolist()
-        return ModelRunnerOutput(dict(zip(batch.sampled_request_ids, tokens, strict=True)))
+        tokens = self.sampler(logits, batch.suppress_rows, batch.suppress_cols)  # [S]
+        self._last_tokens = tokens
+        self._last_rows = {rid: i for i, rid in enumerate(batch.sampled_request_ids)}
+        done = None
+        if self.is_cuda:
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            tokens = host.copy_(tokens, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return LaunchedStep(batch.sampled_request_ids, tokens, done)
+
+    def collect(self, step: LaunchedStep) -> ModelRunnerOutput:
+        """Wait for a launched step's tokens (only for that step: later ones keep running)."""
+        if step.done is not None:
+            step.done.synchronize()
+        tokens = step.tokens.tolist()
+        return ModelRunnerOutput(dict(zip(step.request_ids, tokens, strict=True)))
 
     # --- input preparation -------------------------------------------------------------
 
@@ -213,8 +256,11 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
+        pending_rows: list[int] = []  # decode rows whose input the previous step sampled
         for s in decodes:
             pos = s.start_position
+            if s.token_ids[0] == PENDING_TOKEN:
+                pending_rows.append(len(input_ids))
             input_ids.append(s.token_ids[0])
             positions.append(pos)
             slots.append(s.block_ids[pos // bs] * bs + pos % bs)
@@ -227,6 +273,10 @@ class ModelRunner:
             slots += [s.block_ids[p // bs] * bs + p % bs for p in pos]
             chunks.append(self._prefill_chunk(s, len(input_ids) - n))
 
+        ids = self._tensor(input_ids)
+        if pending_rows:
+            src = [self._last_rows[decodes[r].request_id] for r in pending_rows]
+            ids[self._tensor(pending_rows)] = self._last_tokens[self._tensor(src)]
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slots), num_decode_tokens=len(decodes), prefills=chunks
         )
@@ -237,8 +287,8 @@ class ModelRunner:
         elif decodes:
             ctx_lens = [s.start_position + 1 for s in decodes]
             meta.decode_block_tables = self._decode_tables(decodes)
-            meta.decode_context_lens = torch.tensor(
-                ctx_lens, dtype=torch.int32 if self.is_cuda else torch.int64, device=self.device
+            meta.decode_context_lens = to_device(
+                ctx_lens, torch.int32 if self.is_cuda else torch.int64, self.device
             )  # [num_decodes]
             meta.decode_max_context = max(ctx_lens)
             if self.is_cuda:
@@ -260,13 +310,13 @@ class ModelRunner:
                 logits_indices.append(row_end - 1)
                 sampled_ids.append(s.request_id)
         return _Batch(
-            input_ids=self._tensor(input_ids),
+            input_ids=ids,
             positions=self._tensor(positions),
             meta=meta,
             logits_indices=self._tensor(logits_indices),
             sampled_request_ids=sampled_ids,
-            suppress_rows=rows,
-            suppress_cols=cols,
+            suppress_rows=self._tensor(rows) if rows else None,
+            suppress_cols=self._tensor(cols) if rows else None,
         )
 
     def _prefill_chunk(self, s: ScheduledRequest, query_start: int) -> PrefillChunk:
@@ -354,7 +404,7 @@ class ModelRunner:
         )  # fmt: skip
 
     def _tensor(self, values: list) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=self.device)
+        return to_device(values, torch.int64, self.device)
 
 
 @dataclass
@@ -364,5 +414,5 @@ class _Batch:
     meta: AttentionMetadata
     logits_indices: torch.Tensor  # [S] int64 rows whose next token is sampled
     sampled_request_ids: list[int]  # [S]
-    suppress_rows: list[int]  # (row, token) pairs masked before argmax
-    suppress_cols: list[int]
+    suppress_rows: torch.Tensor | None  # [P] int64 (row, token) pairs masked before argmax
+    suppress_cols: torch.Tensor | None  # [P] int64; None: nothing masked

@@ -8,6 +8,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# Stands for a token sampled by a step still running (async scheduling); the model runner
+# feeds that step's sampled token in its place.
+PENDING_TOKEN = -1
+
 
 class RequestStatus(enum.IntEnum):
     WAITING = 0
@@ -48,7 +52,8 @@ class Request:
     arrival_index: int = 0  # set by the scheduler; preemption picks the newest first
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
-    num_computed_tokens: int = 0  # tokens whose K/V sit in the cache
+    num_computed_tokens: int = 0  # tokens whose K/V sit in the cache or are being computed
+    num_pending_tokens: int = 0  # sampled by a scheduled step, not yet in output_token_ids
     block_ids: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     has_emitted_first_token: bool = False
@@ -63,22 +68,30 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        """Prompt plus outputs: what a recompute after preemption must prefill."""
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        """Prompt plus outputs, pending ones included: what a recompute must prefill."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending_tokens
 
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
     @property
+    def num_scheduled_outputs(self) -> int:
+        """Outputs known or pending: how many this request will have once its steps end."""
+        return len(self.output_token_ids) + self.num_pending_tokens
+
+    @property
     def is_finished(self) -> bool:
         return self.status.is_finished()
 
     def token_ids(self, start: int, end: int) -> list[int]:
-        """Tokens [start, end) of prompt + outputs, without building the full list."""
+        """Tokens [start, end) of prompt + outputs, without building the full list; pending
+        tokens read as PENDING_TOKEN."""
         n = len(self.prompt_token_ids)
         if end <= n:
             return self.prompt_token_ids[start:end]
+        known = n + len(self.output_token_ids)
+        pending = [PENDING_TOKEN] * (end - max(start, known)) if end > known else []
         if start >= n:
-            return self.output_token_ids[start - n : end - n]
-        return self.prompt_token_ids[start:] + self.output_token_ids[: end - n]
+            return self.output_token_ids[start - n : end - n] + pending
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - n] + pending

@@ -7,12 +7,16 @@ import torch
 
 class Sampler:
     def __call__(
-        self, logits: torch.Tensor, suppress_rows: list[int], suppress_cols: list[int]
+        self,
+        logits: torch.Tensor,
+        suppress_rows: torch.Tensor | None = None,
+        suppress_cols: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """logits: [S, vocab] fp32; (suppress_rows[i], suppress_cols[i]) pairs are masked.
+        """logits: [S, vocab] fp32; (suppress_rows[i], suppress_cols[i]) pairs ([P] int64 on
+        the logits' device, None: none) are masked.
 
         Returns [S] int64 token ids. Greedy: ties go to the lowest id, as torch.argmax does.
         """
-        if suppress_rows:
+        if suppress_rows is not None:
             logits[suppress_rows, suppress_cols] = float("-inf")
         return logits.argmax(dim=-1)

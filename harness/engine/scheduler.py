@@ -3,6 +3,11 @@
 Plain Python (no torch). Each step gives every scheduled request a number of tokens: a whole
 prompt, a prefill chunk, or 1 for decode. When KV blocks run out the newest running requests
 are preempted (blocks freed) and later recomputed from prompt + outputs so far.
+
+A request's progress advances when it is scheduled; its sampled token arrives with
+`update_from_output`. In between the token is pending, so the next step may be scheduled
+before this one's tokens are known (async scheduling): a pending token's decode row is fed
+the sampled token on the device, and a request whose last token is pending is not scheduled.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class Scheduler:
         self._waiting: list[tuple[tuple[int, int], Request]] = []  # (sort key, request)
         self._num_arrivals = 0
         self.num_preemptions = 0
+        self._in_flight: deque[list[Request]] = deque()  # requests of steps not yet updated
 
     # --- intake ------------------------------------------------------------------------
 
@@ -113,6 +119,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        scheduled: list[Request] = []  # out.scheduled's requests
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
 
@@ -120,6 +127,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if req.num_scheduled_outputs >= req.sampling.max_new_tokens:
+                i += 1  # its last token is pending: it finishes with that step's update
+                continue
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
             while not bm.can_append(req, num_new):
                 victim = self.running.pop()
@@ -130,7 +140,8 @@ class Scheduler:
             if req.status is not RequestStatus.RUNNING:
                 break  # req preempted itself: everything after it is gone too
             bm.append_slots(req, num_new)
-            out.scheduled.append(self._scheduled(req, num_new))
+            out.scheduled.append(self._schedule_tokens(req, num_new))
+            scheduled.append(req)
             budget -= num_new
             i += 1
 
@@ -155,10 +166,13 @@ class Scheduler:
                 self._waiting.pop(0)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
-            out.scheduled.append(self._scheduled(req, num_new))
+            out.scheduled.append(self._schedule_tokens(req, num_new))
+            scheduled.append(req)
             budget -= num_new
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        if scheduled:
+            self._in_flight.append(scheduled)
         return out
 
     def _may_admit(self) -> bool:
@@ -180,11 +194,12 @@ class Scheduler:
         reserve = bm.num_blocks_for(tokens) * (len(self.running) + 1)
         return bm.num_free_blocks - bm.num_new_blocks_needed(req, num_new) >= reserve
 
-    def _scheduled(self, req: Request, num_new: int) -> ScheduledRequest:
+    def _schedule_tokens(self, req: Request, num_new: int) -> ScheduledRequest:
+        """req's next num_new tokens go into this step; a sampled token becomes pending."""
         start = req.num_computed_tokens
         sp = req.sampling
-        suppress = sp.ignore_eos or req.num_output_tokens < sp.min_new_tokens
-        return ScheduledRequest(
+        suppress = sp.ignore_eos or req.num_scheduled_outputs < sp.min_new_tokens
+        scheduled = ScheduledRequest(
             request_id=req.request_id,
             token_ids=req.token_ids(start, start + num_new),
             start_position=start,
@@ -192,6 +207,9 @@ class Scheduler:
             needs_sample=start + num_new == req.num_tokens,
             suppress_token_ids=sp.eos_token_ids if suppress else (),
         )
+        req.num_computed_tokens += num_new
+        req.num_pending_tokens += scheduled.needs_sample
+        return scheduled
 
     def _preempt(self, req: Request) -> None:
         self.block_manager.free_request(req)
@@ -207,19 +225,23 @@ class Scheduler:
     def update_from_output(
         self, sched: SchedulerOutput, runner_out: ModelRunnerOutput
     ) -> list[RequestOutput]:
+        """Apply the sampled tokens of the oldest scheduled step not yet updated (`sched`)."""
+        requests = self._in_flight.popleft()
+        assert len(requests) == len(sched.scheduled), "steps must be updated in schedule order"
         events: list[RequestOutput] = []
         num_finished = 0
-        for s in sched.scheduled:
-            req = self.requests[s.request_id]
-            req.num_computed_tokens += s.num_tokens
-            if not s.needs_sample:
+        for s, req in zip(sched.scheduled, requests, strict=True):
+            if not s.needs_sample or req.is_finished:  # finished: stopped at EOS the step before
                 continue
             token = runner_out.sampled_token_ids[s.request_id]
+            req.num_pending_tokens -= 1
             req.output_token_ids.append(token)
             is_first = not req.has_emitted_first_token
             req.has_emitted_first_token = True
             status = self._stop_status(req, token)
             if status is not None:
+                if req.status is RequestStatus.PREEMPTED:  # preempted while its step ran
+                    self.preempted.remove(req)
                 req.status = status
                 self.block_manager.free_request(req)
                 del self.requests[req.request_id]

@@ -26,6 +26,7 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
         cuda_graph_max_tokens=a.graph_tokens,
         gpu_memory_utilization=a.gpu_memory_utilization, fused_kernels=not a.no_fused,
         fp8_triton_max_rows=a.fp8_triton_max_rows, sparse_triton_max_rows=a.sparse_triton_max_rows,
+        async_scheduling=a.async_scheduling,
     )  # fmt: skip
     return LLMEngine.from_args(args)
 
@@ -58,7 +59,7 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     engine.step()
     ms = _timed_steps(engine, 10)
     print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch} "
-          f"fused={not a.no_fused}: prefill of "
+          f"fused={not a.no_fused} async={a.async_scheduling}: prefill of "
           f"{batch}x200 tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
           f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
           f"{batch / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = EngineArgs()
     for knob in ("fp8_triton_max_rows", "sparse_triton_max_rows"):  # Triton GEMM thresholds
         p.add_argument(f"--{knob}", type=int, default=getattr(defaults, knob))
+    p.add_argument("--async_scheduling", action="store_true", help="queue steps ahead")
     p.add_argument("--top", type=int, default=18)
     p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")
     p.add_argument("--prefill_len", type=int, default=256)

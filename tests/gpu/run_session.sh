@@ -10,7 +10,7 @@
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
 #   sparse : .carry/probe_sparse.py if carried
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
-#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, b70s, srv70, int70, prof70, sweep)
+#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, b70s, srv70, int70, prof70, prof7, sweep)
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -61,7 +61,7 @@ for spec in "$@"; do
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \
           --model_opt=Dense --batch=1 --batch=256 --prefill_prompts=16 \
-          $([ $phase = prof7u ] && echo --no_fused) ;;
+          $([ $phase = prof7u ] && echo --no_fused) $flags ;;
   esac 2>&1 | tee -a "$OUT/session.log"
   [ "${PIPESTATUS[0]}" = 3 ] && break  # the gate failed
   case $phase in b*) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac

@@ -120,7 +120,22 @@ def test_greedy_matches_hf(tiny_dir, setting, kernels, gemm):
         assert engine.scheduler.num_preemptions > 0
 
 
-def test_eos_min_new_tokens_and_staggered_arrivals_match_hf(tiny_dir):
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_async_scheduling_matches_hf(tiny_dir, setting):
+    """Each step queued before the previous step's tokens are applied: every decode input is
+    read from the previous step's sampled tokens (a wrong one changes the continuation)."""
+    path, hf = tiny_dir
+    prompts = make_prompts(10)
+    sp = SamplingParams(max_new_tokens=MAX_NEW, eos_token_ids=(2,))
+    engine = engine_for(path, async_scheduling=True, **SETTINGS[setting])
+    assert engine.generate(prompts, sp) == [hf(p, sp) for p in prompts]
+    assert not engine.has_unfinished() and engine.scheduler.block_manager.num_used_blocks == 0
+    if setting.startswith("tiny_pool"):
+        assert engine.scheduler.num_preemptions > 0
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_eos_min_new_tokens_and_staggered_arrivals_match_hf(tiny_dir, async_scheduling):
     path, hf = tiny_dir
     prompts = make_prompts(6, seed=3)
     free_run = [hf(p, SamplingParams(max_new_tokens=MAX_NEW)) for p in prompts]
@@ -129,7 +144,9 @@ def test_eos_min_new_tokens_and_staggered_arrivals_match_hf(tiny_dir):
         SamplingParams(max_new_tokens=MAX_NEW, min_new_tokens=m, eos_token_ids=(eos,))
         for m in (1, 4, 1, 1, 6, 1)
     ]
-    engine = engine_for(path, max_num_batched_tokens=10, num_kv_blocks=16)
+    engine = engine_for(
+        path, max_num_batched_tokens=10, num_kv_blocks=16, async_scheduling=async_scheduling
+    )
     outputs: dict[int, list[int]] = {}
     firsts: dict[int, int] = {}
     for i, (prompt, sp) in enumerate(zip(prompts, params, strict=True)):

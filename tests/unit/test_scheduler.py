@@ -158,6 +158,7 @@ def test_preemption_frees_newest_and_resumes_by_recompute():
     assert sched.preempted_request_ids == [1]
     assert [x.request_id for x in sched.scheduled] == [0]
     assert reqs[1].status is RequestStatus.PREEMPTED and reqs[1].num_computed_tokens == 0
+    s.update_from_output(sched, fake_output(sched))
     out = run_to_completion(s)
     assert out == {0: [7] * 6, 1: [7] * 6}
     assert reqs[1].num_preemptions >= 1

@@ -33,7 +33,7 @@ from harness.engine.loader import (
     safetensors_files,
 )
 from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
-from harness.engine.model_runner import KVCacheSpec, ModelRunner, plan_kv_cache
+from harness.engine.model_runner import KVCacheSpec, LaunchedStep, ModelRunner, plan_kv_cache
 from harness.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from harness.engine.parallel.tp import ShardSpec, TensorParallelError, apply_tp, check_tp, take
 from harness.engine.quant.base import QuantConfig, quant_config_for
@@ -152,9 +152,12 @@ class BroadcastingRunner:
         self._procs = procs
         self.is_shut_down = False
 
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+    def launch(self, sched: SchedulerOutput) -> LaunchedStep:
         dist.broadcast_object_list([sched], src=0, group=self._cpu_group)
-        return self.runner.execute(sched)
+        return self.runner.launch(sched)
+
+    def collect(self, step: LaunchedStep) -> ModelRunnerOutput:
+        return self.runner.collect(step)
 
     def shutdown(self) -> None:
         """Tell the other ranks to exit, wait for them, leave the process group."""
@@ -209,6 +212,11 @@ def launch_tensor_parallel(
     are spawned here. Call `engine.model_runner.shutdown()` when done (also run at exit)."""
     check_tp(resolve_model_config(args), tp)
     check_device(args)
+    if args.async_scheduling:
+        raise TensorParallelError(
+            f"async_scheduling with tensor_parallelism={tp}: the other ranks would need rank "
+            "0's sampled tokens before each step; set engine async_scheduling: false"
+        )
     is_cuda = torch.device(args.device).type == "cuda"
     if is_cuda and rank_device(args.device, tp - 1).index >= torch.cuda.device_count():
         raise TensorParallelError(
