@@ -184,12 +184,13 @@ class LLMEngine:
     ) -> list[RequestOutput]:
         runner_out = self.model_runner.collect(launched)
         self.num_steps += 1
+        before = self.scheduler.num_output_tokens
         events = self.scheduler.update_from_output(sched, runner_out)
         prefill = sched.num_batched_tokens > len(sched.scheduled)  # prompt tokens this step
         now = time.perf_counter()
         # async: the step began when the previous one ended, if it was queued before that
         took = now - max(start, self._last_finish)
-        self.step_log.record(len(runner_out.sampled_token_ids), took, now, prefill)
+        self.step_log.record(self.scheduler.num_output_tokens - before, took, now, prefill)
         self._last_finish = now
         return events
 

@@ -74,6 +74,7 @@ class Scheduler:
         self._waiting: list[tuple[tuple[int, int], Request]] = []  # (sort key, request)
         self._num_arrivals = 0
         self.num_preemptions = 0
+        self.num_output_tokens = 0  # tokens appended to outputs (not rows dropped after a stop)
         self._in_flight: deque[list[Request]] = deque()  # requests of steps not yet updated
 
     # --- intake ------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class Scheduler:
             token = runner_out.sampled_token_ids[s.request_id]
             req.num_pending_tokens -= 1
             req.output_token_ids.append(token)
+            self.num_output_tokens += 1
             is_first = not req.has_emitted_first_token
             req.has_emitted_first_token = True
             status = self._stop_status(req, token)

@@ -102,6 +102,7 @@ def test_async_loop_gives_the_sync_loop_outputs_and_events(seed, config):
     # rows sampled after a request's EOS (its stop was not known yet) are the only extra work
     num_eos = sum(o[-1] == EOS for o in sync_out.values())
     assert sync_rows <= async_rows <= sync_rows + num_eos
+    assert s.num_output_tokens == sum(map(len, async_out.values()))  # dropped rows not counted
 
 
 def test_preemption_happens_with_async_too():
