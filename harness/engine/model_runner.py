@@ -11,9 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from harness.engine import host_memory
+from harness.engine.block_table import BlockTables
 from harness.engine.kernels import cpu_attention
 from harness.engine.model.attention import (
     AttentionMetadata,
@@ -34,12 +36,13 @@ GIB = 1 << 30
 DECODE_GROUP_SLACK = 1.5
 
 
-def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list as a tensor on `device`. CUDA: copied from pinned memory without waiting:
-    a copy from pageable memory waits for all queued work, i.e. for the step still running."""
+def to_device(values: list | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list or array as a tensor on `device`. CUDA: copied from pinned memory without
+    waiting: a copy from pageable memory waits for all queued work, i.e. for the step still
+    running."""
     if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype, device=device)
-    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+        return torch.as_tensor(values, dtype=dtype, device=device)
+    return torch.as_tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
 
 
 def fresh_prefills(chunks: list[PrefillChunk], device: torch.device) -> FreshPrefills | None:
@@ -176,6 +179,8 @@ class ModelRunner:
         for attn, (k, v) in zip(model.kv_attention_modules(), self.kv_caches, strict=True):
             attn.k_cache, attn.v_cache = k, v
         self._is_block_zeroed = bytearray(kv.num_blocks)
+        max_len = max_model_len or cfg.max_position_embeddings
+        self.block_tables = BlockTables(-(-max_len // kv.block_size))
         self.is_cuda = device.type == "cuda"
         if not self.is_cuda:  # activations come back from the heap, not fresh pages
             host_memory.keep_freed_memory()
@@ -197,10 +202,9 @@ class ModelRunner:
         if self.is_cuda and cuda_graph_max_batch > 0:
             from harness.engine.cuda_graph import StepGraphs
 
-            max_len = max_model_len or cfg.max_position_embeddings
             self.graphs = StepGraphs(
-                model, cuda_graph_max_batch, cuda_graph_max_tokens,
-                -(-max_len // kv.block_size), kv.block_size, device,
+                model, cuda_graph_max_batch, cuda_graph_max_tokens, self.block_tables.width,
+                kv.block_size, device,
             )  # fmt: skip
             try:
                 self.graphs.capture()
@@ -356,13 +360,8 @@ class ModelRunner:
     def _decode_tables(self, decodes: list[ScheduledRequest]) -> torch.Tensor:
         """[B, max_blocks] int64 block tables, padded with each row's own first block."""
         bs = self.kv.block_size
-        num_blocks = [-(-(s.start_position + 1) // bs) for s in decodes]
-        width = max(num_blocks)
-        tables = [
-            s.block_ids[:n] + [s.block_ids[0]] * (width - n)
-            for s, n in zip(decodes, num_blocks, strict=True)
-        ]
-        return self._tensor(tables)
+        rows = [(s.request_id, s.block_ids, s.start_position // bs + 1) for s in decodes]
+        return self._tensor(self.block_tables.gather(rows, max(n for _, _, n in rows)))
 
     def _zero_new_blocks(self, scheduled: list[ScheduledRequest]) -> None:
         """Blocks written for the first time are zeroed: stale bytes could be NaN, and masked
