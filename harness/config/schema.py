@@ -113,7 +113,7 @@ class EngineConfig:
     # run's first steps (the rest commits on first use); 0: all on first use
     cpu_kv_commit_gib: float = 2.0
     # Queue each step before the previous step's tokens are applied, so the host's scheduling
-    # and input preparation run while the device computes (one GPU: tensor_parallelism 1).
+    # and input preparation run while the device computes (tensor parallel ranks too).
     # Same tokens either way; events come one step later
     async_scheduling: bool = False
     # backend=openai: any OpenAI-compatible server (docs/openai.md)

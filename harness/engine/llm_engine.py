@@ -61,7 +61,7 @@ class EngineArgs:
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
     # Queue step n+1 before applying step n's tokens (its decode inputs are read on the device):
-    # the host's scheduling and input preparation overlap the device's work. One device only.
+    # the host's scheduling and input preparation overlap the device's work.
     async_scheduling: bool = False
 
 

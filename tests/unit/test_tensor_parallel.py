@@ -41,10 +41,13 @@ def engine_dir(request, tmp_path_factory) -> tuple[str, str]:
     return str(root / "engine"), request.param
 
 
-def test_tp2_gloo_greedy_tokens_equal_unsplit(engine_dir):
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_tp2_gloo_greedy_tokens_equal_unsplit(engine_dir, async_scheduling):
+    """async: each rank feeds the pending tokens it sampled itself; they must agree."""
     path, model_opt = engine_dir
     args = EngineArgs(model_path=path, weights="engine", model_opt=model_opt, num_kv_blocks=64,
-                      block_size=4, max_num_batched_tokens=16, num_threads=1)  # fmt: skip
+                      block_size=4, max_num_batched_tokens=16, num_threads=1,
+                      async_scheduling=async_scheduling)  # fmt: skip
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 11, 2, 17)]
     sp = SamplingParams(max_new_tokens=8, eos_token_ids=(2,))

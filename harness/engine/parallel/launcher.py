@@ -1,7 +1,8 @@
 """Runs one engine over a tensor-parallel group: one process per rank (NCCL on GPU, gloo on CPU).
 
-Rank 0 (the caller's process) owns the scheduler and samples; it broadcasts each step's
-SchedulerOutput to ranks 1..N-1, which run the same forward and discard their logits.
+Rank 0 (the caller's process) owns the scheduler; it broadcasts each step's SchedulerOutput
+to ranks 1..N-1, which run the same forward and sample the same tokens (the lm_head is
+replicated) but never read them on the host.
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ def _worker_main(
         dist.broadcast_object_list(box, src=0, group=cpu_group)
         if box[0] is None:
             break
-        runner.execute(box[0])  # logits are rank 0's business
+        # Queued, never collected: every rank samples the same tokens from the same replicated
+        # logits, so a pending token (async scheduling) is on each rank's device already.
+        runner.launch(box[0])
     dist.destroy_process_group()
 
 
@@ -212,11 +215,6 @@ def launch_tensor_parallel(
     are spawned here. Call `engine.model_runner.shutdown()` when done (also run at exit)."""
     check_tp(resolve_model_config(args), tp)
     check_device(args)
-    if args.async_scheduling:
-        raise TensorParallelError(
-            f"async_scheduling with tensor_parallelism={tp}: the other ranks would need rank "
-            "0's sampled tokens before each step; set engine async_scheduling: false"
-        )
     is_cuda = torch.device(args.device).type == "cuda"
     if is_cuda and rank_device(args.device, tp - 1).index >= torch.cuda.device_count():
         raise TensorParallelError(
@@ -260,7 +258,7 @@ def launch_tensor_parallel(
     atexit.register(broadcasting.shutdown)
     logger.info("tensor parallel engine: %d ranks (%s), %d KV blocks per rank",
                 tp, backend, runner.kv.num_blocks)  # fmt: skip
-    return LLMEngine(scheduler, broadcasting)
+    return LLMEngine(scheduler, broadcasting, args.async_scheduling)
 
 
 def _free_port() -> int:
