@@ -70,15 +70,13 @@ class BlockManager:
         total = self.num_blocks_for(request.num_computed_tokens + num_new_tokens)
         return max(0, total - len(request.block_ids))
 
-    def can_append(self, request: Request, num_new_tokens: int) -> bool:
-        return self.num_new_blocks_needed(request, num_new_tokens) <= len(self._free_ids)
-
     def append_slots(self, request: Request, num_new_tokens: int) -> bool:
         """Grow the request's block table to hold num_new_tokens more; False if no room."""
         needed = self.num_new_blocks_needed(request, num_new_tokens)
         if needed > len(self._free_ids):
             return False
-        request.block_ids.extend(self.allocate(needed))
+        if needed:
+            request.block_ids.extend(self.allocate(needed))
         return True
 
     def free_request(self, request: Request) -> None:

@@ -132,7 +132,7 @@ class Scheduler:
                 i += 1  # its last token is pending: it finishes with that step's update
                 continue
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            while not bm.can_append(req, num_new):
+            while not bm.append_slots(req, num_new):
                 victim = self.running.pop()
                 self._preempt(victim)
                 out.preempted_request_ids.append(victim.request_id)
@@ -140,7 +140,6 @@ class Scheduler:
                     break
             if req.status is not RequestStatus.RUNNING:
                 break  # req preempted itself: everything after it is gone too
-            bm.append_slots(req, num_new)
             out.scheduled.append(self._schedule_tokens(req, num_new))
             scheduled.append(req)
             budget -= num_new

@@ -69,7 +69,6 @@ def test_append_grows_only_at_block_boundary():
 def test_append_fails_cleanly_when_full():
     bm = BlockManager(num_blocks=2, block_size=4)
     req = make_request(12)
-    assert not bm.can_append(req, 12)
     assert not bm.append_slots(req, 12)
     assert req.block_ids == [] and bm.num_free_blocks == 2
 
