@@ -20,12 +20,12 @@ pytestmark = [
 CONFIG = LlamaConfig(512, 256, 512, 2, 4, 2, max_position_embeddings=512)  # head_dim 64
 
 
-def _engine(async_scheduling: bool, graphs: bool, **kw) -> LLMEngine:
+def _engine(async_scheduling: bool, graphs: bool, max_num_seqs: int = 8) -> LLMEngine:
     args = EngineArgs(
         model_config=CONFIG, weights="dummy", dtype="bfloat16", device="cuda",
-        block_size=16, max_num_seqs=8, max_num_batched_tokens=160, use_cuda_graph=graphs,
+        block_size=16, num_kv_blocks=128, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=160, use_cuda_graph=graphs,
         cuda_graph_max_tokens=160 if graphs else 0, async_scheduling=async_scheduling,
-        **{"num_kv_blocks": 128, **kw},
     )  # fmt: skip
     return LLMEngine.from_args(args)
 
@@ -36,12 +36,15 @@ def _prompts(n: int) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
-@pytest.mark.parametrize("num_kv_blocks", [128, 12], ids=["roomy", "preempts"])
-def test_async_steps_give_the_synchronous_tokens(graphs, num_kv_blocks):
+def test_async_steps_give_the_synchronous_tokens(graphs):
+    """Every request fits at once (16 sequences, a roomy pool) and none stops early, so both
+    modes run the same batches and bf16 GEMMs of the same shapes: the tokens must be equal.
+    (Where requests wait for slots or get preempted, async frees them a step later, batches
+    differ and bf16 near-ties may part; the CPU tests cover those paths in fp32.)"""
     sp = SamplingParams(max_new_tokens=40, min_new_tokens=40, ignore_eos=True, eos_token_ids=(2,))
     outs = []
     for async_scheduling in (False, True):
-        engine = _engine(async_scheduling, graphs, num_kv_blocks=num_kv_blocks)
+        engine = _engine(async_scheduling, graphs, max_num_seqs=16)
         outs.append(engine.generate(_prompts(10), sp))
     assert outs[0] == outs[1]
     assert all(len(o) == 40 for o in outs[1])
