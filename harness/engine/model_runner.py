@@ -216,9 +216,6 @@ class ModelRunner:
                     f"{cuda_graph_max_tokens}), max_num_seqs (now {cuda_graph_max_batch})"
                 ) from e
 
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        return self.collect(self.launch(sched))
-
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput) -> LaunchedStep:
         """Queue the step's forward pass and sampling; on CUDA this returns without waiting."""
