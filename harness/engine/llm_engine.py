@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import torch
 
 from harness.engine.kv_cache import BlockManager
 from harness.engine.loader import build_model
-from harness.engine.model.llama import PRESETS, LlamaConfig
-from harness.engine.model_runner import LaunchedStep, ModelRunner, plan_kv_cache
+from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
+from harness.engine.model_runner import KVCacheSpec, LaunchedStep, ModelRunner, plan_kv_cache
 from harness.engine.outputs import RequestOutput, SchedulerOutput
 from harness.engine.quant.base import quant_config_for
 from harness.engine.request import Request, SamplingParams
@@ -98,6 +99,52 @@ def cuda_graph_sizes(args: EngineArgs, device: torch.device) -> tuple[int, int]:
     return args.max_num_seqs, min(args.cuda_graph_max_tokens, args.max_num_batched_tokens)
 
 
+def build_runner(
+    args: EngineArgs,
+    model: LlamaForCausalLM,
+    device: torch.device,
+    agree_num_blocks: Callable[[int], int] | None = None,
+) -> ModelRunner:
+    """The runner of a loaded model: kernels chosen, KV cache sized from the memory left, CUDA
+    graphs captured. agree_num_blocks (tensor parallel): this rank's block count -> the
+    count every rank uses."""
+    kernels = model.use_fused_kernels(
+        args.fused_kernels, args.fp8_triton_max_rows, args.sparse_triton_max_rows
+    )
+    logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
+    max_model_len = model_len_limit(args, model.config)
+    max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
+    kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else DTYPES[args.dtype]
+    kv = plan_kv_cache(
+        model.config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
+        args.num_kv_blocks, max_blocks_useful,
+    )  # fmt: skip
+    if agree_num_blocks is not None:
+        kv = KVCacheSpec(agree_num_blocks(kv.num_blocks), kv.block_size, kv.bytes_per_block)
+    graph_rows, graph_tokens = cuda_graph_sizes(args, device)
+    return ModelRunner(
+        model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
+        args.cpu_kv_commit_gib, graph_tokens,
+    )  # fmt: skip
+
+
+def build_scheduler(args: EngineArgs, runner: ModelRunner) -> Scheduler:
+    config = SchedulerConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        admission=args.admission,
+        admission_batch=args.admission_batch,
+        admission_headroom_tokens=args.admission_headroom_tokens,
+        max_model_len=model_len_limit(args, runner.model.config),
+    )
+    return Scheduler(config, BlockManager(runner.kv.num_blocks, runner.kv.block_size))
+
+
+def model_len_limit(args: EngineArgs, config: LlamaConfig) -> int:
+    """Prompt + output tokens of one request: max_model_len, at most the model's positions."""
+    return min(args.max_model_len or 1 << 62, config.max_position_embeddings)
+
+
 def resolve_model_config(args: EngineArgs, preset: str = "") -> LlamaConfig:
     if args.model_config is not None:
         return args.model_config
@@ -131,36 +178,13 @@ class LLMEngine:
         if args.num_threads > 0:
             torch.set_num_threads(args.num_threads)
         device = torch.device(args.device)
-        dtype = DTYPES[args.dtype]
         config = resolve_model_config(args)
         quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
-        model = build_model(config, quant, dtype, device, args.weights, args.model_path, args.seed)
-        kernels = model.use_fused_kernels(
-            args.fused_kernels, args.fp8_triton_max_rows, args.sparse_triton_max_rows
+        model = build_model(
+            config, quant, DTYPES[args.dtype], device, args.weights, args.model_path, args.seed
         )
-        logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
-        max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
-        max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
-        kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype
-        kv = plan_kv_cache(
-            config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
-            args.num_kv_blocks, max_blocks_useful,
-        )  # fmt: skip
-        sched_config = SchedulerConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            admission=args.admission,
-            admission_batch=args.admission_batch,
-            admission_headroom_tokens=args.admission_headroom_tokens,
-            max_model_len=max_model_len,
-        )
-        scheduler = Scheduler(sched_config, BlockManager(kv.num_blocks, kv.block_size))
-        graph_rows, graph_tokens = cuda_graph_sizes(args, device)
-        runner = ModelRunner(
-            model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
-            args.cpu_kv_commit_gib, graph_tokens,
-        )  # fmt: skip
-        return cls(scheduler, runner, args.async_scheduling)
+        runner = build_runner(args, model, device)
+        return cls(build_scheduler(args, runner), runner, args.async_scheduling)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

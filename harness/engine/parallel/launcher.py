@@ -18,13 +18,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors import safe_open
 
-from harness.engine.kv_cache import BlockManager
 from harness.engine.llm_engine import (
     DTYPES,
     EngineArgs,
     LLMEngine,
+    build_runner,
+    build_scheduler,
     check_device,
-    cuda_graph_sizes,
     resolve_model_config,
 )
 from harness.engine.loader import (
@@ -34,11 +34,10 @@ from harness.engine.loader import (
     safetensors_files,
 )
 from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
-from harness.engine.model_runner import KVCacheSpec, LaunchedStep, ModelRunner, plan_kv_cache
+from harness.engine.model_runner import LaunchedStep, ModelRunner
 from harness.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from harness.engine.parallel.tp import ShardSpec, TensorParallelError, apply_tp, check_tp, take
 from harness.engine.quant.base import QuantConfig, quant_config_for
-from harness.engine.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,32 +112,19 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     device = rank_device(args.device, rank)
-    dtype = DTYPES[args.dtype]
     config = resolve_model_config(args)
     quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
-    model = load_tp_model(config, quant, dtype, device, args.weights, args.model_path,
-                          args.seed, rank, world)  # fmt: skip
-    kernels = model.use_fused_kernels(
-        args.fused_kernels, args.fp8_triton_max_rows, args.sparse_triton_max_rows
-    )
-    logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
-    max_model_len = min(args.max_model_len or 1 << 62, config.max_position_embeddings)
-    max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
-    kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else dtype
-    kv = plan_kv_cache(
-        model.config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
-        args.num_kv_blocks, max_blocks_useful,
-    )  # fmt: skip
-    num_blocks = torch.tensor([kv.num_blocks])
-    dist.all_reduce(num_blocks, op=dist.ReduceOp.MIN, group=cpu_group)  # the smallest pool
-    kv = KVCacheSpec(int(num_blocks), kv.block_size, kv.bytes_per_block)
-    if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture
-        dist.all_reduce(torch.zeros(1, device=device))
-    graph_rows, graph_tokens = cuda_graph_sizes(args, device)
-    return ModelRunner(
-        model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
-        args.cpu_kv_commit_gib, graph_tokens,
-    )  # fmt: skip
+    model = load_tp_model(config, quant, DTYPES[args.dtype], device, args.weights,
+                          args.model_path, args.seed, rank, world)  # fmt: skip
+
+    def agree_num_blocks(num_blocks: int) -> int:
+        smallest = torch.tensor([num_blocks])
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN, group=cpu_group)  # the smallest pool
+        if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture
+            dist.all_reduce(torch.zeros(1, device=device))
+        return int(smallest)
+
+    return build_runner(args, model, device, agree_num_blocks)
 
 
 class BroadcastingRunner:
@@ -242,18 +228,7 @@ def launch_tensor_parallel(
         p.start()
     cpu_group = _init_group(0, tp, init_method, backend, args, timeout_s)
     runner = _build_runner(args, 0, tp, cpu_group)
-    max_model_len = min(args.max_model_len or 1 << 62, runner.model.config.max_position_embeddings)
-    scheduler = Scheduler(
-        SchedulerConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            admission=args.admission,
-            admission_batch=args.admission_batch,
-            admission_headroom_tokens=args.admission_headroom_tokens,
-            max_model_len=max_model_len,
-        ),
-        BlockManager(runner.kv.num_blocks, runner.kv.block_size),
-    )
+    scheduler = build_scheduler(args, runner)
     broadcasting = BroadcastingRunner(runner, cpu_group, procs)
     atexit.register(broadcasting.shutdown)
     logger.info("tensor parallel engine: %d ranks (%s), %d KV blocks per rank",
