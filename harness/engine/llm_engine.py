@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from harness.engine.kv_cache import BlockManager
+from harness.engine.kv_plan import KVCacheSpec, plan_kv_cache
 from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
-from harness.engine.model_runner import KVCacheSpec, LaunchedStep, ModelRunner, plan_kv_cache
+from harness.engine.model_runner import LaunchedStep, ModelRunner
 from harness.engine.outputs import RequestOutput, SchedulerOutput
 from harness.engine.quant.base import quant_config_for
 from harness.engine.request import Request, SamplingParams

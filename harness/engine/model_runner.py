@@ -1,6 +1,6 @@
 """Turns a SchedulerOutput into tensors, runs the model over the paged KV cache, samples.
 
-Owns the KV-cache tensors and their sizing. Knows nothing of queues or stop rules (scheduler).
+Owns the KV-cache tensors (sized by kv_plan.py). Knows nothing of queues or stop rules.
 `launch` queues a step on the device and `collect` waits for its tokens; on CUDA nothing in
 between waits for the device, so the host can prepare the next step while this one runs.
 """
@@ -17,20 +17,20 @@ import torch
 from harness.engine import host_memory
 from harness.engine.block_table import BlockTables
 from harness.engine.kernels import cpu_attention
+from harness.engine.kv_plan import GIB, KVCacheCapacityError, KVCacheSpec
 from harness.engine.model.attention import (
     AttentionMetadata,
     DecodeGroup,
     FreshPrefills,
     PrefillChunk,
 )
-from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
+from harness.engine.model.llama import LlamaForCausalLM
 from harness.engine.outputs import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from harness.engine.request import PENDING_TOKEN
 from harness.engine.sampler import Sampler
 
 logger = logging.getLogger(__name__)
 
-GIB = 1 << 30
 # CPU decodes are grouped by context length so that padding to a group's longest context
 # wastes at most this factor (plus a block): the gathered K/V and score matmuls shrink.
 DECODE_GROUP_SLACK = 1.5
@@ -67,76 +67,6 @@ def fresh_prefills(chunks: list[PrefillChunk], device: torch.device) -> FreshPre
         cu_seqlens=to_device(cu, torch.int32, device),
         max_len=max(c.num_query_tokens for c in run),
     )
-
-
-class KVCacheCapacityError(RuntimeError):
-    """Not even one request fits the KV-cache memory; the message says which knob to raise."""
-
-
-@dataclass(frozen=True)
-class KVCacheSpec:
-    num_blocks: int
-    block_size: int
-    bytes_per_block: int  # all layers, K and V
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_blocks * self.block_size
-
-    @property
-    def gib(self) -> float:
-        return self.num_blocks * self.bytes_per_block / GIB
-
-
-def kv_bytes_per_block(config: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
-    return per_token * block_size * dtype.itemsize
-
-
-def plan_kv_cache(
-    config: LlamaConfig,
-    dtype: torch.dtype,
-    device: torch.device,
-    block_size: int,
-    gpu_memory_utilization: float,
-    num_kv_blocks: int = 0,
-    max_blocks_useful: int = 0,
-) -> KVCacheSpec:
-    """Blocks from num_kv_blocks if set, else a fraction of free memory (call after loading
-    the weights). On CPU the fraction applies to MemAvailable; max_blocks_useful caps it
-    (no more than max_num_seqs full-length requests can ever be resident)."""
-    per_block = kv_bytes_per_block(config, block_size, dtype)
-    if num_kv_blocks > 0:
-        num_blocks = num_kv_blocks
-    else:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # cached temporaries of weight loading count as used
-            free, total = torch.cuda.mem_get_info(device)
-            budget = total * gpu_memory_utilization - (total - free)
-        else:
-            budget = _cpu_available_bytes() * gpu_memory_utilization
-        num_blocks = int(budget // per_block)
-        if max_blocks_useful:
-            num_blocks = min(num_blocks, max_blocks_useful)
-    if num_blocks < 1:
-        raise KVCacheCapacityError(
-            f"no room for a KV block of {per_block / 2**20:.1f} MiB on {device}; raise "
-            f"gpu_memory_utilization (now {gpu_memory_utilization}) or set num_kv_blocks"
-        )
-    spec = KVCacheSpec(num_blocks, block_size, per_block)
-    logger.info(
-        "KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB (%s, %s)",
-        spec.num_blocks, block_size, spec.num_tokens, spec.gib, device, dtype,
-    )  # fmt: skip
-    return spec
-
-
-def _cpu_available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise KVCacheCapacityError("cannot read MemAvailable from /proc/meminfo; set num_kv_blocks")
 
 
 @dataclass

@@ -81,7 +81,7 @@ def test_steps_without_a_mixed_graph_run_eagerly():
 
 def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.cuda_graph import StepGraphs
-    from harness.engine.model_runner import KVCacheCapacityError
+    from harness.engine.kv_plan import KVCacheCapacityError
 
     def no_memory(self) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
