@@ -115,9 +115,11 @@ class TorchBackend:
             logger.info(
                 "engine: %d tokens in %d steps over %.1f s; steady state (10-90%% of tokens) "
                 "%.1f tokens/s; %d preemptions; decode-only steps %d (%.1f s), steps with "
-                "prompt tokens %d (%.1f s)", log.num_tokens, len(log.times),
+                "prompt tokens %d (%.1f s); per step: queue %.2f ms, wait for tokens %.2f ms, "
+                "apply %.2f ms%s", log.num_tokens, len(log.times),
                 log.span, log.rate_between(),
-                self.engine.scheduler.num_preemptions, *log.time_split(),
+                self.engine.scheduler.num_preemptions, *log.time_split(), *log.loop_split_ms(),
+                " (async scheduling)" if self.engine.async_scheduling else "",
             )  # fmt: skip
 
     # --- worker ------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class LLMEngine:
         start = time.perf_counter()
         sched = self.scheduler.schedule()
         queued = None if sched.is_empty else (sched, self.model_runner.launch(sched), start)
+        self.step_log.queue_s += time.perf_counter() - start
         if self.async_scheduling:
             queued, self._in_flight = self._in_flight, queued
         return self._finish(*queued) if queued else []
@@ -207,12 +208,16 @@ class LLMEngine:
     def _finish(
         self, sched: SchedulerOutput, launched: LaunchedStep, start: float
     ) -> list[RequestOutput]:
+        waited = time.perf_counter()
         runner_out = self.model_runner.collect(launched)
         self.num_steps += 1
         before = self.scheduler.num_output_tokens
+        collected = time.perf_counter()
         events = self.scheduler.update_from_output(sched, runner_out)
         prefill = sched.num_batched_tokens > len(sched.scheduled)  # prompt tokens this step
         now = time.perf_counter()
+        self.step_log.wait_s += collected - waited
+        self.step_log.apply_s += now - collected
         # async: the step began when the previous one ended, if it was queued before that
         took = now - max(start, self._last_finish)
         self.step_log.record(self.scheduler.num_output_tokens - before, took, now, prefill)

@@ -20,6 +20,10 @@ class StepLog:
         self.durations = array("d")  # [num_steps] seconds each step took
         self.cumulative_tokens = array("q")  # [num_steps] tokens generated up to that step
         self.with_prefill = array("b")  # [num_steps] 1 where the step computed prompt tokens
+        # Where the engine loop's time went, summed over steps. queue: schedule, build the
+        # inputs and queue the model (on a GPU host work and launches; on a CPU the model
+        # itself); wait: for the sampled tokens; apply: update requests, make events.
+        self.queue_s = self.wait_s = self.apply_s = 0.0
 
     def record(
         self, num_tokens: int, seconds: float, now: float | None = None, prefill: bool = False
@@ -39,6 +43,11 @@ class StepLog:
             n[kind] += 1
             seconds[kind] += duration
         return n[0], seconds[0], n[1], seconds[1]
+
+    def loop_split_ms(self) -> tuple[float, float, float]:
+        """(queue, wait, apply) milliseconds per step on average."""
+        n = max(1, len(self.times))
+        return self.queue_s * 1e3 / n, self.wait_s * 1e3 / n, self.apply_s * 1e3 / n
 
     @property
     def span(self) -> float:

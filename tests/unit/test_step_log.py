@@ -40,3 +40,22 @@ def test_time_split_counts_steps_with_prompt_tokens_apart():
     assert (decode_n, prefill_n) == (2, 2)
     assert abs(decode_s - 0.15) < 1e-9 and abs(prefill_s - 0.5) < 1e-9
     assert abs(log.span - 1.0) < 1e-9
+
+
+def test_engine_splits_its_loop_time_into_queue_wait_apply():
+    import time
+
+    from harness.engine.llm_engine import EngineArgs, LLMEngine
+    from harness.engine.model.llama import LlamaConfig
+    from harness.engine.request import SamplingParams
+
+    config = LlamaConfig(64, 32, 48, 2, 4, 2, max_position_embeddings=64)
+    args = EngineArgs(model_config=config, weights="dummy", num_kv_blocks=40, max_num_seqs=4)
+    engine = LLMEngine.from_args(args)
+    start = time.perf_counter()
+    engine.generate([[5, 6, 7]] * 3, SamplingParams(max_new_tokens=5))
+    wall = time.perf_counter() - start
+    log = engine.step_log
+    assert log.queue_s > 0 and log.wait_s > 0 and log.apply_s > 0
+    assert log.queue_s + log.wait_s + log.apply_s <= wall
+    assert log.loop_split_ms()[0] == log.queue_s * 1e3 / len(log.times)
