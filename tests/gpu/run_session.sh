@@ -25,7 +25,7 @@ for spec in "$@"; do
   echo "=== phase $spec $(date +%T)"
   case $phase in
     tests) timeout 240 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
-    pt) timeout 200 python3 -m pytest -q $flags 2>&1 | tail -25 ;;
+    pt) timeout ${TPT:-200} python3 -m pytest -q $flags 2>&1 | tail -25 ;;
     gate) timeout 150 python3 -m pytest -q -x tests/gpu/test_varlen_prefill.py \
           tests/gpu/test_cuda_graph.py tests/gpu/test_fp8_gemm.py \
           || { echo "gate failed: later phases not run"; exit 3; } ;;
