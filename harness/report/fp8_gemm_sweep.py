@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
     from harness.engine.kernels.sparse24_gemm import decompress_24_triton
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
+    from harness.engine.quant.fp8_gpu import scaled_mm
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT, compress_24
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         w, ws = weights[name]
-        return torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16)
+        return scaled_mm(xq, xsc, w, ws, torch.bfloat16)
 
     def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         (values, meta), (w, ws) = compressed[name], weights[name]
         dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
-        return torch._scaled_mm(xq, dense.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16)
+        return scaled_mm(xq, xsc, dense, ws, torch.bfloat16)
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=200)
     a = p.parse_args(argv)
+    if min(a.batch or [1]) < 1 or a.steps < 1:
+        p.error(f"--batch={a.batch} --steps={a.steps}: each must be >= 1")
     for batch in a.batch or [64, 512]:
         ms = measure(batch, a.device, a.steps)
         parts = ", ".join(f"{name} {value:.3f}" for name, value in ms.items())

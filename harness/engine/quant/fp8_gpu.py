@@ -23,6 +23,17 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_per_token_triton(x)
 
 
+def scaled_mm(
+    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """cuBLAS's FP8 GEMM in rowwise mode: xq [M, K] e4m3 with x_scale [M, 1], weight [N, K]
+    e4m3 with weight_scale_row [1, N] -> [M, N] out_dtype (bf16)."""
+    return torch._scaled_mm(
+        xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row, out_dtype=out_dtype
+    )
+
+
 def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
 ) -> torch.Tensor:
@@ -31,9 +42,7 @@ def fp8_linear(
     xq, x_scale = quantize_activations(x)
     if x.shape[0] <= triton_max_rows:
         return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row)
-    return torch._scaled_mm(
-        xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row, out_dtype=x.dtype
-    )
+    return scaled_mm(xq, x_scale, weight, weight_scale_row, x.dtype)
 
 
 class FP8GpuLinearMethod(FP8LinearMethod):

@@ -20,7 +20,7 @@ from torch import nn
 from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
-from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, quantize_activations
+from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, quantize_activations, scaled_mm
 
 STORED_BYTES_PER_WEIGHT = 0.5 + 0.125  # one e4m3 value per 2 inputs + 2 bits per value
 ROWS_PER_CHUNK = 4096  # compress this many weight rows at a time (bounded temporaries)
@@ -134,6 +134,4 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
             return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta)
         n, k = values.shape[0], values.shape[1] * 2
         weight = decompress_24_triton(values, meta, self.scratch.view(n, k))
-        return torch._scaled_mm(
-            xq, weight.t(), scale_a=x_scale, scale_b=scale_row, out_dtype=x.dtype
-        )
+        return scaled_mm(xq, x_scale, weight, scale_row, x.dtype)
