@@ -1,11 +1,11 @@
-"""Compile the FP8 GEMM kernels for Hopper (sm_90) ahead of time, without a GPU.
+"""Compile the FP8 GEMM kernels and two small kernels for Hopper (sm_90) ahead of time, no GPU.
 
-For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS)
-and the 2:4 expansion kernel: Triton's compiler and its bundled ptxas build the cubin for
-sm_90, with 16-byte alignment assumed as the JIT does for aligned arguments; prints registers,
-spill stack, shared memory, which MMA was used and the fp32 promotion adds, and exits 1 if a
-config fails to compile or spills. A team without a GPU catches these before device time.
-Needs only `pip install triton` (the CPU torch suffices).
+For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS),
+the 2:4 expansion kernel and the paged decode's split combine: Triton's compiler and its
+bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT does for
+aligned arguments; prints registers, spill stack, shared memory, which MMA was used and the
+fp32 promotion adds, and exits 1 if a kernel fails to compile or spills. A team without a
+GPU catches these before device time. Needs only `pip install triton` (the CPU torch suffices).
 
 python -m harness.report.kernel_compile_check [--arch=90]
 """
@@ -81,18 +81,32 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
     return rows
 
 
-def check_expand_kernel(arch: int = 90) -> tuple[str, dict | str]:
-    from harness.engine.kernels import sparse24_gemm
+def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
+    """The 2:4 expansion kernel and the paged decode's split combine, as the engine launches
+    them."""
+    from harness.engine.kernels import paged_attention, sparse24_gemm
 
-    signature = {"v_ptr": "*u8", "m_ptr": "*u8", "out_ptr": "*u8", "N": "i32", "K": "i32",
-                 "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"}  # fmt: skip
-    try:
-        blocks = {"BLOCK_N": 32, "BLOCK_K": 256}  # as decompress_24_triton launches it
-        k = _compile(sparse24_gemm._decompress_24_kernel, signature, blocks, list(signature),
-                     arch, num_warps=4)  # fmt: skip
-    except Exception as ex:  # noqa: BLE001
-        return "decompress_24", f"{type(ex).__name__}: {str(ex)[:300]}"
-    return "decompress_24", resource_usage(k)
+    cases = [
+        ("decompress_24", sparse24_gemm._decompress_24_kernel,
+         {"v_ptr": "*u8", "m_ptr": "*u8", "out_ptr": "*u8", "N": "i32", "K": "i32",
+          "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"},
+         {"BLOCK_N": 32, "BLOCK_K": 256}),
+    ]  # fmt: skip
+    for splits in (2, 9, 32):
+        cases.append((
+            f"combine_splits NUM_SPLITS={splits}", paged_attention._combine_splits_kernel,
+            {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*bf16", "plane": "i32"},
+            {"NUM_SPLITS": splits, "S_PAD": 1 << (splits - 1).bit_length(), "D": 128},
+        ))  # fmt: skip
+    rows = []
+    for label, kernel, signature, constexprs in cases:
+        try:
+            k = _compile(kernel, signature, constexprs, list(signature), arch, num_warps=4)
+        except Exception as ex:  # noqa: BLE001
+            rows.append((label, f"{type(ex).__name__}: {str(ex)[:300]}"))
+            continue
+        rows.append((label, resource_usage(k)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: Hopper)")
     a = p.parse_args(argv)
     bad = 0
-    for label, usage in check_gemm_configs(a.arch) + [check_expand_kernel(a.arch)]:
+    for label, usage in check_gemm_configs(a.arch) + check_other_kernels(a.arch):
         failed = isinstance(usage, str) or usage.get("STACK", 0) > 0
         bad += failed
         print(f"[compile sm_{a.arch}] {'FAIL' if failed else 'ok  '} {label}: {usage}", flush=True)

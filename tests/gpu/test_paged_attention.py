@@ -33,7 +33,7 @@ def test_write_kv_cache_matches_reference(cache_dtype: torch.dtype) -> None:
         assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8))
 
 
-@pytest.mark.parametrize("group,num_splits", [(1, 1), (8, 1), (8, 4), (4, 7)])
+@pytest.mark.parametrize("group,num_splits", [(1, 1), (8, 1), (8, 4), (4, 7), (1, 9), (8, 32)])
 @pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
 def test_paged_decode_matches_reference(
     group: int, num_splits: int, cache_dtype: torch.dtype

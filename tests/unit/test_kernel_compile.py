@@ -1,6 +1,6 @@
-"""The FP8 GEMM configs compile for Hopper (sm_90) without a GPU: Triton's compiler and its
-bundled ptxas (harness/report/kernel_compile_check.py). Skipped where Triton is not installed
-(the CPU CI); `pip install triton` runs it on any machine."""
+"""The FP8 GEMM configs and the other Triton kernels compile for Hopper (sm_90) without a GPU:
+Triton's compiler and its bundled ptxas (harness/report/kernel_compile_check.py). Skipped
+where Triton is not installed (the CPU CI); `pip install triton` runs it on any machine."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ pytest.importorskip("triton")
 
 
 def test_every_gemm_config_compiles_for_hopper_without_spills():
-    from harness.report.kernel_compile_check import check_expand_kernel, check_gemm_configs
+    from harness.report.kernel_compile_check import check_gemm_configs, check_other_kernels
 
-    rows = check_gemm_configs() + [check_expand_kernel()]
+    gemms = check_gemm_configs()
+    rows = gemms + check_other_kernels()
     failed = [(label, usage) for label, usage in rows if isinstance(usage, str)]
     assert not failed
     spills = [label for label, usage in rows if usage["STACK"] or usage["LOCAL"]]
     assert not spills
-    for label, usage in rows[:-1]:  # row blocks of 64+ run wgmma with fp32 promotion
+    for label, usage in gemms:  # row blocks of 64+ run wgmma with fp32 promotion
         wide = "block_m=64" in label or "block_m=128" in label or "block_m=256" in label
         assert usage["wgmma"] == wide and (usage["promote_adds"] > 0) == wide, label

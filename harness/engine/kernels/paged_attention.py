@@ -1,4 +1,5 @@
-"""Paged-KV kernels for CUDA: cache write (optionally to FP8) and split-K decode attention.
+"""Paged-KV kernels for CUDA: cache write (optionally to FP8), split-K decode attention and
+the combine of its partials (one launch; torch ops took eleven).
 
 Cache layout (owned by attention.py): per layer K and V of [Hkv, num_blocks, block_size, D].
 Each Triton kernel has a plain-torch reference here; tests/gpu/test_paged_attention.py
@@ -145,6 +146,25 @@ if triton is not None:
         tl.store(ml_ptr + part, m_i, mask=g_mask)
         tl.store(ml_ptr + plane + part, l_i, mask=g_mask)
 
+    @triton.jit
+    def _combine_splits_kernel(
+        acc_ptr, ml_ptr, out_ptr, plane,
+        NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
+        # One (request, head) per program: its NUM_SPLITS partials, weighted by exp(m_s - max).
+        # Empty splits (m = -inf, l = 0) and rows of context 0 weigh 0 / give 0.
+        row = tl.program_id(0).to(tl.int64)
+        offs_s = tl.arange(0, S_PAD)
+        s_mask = offs_s < NUM_SPLITS
+        m = tl.load(ml_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
+        l_s = tl.load(ml_ptr + plane + row * NUM_SPLITS + offs_s, mask=s_mask, other=0.0)
+        w = tl.exp(m - tl.maximum(tl.max(m, 0), -1e30))
+        offs_d = tl.arange(0, D)
+        parts = (row * NUM_SPLITS + offs_s)[:, None] * D + offs_d[None, :]
+        acc = tl.load(acc_ptr + parts, mask=s_mask[:, None], other=0.0)  # [S_PAD, D]
+        o = tl.sum(acc * w[:, None], 0) / tl.maximum(tl.sum(l_s * w, 0), 1e-30)
+        tl.store(out_ptr + row * D + offs_d, o.to(out_ptr.dtype.element_ty))
+
 
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -196,8 +216,9 @@ def paged_decode(
     )  # fmt: skip
     if num_splits == 1:
         return acc.view(b, h, d)
-    m, l_sum = ml[0], ml[1]  # [B, H, S]
-    m_max = m.amax(-1, keepdim=True).clamp(min=-1e30)
-    w = torch.exp(m - m_max)  # empty splits: exp(-inf) = 0
-    out = (acc * w.unsqueeze(-1)).sum(2) / (l_sum * w).sum(-1, keepdim=True).clamp(min=1e-30)
-    return out.to(q.dtype)  # [B, H, D]
+    out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
+    _combine_splits_kernel[(b * h,)](
+        acc, ml, out, ml[0].numel(),
+        NUM_SPLITS=num_splits, S_PAD=triton.next_power_of_2(num_splits), D=d, num_warps=4,
+    )  # fmt: skip
+    return out
