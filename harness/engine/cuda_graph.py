@@ -93,7 +93,6 @@ class StepGraphs:
             num_decode_tokens=rows,
             decode_block_tables=self.block_tables[:rows],
             decode_context_lens=self.context_lens[:rows],
-            decode_max_context=self.max_context,
             decode_num_splits=choose_num_splits(
                 rows, self.num_kv_heads, self.max_context, self.num_sms
             ),

@@ -221,7 +221,6 @@ class ModelRunner:
             meta.decode_context_lens = to_device(
                 ctx_lens, torch.int32 if self.is_cuda else torch.int64, self.device
             )  # [num_decodes]
-            meta.decode_max_context = max(ctx_lens)
             if self.is_cuda:
                 from harness.engine.kernels.paged_attention import choose_num_splits
 

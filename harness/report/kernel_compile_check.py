@@ -1,7 +1,7 @@
-"""Compile the FP8 GEMM kernels and two small kernels for Hopper (sm_90) ahead of time, no GPU.
+"""Compile the FP8 GEMM, 2:4 and paged-decode kernels for Hopper (sm_90) ahead of time, no GPU.
 
 For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS),
-the 2:4 expansion kernel and the paged decode's split combine: Triton's compiler and its
+the 2:4 expansion kernel, the paged decode and its split combine: Triton's compiler and its
 bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT does for
 aligned arguments; prints registers, spill stack, shared memory, which MMA was used and the
 fp32 promotion adds, and exits 1 if a kernel fails to compile or spills. A team without a
@@ -82,8 +82,8 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
 
 
 def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
-    """The 2:4 expansion kernel and the paged decode's split combine, as the engine launches
-    them."""
+    """The 2:4 expansion kernel, the paged decode and its split combine, as the engine
+    launches them."""
     from harness.engine.kernels import paged_attention, sparse24_gemm
 
     cases = [
@@ -92,6 +92,16 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
           "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"},
          {"BLOCK_N": 32, "BLOCK_K": 256}),
     ]  # fmt: skip
+    for cache, splits in (("bf16", 1), ("bf16", 9), ("fp8e4nv", 32)):
+        cases.append((
+            f"paged_decode cache={cache} NUM_SPLITS={splits}", paged_attention._paged_decode_kernel,
+            {"q_ptr": "*bf16", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
+             "tables_ptr": "*i64", "ctx_ptr": "*i32", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
+             "stride_qb": "i32", "stride_qh": "i32", "stride_tb": "i32", "stride_ch": "i32",
+             "stride_cblk": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
+            {"G": 8, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16, "BLOCK_N": paged_attention.BLOCK_N,
+             "NUM_SPLITS": splits, "PRECISION": "tf32"},
+        ))  # fmt: skip
     for splits in (2, 9, 32):
         cases.append((
             f"combine_splits NUM_SPLITS={splits}", paged_attention._combine_splits_kernel,

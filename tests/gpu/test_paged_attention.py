@@ -51,8 +51,7 @@ def test_paged_decode_matches_reference(
     ctx[0], ctx[1] = 1, max_blocks * bs  # one key; a full table
     q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16)
     scale = d**-0.5
-    out = paged_decode(q, k_cache, v_cache, tables, ctx, scale, max_blocks * bs, num_splits,
-                       0.5, 0.5)  # fmt: skip
+    out = paged_decode(q, k_cache, v_cache, tables, ctx, scale, num_splits, 0.5, 0.5)
     ref = paged_decode_reference(q, k_cache, v_cache, tables, ctx, scale, 0.5, 0.5)
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < 1e-2
@@ -65,5 +64,5 @@ def test_paged_decode_zero_context_rows_are_zero() -> None:
     q = torch.randn(3, 4, 128, device="cuda", dtype=torch.bfloat16)
     tables = torch.zeros(3, 4, dtype=torch.int64, device="cuda")
     ctx = torch.zeros(3, dtype=torch.int32, device="cuda")
-    out = paged_decode(q, k_cache, k_cache, tables, ctx, 0.1, 64, 2)
+    out = paged_decode(q, k_cache, k_cache, tables, ctx, 0.1, 2)
     assert torch.equal(out, torch.zeros_like(out))

@@ -94,8 +94,7 @@ if triton is not None:
     def _paged_decode_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, ctx_ptr,
         acc_ptr, ml_ptr,
-        stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk,
-        tokens_per_split, qk_scale, v_scale,
+        stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk, qk_scale, v_scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
         PRECISION: tl.constexpr,
@@ -104,8 +103,10 @@ if triton is not None:
         kvh = tl.program_id(1)
         s = tl.program_id(2)
         ctx = tl.load(ctx_ptr + b)
-        start = s * tokens_per_split
-        end = tl.minimum(start + tokens_per_split, ctx)
+        # Each request's own keys split evenly (graph-safe: sized here, from its length).
+        per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        start = s * per_split
+        end = tl.minimum(start + per_split, ctx)
         offs_g = tl.arange(0, G_PAD)
         offs_d = tl.arange(0, D)
         heads = kvh * G + offs_g
@@ -183,23 +184,22 @@ def write_kv_cache(
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, num_sms: int) -> int:
-    """Enough (batch x kv head x split) programs to fill the SMs twice, >= 256 keys a split."""
+    """Enough (batch x kv head x split) programs to fill the SMs twice, and splits of >= 256
+    keys where every context is at most max_context."""
     want = -(-2 * num_sms // max(batch * num_kv_heads, 1))
     return max(1, min(want, -(-max_context // 256), 32))
 
 
 def paged_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    context_lens: torch.Tensor, scale: float, max_context: int, num_splits: int,
+    context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
-    """q: [B, H, D] -> [B, H, D]; max_context bounds every context_lens entry (graph-safe:
-    no host sync). Rows with context_lens 0 give zeros."""
+    """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length
+    (graph-safe: no host sync). Rows with context_lens 0 give zeros."""
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
     group = h // hkv
-    per_split = -(-max(max_context, 1) // num_splits)
-    per_split = -(-per_split // BLOCK_N) * BLOCK_N
     if num_splits == 1:  # the kernel writes the final output
         acc = torch.empty(b, h, 1, d, dtype=q.dtype, device=q.device)
         ml = acc  # unused
@@ -209,7 +209,7 @@ def paged_decode(
     _paged_decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, block_tables, context_lens, acc, ml,
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
-        per_split, scale * k_scale, v_scale,
+        scale * k_scale, v_scale,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
         BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, num_warps=4,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact

@@ -65,7 +65,6 @@ class AttentionMetadata:
     # Kernel paths (CUDA kernels/paged_attention.py, CPU kernels/cpu_attention.py): no mask,
     # lengths bound the reads instead. Rows are sorted by context length, ascending.
     decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32 (CUDA), int64 (CPU)
-    decode_max_context: int = 0  # >= every decode_context_lens entry (host int, graph-safe)
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
     # A mixed step replayed as a CUDA graph (cuda_graph.py): every row goes through the decode
@@ -189,8 +188,7 @@ class PagedAttention(nn.Module):
 
         o = paged_decode(
             q, self.k_cache, self.v_cache, meta.decode_block_tables, meta.decode_context_lens,
-            self.scale, meta.decode_max_context, meta.decode_num_splits,
-            self.kv_scale, self.kv_scale,
+            self.scale, meta.decode_num_splits, self.kv_scale, self.kv_scale,
         )  # fmt: skip
         return o.view(q.shape[0], -1)
 
