@@ -1,7 +1,9 @@
-"""Data parallelism: N independent engine instances (one per GPU) behind one Backend.
+"""Data parallelism: N independent engine instances (one per GPU, or per TP group) behind one
+Backend.
 
 Owns request placement and event fan-in; each instance is an ordinary backend with its own
-worker thread. It knows nothing of LoadGen.
+worker thread (a tensor-parallel instance runs in a process of its own). It knows nothing of
+LoadGen.
 """
 
 from __future__ import annotations
@@ -95,9 +97,15 @@ class DataParallelBackend:
     # --- Backend protocol --------------------------------------------------------------
 
     def start(self, sink: OutputSink) -> None:
+        """Start every instance; if one cannot, release them all and say which failed."""
         self.sink = sink
         for i, inst in enumerate(self.instances):
-            inst.start(_InstanceSink(self, i))
+            try:
+                inst.start(_InstanceSink(self, i))
+            except BaseException as err:
+                for other in self.instances:
+                    _stop_quietly(other)
+                raise BackendError(f"data parallel instance {i}: {err}") from err
 
     def submit(self, requests: Sequence[GenerationRequest]) -> None:
         batches: list[list[GenerationRequest]] = [[] for _ in self.instances]
@@ -145,13 +153,17 @@ class DataParallelBackend:
 
 
 def _default_factory(cfg: HarnessConfig, engine_dir: Path | None) -> Backend:
-    """A TorchBackend on cfg.engine.device; on a GPU, pinned to it."""
+    """One copy: in this process, or with tensor parallelism in a process of its own (a
+    process holds one torch.distributed group; process_backend.py)."""
     if cfg.engine.tensor_parallelism > 1:
-        raise BackendError(
-            f"tensor_parallelism={cfg.engine.tensor_parallelism} with data_parallelism > 1: one "
-            "process holds one TP group for now (docs/parallel.md); use data_parallelism=1 with "
-            "TP, or tensor_parallelism=1 with DP"
-        )
+        from harness.backends.process_backend import ProcessBackend
+
+        return ProcessBackend.from_config(cfg, engine_dir)
+    return make_torch_backend(cfg, engine_dir)
+
+
+def make_torch_backend(cfg: HarnessConfig, engine_dir: Path | None) -> TorchBackend:
+    """A TorchBackend on cfg.engine.device; on a GPU, pinned to it."""
     if not cfg.engine.device.startswith("cuda"):
         return TorchBackend.from_config(cfg, engine_dir)
     import torch

@@ -157,3 +157,48 @@ def test_factory_gets_one_config_per_instance(engine_cfg):
     cfg = replace(engine_cfg, engine=replace(engine_cfg.engine, data_parallelism=3))
     dp = DataParallelBackend.from_config(cfg, None, factory=factory)
     assert len(dp.instances) == 3 and seen == [("cpu", 1)] * 3
+
+
+def test_tp2_x_dp2_on_cpu_gives_one_copys_tokens(engine_cfg):
+    """Two tensor-parallel copies (gloo), each in a process of its own (process_backend.py)."""
+    from dataclasses import replace
+
+    from harness.backends.process_backend import ProcessBackend
+
+    reqs = requests(6)
+    single = run(TorchBackend.from_config(engine_cfg), reqs)
+    e = replace(engine_cfg.engine, data_parallelism=2, tensor_parallelism=2)
+    dp = make_backend(replace(engine_cfg, engine=e))
+    assert all(isinstance(inst, ProcessBackend) for inst in dp.instances)
+    sink = run(dp, reqs)
+    assert sink.finished == single.finished and sink.first == single.first
+    assert min(dp.num_submitted) >= 2
+    assert not any(inst._proc.is_alive() for inst in dp.instances)
+
+
+def test_process_backend_load_error_names_the_copy(engine_cfg, tmp_path):
+    from harness.backends.process_backend import ProcessBackend
+
+    backend = ProcessBackend.from_config(engine_cfg, tmp_path / "no-engine")
+    with pytest.raises(BackendError, match=r"copy on cpu failed to load: .*no-engine"):
+        backend.start(RecordingSink())
+    assert not backend._proc.is_alive()
+
+
+def test_process_backend_notices_a_copy_that_dies(engine_cfg):
+    import os
+    import signal
+    import time
+
+    from harness.backends.process_backend import ProcessBackend
+
+    backend = ProcessBackend.from_config(engine_cfg)
+    backend.start(RecordingSink())
+    os.kill(backend._proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while backend._error is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with pytest.raises(BackendError, match="copy on cpu failed: process exited with code -9"):
+        backend.submit(requests(1))
+    with pytest.raises(BackendError, match="exited with code -9"):
+        backend.stop()
