@@ -31,6 +31,10 @@ class OutputSink(Protocol):
     # token_ids: all generated tokens, the first included; at most one EOS, at the end.
     def on_finished(self, request_id: int, token_ids: list[int]) -> None: ...
 
+    # The backend can finish nothing more (its worker died): every request not yet finished
+    # never will be. Called at most once per backend; submit() and stop() then raise.
+    def on_failed(self, error: str) -> None: ...
+
 
 class Backend(Protocol):
     name: str
@@ -118,6 +122,8 @@ class QueueWorkerBackend:
                 self._serve(batch)
         except BaseException as e:  # surfaced by submit()/stop(); the thread must not vanish
             self._error = e
+            if self.sink is not None:
+                self.sink.on_failed(f"{self.name} backend worker failed: {e!r}")
             raise
 
     def _serve(self, batch: list[GenerationRequest]) -> None:

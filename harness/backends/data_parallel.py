@@ -40,6 +40,10 @@ class _InstanceSink:
         with self.owner._sink_lock:
             self.owner.sink.on_finished(request_id, token_ids)
 
+    def on_failed(self, error: str) -> None:
+        with self.owner._sink_lock:
+            self.owner.sink.on_failed(f"data parallel instance {self.index}: {error}")
+
 
 class DataParallelBackend:
     """Spreads requests over N backends by *least outstanding requests*.

@@ -2,8 +2,9 @@
 
 A process holds one torch.distributed group, so each tensor-parallel copy gets a process of
 its own: there, TP rank 0 runs an ordinary TorchBackend (which spawns ranks 1..T-1), and this
-class relays over two queues: requests in; ready, first-token, finished, stopped and error
-messages out. A copy that dies without a word is noticed within a second by its exit code.
+class relays over two queues: requests in; ready, first-token, finished, failed, stopped and
+error messages out. A copy that dies without a word is noticed within a second by its exit
+code, and reported to the sink like a failed worker.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ class ProcessBackend:
                 self.sink.on_finished(msg[1], msg[2])
             elif kind == "stopped":
                 return
-            else:  # error: the child has exited or is about to
+            else:  # failed / error: the child can serve nothing more (or has exited)
                 self._error = self._error or msg[1]
                 logger.error("torch backend %s failed: %s", self.label, self._error)
+                self.sink.on_failed(f"{self.label}: {self._error}")
                 return
 
     def _raise_if_failed(self) -> None:
@@ -145,6 +147,9 @@ class _QueueSink:
 
     def on_finished(self, request_id: int, token_ids: list[int]) -> None:
         self.events.put(("finished", request_id, token_ids))
+
+    def on_failed(self, error: str) -> None:
+        self.events.put(("failed", error))
 
 
 def _child_main(cfg: HarnessConfig, engine_dir: Path | None, requests_q, events_q) -> None:  # noqa: ANN001

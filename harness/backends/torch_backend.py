@@ -135,6 +135,7 @@ class TorchBackend:
         except BaseException as err:  # surfaced by submit()/stop(); the thread must not vanish
             self._error = err
             logger.exception("torch backend worker failed")
+            self.sink.on_failed(f"torch backend worker failed: {err!r}")
 
     def _drain(self, block: bool) -> None:
         """Move submitted requests into the engine; wait briefly for work when idle."""

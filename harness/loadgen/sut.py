@@ -8,7 +8,7 @@ import threading
 import mlperf_loadgen as lg
 import numpy as np
 
-from harness.backends.base import Backend, GenerationRequest
+from harness.backends.base import Backend, BackendError, GenerationRequest
 from harness.config.schema import HarnessConfig
 from harness.dataset import Dataset
 
@@ -31,6 +31,7 @@ class SUT:
         self._next_id = 0
         self._pending: dict[int, int] = {}  # request_id -> LoadGen sample id
         self._first_sent: set[int] = set()
+        self.failure: str | None = None  # the backend's error, once it can finish nothing more
         self.num_completed = 0
         self.num_tokens = 0
         self.sut = lg.ConstructSUT(self.issue_query, self.flush_queries)
@@ -51,7 +52,8 @@ class SUT:
     def issue_query(self, samples: list[lg.QuerySample]) -> None:
         requests = []
         with self._lock:
-            for s in samples:
+            failed = self.failure is not None
+            for s in [] if failed else samples:
                 request_id = self._next_id
                 self._next_id += 1
                 self._pending[request_id] = s.id
@@ -66,7 +68,13 @@ class SUT:
                         fixed_output_len=min(max(fixed, 2), self.max_new_tokens) if fixed else 0,
                     )
                 )
-        self.backend.submit(requests)
+        if failed:  # the backend is gone: answer at once, empty
+            self._complete_empty([s.id for s in samples])
+            return
+        try:
+            self.backend.submit(requests)
+        except BackendError as err:  # failed since the check above: never raise into LoadGen
+            self.on_failed(str(err))
 
     def flush_queries(self) -> None:
         self.backend.flush()
@@ -75,10 +83,10 @@ class SUT:
         if not self.streams_first_token:
             return
         with self._lock:
-            if request_id in self._first_sent:
+            sample_id = self._pending.get(request_id)  # None: completed empty after a failure
+            if request_id in self._first_sent or sample_id is None:
                 return
             self._first_sent.add(request_id)
-            sample_id = self._pending[request_id]
         data = np.array([token_id], dtype=np.int32)
         lg.FirstTokenComplete([lg.QuerySampleResponse(sample_id, data.ctypes.data, data.nbytes)])
 
@@ -86,7 +94,9 @@ class SUT:
         if token_ids and self.streams_first_token and request_id not in self._first_sent:
             self.on_first_token(request_id, token_ids[0])  # exactly one, before completion
         with self._lock:
-            sample_id = self._pending.pop(request_id)
+            sample_id = self._pending.pop(request_id, None)
+            if sample_id is None:  # completed empty after a failure
+                return
             self._first_sent.discard(request_id)
             self.num_completed += 1
             self.num_tokens += len(token_ids)
@@ -95,6 +105,28 @@ class SUT:
         data = np.asarray(token_ids, dtype="<i4")  # little-endian int32, as the checker reads
         response = lg.QuerySampleResponse(sample_id, data.ctypes.data, data.nbytes, len(token_ids))
         lg.QuerySamplesComplete([response])  # copies the bytes before returning
+
+    def on_failed(self, error: str) -> None:
+        """The backend can finish nothing more: complete every pending sample empty, so that
+        LoadGen ends the test instead of waiting forever; the run then fails with the error
+        (backend.stop() raises it) and keeps its logs."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = error
+                logger.error("backend failed: %s; completing %d pending samples empty so that "
+                             "LoadGen can end the test", error, len(self._pending))  # fmt: skip
+            pending = list(self._pending.items())
+            self._pending.clear()
+            needs_first = [sid for rid, sid in pending if rid not in self._first_sent]
+            self._first_sent.clear()
+        self._complete_empty([sid for _, sid in pending], needs_first)  # LoadGen: not under lock
+
+    def _complete_empty(self, sample_ids: list[int], needs_first: list[int] | None = None) -> None:
+        """Empty responses (a first token too, where one is due and not yet sent)."""
+        if self.streams_first_token:
+            first = sample_ids if needs_first is None else needs_first
+            lg.FirstTokenComplete([lg.QuerySampleResponse(sid, 0, 0) for sid in first])
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(sid, 0, 0, 0) for sid in sample_ids])
 
     def destroy(self) -> None:
         lg.DestroyQSL(self.qsl)

@@ -29,6 +29,7 @@ BRIDGE = web.AppKey("bridge", dict)  # {"bridge": EngineBridge}, filled at start
 class _Event:
     token_ids: list[int]  # new tokens (progress) or all tokens (finished)
     is_finished: bool
+    error: str | None = None  # the engine failed: this request will never finish
 
 
 class EngineBridge:
@@ -42,9 +43,13 @@ class EngineBridge:
         self._ids = itertools.count()
         self.num_active = 0
         self.last_activity = time.monotonic()
+        self.error: str | None = None  # set once the backend can finish nothing more
 
     def open(self, req_args: dict[str, Any]) -> tuple[int, asyncio.Queue[_Event]]:
         """Register a queue, then submit (events may arrive before submit returns)."""
+        if self.error is not None:
+            raise BadRequest(503, f"the engine failed ({self.error}); restart the server",
+                             error_type="server_error")  # fmt: skip
         request_id = next(self._ids)
         q: asyncio.Queue[_Event] = asyncio.Queue()
         with self._lock:
@@ -77,6 +82,15 @@ class EngineBridge:
     def on_finished(self, request_id: int, token_ids: list[int]) -> None:
         self._push(request_id, _Event(list(token_ids), True))
 
+    def on_failed(self, error: str) -> None:
+        """Every open request ends with the error; new ones are refused (503)."""
+        logger.error("engine failed: %s", error)
+        with self._lock:
+            self.error = error
+            ids = list(self._queues)
+        for request_id in ids:
+            self._push(request_id, _Event([], True, error))
+
 
 class IncrementalDetokenizer:
     """Text deltas for a growing id list; holds back a trailing partial UTF-8 character."""
@@ -101,17 +115,22 @@ class IncrementalDetokenizer:
 
 
 class BadRequest(Exception):
-    """A client error, answered as an OpenAI-style body {"error": {"message", "type", ...}}."""
+    """An error answered as an OpenAI-style body {"error": {"message", "type", ...}}: a client
+    error, or (error_type="server_error", 5xx) a failed engine."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None,
+        error_type: str = "invalid_request_error",
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.error_type = error_type
 
     def response(self) -> web.Response:
         code = "model_not_found" if self.status == 404 else None
-        err = {"message": self.message, "type": "invalid_request_error", "param": self.param,
+        err = {"message": self.message, "type": self.error_type, "param": self.param,
                "code": code}  # fmt: skip
         return web.json_response({"error": err}, status=self.status)
 
@@ -205,7 +224,10 @@ def make_app(
         return web.json_response({"object": "list", "data": [entry]})
 
     async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "num_active": state["bridge"].num_active})
+        bridge = state["bridge"]
+        if bridge.error is not None:
+            return web.json_response({"status": "failed", "error": bridge.error}, status=503)
+        return web.json_response({"status": "ok", "num_active": bridge.num_active})
 
     async def completions(request: web.Request) -> web.StreamResponse:
         try:
@@ -244,6 +266,10 @@ def make_app(
         num_sent = 0
         while True:
             ev = await q.get()
+            if ev.error is not None:
+                err = {"message": f"the engine failed: {ev.error}", "type": "server_error"}
+                await resp.write(f"data: {json.dumps({'error': err})}\n\n".encode())
+                break
             new = ev.token_ids[num_sent:] if ev.is_finished else ev.token_ids
             num_sent += len(new)
             text = detok.add(new, final=ev.is_finished)
@@ -260,6 +286,8 @@ def make_app(
     async def _whole(request_id: int, q: asyncio.Queue[_Event], args: dict[str, Any]):
         while not (ev := await q.get()).is_finished:
             pass
+        if ev.error is not None:
+            raise BadRequest(500, f"the engine failed: {ev.error}", error_type="server_error")
         ids = ev.token_ids
         out = _chunk(request_id, tokenizer.decode(ids, skip_special_tokens=True), ids,
                      _finish_reason(ids, args))  # fmt: skip

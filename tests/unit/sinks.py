@@ -8,6 +8,7 @@ class RecordingSink:
         self.first: dict[int, int] = {}
         self.finished: dict[int, list[int]] = {}
         self.num_finished_events = 0
+        self.failures: list[str] = []
         self.lock = threading.Lock()
 
     def on_first_token(self, request_id: int, token_id: int) -> None:
@@ -20,3 +21,7 @@ class RecordingSink:
             assert request_id not in self.finished, f"request {request_id} finished twice"
             self.finished[request_id] = token_ids
             self.num_finished_events += 1
+
+    def on_failed(self, error: str) -> None:
+        with self.lock:
+            self.failures.append(error)

@@ -193,11 +193,13 @@ def test_process_backend_notices_a_copy_that_dies(engine_cfg):
     from harness.backends.process_backend import ProcessBackend
 
     backend = ProcessBackend.from_config(engine_cfg)
-    backend.start(RecordingSink())
+    sink = RecordingSink()
+    backend.start(sink)
     os.kill(backend._proc.pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while backend._error is None and time.monotonic() < deadline:
+    while not sink.failures and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert sink.failures == ["copy on cpu: process exited with code -9"]  # LoadGen is told
     with pytest.raises(BackendError, match="copy on cpu failed: process exited with code -9"):
         backend.submit(requests(1))
     with pytest.raises(BackendError, match="exited with code -9"):

@@ -35,3 +35,22 @@ def test_batches_do_not_depend_on_when_the_worker_wakes():
     backend.submit([GenerationRequest(i, [5, 6], max_new_tokens=4) for i in range(6)])
     backend.stop()
     assert backend.batches == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_a_worker_failure_is_reported_to_the_sink_and_raised():
+    import pytest
+
+    from harness.backends.base import BackendError
+
+    class Dying(QueueWorkerBackend):
+        name = "dying"
+
+        def _serve(self, batch: list[GenerationRequest]) -> None:
+            raise RuntimeError("out of memory")
+
+    backend, sink = Dying(max_batch=4), RecordingSink()
+    backend.start(sink)
+    backend.submit([GenerationRequest(request_id=1, prompt_token_ids=[3], max_new_tokens=2)])
+    with pytest.raises(BackendError, match="out of memory"):
+        backend.stop()
+    assert sink.failures == ["dying backend worker failed: RuntimeError('out of memory')"]

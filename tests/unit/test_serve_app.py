@@ -53,6 +53,13 @@ class FakeEngineBackend:
         pass
 
 
+class DyingEngineBackend(FakeEngineBackend):
+    """Its worker dies on the first request."""
+
+    def _run(self, r: GenerationRequest) -> None:
+        self.sink.on_failed("CUDA out of memory (pretend)")
+
+
 def limits() -> ServeLimits:
     def check_fits(prompt_len: int, max_tokens: int) -> str | None:
         return "too long" if prompt_len + max_tokens > 64 else None
@@ -60,8 +67,9 @@ def limits() -> ServeLimits:
     return ServeLimits(vocab_size=32, eos_token_ids=(EOS,), check_fits=check_fits)
 
 
-def with_client(test) -> tuple:  # noqa: ANN001 (async test body taking (client, backend))
-    backend = FakeEngineBackend()
+def with_client(test, backend: FakeEngineBackend | None = None) -> tuple:  # noqa: ANN001
+    """Runs an async test body taking (client, backend)."""
+    backend = backend or FakeEngineBackend()
 
     async def main():
         def factory(loop: asyncio.AbstractEventLoop) -> EngineBridge:
@@ -183,3 +191,30 @@ def test_detokenizer_holds_back_a_partial_character():
     assert d.add([0xC3]) == ""  # half of "é"
     assert d.add([0xA9]) == "é"
     assert d.add([0xC3], final=True) == "\ufffd"
+
+
+def test_an_engine_failure_ends_open_requests_and_refuses_new_ones():
+    async def test(client, backend):  # noqa: ANN001, ANN202
+        resp = await client.post("/v1/completions", json=body(stream=True))
+        chunks = await read_sse(resp)
+        whole = await client.post("/v1/completions", json=body())
+        health = await client.get("/health")
+        return chunks, whole.status, await whole.json(), health.status, await health.json()
+
+    (chunks, status, whole, h_status, health), _ = with_client(test, DyingEngineBackend())
+    assert chunks == [{"error": {"message": "the engine failed: CUDA out of memory (pretend)",
+                                 "type": "server_error"}}]  # fmt: skip
+    assert status == 503 and whole["error"]["type"] == "server_error"
+    assert "restart the server" in whole["error"]["message"]
+    assert h_status == 503 and health == {"status": "failed",
+                                          "error": "CUDA out of memory (pretend)"}  # fmt: skip
+
+
+def test_an_engine_failure_during_a_whole_response_is_a_500():
+    async def test(client, backend):  # noqa: ANN001, ANN202
+        resp = await client.post("/v1/completions", json=body())
+        return resp.status, await resp.json()
+
+    (status, out), _ = with_client(test, DyingEngineBackend())
+    assert status == 500
+    assert out["error"]["message"] == "the engine failed: CUDA out of memory (pretend)"

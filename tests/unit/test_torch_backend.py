@@ -170,3 +170,28 @@ def test_a_submit_enters_the_engine_at_once(hf_dir, tmp_path):
     backend.submit(requests(6))
     backend.stop()
     assert seen[0] == 6 and len(sink.finished) == 6
+
+
+def test_a_worker_failure_is_reported_to_the_sink_and_raised(hf_dir, tmp_path):
+    """The sink hears of it (the SUT then ends the LoadGen test); submit and stop raise."""
+    path, _ = hf_dir
+    cfg = make_cfg(path, tmp_path / "engine")
+    build_engine(cfg, tmp_path / "engine")
+    backend = TorchBackend.from_config(cfg, tmp_path / "engine")
+
+    def failing_step():  # -> list[RequestOutput]
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    backend.engine.step = failing_step
+    sink = RecordingSink()
+    backend.start(sink)
+    backend.submit(requests(2))
+    deadline = time.monotonic() + 30
+    while not sink.failures and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sink.failures == ["torch backend worker failed: RuntimeError('CUDA out of memory "
+                             "(pretend)')"]  # fmt: skip
+    with pytest.raises(BackendError, match="CUDA out of memory"):
+        backend.submit(requests(1))
+    with pytest.raises(BackendError, match="CUDA out of memory"):
+        backend.stop()
