@@ -90,8 +90,10 @@ def run_loadgen(
             sut.sut, sut.qsl, settings, make_log_settings(run_dir), str(audit)
         )
     finally:
-        backend.stop()
-        sut.destroy()
+        try:
+            backend.stop()  # raises if the backend failed (the SUT has let LoadGen end)
+        finally:
+            sut.destroy()
     detail = parse_detail(run_dir)
     if cfg.scenario.loadgen_scenario == "Offline":
         tps = detail.get("result_tokens_per_second")
