@@ -31,8 +31,11 @@ LOAD_TIMEOUT_S = 3600.0  # a 70B copy loads in minutes; a hung load must not han
 class ProcessBackend:
     name = "torch-process"
 
-    def __init__(self, proc, requests_q, events_q, label: str) -> None:  # noqa: ANN001
+    def __init__(
+        self, proc, requests_q, events_q, label: str, load_timeout_s: float = LOAD_TIMEOUT_S
+    ) -> None:  # noqa: ANN001
         self.label = label
+        self.load_timeout_s = load_timeout_s
         self.sink: OutputSink | None = None
         self._proc = proc
         self._requests = requests_q
@@ -40,7 +43,6 @@ class ProcessBackend:
         self._reader: threading.Thread | None = None
         self._error: str | None = None
         self._stopped = False
-        self.load_timeout_s = LOAD_TIMEOUT_S
 
     @classmethod
     def from_config(
@@ -55,8 +57,7 @@ class ProcessBackend:
         proc = ctx.Process(target=_child_main, args=(cfg, engine_dir, requests_q, events_q),
                            name=f"torch-{cfg.engine.device}")  # fmt: skip
         proc.start()
-        backend = cls(proc, requests_q, events_q, f"copy on {cfg.engine.device}")
-        backend.load_timeout_s = load_timeout_s
+        backend = cls(proc, requests_q, events_q, f"copy on {cfg.engine.device}", load_timeout_s)
         atexit.register(backend._kill)  # never leave a copy (and its TP ranks) behind
         return backend
 
