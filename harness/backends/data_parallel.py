@@ -2,8 +2,7 @@
 Backend.
 
 Owns request placement and event fan-in; each instance is an ordinary backend with its own
-worker thread (a tensor-parallel instance runs in a process of its own). It knows nothing of
-LoadGen.
+worker thread (on GPUs, in a process of its own). It knows nothing of LoadGen.
 """
 
 from __future__ import annotations
@@ -157,9 +156,11 @@ class DataParallelBackend:
 
 
 def _default_factory(cfg: HarnessConfig, engine_dir: Path | None) -> Backend:
-    """One copy: in this process, or with tensor parallelism in a process of its own (a
-    process holds one torch.distributed group; process_backend.py)."""
-    if cfg.engine.tensor_parallelism > 1:
+    """One copy. On GPUs, or with tensor parallelism, in a process of its own
+    (process_backend.py): copies load side by side, each has its own GIL for its host work
+    (one GIL shared by 8 engine threads would bound short steps), and a process holds one
+    torch.distributed group. CPU copies (tests) share this process."""
+    if cfg.engine.tensor_parallelism > 1 or cfg.engine.device.startswith("cuda"):
         from harness.backends.process_backend import ProcessBackend
 
         return ProcessBackend.from_config(cfg, engine_dir)

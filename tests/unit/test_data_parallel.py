@@ -204,3 +204,25 @@ def test_process_backend_notices_a_copy_that_dies(engine_cfg):
         backend.submit(requests(1))
     with pytest.raises(BackendError, match="exited with code -9"):
         backend.stop()
+
+
+def test_gpu_and_tp_copies_get_processes_of_their_own(engine_cfg, monkeypatch):
+    from dataclasses import replace
+
+    from harness.backends import data_parallel
+    from harness.backends.process_backend import ProcessBackend
+
+    spawned = []
+
+    def spawn(cls, cfg, engine_dir):  # noqa: ANN001, ANN202
+        spawned.append(cfg.engine)
+        return "proc"
+
+    monkeypatch.setattr(ProcessBackend, "from_config", classmethod(spawn))
+    for device, tp in (("cuda:3", 1), ("cpu", 2)):
+        cfg = replace(engine_cfg, engine=replace(engine_cfg.engine, device=device,
+                                                 tensor_parallelism=tp))  # fmt: skip
+        assert data_parallel._default_factory(cfg, None) == "proc"
+    assert [(e.device, e.tensor_parallelism) for e in spawned] == [("cuda:3", 1), ("cpu", 2)]
+    cpu = data_parallel._default_factory(engine_cfg, None)  # CPU, no TP: this process
+    assert isinstance(cpu, TorchBackend)
