@@ -1,9 +1,10 @@
 """Where a step's time goes: step timings and torch.profiler's top CUDA kernels.
 
 Builds the native engine with dummy weights of a preset shape, fills `batch` sequences
-(prompt 200 tokens), then times eager and CUDA-graph decode steps and profiles a few; with
---prefill_prompts=N also one prefill step of N prompts, and --no_fused for the torch ops;
---graph_tokens=T also times mixed steps replayed as graphs (cuda_graph_max_tokens).
+(prompts of --prompt_len tokens, 200 by default), then times eager and CUDA-graph decode
+steps and profiles a few; with --prefill_prompts=N also one prefill step of N prompts, and
+--no_fused for the torch ops; --graph_tokens=T also times mixed steps replayed as graphs
+(cuda_graph_max_tokens).
 Run on the GPU: python -m harness.report.profile_step --preset=llama2-70b --batch=192
 """
 
@@ -47,7 +48,7 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     sp = SamplingParams(max_new_tokens=1000, min_new_tokens=1000, ignore_eos=True)
     g = torch.Generator().manual_seed(0)
     for i in range(batch):
-        engine.add_request(i, torch.randint(3, 32000, (200,), generator=g).tolist(), sp)
+        engine.add_request(i, torch.randint(3, 32000, (a.prompt_len,), generator=g).tolist(), sp)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     while engine.scheduler.num_waiting or any(
@@ -60,7 +61,7 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     ms = _timed_steps(engine, 10)
     print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch} "
           f"fused={not a.no_fused} async={a.async_scheduling}: prefill of "
-          f"{batch}x200 tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
+          f"{batch}x{a.prompt_len} tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
           f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
           f"{batch / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
     runner = engine.model_runner
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{knob}", type=int, default=getattr(defaults, knob))
     p.add_argument("--async_scheduling", action="store_true", help="queue steps ahead")
     p.add_argument("--top", type=int, default=18)
+    p.add_argument("--prompt_len", type=int, default=200, help="context of the decode steps")
     p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")
     p.add_argument("--prefill_len", type=int, default=256)
     a = p.parse_args(argv)
