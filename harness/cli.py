@@ -134,8 +134,9 @@ def make_backend(cfg: HarnessConfig):  # -> Backend
         from harness.backends.hf import HFBackend
 
         return HFBackend.from_config(cfg)
-    if cfg.engine.backend == "torch" and cfg.engine.data_parallelism > 1:
-        from harness.backends.data_parallel import DataParallelBackend
+    e = cfg.engine
+    if e.backend == "torch" and (e.data_parallelism > 1 or e.tensor_parallelism > 1):
+        from harness.backends.data_parallel import DataParallelBackend  # TP: a process per copy
 
         return DataParallelBackend.from_config(cfg, engine_dir(cfg))
     if cfg.engine.backend == "torch":

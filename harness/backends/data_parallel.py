@@ -167,15 +167,17 @@ def _default_factory(cfg: HarnessConfig, engine_dir: Path | None) -> Backend:
     return make_torch_backend(cfg, engine_dir)
 
 
-def make_torch_backend(cfg: HarnessConfig, engine_dir: Path | None) -> TorchBackend:
+def make_torch_backend(
+    cfg: HarnessConfig, engine_dir: Path | None, on_rank_exit: Callable[[str], None] | None = None
+) -> TorchBackend:
     """A TorchBackend on cfg.engine.device; on a GPU, pinned to it."""
     if not cfg.engine.device.startswith("cuda"):
-        return TorchBackend.from_config(cfg, engine_dir)
+        return TorchBackend.from_config(cfg, engine_dir, on_rank_exit)
     import torch
 
     # Built under its device, so that CUDA graphs are captured on that GPU's streams.
     with torch.cuda.device(torch.device(cfg.engine.device)):
-        return DeviceTorchBackend.from_config(cfg, engine_dir)
+        return DeviceTorchBackend.from_config(cfg, engine_dir, on_rank_exit)
 
 
 class DeviceTorchBackend(TorchBackend):

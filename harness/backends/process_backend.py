@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import sys
@@ -161,8 +162,14 @@ def _child_main(cfg: HarnessConfig, engine_dir: Path | None, requests_q, events_
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     from harness.backends.data_parallel import make_torch_backend
 
+    def on_rank_exit(message: str) -> None:  # rank 0 would wait for the dead rank: end here
+        events_q.put(("error", message))
+        events_q.close()
+        events_q.join_thread()  # the message reaches the parent before this process ends
+        os._exit(1)
+
     try:
-        backend = make_torch_backend(cfg, engine_dir)
+        backend = make_torch_backend(cfg, engine_dir, on_rank_exit)
     except BaseException as err:  # noqa: BLE001 (reported to the parent, which raises)
         events_q.put(("error", f"{type(err).__name__}: {err}"))
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.backends.base import BackendError, GenerationRequest, OutputSink
@@ -34,9 +34,13 @@ class TorchBackend:
         self.num_finished = 0
 
     @classmethod
-    def from_config(cls, cfg: HarnessConfig, engine_dir: Path | None = None) -> TorchBackend:
+    def from_config(
+        cls, cfg: HarnessConfig, engine_dir: Path | None = None,
+        on_rank_exit: Callable[[str], None] | None = None,
+    ) -> TorchBackend:  # fmt: skip
         """Load the engine built by `make generate_engines --backend=torch` (preflight checks
-        the manifest against cfg before any model memory is touched)."""
+        the manifest against cfg before any model memory is touched). on_rank_exit: see
+        launch_tensor_parallel."""
         from harness.engine.builder import EngineManifestError, check_engine, default_engine_dir
         from harness.engine.llm_engine import EngineArgs, LLMEngine
         from harness.engine.scheduler import RequestTooLongError
@@ -77,7 +81,8 @@ class TorchBackend:
             if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)
                 from harness.engine.parallel.launcher import launch_tensor_parallel
 
-                engine = launch_tensor_parallel(args, e.tensor_parallelism)
+                engine = launch_tensor_parallel(args, e.tensor_parallelism,
+                                                on_rank_exit=on_rank_exit)  # fmt: skip
             else:
                 engine = LLMEngine.from_args(args)
         except (RequestTooLongError, RuntimeError, ValueError, NotImplementedError) as err:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig as HFLlamaConfig
@@ -111,3 +116,76 @@ def test_torch_backend_refuses_tp3_before_spawning(engine_dir, tmp_path):
     cfg.engine.tensor_parallelism = 3
     with pytest.raises(BackendError, match=r"tensor_parallelism=3.*use one of \[1, 2\]"):
         TorchBackend.from_config(cfg, path)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of pid's live child processes, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(stat.parent.name), cmd))
+    return out
+
+
+def _wait_for(items: list, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not items and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_a_rank_that_dies_is_reported_at_once_and_the_others_ended(engine_dir):
+    """Without the watchdog, rank 0 would wait in its next collective for the group timeout."""
+    path, model_opt = engine_dir
+    if model_opt != "Dense":
+        pytest.skip("the weight format does not matter here")
+    args = EngineArgs(model_path=path, weights="engine", model_opt=model_opt, num_kv_blocks=64,
+                      block_size=4, num_threads=1)  # fmt: skip
+    seen: list[str] = []
+    engine = launch_tensor_parallel(args, 2, timeout_s=120, on_rank_exit=seen.append)
+    try:
+        rank1 = engine.model_runner._procs[0]
+        os.kill(rank1.pid, signal.SIGKILL)
+        _wait_for(seen)
+        assert seen == [f"tensor-parallel rank 1 (pid {rank1.pid}, cpu) exited with code -9 "
+                        "during the run"]  # fmt: skip
+    finally:
+        engine.model_runner.shutdown()  # no broadcast to a dead rank: returns at once
+
+
+def test_a_tp_copy_whose_rank_dies_fails_the_run(engine_dir, tmp_path):
+    """TP runs go through a copy process (process_backend.py), which reports a dead rank and
+    exits; the sink (the SUT) hears of it and stop() raises."""
+    from harness.backends.base import BackendError
+    from harness.cli import make_backend
+    from tests.unit.sinks import RecordingSink
+
+    path, model_opt = engine_dir
+    if model_opt != "Dense":
+        pytest.skip("the weight format does not matter here")
+    cfg = HarnessConfig()
+    cfg.benchmark.name = "tiny"
+    cfg.system.name = "test"
+    cfg.engine.backend = "torch"
+    cfg.engine.engine_dir = path
+    cfg.engine.num_kv_blocks = 64
+    cfg.engine.num_threads = 1
+    cfg.engine.tensor_parallelism = 2
+    backend = make_backend(cfg)
+    sink = RecordingSink()
+    backend.start(sink)
+    copy = backend.instances[0]._proc
+    ranks = [pid for pid, cmd in _children(copy.pid) if "resource_tracker" not in cmd]
+    assert len(ranks) == 1
+    os.kill(ranks[0], signal.SIGKILL)
+    _wait_for(sink.failures)
+    want = (f"data parallel instance 0: copy on cpu: tensor-parallel rank 1 (pid {ranks[0]}, "
+            "cpu) exited with code -9 during the run")  # fmt: skip
+    assert sink.failures == [want]
+    with pytest.raises(BackendError, match="rank 1 .* exited with code -9"):
+        backend.stop()
+    assert not copy.is_alive()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import atexit
 import logging
 import socket
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["TensorParallelError", "launch_tensor_parallel", "load_tp_model"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # a collective waits this long (70B loads take minutes per rank)
+WATCH_S = 0.5  # how often rank 0 checks that the other ranks still run
 
 
 def rank_device(device: str, rank: int) -> torch.device:
@@ -139,6 +143,29 @@ class BroadcastingRunner:
         self._procs = procs
         self.is_shut_down = False
 
+    def watch_ranks(self, on_rank_exit: Callable[[str], None] | None) -> None:
+        """A rank that exits before shutdown leaves rank 0 waiting in its next collective
+        (up to the group's timeout, 30 min): a watchdog thread ends the other ranks at once and
+        calls on_rank_exit with what happened (the torch backend in its own process reports it
+        and exits, so the run fails now; process_backend.py)."""
+
+        def watch() -> None:
+            while not self.is_shut_down:
+                for rank, proc in enumerate(self._procs, start=1):
+                    if proc.exitcode is None or self.is_shut_down:
+                        continue
+                    msg = (f"tensor-parallel rank {rank} (pid {proc.pid}, {self.device.type}) "
+                           f"exited with code {proc.exitcode} during the run")  # fmt: skip
+                    logger.error("%s; ending the other ranks", msg)
+                    for other in self._procs:
+                        other.kill()
+                    if on_rank_exit is not None:
+                        on_rank_exit(msg)
+                    return
+                time.sleep(WATCH_S)
+
+        threading.Thread(target=watch, name="tp-rank-watch", daemon=True).start()
+
     def launch(self, sched: SchedulerOutput) -> LaunchedStep:
         dist.broadcast_object_list([sched], src=0, group=self._cpu_group)
         return self.runner.launch(sched)
@@ -152,7 +179,8 @@ class BroadcastingRunner:
             return
         self.is_shut_down = True
         try:
-            dist.broadcast_object_list([None], src=0, group=self._cpu_group)
+            if all(p.is_alive() for p in self._procs):  # else the watchdog has ended them
+                dist.broadcast_object_list([None], src=0, group=self._cpu_group)
         finally:
             for p in self._procs:
                 p.join(timeout=30)
@@ -195,10 +223,12 @@ def _init_group(
 
 
 def launch_tensor_parallel(
-    args: EngineArgs, tp: int, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> LLMEngine:
+    args: EngineArgs, tp: int, timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_rank_exit: Callable[[str], None] | None = None,
+) -> LLMEngine:  # fmt: skip
     """An LLMEngine whose model is split over `tp` ranks: this process is rank 0, the others
-    are spawned here. Call `engine.model_runner.shutdown()` when done (also run at exit)."""
+    are spawned here. Call `engine.model_runner.shutdown()` when done (also run at exit).
+    on_rank_exit(message): called (from a watchdog thread) if a rank dies during the run."""
     check_tp(resolve_model_config(args), tp)
     check_device(args)
     is_cuda = torch.device(args.device).type == "cuda"
@@ -231,6 +261,7 @@ def launch_tensor_parallel(
     scheduler = build_scheduler(args, runner)
     broadcasting = BroadcastingRunner(runner, cpu_group, procs)
     atexit.register(broadcasting.shutdown)
+    broadcasting.watch_ranks(on_rank_exit)
     logger.info("tensor parallel engine: %d ranks (%s), %d KV blocks per rank",
                 tp, backend, runner.kv.num_blocks)  # fmt: skip
     return LLMEngine(scheduler, broadcasting, args.async_scheduling)
