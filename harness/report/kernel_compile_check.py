@@ -1,11 +1,12 @@
-"""Compile the FP8 GEMM, 2:4 and paged-decode kernels for Hopper (sm_90) ahead of time, no GPU.
+"""Compile the FP8 GEMM, 2:4, paged-decode and RoPE kernels for Hopper (sm_90), without a GPU.
 
 For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS),
-the 2:4 expansion kernel, the paged decode and its split combine: Triton's compiler and its
-bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT does for
-aligned arguments; prints registers, spill stack, shared memory, which MMA was used and the
-fp32 promotion adds, and exits 1 if a kernel fails to compile or spills. A team without a
-GPU catches these before device time. Needs only `pip install triton` (the CPU torch suffices).
+the 2:4 expansion kernel, the paged decode and its split combine, and RoPE: Triton's compiler
+and its bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT
+does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used
+and the fp32 promotion adds, and exits 1 if a kernel fails to compile or spills. A team
+without a GPU catches these before device time. Needs only `pip install triton` (the CPU
+torch suffices).
 
 python -m harness.report.kernel_compile_check [--arch=90]
 """
@@ -82,9 +83,9 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
 
 
 def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
-    """The 2:4 expansion kernel, the paged decode and its split combine, as the engine
-    launches them."""
-    from harness.engine.kernels import paged_attention, sparse24_gemm
+    """The 2:4 expansion kernel, the paged decode and its split combine, RoPE (with and
+    without the KV-cache write), as the engine launches them."""
+    from harness.engine.kernels import paged_attention, rope, sparse24_gemm
 
     cases = [
         ("decompress_24", sparse24_gemm._decompress_24_kernel,
@@ -101,6 +102,17 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
              "stride_cblk": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
             {"G": 8, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16, "BLOCK_N": paged_attention.BLOCK_N,
              "NUM_SPLITS": splits, "PRECISION": "tf32"},
+        ))  # fmt: skip
+    for write_kv, cache in ((False, "bf16"), (True, "bf16"), (True, "fp8e4nv")):
+        cases.append((
+            f"rope write_kv={write_kv} cache={cache}", rope._rope_kernel,
+            {"x_ptr": "*bf16", "pos_ptr": "*i64", "cs_ptr": "*bf16", "num_heads": "i32",
+             "stride_tok": "i32", "stride_head": "i32", "stride_pos": "i32", "v_ptr": "*bf16",
+             "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}", "slot_ptr": "*i64",
+             "num_q_heads": "i32", "num_kv_heads": "i32", "stride_v": "i32", "stride_ch": "i32",
+             "inv_scale": "fp32"},
+            {"HALF": 64, "BLOCK_H": 128, "WRITE_KV": write_kv, "KV_BLOCK_H": 8,
+             "IS_FP8": cache == "fp8e4nv"},
         ))  # fmt: skip
     for splits in (2, 9, 32):
         cases.append((

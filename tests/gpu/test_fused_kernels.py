@@ -72,6 +72,41 @@ def test_rope_matches_reference(preset: str, n: int, dtype: torch.dtype) -> None
     assert torch.equal(qkv[:, (h + hkv) * d :], v_before)  # v is left alone
 
 
+@pytest.mark.parametrize("cache_dtype", [None, torch.float8_e4m3fn])  # None: the model dtype
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset,n", [("smollm2-135m", 5), ("llama2-7b", 1), ("llama2-70b", 300)])
+def test_rope_with_kv_write_equals_rope_then_write(
+    preset: str, n: int, dtype: torch.dtype, cache_dtype: torch.dtype | None
+) -> None:
+    """One launch (rope_write_kv_triton_) gives the bytes of the two it replaces."""
+    from harness.engine.kernels.paged_attention import write_kv_cache
+    from harness.engine.kernels.rope import rope_triton_, rope_write_kv_triton_
+    from harness.engine.model.llama import PRESETS, RotaryEmbedding
+
+    cfg = PRESETS[preset]
+    h, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    rotary = RotaryEmbedding(cfg)
+    rotary.init_table(torch.device("cuda"), dtype)
+    positions = torch.randint(0, cfg.max_position_embeddings, (n,), device="cuda")
+    blocks, bs = -(-n // 16) + 3, 16
+    slots = torch.randperm(blocks * bs, device="cuda")[:n]
+    slots[::3] = -1  # padded rows write nowhere
+    qkv = [torch.randn(n, (h + 2 * hkv) * d, device="cuda", dtype=dtype)]
+    qkv.append(qkv[0].clone())
+    caches = [torch.randn(hkv, blocks, bs, d, device="cuda").to(cache_dtype or dtype)
+              for _ in range(2)]  # fmt: skip
+    caches += [c.clone() for c in caches]  # untouched slots must stay equal too
+    views = [(x[:, : (h + hkv) * d].view(n, h + hkv, d), x[:, (h + hkv) * d :].view(n, hkv, d))
+             for x in qkv]  # fmt: skip
+    (qk, v), (qk_ref, v_ref) = views
+    rope_write_kv_triton_(qk, v, positions, rotary.cos_sin, h, caches[0], caches[1], slots, 2.0)
+    rope_triton_(qk_ref, positions, rotary.cos_sin)
+    write_kv_cache(qk_ref[:, h:], v_ref, caches[2], caches[3], slots, 2.0, 2.0)
+    assert torch.equal(qkv[0], qkv[1])
+    for out, ref in ((caches[0], caches[2]), (caches[1], caches[3])):
+        assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8))
+
+
 @pytest.mark.parametrize("model_opt", ["Dense", "FP8"])
 def test_fused_model_matches_unfused(model_opt: str) -> None:
     """One engine's hidden states for a mixed prefill batch, kernels on vs off (bf16)."""

@@ -1,7 +1,10 @@
-"""Rotary embedding of q and k in place, all heads of a token in one Triton program.
+"""Rotary embedding of q and k in place, all heads of a token in one Triton program;
+optionally also the paged KV-cache write of the rotated K and of V (one launch instead of two
+per layer, which counts in small decode batches).
 
 torch needs about 10 launches per tensor (mul, chunk, neg, cat, mul, add, for q and for k).
-Reference: rope_reference (HF Llama's rotate-half convention, roundings as in torch).
+Reference: rope_reference (HF Llama's rotate-half convention, roundings as in torch); the cache
+write is paged_attention.write_kv_cache's (same layout, same FP8 rounding).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ if triton is not None:
     @triton.jit
     def _rope_kernel(
         x_ptr, pos_ptr, cs_ptr, num_heads, stride_tok, stride_head, stride_pos,
-        HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+        v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, num_q_heads, num_kv_heads, stride_v,
+        stride_ch, inv_scale,
+        HALF: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_KV: tl.constexpr,
+        KV_BLOCK_H: tl.constexpr, IS_FP8: tl.constexpr,
     ):  # fmt: skip
         tok = tl.program_id(0).to(tl.int64)
         pos = tl.load(pos_ptr + tok)
@@ -44,20 +50,65 @@ if triton is not None:
         dt = x1.dtype
         a1, a2 = x1.to(tl.float32), x2.to(tl.float32)
         # Each product and the sum rounded to the activation dtype, as torch's three ops are.
-        out1 = (a1 * cos_lo).to(dt).to(tl.float32) + (-a2 * sin_lo).to(dt).to(tl.float32)
-        out2 = (a2 * cos_hi).to(dt).to(tl.float32) + (a1 * sin_hi).to(dt).to(tl.float32)
-        tl.store(lo, out1.to(dt), mask=mask)
-        tl.store(lo + HALF, out2.to(dt), mask=mask)
+        out1 = ((a1 * cos_lo).to(dt).to(tl.float32) + (-a2 * sin_lo).to(dt).to(tl.float32)).to(dt)
+        out2 = ((a2 * cos_hi).to(dt).to(tl.float32) + (a1 * sin_hi).to(dt).to(tl.float32)).to(dt)
+        tl.store(lo, out1, mask=mask)
+        tl.store(lo + HALF, out2, mask=mask)
+        if WRITE_KV:  # rows num_q_heads.. of the tile are K heads: K and V to cache[h, slot]
+            slot = tl.load(slot_ptr + tok)
+            if slot >= 0:
+                cache_dt = k_cache_ptr.dtype.element_ty
+                is_k = mask & (heads >= num_q_heads)
+                dst = (heads - num_q_heads) * stride_ch + slot * (2 * HALF) + d
+                k1, k2 = out1.to(tl.float32), out2.to(tl.float32)
+                if IS_FP8:
+                    k1 = tl.clamp(k1 * inv_scale, -448.0, 448.0)
+                    k2 = tl.clamp(k2 * inv_scale, -448.0, 448.0)
+                tl.store(k_cache_ptr + dst, k1.to(cache_dt), mask=is_k)
+                tl.store(k_cache_ptr + dst + HALF, k2.to(cache_dt), mask=is_k)
+                vh = tl.arange(0, KV_BLOCK_H)[:, None]
+                vd = tl.arange(0, 2 * HALF)[None, :]
+                v_mask = vh < num_kv_heads
+                v = tl.load(v_ptr + tok * stride_v + vh * (2 * HALF) + vd, mask=v_mask, other=0.0)
+                v = v.to(tl.float32)
+                if IS_FP8:
+                    v = tl.clamp(v * inv_scale, -448.0, 448.0)
+                tl.store(v_cache_ptr + vh * stride_ch + slot * (2 * HALF) + vd, v.to(cache_dt),
+                         mask=v_mask)  # fmt: skip
 
 
 def rope_triton_(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
     """x: [N, heads, D] (rows may be strided, heads contiguous by D) rotated in place;
     positions [N] int64; cos_sin [max_pos, 2, D] contiguous, in x.dtype. Returns x."""
+    _launch(x, positions, cos_sin, None)
+    return x
+
+
+def rope_write_kv_triton_(
+    qk: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
+    num_q_heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    kv_scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """rope_triton_ on qk ([N, H + Hkv, D]: q heads, then k heads), then the rotated K heads and
+    v ([N, Hkv, D], heads contiguous) into the paged cache [Hkv, blocks, block_size, D] at
+    slot_mapping (-1: skip; FP8 caches store value / kv_scale), in the same launch: equal to
+    rope_triton_ then paged_attention.write_kv_cache. Returns qk."""
+    assert v.stride(-1) == 1 and v.stride(1) == v.shape[-1], "layout"
+    _launch(qk, positions, cos_sin, (v, k_cache, v_cache, slot_mapping, num_q_heads, kv_scale))
+    return qk
+
+
+def _launch(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor, kv) -> None:  # noqa: ANN001
     n, num_heads, d = x.shape
     assert x.stride(-1) == 1 and x.stride(1) == d and cos_sin.is_contiguous(), "layout"
-    if n:
-        _rope_kernel[(n,)](
-            x, positions, cos_sin, num_heads, x.stride(0), x.stride(1), cos_sin.stride(0),
-            HALF=d // 2, BLOCK_H=triton.next_power_of_2(num_heads), num_warps=4,
-        )  # fmt: skip
-    return x
+    if not n:
+        return
+    v, k_cache, v_cache, slots, num_q, scale = kv or (x, x, x, positions, num_heads, 1.0)
+    _rope_kernel[(n,)](
+        x, positions, cos_sin, num_heads, x.stride(0), x.stride(1), cos_sin.stride(0),
+        v, k_cache, v_cache, slots, num_q, v.shape[1], v.stride(0), k_cache.stride(0),
+        1.0 / scale,
+        HALF=d // 2, BLOCK_H=triton.next_power_of_2(num_heads), WRITE_KV=kv is not None,
+        KV_BLOCK_H=triton.next_power_of_2(v.shape[1]), IS_FP8=k_cache.dtype.itemsize == 1,
+        num_warps=4,
+    )  # fmt: skip

@@ -87,12 +87,25 @@ class PagedAttention(nn.Module):
         self.kv_scale = 1.0  # FP8 KV cache: stored = value / kv_scale (K and V alike)
         self.use_cpu_kernels = False  # set by the model runner: kernels/cpu_attention.py
 
+    def rope_and_write_kv_(
+        self, qk: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None:  # fmt: skip
+        """CUDA: rotate qk ([N, H + Hkv, D]) in place and write K and V into the cache, in one
+        launch (kernels/rope.py); then call forward with kv_written=True."""
+        from harness.engine.kernels.rope import rope_write_kv_triton_
+
+        rope_write_kv_triton_(qk, v, positions, cos_sin, self.num_heads, self.k_cache,
+                              self.v_cache, meta.slot_mapping, self.kv_scale)  # fmt: skip
+
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """q: [N, H, D], k/v: [N, Hkv, D] -> [N, H * D]."""
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+        kv_written: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        """q: [N, H, D], k/v: [N, Hkv, D] -> [N, H * D]. kv_written (CUDA): this step's K and V
+        are in the cache already (rope_and_write_kv_)."""
         if q.is_cuda:
-            return self._forward_cuda(q, k, v, meta)
+            return self._forward_cuda(q, k, v, meta, kv_written)
         num_kv, d = self.num_kv_heads, self.head_dim
         if self.use_cpu_kernels:
             write_kv_cpu(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
@@ -150,13 +163,15 @@ class PagedAttention(nn.Module):
         return o.squeeze(0).transpose(0, 1).reshape(num_q, self.num_heads * d)  # [q, H * D]
 
     def _forward_cuda(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+        kv_written: bool,
+    ) -> torch.Tensor:  # fmt: skip
         """Triton cache write + split-K paged decode; SDPA (flash) for prefill chunks."""
         from harness.engine.kernels.paged_attention import write_kv_cache
 
-        s = self.kv_scale
-        write_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping, s, s)
+        if not kv_written:
+            s = self.kv_scale
+            write_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping, s, s)
         n_dec = meta.num_decode_tokens
         if meta.graph_mixed:
             pre = varlen_causal_attention(q, k, v, meta.fresh_prefills, self.scale)

@@ -20,7 +20,7 @@ from harness.engine.kernels import cpu_elementwise
 from harness.engine.kernels.activation import silu_mul_reference, silu_mul_triton
 from harness.engine.kernels.cpu_elementwise import rms_norm_cpu, rope_cpu_, silu_mul_cpu
 from harness.engine.kernels.rms_norm import rms_norm_reference, rms_norm_triton, triton
-from harness.engine.kernels.rope import rope_reference, rope_triton_
+from harness.engine.kernels.rope import rope_reference
 from harness.engine.model.attention import AttentionMetadata, PagedAttention
 from harness.engine.quant.base import LinearMethod, QuantConfig
 
@@ -230,13 +230,14 @@ class LlamaAttention(nn.Module):
         n, d, h = x.shape[0], self.head_dim, self.num_heads
         qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]: q heads, then k heads, then v heads
         qk = qkv[:, : (h + self.num_kv_heads) * d].view(n, -1, d)  # [N, H + Hkv, D]
-        if self.kernels == "triton":  # rotated in place
-            rope_triton_(qk, rope.positions, rope.cos_sin)
-        elif self.kernels == "c":
+        v = qkv[:, (h + self.num_kv_heads) * d :].view(n, -1, d)
+        if self.kernels == "triton":  # rotated in place, K and V written to the cache
+            self.attn.rope_and_write_kv_(qk, v, rope.positions, rope.cos_sin, meta)
+            return self.o_proj(self.attn(qk[:, :h], qk[:, h:], v, meta, kv_written=True))
+        if self.kernels == "c":
             rope_cpu_(qk, rope.positions, rope.cos_sin)
         else:
             qk = rope_reference(qk, rope.cos, rope.sin)
-        v = qkv[:, (h + self.num_kv_heads) * d :].view(n, -1, d)
         o = self.attn(qk[:, :h], qk[:, h:], v, meta)  # [N, H * D]
         return self.o_proj(o)
 
