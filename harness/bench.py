@@ -28,7 +28,23 @@ from harness.config.schema import HarnessConfig
 logger = logging.getLogger(__name__)
 
 KV_LINE = re.compile(r"KV cache: (\d+) blocks x (\d+) tokens = (\d+) tokens")
-STEADY_LINE = re.compile(r"steady state \(10-90% of tokens\) ([\d.]+) tokens/s")
+# The torch engine's closing line (TorchBackend.stop), one per engine copy: where its time went.
+ENGINE_LINE = re.compile(
+    r"engine: (\d+) tokens in (\d+) steps over ([\d.]+) s; steady state \(10-90% of tokens\) "
+    r"([\d.]+) tokens/s; (\d+) preemptions; decode-only steps (\d+) \(([\d.]+) s\), steps with "
+    r"prompt tokens (\d+) \(([\d.]+) s\); per step: queue ([\d.]+) ms, wait for tokens "
+    r"([\d.]+) ms, apply ([\d.]+) ms"
+)
+ENGINE_FIELDS = (
+    "tokens", "steps", "span_s", "steady_tokens_per_second", "preemptions", "decode_steps",
+    "decode_s", "prompt_steps", "prompt_s", "queue_ms", "wait_ms", "apply_ms",
+)  # fmt: skip
+
+
+def parse_engine_line(line: str) -> dict[str, float] | None:
+    """The engine's closing log line as numbers (ENGINE_FIELDS), or None if line is not it."""
+    m = ENGINE_LINE.search(line)
+    return dict(zip(ENGINE_FIELDS, map(float, m.groups()), strict=True)) if m else None
 
 
 @dataclass
@@ -39,10 +55,15 @@ class BenchResult:
     valid: bool
     returncode: int
     kv_tokens: int = 0
-    engine_steady_tps: float = 0.0  # torch engine: tokens/s between 10% and 90% of its tokens
+    engines: list[dict[str, float]] = field(default_factory=list)  # parse_engine_line per copy
     latencies: dict[str, float] = field(default_factory=dict)  # p99 TTFT/TPOT, ms
     roofline: str = ""
     fraction: float = 0.0
+
+    @property
+    def engine_steady_tps(self) -> float:
+        """torch engine(s): tokens/s between 10% and 90% of each copy's tokens, summed."""
+        return sum(e["steady_tokens_per_second"] for e in self.engines)
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -103,15 +124,17 @@ def ensure_inputs(cfg: HarnessConfig) -> None:
         generate_engine(cfg, force=False)
 
 
-def run_child(cfg: HarnessConfig, run_dir: Path, command: str) -> tuple[int, int, float]:
-    """One LoadGen test in a child process; echoes its output; returns (rc, KV tokens,
-    the engine's steady-state tokens/s or 0)."""
+def run_child(
+    cfg: HarnessConfig, run_dir: Path, command: str
+) -> tuple[int, int, list[dict[str, float]]]:
+    """One LoadGen test in a child process; echoes its output; returns (rc, KV tokens, the
+    engine copies' closing lines, parsed)."""
     from harness.config.loader import to_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     child = [sys.executable, "-m", "harness", "_run_one", str(run_dir), command]
-    kv_tokens, steady = 0, 0.0
+    kv_tokens, engines = 0, []
     with subprocess.Popen(
         child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
@@ -122,10 +145,10 @@ def run_child(cfg: HarnessConfig, run_dir: Path, command: str) -> tuple[int, int
                 log.write(line)
                 if m := KV_LINE.search(line):
                     kv_tokens = int(m.group(3))
-                if m := STEADY_LINE.search(line):
-                    steady = float(m.group(1))
+                if (engine := parse_engine_line(line)) is not None:
+                    engines.append(engine)
         rc = proc.wait()
-    return rc, kv_tokens, steady
+    return rc, kv_tokens, engines
 
 
 def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int = 0):
@@ -193,7 +216,7 @@ def bench_one(
     label = " ".join([cfg.benchmark.name, cfg.scenario.scenario, e.backend, e.model_opt, *flags])
     run_dir = new_run_dir(stamp, label)
     ensure_inputs(cfg)
-    rc, kv_tokens, steady = run_child(cfg, run_dir, command)
+    rc, kv_tokens, engines = run_child(cfg, run_dir, command)
     detail = parse_detail(run_dir)
     key = "result_tokens_per_second"
     if cfg.scenario.loadgen_scenario != "Offline":
@@ -205,7 +228,7 @@ def bench_one(
             "result_99.00_percentile_latency"))
     }  # fmt: skip
     res = BenchResult(label, run_dir, tps, detail.get("result_validity") == "VALID", rc,
-                      kv_tokens, steady, lat)  # fmt: skip
+                      kv_tokens, engines, lat)  # fmt: skip
     cap = 1 if cfg.scenario.loadgen_scenario == "SingleStream" else 0
     roof = workload_roofline(cfg, kv_tokens, cap) if e.device == "cuda" else None
     if roof is not None:
@@ -213,7 +236,8 @@ def bench_one(
         res.fraction = roof.fraction(tps)
     summary = {
         "label": label, "tokens_per_second": tps, "valid": res.valid, "returncode": rc,
-        "kv_tokens": kv_tokens, "engine_steady_tokens_per_second": steady, "p99_ms": lat,
+        "kv_tokens": kv_tokens, "engine_steady_tokens_per_second": res.engine_steady_tps,
+        "engines": engines, "p99_ms": lat,
         "roofline": roof.as_dict() if roof else None, "roofline_fraction": res.fraction,
         "command": command,
     }  # fmt: skip
@@ -230,6 +254,14 @@ def _print_result(r: BenchResult) -> None:
         print(f"[bench]   engine steady state (10-90% of its tokens): "
               f"{r.engine_steady_tps:,.1f} tokens/s (engine-side timing, not a LoadGen figure)",
               flush=True)  # fmt: skip
+    for e in r.engines:  # where the engine's time went (one line per copy)
+        dec, pre = e["decode_steps"], e["prompt_steps"]
+        print(f"[bench]   engine time: {dec:.0f} decode-only steps in {e['decode_s']:.1f} s "
+              f"({e['decode_s'] / max(dec, 1) * 1e3:.1f} ms each), {pre:.0f} steps with prompt "
+              f"tokens in {e['prompt_s']:.1f} s ({e['prompt_s'] / max(pre, 1) * 1e3:.1f} ms "
+              f"each); per step the host queues {e['queue_ms']:.2f} ms, waits "
+              f"{e['wait_ms']:.2f} ms for tokens, applies {e['apply_ms']:.2f} ms; "
+              f"{e['preemptions']:.0f} preemptions", flush=True)  # fmt: skip
     if r.roofline:
         print(f"[bench]   {r.roofline}", flush=True)
 

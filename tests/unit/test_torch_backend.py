@@ -195,3 +195,25 @@ def test_a_worker_failure_is_reported_to_the_sink_and_raised(hf_dir, tmp_path):
         backend.submit(requests(1))
     with pytest.raises(BackendError, match="CUDA out of memory"):
         backend.stop()
+
+
+def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
+    """bench.json's "engines" account comes from this line: a format change must break here."""
+    import logging
+
+    from harness.bench import parse_engine_line
+
+    path, _ = hf_dir
+    cfg = make_cfg(path, tmp_path / "engine")
+    build_engine(cfg, tmp_path / "engine")
+    backend = TorchBackend.from_config(cfg, tmp_path / "engine")
+    with caplog.at_level(logging.INFO, logger="harness.backends.torch_backend"):
+        run_backend(backend, requests(5))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:")]
+    assert len(lines) == 1
+    got = parse_engine_line(lines[0])
+    log = backend.engine.step_log
+    assert got is not None and got["tokens"] == log.num_tokens > 0
+    assert got["steps"] == len(log.times) == got["decode_steps"] + got["prompt_steps"] > 1
+    assert got["prompt_steps"] >= 1 and got["preemptions"] == 0
+    assert parse_engine_line("engine: something else") is None
