@@ -44,7 +44,10 @@ ENGINE_FIELDS = (
 def parse_engine_line(line: str) -> dict[str, float] | None:
     """The engine's closing log line as numbers (ENGINE_FIELDS), or None if line is not it."""
     m = ENGINE_LINE.search(line)
-    return dict(zip(ENGINE_FIELDS, map(float, m.groups()), strict=True)) if m else None
+    if m is None:
+        return None
+    values = [float(v) if "." in v else int(v) for v in m.groups()]  # counts stay integers
+    return dict(zip(ENGINE_FIELDS, values, strict=True))
 
 
 @dataclass
