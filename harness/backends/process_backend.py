@@ -1,10 +1,11 @@
-"""A torch backend in a child process: one copy of a TP x DP run.
+"""A torch backend in a child process: one engine copy of a data- or tensor-parallel run.
 
-A process holds one torch.distributed group, so each tensor-parallel copy gets a process of
-its own: there, TP rank 0 runs an ordinary TorchBackend (which spawns ranks 1..T-1), and this
-class relays over two queues: requests in; ready, first-token, finished, failed, stopped and
-error messages out. A copy that dies without a word is noticed within a second by its exit
-code, and reported to the sink like a failed worker.
+Every GPU copy gets a process of its own: copies load side by side, each has its own GIL for
+its host work, and a process holds one torch.distributed group (there TP rank 0 runs an
+ordinary TorchBackend, which spawns ranks 1..T-1). This class relays over two queues:
+requests in; ready, first-token, finished, failed, stopped and error messages out. A copy
+that dies without a word is noticed within a second by its exit code, and reported to the
+sink like a failed worker.
 """
 
 from __future__ import annotations
