@@ -90,7 +90,7 @@ def test_rope_with_kv_write_equals_rope_then_write(
     positions = torch.randint(0, cfg.max_position_embeddings, (n,), device="cuda")
     blocks, bs = -(-n // 16) + 3, 16
     slots = torch.randperm(blocks * bs, device="cuda")[:n]
-    slots[::3] = -1  # padded rows write nowhere
+    slots[1::3] = -1  # padded rows write nowhere (a batch of 1 writes its row)
     qkv = [torch.randn(n, (h + 2 * hkv) * d, device="cuda", dtype=dtype)]
     qkv.append(qkv[0].clone())
     caches = [torch.randn(hkv, blocks, bs, d, device="cuda").to(cache_dtype or dtype)
