@@ -33,11 +33,13 @@ ENGINE_LINE = re.compile(
     r"engine: (\d+) tokens in (\d+) steps over ([\d.]+) s; steady state \(10-90% of tokens\) "
     r"([\d.]+) tokens/s; (\d+) preemptions; decode-only steps (\d+) \(([\d.]+) s\), steps with "
     r"prompt tokens (\d+) \(([\d.]+) s\); per step: queue ([\d.]+) ms, wait for tokens "
-    r"([\d.]+) ms, apply ([\d.]+) ms"
+    r"([\d.]+) ms, apply ([\d.]+) ms(?: \(async scheduling\))?"
+    r"(?:; GPU memory at the end: ([\d.]+) GiB free of ([\d.]+) GiB)?"
 )
 ENGINE_FIELDS = (
     "tokens", "steps", "span_s", "steady_tokens_per_second", "preemptions", "decode_steps",
     "decode_s", "prompt_steps", "prompt_s", "queue_ms", "wait_ms", "apply_ms",
+    "gpu_free_gib_at_end", "gpu_total_gib",
 )  # fmt: skip
 
 
@@ -46,8 +48,11 @@ def parse_engine_line(line: str) -> dict[str, float] | None:
     m = ENGINE_LINE.search(line)
     if m is None:
         return None
-    values = [float(v) if "." in v else int(v) for v in m.groups()]  # counts stay integers
-    return dict(zip(ENGINE_FIELDS, values, strict=True))
+    return {
+        k: float(v) if "." in v else int(v)  # counts stay integers
+        for k, v in zip(ENGINE_FIELDS, m.groups(), strict=True)
+        if v is not None  # GPU memory: CUDA runs only
+    }
 
 
 @dataclass
@@ -264,7 +269,9 @@ def _print_result(r: BenchResult) -> None:
               f"tokens in {e['prompt_s']:.1f} s ({e['prompt_s'] / max(pre, 1) * 1e3:.1f} ms "
               f"each); per step the host queues {e['queue_ms']:.2f} ms, waits "
               f"{e['wait_ms']:.2f} ms for tokens, applies {e['apply_ms']:.2f} ms; "
-              f"{e['preemptions']:.0f} preemptions", flush=True)  # fmt: skip
+              f"{e['preemptions']:.0f} preemptions"
+              + (f"; {e['gpu_free_gib_at_end']:.2f} GiB of GPU memory never used"
+                 if "gpu_free_gib_at_end" in e else ""), flush=True)  # fmt: skip
     if r.roofline:
         print(f"[bench]   {r.roofline}", flush=True)
 

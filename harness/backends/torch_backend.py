@@ -121,11 +121,23 @@ class TorchBackend:
                 "engine: %d tokens in %d steps over %.1f s; steady state (10-90%% of tokens) "
                 "%.1f tokens/s; %d preemptions; decode-only steps %d (%.1f s), steps with "
                 "prompt tokens %d (%.1f s); per step: queue %.2f ms, wait for tokens %.2f ms, "
-                "apply %.2f ms%s", log.num_tokens, len(log.times),
+                "apply %.2f ms%s%s", log.num_tokens, len(log.times),
                 log.span, log.rate_between(),
                 self.engine.scheduler.num_preemptions, *log.time_split(), *log.loop_split_ms(),
-                " (async scheduling)" if self.engine.async_scheduling else "",
+                " (async scheduling)" if self.engine.async_scheduling else "", self._gpu_memory(),
             )  # fmt: skip
+
+    def _gpu_memory(self) -> str:
+        """CUDA: what the run left unused, which the KV cache could have had (the caching
+        allocator keeps its peak reserved, so free memory now is the run's minimum)."""
+        device = self.engine.model_runner.device
+        if device.type != "cuda":
+            return ""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(device)
+        return (f"; GPU memory at the end: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} "
+                f"GiB (gpu_memory_utilization could rise by about {free / total:.3f})")  # fmt: skip
 
     # --- worker ------------------------------------------------------------------------
 

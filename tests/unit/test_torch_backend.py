@@ -217,3 +217,28 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     assert got["steps"] == len(log.times) == got["decode_steps"] + got["prompt_steps"] > 1
     assert got["prompt_steps"] >= 1 and got["preemptions"] == 0
     assert parse_engine_line("engine: something else") is None
+
+
+def test_on_cuda_the_closing_line_says_what_memory_the_run_left(hf_dir, tmp_path, caplog,
+                                                                 monkeypatch):  # fmt: skip
+    """A pretend CUDA device (the run itself is on the CPU): the line gains the free memory at
+    the end, which bench.json records per engine copy."""
+    import logging
+
+    from harness.bench import parse_engine_line
+
+    path, _ = hf_dir
+    cfg = make_cfg(path, tmp_path / "engine")
+    build_engine(cfg, tmp_path / "engine")
+    backend = TorchBackend.from_config(cfg, tmp_path / "engine")
+    run_backend(backend, requests(2))
+    monkeypatch.setattr(backend.engine.model_runner, "device", torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    with caplog.at_level(logging.INFO, logger="harness.backends.torch_backend"):
+        backend.stop()  # logs the closing line again
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:"))
+    assert line.endswith("; GPU memory at the end: 3.00 GiB free of 80.00 GiB "
+                         "(gpu_memory_utilization could rise by about 0.037)")  # fmt: skip
+    got = parse_engine_line(line)
+    assert got["gpu_free_gib_at_end"] == 3.0 and got["gpu_total_gib"] == 80.0
+    assert got["tokens"] == backend.engine.step_log.num_tokens
