@@ -106,6 +106,7 @@ class StepGraphs:
     def capture(self) -> None:
         """Mixed graphs, then decode graphs, each largest first (later ones reuse its pool)."""
         start = time.perf_counter()
+        free_before = torch.cuda.mem_get_info(self.input_ids.device)[0]
         for rows in reversed(self.mixed_sizes):  # warm-up and capture: one prompt of all rows
             self.cu_seqlens.copy_(torch.tensor(mixed_cu_seqlens(0, [rows]), dtype=torch.int32))
             self.mixed_graphs[rows] = self._capture(rows, mixed=True)
@@ -114,11 +115,13 @@ class StepGraphs:
             self.decode_graphs[rows] = self._capture(rows, mixed=False)
         self.context_lens.zero_()
         torch.cuda.synchronize()
+        used = free_before - torch.cuda.mem_get_info(self.input_ids.device)[0]
         logger.info(
-            "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s",
+            "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s, "
+            "%.2f GiB of GPU memory (warm-up activations and graph pools)",
             len(self.decode_sizes), self.max_batch, len(self.mixed_sizes),
             f"{self.mixed_sizes[0]}..{self.max_tokens}" if self.mixed_sizes else "no",
-            time.perf_counter() - start,
+            time.perf_counter() - start, used / 2**30,
         )  # fmt: skip
 
     def _capture(self, rows: int, mixed: bool) -> torch.cuda.CUDAGraph:
