@@ -59,14 +59,14 @@ if triton is not None:
             if slot >= 0:
                 cache_dt = k_cache_ptr.dtype.element_ty
                 is_k = mask & (heads >= num_q_heads)
-                dst = (heads - num_q_heads) * stride_ch + slot * (2 * HALF) + d
+                dst = (heads - num_q_heads).to(tl.int64) * stride_ch + slot * (2 * HALF) + d
                 k1, k2 = out1.to(tl.float32), out2.to(tl.float32)
                 if IS_FP8:
                     k1 = tl.clamp(k1 * inv_scale, -448.0, 448.0)
                     k2 = tl.clamp(k2 * inv_scale, -448.0, 448.0)
                 tl.store(k_cache_ptr + dst, k1.to(cache_dt), mask=is_k)
                 tl.store(k_cache_ptr + dst + HALF, k2.to(cache_dt), mask=is_k)
-                vh = tl.arange(0, KV_BLOCK_H)[:, None]
+                vh = tl.arange(0, KV_BLOCK_H)[:, None].to(tl.int64)
                 vd = tl.arange(0, 2 * HALF)[None, :]
                 v_mask = vh < num_kv_heads
                 v = tl.load(v_ptr + tok * stride_v + vh * (2 * HALF) + vd, mask=v_mask, other=0.0)
