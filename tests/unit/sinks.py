@@ -1,6 +1,7 @@
 """A Backend OutputSink for tests: records events and fails on any duplicate."""
 
 import threading
+import time
 
 
 class RecordingSink:
@@ -25,3 +26,11 @@ class RecordingSink:
     def on_failed(self, error: str) -> None:
         with self.lock:
             self.failures.append(error)
+
+
+def wait_for(items: list, timeout_s: float = 30.0) -> list:
+    """items (filled by another thread or process) once non-empty, or after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not items and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return items

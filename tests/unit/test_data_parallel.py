@@ -13,7 +13,7 @@ from harness.backends.torch_backend import TorchBackend
 from harness.cli import make_backend
 from harness.config.schema import HarnessConfig
 from harness.engine.builder import build_engine
-from tests.unit.sinks import RecordingSink
+from tests.unit.sinks import RecordingSink, wait_for
 
 VOCAB = 128
 EOS = 2
@@ -188,7 +188,6 @@ def test_process_backend_load_error_names_the_copy(engine_cfg, tmp_path):
 def test_process_backend_notices_a_copy_that_dies(engine_cfg):
     import os
     import signal
-    import time
 
     from harness.backends.process_backend import ProcessBackend
 
@@ -196,10 +195,7 @@ def test_process_backend_notices_a_copy_that_dies(engine_cfg):
     sink = RecordingSink()
     backend.start(sink)
     os.kill(backend._proc.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while not sink.failures and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert sink.failures == ["copy on cpu: process exited with code -9"]  # LoadGen is told
+    assert wait_for(sink.failures) == ["copy on cpu: process exited with code -9"]  # the SUT
     with pytest.raises(BackendError, match="copy on cpu failed: process exited with code -9"):
         backend.submit(requests(1))
     with pytest.raises(BackendError, match="exited with code -9"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from harness.engine.parallel.launcher import launch_tensor_parallel
 from harness.engine.parallel.tp import TensorParallelError, apply_tp, check_tp
 from harness.engine.quant.dense import DenseConfig
 from harness.engine.request import SamplingParams
+from tests.unit.sinks import RecordingSink, wait_for
 
 VOCAB = 128
 TINY = {
@@ -132,12 +132,6 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return out
 
 
-def _wait_for(items: list, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not items and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
 def test_a_rank_that_dies_is_reported_at_once_and_the_others_ended(engine_dir):
     """Without the watchdog, rank 0 would wait in its next collective for the group timeout."""
     path, model_opt = engine_dir
@@ -150,9 +144,8 @@ def test_a_rank_that_dies_is_reported_at_once_and_the_others_ended(engine_dir):
     try:
         rank1 = engine.model_runner._procs[0]
         os.kill(rank1.pid, signal.SIGKILL)
-        _wait_for(seen)
-        assert seen == [f"tensor-parallel rank 1 (pid {rank1.pid}, cpu) exited with code -9 "
-                        "during the run"]  # fmt: skip
+        want = f"tensor-parallel rank 1 (pid {rank1.pid}, cpu) exited with code -9 during the run"
+        assert wait_for(seen) == [want]
     finally:
         engine.model_runner.shutdown()  # no broadcast to a dead rank: returns at once
 
@@ -162,7 +155,6 @@ def test_a_tp_copy_whose_rank_dies_fails_the_run(engine_dir, tmp_path):
     exits; the sink (the SUT) hears of it and stop() raises."""
     from harness.backends.base import BackendError
     from harness.cli import make_backend
-    from tests.unit.sinks import RecordingSink
 
     path, model_opt = engine_dir
     if model_opt != "Dense":
@@ -182,7 +174,7 @@ def test_a_tp_copy_whose_rank_dies_fails_the_run(engine_dir, tmp_path):
     ranks = [pid for pid, cmd in _children(copy.pid) if "resource_tracker" not in cmd]
     assert len(ranks) == 1
     os.kill(ranks[0], signal.SIGKILL)
-    _wait_for(sink.failures)
+    wait_for(sink.failures)
     want = (f"data parallel instance 0: copy on cpu: tensor-parallel rank 1 (pid {ranks[0]}, "
             "cpu) exited with code -9 during the run")  # fmt: skip
     assert sink.failures == [want]

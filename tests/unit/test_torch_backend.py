@@ -15,7 +15,7 @@ from harness.backends.base import BackendError, GenerationRequest
 from harness.backends.torch_backend import TorchBackend
 from harness.config.schema import HarnessConfig
 from harness.engine.builder import EngineExistsError, build_engine
-from tests.unit.sinks import RecordingSink
+from tests.unit.sinks import RecordingSink, wait_for
 
 VOCAB = 128
 EOS = 2
@@ -186,11 +186,8 @@ def test_a_worker_failure_is_reported_to_the_sink_and_raised(hf_dir, tmp_path):
     sink = RecordingSink()
     backend.start(sink)
     backend.submit(requests(2))
-    deadline = time.monotonic() + 30
-    while not sink.failures and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sink.failures == ["torch backend worker failed: RuntimeError('CUDA out of memory "
-                             "(pretend)')"]  # fmt: skip
+    want = "torch backend worker failed: RuntimeError('CUDA out of memory (pretend)')"
+    assert wait_for(sink.failures) == [want]
     with pytest.raises(BackendError, match="CUDA out of memory"):
         backend.submit(requests(1))
     with pytest.raises(BackendError, match="CUDA out of memory"):
