@@ -135,10 +135,14 @@ def make_backend(cfg: HarnessConfig):  # -> Backend
 
         return HFBackend.from_config(cfg)
     e = cfg.engine
-    if e.backend == "torch" and (e.data_parallelism > 1 or e.tensor_parallelism > 1):
-        from harness.backends.data_parallel import DataParallelBackend  # TP: a process per copy
+    if e.backend == "torch" and e.data_parallelism > 1:
+        from harness.backends.data_parallel import DataParallelBackend
 
         return DataParallelBackend.from_config(cfg, engine_dir(cfg))
+    if e.backend == "torch" and e.tensor_parallelism > 1:  # its own process: a dead rank ends it
+        from harness.backends.process_backend import ProcessBackend
+
+        return ProcessBackend.from_config(cfg, engine_dir(cfg))
     if cfg.engine.backend == "torch":
         from harness.backends.torch_backend import TorchBackend
 
