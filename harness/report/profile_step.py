@@ -126,9 +126,10 @@ def _profile_prefill(a: argparse.Namespace, engine, g: torch.Generator) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.engine.llm_engine import EngineArgs
+    from harness.engine.model.llama import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="llama2-7b")
+    p.add_argument("--preset", default="llama2-7b", choices=sorted(PRESETS))
     p.add_argument("--model_opt", default="Dense")
     p.add_argument("--kv_cache_dtype", default="auto")
     p.add_argument("--batch", type=int, action="append")
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")
     p.add_argument("--prefill_len", type=int, default=256)
     a = p.parse_args(argv)
+    longest = PRESETS[a.preset].max_position_embeddings - 1000  # decodes run up to 1,000 more
+    if not 1 <= a.prompt_len <= longest:
+        p.error(f"--prompt_len={a.prompt_len}: use 1..{longest} for {a.preset}")
     for batch in a.batch or [64]:
         profile(a, batch)
     return 0
