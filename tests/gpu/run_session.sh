@@ -24,8 +24,8 @@ for spec in "$@"; do
   phase=${spec%%:*}; flags=""; [[ $spec == *:* ]] && flags=${spec#*:}; flags=${flags//,/ }
   echo "=== phase $spec $(date +%T)"
   case $phase in
-    tests) timeout 240 python3 -m pytest -q tests/gpu 2>&1 | tail -25 ;;
-    pt) timeout ${TPT:-200} python3 -m pytest -q $flags 2>&1 | tail -25 ;;
+    tests) timeout 240 python3 -m pytest -q --tb=line tests/gpu 2>&1 | tail -60 ;;
+    pt) timeout ${TPT:-200} python3 -m pytest -q --tb=line $flags 2>&1 | tail -60 ;;
     gate) timeout 150 python3 -m pytest -q -x tests/gpu/test_varlen_prefill.py \
           tests/gpu/test_cuda_graph.py tests/gpu/test_fp8_gemm.py \
           || { echo "gate failed: later phases not run"; exit 3; } ;;
