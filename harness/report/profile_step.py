@@ -59,11 +59,13 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     prefill_s = time.perf_counter() - t0
     engine.step()
     ms = _timed_steps(engine, 10)
-    print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch} "
+    running = len(engine.scheduler.running)  # fewer than batch when the KV cache is too small
+    fit = "" if running == batch else f" (only {running} of {batch} fit the KV cache)"
+    print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch}{fit} "
           f"fused={not a.no_fused} async={a.async_scheduling}: prefill of "
           f"{batch}x{a.prompt_len} tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
           f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
-          f"{batch / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
+          f"{running / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
     runner = engine.model_runner
     if runner.graphs is not None:  # the same step without graphs
         graphs, runner.graphs = runner.graphs, None
