@@ -29,7 +29,7 @@ ROWS_PER_CHUNK = 4096  # compress this many weight rows at a time (bounded tempo
 def _position_table() -> torch.Tensor:
     """4-bit nonzero mask of a group -> its meta nibble i0 | i1 << 2 with i0 < i1 (padded with
     a zero position when fewer than 2 are nonzero); 255 for masks of 3-4 nonzeros."""
-    table = torch.full((16,), 255, dtype=torch.uint8)
+    table = torch.full((16,), 255, dtype=torch.uint8, device="cpu")  # not a caller's default
     for mask in range(16):
         kept = [i for i in range(4) if mask >> i & 1]
         if len(kept) > 2:
