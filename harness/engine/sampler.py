@@ -17,6 +17,7 @@ class Sampler:
 
         Returns [S] int64 token ids. Greedy: ties go to the lowest id, as torch.argmax does.
         """
-        if suppress_rows is not None:
-            logits[suppress_rows, suppress_cols] = float("-inf")
+        if suppress_rows is not None:  # the value on the device: a host scalar would sync
+            neg_inf = torch.full((1,), float("-inf"), device=logits.device)
+            logits.index_put_((suppress_rows, suppress_cols), neg_inf)
         return logits.argmax(dim=-1)
