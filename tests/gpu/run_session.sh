@@ -9,6 +9,7 @@
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
 #   sparse : .carry/probe_sparse.py if carried
+#   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
 #   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, b70s, srv70, int70, prof70, prof7, sweep)
@@ -60,6 +61,7 @@ for spec in "$@"; do
           ${EXTRA7:-} $flags ;;
     sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b $flags ;;
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
+    dk) timeout 200 python3 -m harness.report.decode_kernel_bench $flags ;;
     host) timeout 120 python3 -m harness.report.host_step --device=cuda --batch=1 --batch=64 \
           --batch=512 ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \

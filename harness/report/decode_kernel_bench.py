@@ -1,0 +1,95 @@
+"""Paged decode attention kernel variants, timed in one process on one GPU (same-run baseline).
+
+For each shape (the 7B's 32 KV heads with one query head each, the 70B's 8 KV heads with 8),
+the kernel as the engine's CUDA graphs launch it (splits from choose_num_splits with the
+graph's 4,096-key maximum), plus its combine, is captured 20 times in a CUDA graph and
+replayed; the time per call and the K+V bytes read per second are printed for each variant:
+tensor-core dots or fp32 registers for the scores, and the software-pipeline depth.
+Run: python -m harness.report.decode_kernel_bench [--context=1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import torch
+
+# (name, batch, kv heads, query heads per kv head, cache dtype)
+SHAPES = [
+    ("7b b=1", 1, 32, 1, torch.bfloat16),
+    ("7b b=8", 8, 32, 1, torch.bfloat16),
+    ("70b b=1 fp8", 1, 8, 8, torch.float8_e4m3fn),
+    ("70b b=32 fp8", 32, 8, 8, torch.float8_e4m3fn),
+    ("70b b=160 fp8", 160, 8, 8, torch.float8_e4m3fn),
+]
+VARIANTS = [  # (use_dot, num_stages); None: the default
+    (None, None),
+    (True, 1),
+    (True, 2),
+    (False, 1),
+    (False, 2),
+    (False, 3),
+]
+
+
+def time_call(fn, calls: int = 20, replays: int = 20) -> float:  # noqa: ANN001
+    """Microseconds per call of fn, from a CUDA graph of `calls` calls replayed `replays` times."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()  # compile and warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (calls * replays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.engine.kernels.paged_attention import choose_num_splits, paged_decode
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--context", type=int, default=1000, help="keys per request")
+    a = p.parse_args(argv)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"{torch.cuda.get_device_name(0)}, {sms} SMs, {a.context} keys per request")
+    d, bs = 128, 16
+    for name, batch, hkv, group, cache_dtype in SHAPES:
+        blocks = -(-a.context // bs)
+        k_cache = torch.randn(hkv, batch * blocks, bs, d, device="cuda").to(cache_dtype)
+        v_cache = torch.randn(hkv, batch * blocks, bs, d, device="cuda").to(cache_dtype)
+        tables = torch.randperm(batch * blocks, device="cuda").view(batch, blocks)
+        ctx = torch.full((batch,), a.context, device="cuda", dtype=torch.int32)
+        q = torch.randn(batch, hkv * group, d, device="cuda", dtype=torch.bfloat16)
+        splits = choose_num_splits(batch, hkv, 4096, sms)
+        nbytes = 2 * batch * hkv * a.context * d * cache_dtype.itemsize
+        ref = paged_decode(q, k_cache, v_cache, tables, ctx, d**-0.5, splits)
+        for use_dot, stages in VARIANTS:
+            if use_dot is False and group > 2:
+                continue  # registers would hold [group, 64, 128] fp32
+
+            call = functools.partial(
+                paged_decode, q, k_cache, v_cache, tables, ctx, d**-0.5, splits,
+                use_dot=use_dot, num_stages=stages,
+            )  # fmt: skip
+
+            err = ((call().float() - ref.float()).norm() / ref.float().norm()).item()
+            us = time_call(call)
+            label = "default" if use_dot is None else f"dot={use_dot} stages={stages}"
+            print(
+                f"{name:14s} splits={splits:2d} {label:22s} {us:8.1f} us "
+                f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs default {err:.1e}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
