@@ -38,7 +38,7 @@ for spec in "$@"; do
           --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=64 ;;
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} $flags ;;
-    b70s) timeout 300 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
+    b70s) timeout ${T70S:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} $flags ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
