@@ -102,9 +102,8 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
              "tables_ptr": "*i64", "ctx_ptr": "*i32", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
              "stride_qb": "i32", "stride_qh": "i32", "stride_tb": "i32", "stride_ch": "i32",
              "stride_cblk": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
-            {"G": group, "G_PAD": 16 if group > 1 else 1, "D": 128, "BLOCK_SIZE": 16,
-             "BLOCK_N": paged_attention.BLOCK_N, "NUM_SPLITS": splits, "PRECISION": "tf32",
-             "USE_DOT": group > 1},
+            {"G": group, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16,
+             "BLOCK_N": paged_attention.BLOCK_N, "NUM_SPLITS": splits, "PRECISION": "tf32"},
         ))  # fmt: skip
     for write_kv, cache in ((False, "bf16"), (True, "bf16"), (True, "fp8e4nv")):
         cases.append((

@@ -77,7 +77,7 @@ if triton is not None:
         D: tl.constexpr, IS_FP8: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0)
-        h = tl.program_id(1)
+        h = tl.program_id(1).to(tl.int64)  # h x stride_ch passes 2^31 in caches over 4 GiB
         slot = tl.load(slot_ptr + n).to(tl.int64)
         if slot >= 0:
             offs = tl.arange(0, D)
@@ -97,10 +97,10 @@ if triton is not None:
         stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk, qk_scale, v_scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-        PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
-        kvh = tl.program_id(1)
+        kvh = tl.program_id(1).to(tl.int64)  # kvh x stride_ch passes 2^31 in caches over 4 GiB
         s = tl.program_id(2)
         ctx = tl.load(ctx_ptr + b)
         # Each request's own keys split evenly (graph-safe: sized here, from its length).
@@ -127,21 +127,13 @@ if triton is not None:
             kv_off = row[:, None] + offs_d[None, :]
             k = tl.load(k_cache_ptr + kv_off, mask=t_mask[:, None], other=0.0).to(q.dtype)
             v = tl.load(v_cache_ptr + kv_off, mask=t_mask[:, None], other=0.0).to(q.dtype)
-            if USE_DOT:  # tensor cores: G_PAD >= 16 query rows
-                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [G, N]
-            else:  # few query rows: multiply-add in fp32 registers, no padding to 16 rows
-                scores = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), 2)
-            scores = scores * qk_scale
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, N]
             scores = tl.where(t_mask[None, :], scores, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(scores, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(scores - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            if USE_DOT:
-                pv = tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
-            else:
-                pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), 1)
-            acc = acc * alpha[:, None] + pv
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
             m_i = m_new
         if NUM_SPLITS == 1:  # no partials: normalize here, write [B, H, D] in q's dtype
             o = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
@@ -203,19 +195,18 @@ def paged_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0,
-    use_dot: bool | None = None, num_stages: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length
     (graph-safe: no host sync). Rows with context_lens 0 give zeros.
 
-    use_dot / num_stages: kernel variants for harness.report.decode_kernel_bench; None picks
-    the default (tensor-core dots for grouped heads, registers for one query head per KV head).
+    num_stages: Triton's software pipelining depth, for harness.report.decode_kernel_bench
+    (None: Triton's default; 1 was 3-9% faster at some shapes and 3-4% slower at others on an
+    H100, docs/benchmarks.md).
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
     group = h // hkv
-    use_dot = group > 1 if use_dot is None else use_dot
-    g_pad = max(16, triton.next_power_of_2(group)) if use_dot else triton.next_power_of_2(group)
     stages = {} if num_stages is None else {"num_stages": num_stages}
     if num_splits == 1:  # the kernel writes the final output
         acc = torch.empty(b, h, 1, d, dtype=q.dtype, device=q.device)
@@ -227,10 +218,10 @@ def paged_decode(
         q, k_cache, v_cache, block_tables, context_lens, acc, ml,
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
         scale * k_scale, v_scale,
-        G=group, G_PAD=g_pad, D=d, BLOCK_SIZE=bs,
+        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
         BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, num_warps=4,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact
-        USE_DOT=use_dot, **stages,
+        **stages,
     )  # fmt: skip
     if num_splits == 1:
         return acc.view(b, h, d)
