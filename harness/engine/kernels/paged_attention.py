@@ -200,9 +200,8 @@ def paged_decode(
     """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length
     (graph-safe: no host sync). Rows with context_lens 0 give zeros.
 
-    num_stages: Triton's software pipelining depth, for harness.report.decode_kernel_bench
-    (None: Triton's default; 1 was 3-9% faster at some shapes and 3-4% slower at others on an
-    H100, docs/benchmarks.md).
+    num_stages: Triton's software-pipelining depth, for harness.report.decode_kernel_bench
+    (None: Triton's default; no depth was faster at every shape on an H100, docs/benchmarks.md).
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
