@@ -4,8 +4,9 @@ For each shape (the 7B's 32 KV heads with one query head each, the 70B's 8 KV he
 the kernel as the engine's CUDA graphs launch it (splits from choose_num_splits with the
 graph's 4,096-key maximum), plus its combine, is captured 20 times in a CUDA graph and
 replayed; the time per call and the K+V bytes read per second are printed for each Triton
-software-pipelining depth. Replays reread the same K and V: where they fit the L2 (the 7B at
-batch 1: 16 MB of 50 MB) the kernel reads faster than inside a model step.
+software-pipelining depth. Each of the 20 calls reads other cache blocks (its own block
+table), so that a call finds its K and V in HBM, not in the L2 (50 MB on an H100; the 7B at
+batch 1 reads 16 MB), as inside a model step.
 Run: python -m harness.report.decode_kernel_bench [--context=1000]
 """
 
@@ -26,17 +27,18 @@ SHAPES = [
     ("70b b=160 fp8", 160, 8, 8, torch.float8_e4m3fn),
 ]
 STAGES = [None, 1, 2, 3]  # software-pipelining depths; None: Triton's default
+CALLS = 20  # calls per CUDA graph, each with its own block table
 
 
-def time_call(fn: Callable[[], object], calls: int = 20, replays: int = 20) -> float:
-    """Microseconds per call of fn, from a CUDA graph of `calls` calls replayed `replays` times."""
+def time_calls(fns: list[Callable[[], object]], replays: int = 20) -> float:
+    """Microseconds per call, from a CUDA graph of the calls fns, replayed `replays` times."""
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        fn()  # compile and warm up outside the capture
+        fns[0]()  # compile and warm up outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(calls):
+        for fn in fns:
             fn()
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -45,7 +47,7 @@ def time_call(fn: Callable[[], object], calls: int = 20, replays: int = 20) -> f
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (calls * replays)
+    return start.elapsed_time(end) * 1e3 / (len(fns) * replays)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=1000, help="keys per request")
     p.add_argument(
         "--cache_blocks", type=int, default=0,
-        help="blocks in each cache (default: just enough); the engine's spans tens of GB",
+        help="blocks in each cache (default: enough for 20 disjoint tables)",
     )  # fmt: skip
     a = p.parse_args(argv)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     d, bs = 128, 16
     for name, batch, hkv, group, cache_dtype in SHAPES:
         blocks = -(-a.context // bs)
-        total = max(a.cache_blocks, batch * blocks)
+        total = max(a.cache_blocks, CALLS * batch * blocks)
         k_cache = torch.empty(hkv, total, bs, d, device="cuda", dtype=cache_dtype)
         v_cache = torch.empty(hkv, total, bs, d, device="cuda", dtype=cache_dtype)
         for cache in (k_cache, v_cache):  # fp8: bytes below 0x38 are values in [0, 1)
@@ -71,19 +73,22 @@ def main(argv: list[str] | None = None) -> int:
                 cache.normal_()
             else:
                 cache.view(torch.uint8).random_(0, 0x38)
-        tables = torch.randperm(total, device="cuda")[: batch * blocks].view(batch, blocks)
+        perm = torch.randperm(total, device="cuda")[: CALLS * batch * blocks]
+        tables = list(perm.view(CALLS, batch, blocks))  # no block in two tables
         ctx = torch.full((batch,), a.context, device="cuda", dtype=torch.int32)
         q = torch.randn(batch, hkv * group, d, device="cuda", dtype=torch.bfloat16)
         splits = choose_num_splits(batch, hkv, 4096, sms)
         nbytes = 2 * batch * hkv * a.context * d * cache_dtype.itemsize
-        ref = paged_decode(q, k_cache, v_cache, tables, ctx, d**-0.5, splits)
+        args = (q, k_cache, v_cache)
+        ref = paged_decode(*args, tables[0], ctx, d**-0.5, splits)
         for stages in STAGES:
-            call = functools.partial(
-                paged_decode, q, k_cache, v_cache, tables, ctx, d**-0.5, splits,
-                num_stages=stages,
-            )  # fmt: skip
-            err = ((call().float() - ref.float()).norm() / ref.float().norm()).item()
-            us = time_call(call)
+            kwargs = {"num_stages": stages}
+            calls = [
+                functools.partial(paged_decode, *args, t, ctx, d**-0.5, splits, **kwargs)
+                for t in tables
+            ]
+            err = ((calls[0]().float() - ref.float()).norm() / ref.float().norm()).item()
+            us = time_calls(calls)
             label = "stages=default" if stages is None else f"stages={stages}"
             print(
                 f"{name:14s} splits={splits:2d} {label:22s} {us:8.1f} us "
