@@ -18,6 +18,6 @@ class Sampler:
         Returns [S] int64 token ids. Greedy: ties go to the lowest id, as torch.argmax does.
         """
         if suppress_rows is not None:  # the value on the device: a host scalar would sync
-            neg_inf = torch.full((1,), float("-inf"), device=logits.device)
+            neg_inf = torch.full((1,), float("-inf"), dtype=logits.dtype, device=logits.device)
             logits.index_put_((suppress_rows, suppress_cols), neg_inf)
         return logits.argmax(dim=-1)

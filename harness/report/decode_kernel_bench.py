@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         help="blocks in each cache (default: enough for 20 disjoint tables)",
     )  # fmt: skip
     a = p.parse_args(argv)
+    if a.context < 1 or a.cache_blocks < 0:
+        p.error(f"--context={a.context} --cache_blocks={a.cache_blocks}: use >= 1 and >= 0")
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU (it times Triton kernels); run it on the GPU machine")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs, {a.context} keys per request")
     d, bs = 128, 16
