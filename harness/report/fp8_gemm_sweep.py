@@ -28,16 +28,19 @@ def _ms(fn, iters: int = 20) -> float:  # noqa: ANN001
 
 
 def candidate_configs(m: int) -> list:  # list[GemmConfig]
-    """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 or 8 warps,
-    as many pipeline stages (2-4) as about 200 KB of shared memory holds."""
+    """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 warps for
+    tiles up to 64 x 128 and 8 above, as many pipeline stages (2-4) as about 200 KB of shared
+    memory holds; each with and without splitting K (auto_split_k)."""
     from harness.engine.kernels.fp8_gemm import GemmConfig
 
     out = []
-    blocks = itertools.product((16, 32, 64, 128, 256), (64, 128), (128, 256), (4, 8))
-    for bm, bn, bk, warps in blocks:
+    for bm, bn, bk, split in itertools.product(
+        (16, 32, 64, 128, 256), (64, 128), (128, 256), (1, 0)
+    ):
         stages = min(4, 200_000 // ((bm + bn) * bk))
+        warps = 4 if bm * bn <= 64 * 128 else 8
         if bm < 2 * max(m, 16) and bm * 8 >= m and stages >= 2:
-            out.append(GemmConfig(bm, bn, bk, warps, stages))
+            out.append(GemmConfig(bm, bn, bk, warps, stages, split))
     return out
 
 

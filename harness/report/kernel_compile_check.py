@@ -66,6 +66,7 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
             constexprs = {
                 "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
                 "PROMOTE": fp8_gemm.PROMOTE_EVERY if cfg.block_m >= 64 else 0, "SPARSE": sparse,
+                "ATOMIC": cfg.split_k != 1,
             }  # fmt: skip
             try:
                 k = _compile(fp8_gemm._fp8_gemm_kernel, signature, constexprs, aligned, arch,

@@ -52,6 +52,18 @@ def test_fp8_gemm_triton_configs_match_reference(
     _check(fp8_gemm_triton(*ops, config=cfg), fp8_gemm_reference(*ops))
 
 
+@pytest.mark.parametrize("split_k", [2, 3, 8])
+@pytest.mark.parametrize("block_m", [16, 128])
+def test_fp8_gemm_triton_split_k_matches_reference(split_k: int, block_m: int) -> None:
+    """K ranges added in fp32, including splits that get fewer K steps or none (8 splits of
+    the 10 steps of K=1184 at BLOCK_K 128: the last gets none)."""
+    from harness.engine.kernels.fp8_gemm import GemmConfig, fp8_gemm_reference, fp8_gemm_triton
+
+    ops = _operands(150, 1000, 1184)
+    cfg = GemmConfig(block_m, 64, 128, 4, 3, split_k=split_k)
+    _check(fp8_gemm_triton(*ops, config=cfg), fp8_gemm_reference(*ops))
+
+
 @pytest.mark.parametrize("m", [1, 32, 160])
 def test_fp8_linear_triton_path_matches_cublas(m: int) -> None:
     from harness.engine.quant.fp8_gpu import fp8_linear

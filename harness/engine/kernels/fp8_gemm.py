@@ -18,6 +18,7 @@ Reference: fp8_gemm_reference.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,24 @@ class GemmConfig:
     block_k: int = 256
     num_warps: int = 4
     num_stages: int = 4
+    split_k: int = 1  # programs per output tile, each over a K range, added in fp32; 0: auto
+
+
+def auto_split_k(tiles: int, k_steps: int, sms: int) -> int:
+    """Splits of K (1 to 8, each of at least 2 BLOCK_K steps) that finish `tiles` output
+    tiles soonest on `sms` SMs, one program per SM at a time: o and down of the 70B at 128
+    rows are 64 tiles of 128 x 128, which would leave half of an H100's 132 SMs idle."""
+    best, best_time = 1, 1.0
+    for s in range(2, min(8, k_steps // 2) + 1):
+        time = -(-tiles * s // sms) / s / -(-tiles // sms)  # waves x K share, vs no split
+        if time < best_time * 0.85:  # the fp32 adds and the zeroed buffer cost something
+            best, best_time = s, time
+    return best
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 # (largest M, config): the first row whose M fits is used. M <= 32 rows: the second H200
@@ -87,13 +106,15 @@ if triton is not None:
         x_ptr, xs_ptr, w_ptr, meta_ptr, ws_ptr, out_ptr, M, N, K,
         stride_x, stride_w, stride_meta, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PROMOTE: tl.constexpr, SPARSE: tl.constexpr,
+        PROMOTE: tl.constexpr, SPARSE: tl.constexpr, ATOMIC: tl.constexpr,
     ):  # fmt: skip
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks vary fastest
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok = offs_m < M
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), tl.num_programs(2)) * BLOCK_K
+        k_begin = tl.program_id(2) * k_per_split
+        for k0 in range(k_begin, tl.minimum(K, k_begin + k_per_split), BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
             x = tl.load(x_ptr + offs_m[:, None] * stride_x + offs_k[None, :],
@@ -112,7 +133,10 @@ if triton is not None:
         ws = tl.load(ws_ptr + offs_n, mask=offs_n < N, other=0.0)
         acc = acc * xs[:, None] * ws[None, :]
         out = out_ptr + offs_m[:, None] * stride_out + offs_n[None, :]
-        tl.store(out, acc.to(tl.bfloat16), mask=m_ok[:, None] & (offs_n[None, :] < N))
+        if ATOMIC:  # split K: out_ptr is a zeroed fp32 buffer that the K ranges add into
+            tl.atomic_add(out, acc, mask=m_ok[:, None] & (offs_n[None, :] < N), sem="relaxed")
+        else:
+            tl.store(out, acc.to(tl.bfloat16), mask=m_ok[:, None] & (offs_n[None, :] < N))
 
 
 def fp8_gemm_triton(
@@ -130,13 +154,18 @@ def fp8_gemm_triton(
     n = w.shape[0]
     sparse = meta is not None
     cfg = config or config_for(m, sparse)
-    out = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
-    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    splits = cfg.split_k or auto_split_k(tiles, triton.cdiv(k, cfg.block_k), _sm_count(xq.device))
+    if splits > 1:
+        out = torch.zeros(m, n, dtype=torch.float32, device=xq.device)
+    else:
+        out = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), splits)
     _fp8_gemm_kernel[grid](
         xq, x_scale, w.view(torch.uint8) if sparse else w, meta if sparse else w, w_scale_row,
         out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PROMOTE=PROMOTE_EVERY if cfg.block_m >= 64 else 0, SPARSE=sparse,
+        PROMOTE=PROMOTE_EVERY if cfg.block_m >= 64 else 0, SPARSE=sparse, ATOMIC=splits > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return out
+    return out.to(torch.bfloat16) if splits > 1 else out
