@@ -56,6 +56,7 @@ IGNORED_KNOBS = (
     "batch_size",
     "use_cuda_graph",
     "cuda_graph_max_tokens",
+    "cuda_graph_fastest_buckets",
     "fused_kernels",
     "fp8_triton_max_rows",
     "sparse_triton_max_rows",

@@ -99,14 +99,18 @@ class EngineConfig:
     # decodes replay graphs too, up to this many tokens a step (at most max_num_batched_tokens;
     # 0: they run eagerly); costs capture time and graph memory at start
     cuda_graph_max_tokens: int = 0
+    # CUDA graphs: time each decode graph after capture and drop those a larger one beats
+    # (a batch then pads up to it); false keeps every bucket
+    cuda_graph_fastest_buckets: bool = True
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     # CUDA FP8 linears, with fused_kernels: steps of up to this many rows run the Triton GEMM
     # (engine/kernels/fp8_gemm.py), larger ones cuBLAS; 0: cuBLAS always
     fp8_triton_max_rows: int = 32
     # CUDA Sparse (weights stored compressed, quant/sparse24.py): the Triton GEMM on compressed
-    # tiles up to this many rows; larger steps expand the weights and run cuBLAS. 256: reads
-    # 62.5% of the bytes where steps stream weights (an estimate, not yet measured)
-    sparse_triton_max_rows: int = 256
+    # tiles up to this many rows; larger steps expand the weights and run cuBLAS. 64: on the
+    # H100 the Triton kernel took 0.84 ms a 70B layer at 64 rows, expand + cuBLAS 0.95; at
+    # 128 rows 1.07 against 1.02 (docs/benchmarks.md, twelfth session)
+    sparse_triton_max_rows: int = 64
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the

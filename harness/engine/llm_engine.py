@@ -56,9 +56,10 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
+    cuda_graph_fastest_buckets: bool = True  # drop decode graphs a larger one replays faster
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
-    sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
+    sparse_triton_max_rows: int = 64  # CUDA Sparse: Triton GEMM on compressed weights, same
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)
@@ -125,7 +126,7 @@ def build_runner(
     graph_rows, graph_tokens = cuda_graph_sizes(args, device)
     return ModelRunner(
         model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
-        args.cpu_kv_commit_gib, graph_tokens,
+        args.cpu_kv_commit_gib, graph_tokens, args.cuda_graph_fastest_buckets,
     )  # fmt: skip
 
 

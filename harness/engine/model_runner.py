@@ -84,10 +84,12 @@ class ModelRunner:
         kv_dtype: torch.dtype | None = None, cuda_graph_max_batch: int = 0,
         max_model_len: int = 0, cpu_attention_kernel: bool = True,
         cpu_kv_commit_gib: float = 0.0, cuda_graph_max_tokens: int = 0,
+        cuda_graph_fastest_buckets: bool = False,
     ) -> None:  # fmt: skip
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
         cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only), and
         cuda_graph_max_tokens > 0 graphs of mixed steps up to that many tokens (cuda_graph.py);
+        cuda_graph_fastest_buckets: drop decode graphs that a larger one replays faster;
         cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds
         (False: the plain-torch gather + SDPA); cpu_kv_commit_gib: see _commit_kv."""
         self.model = model
@@ -137,7 +139,7 @@ class ModelRunner:
                 kv.block_size, device,
             )  # fmt: skip
             try:
-                self.graphs.capture()
+                self.graphs.capture(cuda_graph_fastest_buckets)
             except torch.OutOfMemoryError as e:
                 raise KVCacheCapacityError(
                     f"CUDA graph capture ran out of memory after the KV cache took "

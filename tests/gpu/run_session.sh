@@ -39,7 +39,8 @@ for spec in "$@"; do
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} $flags ;;
     b70s) timeout ${T70S:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
-          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} $flags ;;
+          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} --max_num_seqs=${S70S:-512} \
+          $flags ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
           --min_query_count=${Q70:-512} ;;
