@@ -83,7 +83,7 @@ def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.cuda_graph import StepGraphs
     from harness.engine.kv_plan import KVCacheCapacityError
 
-    def no_memory(self) -> None:
+    def no_memory(self, fastest_buckets: bool = False) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(StepGraphs, "capture", no_memory)
