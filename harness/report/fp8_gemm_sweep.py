@@ -27,20 +27,21 @@ def _ms(fn, iters: int = 20) -> float:  # noqa: ANN001
     return start.elapsed_time(end) / iters
 
 
-def candidate_configs(m: int) -> list:  # list[GemmConfig]
+def candidate_configs(m: int, swap: bool = False) -> list:  # list[GemmConfig]
     """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 warps for
     tiles up to 64 x 128 and 8 above, as many pipeline stages (2-4) as about 200 KB of shared
-    memory holds; each with and without splitting K (auto_split_k)."""
+    memory holds; each with and without splitting K (auto_split_k). swap: the swapped-operand
+    configs instead (weights as the MMA's A operand), 3 stages, without split K."""
     from harness.engine.kernels.fp8_gemm import GemmConfig
 
     out = []
     for bm, bn, bk, split in itertools.product(
-        (16, 32, 64, 128, 256), (64, 128), (128, 256), (1, 0)
+        (16, 32, 64, 128, 256), (64, 128), (128, 256), (1,) if swap else (1, 0)
     ):
-        stages = min(4, 200_000 // ((bm + bn) * bk))
+        stages = 3 if swap else min(4, 200_000 // ((bm + bn) * bk))
         warps = 4 if bm * bn <= 64 * 128 else 8
         if bm < 2 * max(m, 16) and bm * 8 >= m and stages >= 2:
-            out.append(GemmConfig(bm, bn, bk, warps, stages, split))
+            out.append(GemmConfig(bm, bn, bk, warps, stages, split, swap))
     return out
 
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m", type=int, action="append", help="rows (default 1 to 512)")
     sparse_help = "2:4 weights: the compressed kernel and expand + cuBLAS vs dense cuBLAS"
     p.add_argument("--sparse", action="store_true", help=sparse_help)
+    swap_help = "try the swapped-operand configs (weights x activations^T) instead"
+    p.add_argument("--swap", action="store_true", help=swap_help)
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
     weights, compressed = {}, {}
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         results = []
-        for cfg in [config_for(m, a.sparse)] + candidate_configs(m):
+        for cfg in [config_for(m, a.sparse)] + candidate_configs(m, a.swap):
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
                     out = kernel(name, *xs[name], cfg)

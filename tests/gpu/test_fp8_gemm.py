@@ -64,6 +64,19 @@ def test_fp8_gemm_triton_split_k_matches_reference(split_k: int, block_m: int) -
     _check(fp8_gemm_triton(*ops, config=cfg), fp8_gemm_reference(*ops))
 
 
+@pytest.mark.parametrize("block_m,block_n,split_k", [(16, 64, 1), (64, 128, 1), (16, 64, 3)])
+def test_fp8_gemm_triton_swapped_operands_match_reference(
+    block_m: int, block_n: int, split_k: int
+) -> None:
+    """Weights as the MMA's A operand (wgmma from BLOCK_N 64), each BLOCK_K's sum added in
+    fp32 (the tolerance is the one that caught wgmma's imprecise accumulation)."""
+    from harness.engine.kernels.fp8_gemm import GemmConfig, fp8_gemm_reference, fp8_gemm_triton
+
+    ops = _operands(150, 1000, 1184)
+    cfg = GemmConfig(block_m, block_n, 128, 4, 3, split_k=split_k, swap=True)
+    _check(fp8_gemm_triton(*ops, config=cfg), fp8_gemm_reference(*ops))
+
+
 @pytest.mark.parametrize("m", [1, 32, 160])
 def test_fp8_linear_triton_path_matches_cublas(m: int) -> None:
     from harness.engine.quant.fp8_gpu import fp8_linear

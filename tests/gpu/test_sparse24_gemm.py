@@ -50,14 +50,17 @@ def test_sparse_gemm_matches_reference(m: int, n: int, k: int) -> None:
     torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-3 * ref.abs().max())
 
 
-@pytest.mark.parametrize("split_k", [2, 7])
-def test_sparse_gemm_split_k_matches_reference(split_k: int) -> None:
+@pytest.mark.parametrize(
+    "split_k,swap,block_m", [(2, False, 64), (7, False, 64), (1, True, 16), (1, True, 128)]
+)
+def test_sparse_gemm_configs_match_reference(split_k: int, swap: bool, block_m: int) -> None:
+    """Split K, and the expanded tile as the MMA's register operand (swap)."""
     from harness.engine.kernels.fp8_gemm import GemmConfig, fp8_gemm_reference, fp8_gemm_triton
     from harness.engine.quant.fp8 import quantize_per_token
 
     dense, values, meta, ws = _compressed(8192, 2048)
     xq, xs = quantize_per_token(torch.randn(100, 2048, device="cuda", dtype=torch.bfloat16))
-    cfg = GemmConfig(64, 128, 128, 4, 3, split_k=split_k)
+    cfg = GemmConfig(block_m, 128, 128, 4, 3, split_k=split_k, swap=swap)
     out = fp8_gemm_triton(xq, xs, values, ws, config=cfg, meta=meta)
     ref = fp8_gemm_reference(xq, xs, dense, ws)
     torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-3 * ref.abs().max())

@@ -42,6 +42,14 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 4
     split_k: int = 1  # programs per output tile, each over a K range, added in fp32; 0: auto
+    # Swap the operands: out^T = W @ x^T, so the weight tile is the MMA's A operand (the side
+    # that may come from registers, as an expanded 2:4 tile does) and M its narrow N side.
+    swap: bool = False
+
+    @property
+    def uses_wgmma(self) -> bool:
+        """Whether Triton picks Hopper's wgmma (MMA rows, BLOCK_M or with swap BLOCK_N, >= 64)."""
+        return (self.block_n if self.swap else self.block_m) >= 64
 
 
 def auto_split_k(tiles: int, k_steps: int, sms: int) -> int:
@@ -107,12 +115,12 @@ if triton is not None:
         x_ptr, xs_ptr, w_ptr, meta_ptr, ws_ptr, out_ptr, M, N, K,
         stride_x, stride_w, stride_meta, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PROMOTE: tl.constexpr, SPARSE: tl.constexpr, ATOMIC: tl.constexpr,
+        PROMOTE: tl.constexpr, SPARSE: tl.constexpr, ATOMIC: tl.constexpr, SWAP: tl.constexpr,
     ):  # fmt: skip
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks vary fastest
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok = offs_m < M
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), tl.num_programs(2)) * BLOCK_K
         k_begin = tl.program_id(2) * k_per_split
         for k0 in range(k_begin, tl.minimum(K, k_begin + k_per_split), BLOCK_K):
@@ -126,10 +134,16 @@ if triton is not None:
             else:
                 w = tl.load(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :],
                             mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)  # fmt: skip
-            if PROMOTE > 0:  # e4m3 x e4m3 -> fp32
+            if SWAP and PROMOTE > 0:  # Triton 3.6 fails to pipeline the promoting dot here
+                acc += tl.dot(w, tl.trans(x))  # fp32 add of each BLOCK_K's wgmma sum
+            elif SWAP:
+                acc = tl.dot(w, tl.trans(x), acc)
+            elif PROMOTE > 0:  # e4m3 x e4m3 -> fp32
                 acc = tl.dot(x, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE)
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
+        if SWAP:
+            acc = tl.trans(acc)
         xs = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
         ws = tl.load(ws_ptr + offs_n, mask=offs_n < N, other=0.0)
         acc = acc * xs[:, None] * ws[None, :]
@@ -166,7 +180,8 @@ def fp8_gemm_triton(
         xq, x_scale, w.view(torch.uint8) if sparse else w, meta if sparse else w, w_scale_row,
         out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PROMOTE=PROMOTE_EVERY if cfg.block_m >= 64 else 0, SPARSE=sparse, ATOMIC=splits > 1,
+        PROMOTE=PROMOTE_EVERY if cfg.uses_wgmma else 0, SPARSE=sparse, ATOMIC=splits > 1,
+        SWAP=cfg.swap,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out.to(torch.bfloat16) if splits > 1 else out
