@@ -70,11 +70,13 @@ def _sm_count(device: torch.device) -> int:
 
 
 # (largest M, config): the first row whose M fits is used. M <= 32 rows: the second H200
-# session's sweep. From 64 to 512 rows cuBLAS was faster on the H100 (the best Triton config
-# at 0.54-0.93x of it, twelfth session), so engine.fp8_triton_max_rows keeps dense FP8 on
-# cuBLAS there; the larger rows serve a user who raises it.
+# session's sweep, and up to 8 rows the swapped operands (H100, twelfth session: 0.329 ms a
+# 70B layer at 1 row against 0.385 unswapped and cuBLAS's 0.403; at 16 and 32 rows swapping
+# made no difference). From 64 to 512 rows cuBLAS was faster on the H100 (the best Triton
+# config at 0.54-0.93x of it), so engine.fp8_triton_max_rows keeps dense FP8 on cuBLAS
+# there; the larger rows serve a user who raises it.
 CONFIGS: list[tuple[int, GemmConfig]] = [
-    (8, GemmConfig(16, 64)),
+    (8, GemmConfig(16, 128, 256, 4, 3, swap=True)),
     (16, GemmConfig(16, 128)),
     (32, GemmConfig(32, 128)),
     (64, GemmConfig(64, 128, 128, 4, 3)),
@@ -83,12 +85,14 @@ CONFIGS: list[tuple[int, GemmConfig]] = [
 
 
 # Compressed 2:4 weights, as `fp8_gemm_sweep --sparse` measured them on the H100 (ms a 70B
-# layer; twelfth session): 0.91 at 1 row, 0.88 at 16, 0.90 at 32, 0.79 at 64 (expand +
-# cuBLAS: 0.96-1.00); above 64 rows expand + cuBLAS is faster (engine.sparse_triton_max_rows).
-# Splitting K (auto) made these 3-6% faster at 16-64 rows; dense FP8 gained nothing from it.
+# layer; twelfth session): with swapped operands (the expanded tile feeds wgmma from
+# registers) 0.69 at 1 row, 0.68 at 8 and 16, 0.71 at 32, against 0.86-0.96 unswapped; 0.79
+# at 64 (swapped: 0.80); expand + cuBLAS 0.96-1.05 at 1-64 rows and faster above 64
+# (engine.sparse_triton_max_rows). Splitting K (auto) made the unswapped kernel 3-6% faster
+# at 16-64 rows; dense FP8 gained nothing from it.
 SPARSE_CONFIGS: list[tuple[int, GemmConfig]] = [
-    (16, GemmConfig(16, 64, 128, split_k=0)),
-    (32, GemmConfig(32, 64, 128, split_k=0)),
+    (16, GemmConfig(16, 64, 256, 4, 3, swap=True)),
+    (32, GemmConfig(32, 64, 256, 4, 3, swap=True)),
     (64, GemmConfig(64, 64, 256, split_k=0)),
     (1 << 30, GemmConfig(128, 128, 128, 8, 3)),  # 256-wide K steps spill registers here
 ]
