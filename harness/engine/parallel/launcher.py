@@ -8,6 +8,7 @@ replicated) but never read them on the host.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import socket
 import threading
@@ -128,6 +129,9 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
             dist.all_reduce(torch.zeros(1, device=device))
         return int(smallest)
 
+    # Every rank must replay the same graph bucket (their all-reduces meet), and each rank's
+    # own replay timings could pick different ones: keep every bucket.
+    args = dataclasses.replace(args, cuda_graph_fastest_buckets=False)
     return build_runner(args, model, device, agree_num_blocks)
 
 
