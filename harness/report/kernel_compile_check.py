@@ -66,7 +66,7 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
             constexprs = {
                 "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
                 "PROMOTE": fp8_gemm.PROMOTE_EVERY if cfg.uses_wgmma else 0, "SPARSE": sparse,
-                "ATOMIC": cfg.split_k != 1, "SWAP": cfg.swap,
+                "ATOMIC": cfg.split_k != 1, "SWAP": cfg.swap, "EVEN_K": True,
             }  # fmt: skip
             try:
                 k = _compile(fp8_gemm._fp8_gemm_kernel, signature, constexprs, aligned, arch,
@@ -92,7 +92,7 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
         ("decompress_24", sparse24_gemm._decompress_24_kernel,
          {"v_ptr": "*u8", "m_ptr": "*u8", "out_ptr": "*u8", "N": "i32", "K": "i32",
           "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"},
-         {"BLOCK_N": 32, "BLOCK_K": 256}),
+         {"BLOCK_N": 32, "BLOCK_K": 256, "EVEN_K": True}),
     ]  # fmt: skip
     decode_cases = (("bf16", 1, 8), ("bf16", 9, 8), ("fp8e4nv", 32, 8), ("bf16", 17, 1))
     for cache, splits, group in decode_cases:

@@ -120,6 +120,7 @@ if triton is not None:
         stride_x, stride_w, stride_meta, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         PROMOTE: tl.constexpr, SPARSE: tl.constexpr, ATOMIC: tl.constexpr, SWAP: tl.constexpr,
+        EVEN_K: tl.constexpr,
     ):  # fmt: skip
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks vary fastest
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -129,12 +130,13 @@ if triton is not None:
         k_begin = tl.program_id(2) * k_per_split
         for k0 in range(k_begin, tl.minimum(K, k_begin + k_per_split), BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
+            k_ok = (offs_k < K) | EVEN_K  # EVEN_K: no mask along K (see load_expanded)
             x = tl.load(x_ptr + offs_m[:, None] * stride_x + offs_k[None, :],
                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
             if SPARSE:  # w_ptr: compressed values (as uint8), meta_ptr: their positions
                 w = load_expanded(w_ptr, meta_ptr, offs_n, k0, N, K, stride_w, stride_meta,
-                                  BLOCK_N, BLOCK_K).to(tl.float8e4nv, bitcast=True)  # fmt: skip
+                                  BLOCK_N, BLOCK_K, EVEN_K)  # fmt: skip
+                w = w.to(tl.float8e4nv, bitcast=True)
             else:
                 w = tl.load(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :],
                             mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)  # fmt: skip
@@ -185,7 +187,7 @@ def fp8_gemm_triton(
         out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PROMOTE=PROMOTE_EVERY if cfg.uses_wgmma else 0, SPARSE=sparse, ATOMIC=splits > 1,
-        SWAP=cfg.swap,
+        SWAP=cfg.swap, EVEN_K=k % cfg.block_k == 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out.to(torch.bfloat16) if splits > 1 else out

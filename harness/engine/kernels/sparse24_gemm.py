@@ -36,25 +36,29 @@ if triton is not None:
         return tl.reshape(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (BLOCK_N, BLOCK_K))
 
     @triton.jit
-    def load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-        """Rows offs_n, inputs k0 .. k0 + BLOCK_K of W, expanded (uint8 bit patterns)."""
+    def load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
+        """Rows offs_n, inputs k0 .. k0 + BLOCK_K of W, expanded (uint8 bit patterns).
+        EVEN_K (K a multiple of BLOCK_K): no mask along K, so that Triton may copy the tiles
+        asynchronously; a mask on K/8 bytes (16 | K) limits the meta tile to 2-byte vectors,
+        too narrow for an async copy, and it was then loaded synchronously in every K step."""
         offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
         n_ok = offs_n[:, None] < N
-        vals = tl.load(v_ptr + offs_n[:, None] * stride_v + offs_v[None, :],
-                       mask=n_ok & (offs_v[None, :] < K // 2), other=0)  # fmt: skip
-        meta = tl.load(m_ptr + offs_n[:, None] * stride_m + offs_m[None, :],
-                       mask=n_ok & (offs_m[None, :] < K // 8), other=0)  # fmt: skip
+        v_ok = n_ok if EVEN_K else n_ok & (offs_v[None, :] < K // 2)
+        m_ok = n_ok if EVEN_K else n_ok & (offs_m[None, :] < K // 8)
+        vals = tl.load(v_ptr + offs_n[:, None] * stride_v + offs_v[None, :], mask=v_ok, other=0)
+        meta = tl.load(m_ptr + offs_n[:, None] * stride_m + offs_m[None, :], mask=m_ok, other=0)
         return _expand_24(vals, meta, BLOCK_N, BLOCK_K)
 
     @triton.jit
     def _decompress_24_kernel(v_ptr, m_ptr, out_ptr, N, K, stride_v, stride_m, stride_out,
-                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              EVEN_K: tl.constexpr):  # fmt: skip
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         k0 = tl.program_id(1) * BLOCK_K
         dense = load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m,
-                              BLOCK_N, BLOCK_K)  # fmt: skip
+                              BLOCK_N, BLOCK_K, EVEN_K)  # fmt: skip
         offs_k = k0 + tl.arange(0, BLOCK_K)
         tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], dense,
                  mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))  # fmt: skip
@@ -68,6 +72,7 @@ def decompress_24_triton(
     block_n, block_k = 32, 256
     _decompress_24_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
         values.view(torch.uint8), meta, out.view(torch.uint8), n, k, values.stride(0),
-        meta.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        meta.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
+        num_warps=4,
     )  # fmt: skip
     return out
