@@ -4,9 +4,9 @@ For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPA
 the 2:4 expansion kernel, the paged decode and its split combine, and RoPE: Triton's compiler
 and its bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT
 does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used
-and the fp32 promotion adds, and exits 1 if a kernel fails to compile or spills. A team
-without a GPU catches these before device time. Needs only `pip install triton` (the CPU
-torch suffices).
+and the fp32 promotion adds, and exits 1 if a kernel fails to compile, spills, or loads a
+GEMM tile synchronously inside its K loop. A team without a GPU catches these before device
+time. Needs only `pip install triton` (the CPU torch suffices).
 
 python -m harness.report.kernel_compile_check [--arch=90]
 """
@@ -48,6 +48,13 @@ def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", out)}
 
 
+def sync_loads_in_loop(ttgir: str) -> int:
+    """Global loads that the first loop of a kernel's TTGIR issues synchronously (each K step
+    then waits for memory; tiles should arrive by async copy, pipelined ahead)."""
+    start = ttgir.find("scf.for")
+    return ttgir[start : ttgir.find("scf.yield", start)].count("tt.load ") if start >= 0 else 0
+
+
 def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
     """(label, usage or error) for every (config, weight format) the engine may run."""
     from harness.engine.kernels import fp8_gemm
@@ -77,7 +84,8 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
             ptx = k.asm["ptx"]
             usage = resource_usage(k) | {
                 "shared": k.metadata.shared, "wgmma": "wgmma" in ptx,
-                "promote_adds": ptx.count("add.f32"),
+                "expect_wgmma": cfg.uses_wgmma, "promote_adds": ptx.count("add.f32"),
+                "sync_loads_in_k_loop": sync_loads_in_loop(k.asm["ttgir"]),
             }  # fmt: skip
             rows.append((label, usage))
     return rows
@@ -140,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     bad = 0
     for label, usage in check_gemm_configs(a.arch) + check_other_kernels(a.arch):
-        failed = isinstance(usage, str) or usage.get("STACK", 0) > 0
+        failed = (
+            isinstance(usage, str)
+            or usage.get("STACK", 0) > 0
+            or usage.get("sync_loads_in_k_loop", 0) > 0
+        )
         bad += failed
         print(f"[compile sm_{a.arch}] {'FAIL' if failed else 'ok  '} {label}: {usage}", flush=True)
     return 1 if bad else 0

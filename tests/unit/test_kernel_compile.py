@@ -18,6 +18,7 @@ def test_every_gemm_config_compiles_for_hopper_without_spills():
     assert not failed
     spills = [label for label, usage in rows if usage["STACK"] or usage["LOCAL"]]
     assert not spills
-    for label, usage in gemms:  # row blocks of 64+ run wgmma with fp32 promotion
-        wide = "block_m=64" in label or "block_m=128" in label or "block_m=256" in label
+    for label, usage in gemms:  # MMAs of 64+ rows run wgmma with fp32 promotion
+        wide = usage["expect_wgmma"]
         assert usage["wgmma"] == wide and (usage["promote_adds"] > 0) == wide, label
+        assert usage["sync_loads_in_k_loop"] == 0, label  # every tile copied ahead
