@@ -3,16 +3,20 @@ dense or compressed 2:4 (expanded in registers by sparse24_gemm.load_expanded).
 
 Up to a few hundred rows a step streams every weight once, so bandwidth counts most, and
 cuBLAS's FP8 kernels read the 70B weights at about half of HBM bandwidth there. Each program
-of this kernel takes BLOCK_M rows x BLOCK_N weight rows over the whole of K and stores bf16
-at once; the row blocks of one weight block are launched next to each other, so the weight
-tile is read from HBM once and from L2 by the rest. `config_for(m)` gives the block sizes
-per M (`python -m harness.report.fp8_gemm_sweep` measures them, docs/benchmarks.md).
+of this kernel takes BLOCK_M rows x BLOCK_N weight rows over the whole of K (or over one of
+`split_k` K ranges, added into an fp32 buffer) and stores bf16 at once; the row blocks of
+one weight block are launched next to each other, so the weight tile is read from HBM once
+and from L2 by the rest. With `swap` it computes out^T = w @ xq^T: the weight tile is the
+MMA's A operand, which wgmma may take from registers, and M its narrow side. `config_for(m)`
+gives the block sizes per M (`python -m harness.report.fp8_gemm_sweep` measures them,
+docs/benchmarks.md).
 
-Accuracy: with BLOCK_M >= 64 Triton uses Hopper's wgmma, whose FP8 accumulation is less
-precise than fp32 (2.5% of outputs off by more than 2% in tests/gpu/test_fp8_gemm.py, once);
-there `max_num_imprecise_acc=32` adds every wgmma's partial sum into the fp32 accumulator, as
-cuBLAS does without fast accumulation. Smaller blocks use mma.sync, which matched the reference
-(the kernel as first measured, for M <= 32).
+Accuracy: with 64+ MMA rows (BLOCK_M, or BLOCK_N with swap) Triton uses Hopper's wgmma,
+whose FP8 accumulation is less precise than fp32 (2.5% of outputs off by more than 2% in
+tests/gpu/test_fp8_gemm.py, once); there `max_num_imprecise_acc=32` adds every wgmma's
+partial sum into the fp32 accumulator, as cuBLAS does without fast accumulation (with swap,
+each BLOCK_K's sum: Triton 3.6 would not pipeline the other form). Smaller blocks use
+mma.sync, which matched the reference (the kernel as first measured, for M <= 32).
 Reference: fp8_gemm_reference.
 """
 
