@@ -27,11 +27,12 @@ def _ms(fn, iters: int = 20) -> float:  # noqa: ANN001
     return start.elapsed_time(end) / iters
 
 
-def candidate_configs(m: int, swap: bool = False) -> list:  # list[GemmConfig]
+def candidate_configs(m: int, swap: bool = False, sparse: bool = False) -> list:
     """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 warps for
     tiles up to 64 x 128 and 8 above, as many pipeline stages (2-4) as about 200 KB of shared
     memory holds; each with and without splitting K (auto_split_k). swap: the swapped-operand
-    configs instead (weights as the MMA's A operand), 3 stages, without split K."""
+    configs instead (weights as the MMA's A operand), 3 stages, without split K. sparse: 8
+    warps for the small tiles too (the expansion is arithmetic that more warps may hide)."""
     from harness.engine.kernels.fp8_gemm import GemmConfig
 
     out = []
@@ -42,6 +43,8 @@ def candidate_configs(m: int, swap: bool = False) -> list:  # list[GemmConfig]
         warps = 4 if bm * bn <= 64 * 128 else 8
         if bm < 2 * max(m, 16) and bm * 8 >= m and stages >= 2:
             out.append(GemmConfig(bm, bn, bk, warps, stages, split, swap))
+            if sparse and warps == 4:
+                out.append(GemmConfig(bm, bn, bk, 8, stages, split, swap))
     return out
 
 
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         results = []
-        for cfg in [config_for(m, a.sparse)] + candidate_configs(m, a.swap):
+        for cfg in [config_for(m, a.sparse)] + candidate_configs(m, a.swap, a.sparse):
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
                     out = kernel(name, *xs[name], cfg)
