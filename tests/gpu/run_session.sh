@@ -3,7 +3,7 @@
 #   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
 #   pt:FILES : pytest on those files (commas between them)
 #   ss7    : llama2-7b SingleStream, 64 queries (early stopping's minimum)
-#   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
+#   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline, S70S (512) sequences
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
