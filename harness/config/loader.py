@@ -3,7 +3,8 @@
 Fixed merge order (later wins), printed with the resolved config:
   schema defaults -> configs/<benchmark>/benchmark.yaml -> configs/<benchmark>/<scenario>.yaml
   -> systems/<system>.yaml `defaults:` -> its `benchmarks.<benchmark>.<scenario>:` section
-  -> --test_run settings -> command-line overrides (--<key>=<value>).
+  -> that section's `model_opts.<the resolved engine.model_opt>:` -> --test_run settings
+  -> command-line overrides (--<key>=<value>).
 Imports nothing else from the package.
 """
 
@@ -105,7 +106,10 @@ def benchmark_layers(benchmark: str, scenario: str) -> list[Layer]:
     return layers
 
 
-def system_layers(system: str, benchmark: str, scenario: str) -> list[Layer]:
+def system_layers(
+    system: str, benchmark: str, scenario: str, model_opt: str | None = None
+) -> list[Layer]:
+    """The system file's layers; model_opt: add the scenario's `model_opts.<model_opt>` one."""
     path = repo_root() / "systems" / f"{system}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -128,9 +132,22 @@ def system_layers(system: str, benchmark: str, scenario: str) -> list[Layer]:
         )
     )
     per_bench = (data.get("benchmarks") or {}).get(benchmark) or {}
-    section = per_bench.get(scenario) or {}
+    section = dict(per_bench.get(scenario) or {})
     where = f"benchmarks.{benchmark}.{scenario}."
+    per_opt = section.pop("model_opts", None) or {}
     layers.append(Layer(f"{path} ({where[:-1]})", _check_sections(section, str(path), where)))
+    opts = CHOICES["engine.model_opt"]
+    if not isinstance(per_opt, dict) or set(per_opt) - set(opts):
+        raise ConfigError(
+            f"{path}: '{where}model_opts' must map model_opt names ({', '.join(opts)}) to "
+            f"sections, got {per_opt!r}"
+        )
+    if model_opt in per_opt:
+        where += f"model_opts.{model_opt}."
+        values = _check_sections(per_opt[model_opt] or {}, str(path), where)
+        if "model_opt" in (values.get("engine") or {}):
+            raise ConfigError(f"{path}: '{where}engine.model_opt' cannot be set there: remove it")
+        layers.append(Layer(f"{path} ({where[:-1]})", values))
     return layers
 
 
@@ -217,13 +234,13 @@ def load_config(
     overrides: dict[str, str] | None = None,
     test_run: bool = False,
 ) -> HarnessConfig:
-    layers = benchmark_layers(benchmark, scenario) + system_layers(system, benchmark, scenario)
-    if test_run:
-        layers.append(
-            Layer("--test_run", {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}})
-        )
-    layers.append(parse_overrides(overrides or {}))
-    cfg = merge(layers)
+    test_run_values = {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}}
+    late = [Layer("--test_run", test_run_values)] if test_run else []
+    late.append(parse_overrides(overrides or {}))
+    bench = benchmark_layers(benchmark, scenario)
+    # The model_opt (command line, or the files) picks the system's model_opts layer, if any.
+    model_opt = merge(bench + system_layers(system, benchmark, scenario) + late).engine.model_opt
+    cfg = merge(bench + system_layers(system, benchmark, scenario, model_opt) + late)
     OmegaConf.set_readonly(cfg, True)
     return OmegaConf.to_object(cfg)
 

@@ -3,7 +3,7 @@
 #   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
 #   pt:FILES : pytest on those files (commas between them)
 #   ss7    : llama2-7b SingleStream, 64 queries (early stopping's minimum)
-#   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline, S70S (512) sequences
+#   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
@@ -39,8 +39,7 @@ for spec in "$@"; do
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} $flags ;;
     b70s) timeout ${T70S:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
-          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} --max_num_seqs=${S70S:-512} \
-          $flags ;;
+          --model_opts=Sparse $SHORT --min_query_count=${Q70:-512} $flags ;;
     b70srv) timeout 500 python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Offline,Server --server_fraction=0.85 --min_duration_ms=60000 \
           --min_query_count=${Q70:-512} ;;

@@ -106,6 +106,22 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
             "system: {name: s}\ndefaults: {engine: {admission_headroom_tokens: -4}}\n",
             r"systems/s.yaml \(defaults\): engine.admission_headroom_tokens = -4; .* >= 0",
         ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {model_opts: {Sparse24: {}}}}}\n",
+            "'benchmarks.b.Offline.model_opts' must map model_opt names",
+        ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {model_opts: {Dense: {engin: {}}}}}}\n",
+            "unknown section 'benchmarks.b.Offline.model_opts.Dense.engin'",
+        ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {model_opts: "
+            "{Dense: {engine: {model_opt: FP8}}}}}}\n",
+            "'benchmarks.b.Offline.model_opts.Dense.engine.model_opt' cannot be set there",
+        ),
         ("benchmark: {name: b}\n", "system: {name: s}\n", "missing required config key"),
         ("benchmark: [1, 2\n", "system: {name: s}\n", "not valid YAML"),
     ],
@@ -115,6 +131,16 @@ def test_bad_yaml_names_file_and_key(tmp_path, monkeypatch, bench, system, messa
     monkeypatch.setattr(loader, "repo_root", lambda: root)
     with pytest.raises(ConfigError, match=message):
         load_config("b", "Offline", "s")
+
+
+def test_model_opt_section_applies_to_its_model_opt_only():
+    system, bench = "H100-SXM-80GBx1", "llama2-70b-synthetic"
+    assert load_config(bench, "Offline", system).engine.max_num_seqs == 256  # FP8, the default
+    sparse = load_config(bench, "Offline", system, {"model_opt": "Sparse"})
+    assert sparse.engine.max_num_seqs == 512  # its model_opts.Sparse section
+    assert sparse.engine.async_scheduling  # the scenario's own keys still apply
+    cli = load_config(bench, "Offline", system, {"model_opt": "Sparse", "max_num_seqs": "300"})
+    assert cli.engine.max_num_seqs == 300  # the command line still wins
 
 
 def test_resolved_config_round_trips(tmp_path):
