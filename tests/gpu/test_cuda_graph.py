@@ -89,3 +89,21 @@ def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
     monkeypatch.setattr(StepGraphs, "capture", no_memory)
     with pytest.raises(KVCacheCapacityError, match="gpu_memory_utilization.*cuda_graph_max_tokens"):
         _runner()
+
+
+def test_decode_steps_pad_to_the_buckets_kept():
+    """Buckets are timed after capture and some may go (fastest_buckets); a batch then runs
+    the next kept one, padded: same hidden states as the eager step."""
+    from harness.engine.cuda_graph import decode_buckets
+
+    runner = _runner()
+    graphs = runner.graphs
+    assert set(graphs.decode_sizes) <= set(decode_buckets(8)) and 8 in graphs.decode_sizes
+    graphs.decode_sizes = [8]  # as if every smaller bucket had been slower
+    for n in (1, 3, 8):
+        batch = runner._prepare(_step([5 + 9 * i for i in range(n)], []))
+        with torch.inference_mode():
+            eager = runner.model(batch.input_ids, batch.positions, batch.meta).float()
+            graph = graphs.run(batch.input_ids, batch.positions, batch.meta).float()
+        row_error = (graph - eager).norm(dim=1) / eager.norm(dim=1)
+        assert graph.shape == (n, 256) and row_error.max() < 0.03, (n, row_error)
