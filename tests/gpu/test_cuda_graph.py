@@ -37,7 +37,8 @@ def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto"):  # -> Model
 def _step(decode_contexts: list[int], prompt_lens: list[int], cached: int = 0) -> SchedulerOutput:
     """Decodes at the given context lengths, then prompts (the first after `cached` tokens)."""
     g = torch.Generator().manual_seed(len(decode_contexts) + sum(prompt_lens))
-    starts = [ctx - 1 for ctx in decode_contexts] + [cached] + [0] * (len(prompt_lens) - 1)
+    prompt_starts = [cached] + [0] * (len(prompt_lens) - 1) if prompt_lens else []
+    starts = [ctx - 1 for ctx in decode_contexts] + prompt_starts
     sizes = [1] * len(decode_contexts) + prompt_lens  # tokens fed this step
     scheduled, next_block = [], 0
     for i, (start, n) in enumerate(zip(starts, sizes, strict=True)):
