@@ -10,9 +10,11 @@ launches (about 70 ms at any small batch), a replayed one by the GPU. Two kinds:
   varlen flash call whose sequences are [the decode rows, prompt 1, prompt 2, ...]; each row
   keeps its own kind's result (model/attention.py, `graph_mixed`).
 
-A decode bucket whose replay is slower than a larger one's is dropped after capture
-(`fastest_buckets`): cuBLAS's FP8 GEMM on the H100 took 0.56 ms per 70B layer at 192 rows
-and 0.42 ms at 256, so a batch of 192 runs faster padded to 256.
+With `fastest_buckets`, decode graphs are captured up to the next power of two above the
+largest batch and each is timed: a bucket whose replay is slower than a larger one's is
+dropped (`fastest_buckets`), so a batch pads up to the faster graph. cuBLAS's FP8 GEMM on the
+H100 took 0.56 ms per 70B layer at 192 rows and 0.42 ms at 256, and the 70B decode graph of
+160 rows replayed in 52.5 ms, the one of 256 rows in 38.5 ms.
 
 Rows padded up to a bucket write nowhere (slot -1), decode nothing (context 0) and belong to
 no flash sequence; their hidden states are never read.
@@ -39,6 +41,12 @@ def decode_buckets(max_batch: int) -> list[int]:
     """1, 2, 4, 8, then every 16 up to 128, then every 32: padding stays under ~25%."""
     sizes = [1, 2, 4, 8] + list(range(16, 129, 16)) + list(range(160, max_batch + 32, 32))
     return sorted({min(s, max_batch) for s in sizes if s <= max_batch} | {max_batch})
+
+
+def graph_batch(max_batch: int, fastest_buckets: bool) -> int:
+    """Rows of the largest decode graph: with fastest_buckets the next power of two, so that a
+    full batch may pad up to a faster graph (160 -> 256); else max_batch."""
+    return 1 << (max_batch - 1).bit_length() if fastest_buckets else max_batch
 
 
 def fastest_buckets(replay_ms: dict[int, float], margin: float = 0.03) -> list[int]:
@@ -72,16 +80,19 @@ def mixed_cu_seqlens(num_decodes: int, prompt_lens: list[int]) -> list[int]:
 class StepGraphs:
     def __init__(
         self, model: LlamaForCausalLM, max_batch: int, max_tokens: int, max_blocks_per_seq: int,
-        block_size: int, device: torch.device,
+        block_size: int, device: torch.device, fastest_buckets: bool = False,
     ) -> None:  # fmt: skip
-        """max_batch: the largest decode graph; max_tokens: the largest mixed graph (0: none;
-        only for models whose dtype the flash kernel takes)."""
+        """max_batch: the largest decode batch; max_tokens: the largest mixed graph (0: none;
+        only for models whose dtype the flash kernel takes); fastest_buckets: capture decode
+        graphs up to graph_batch(max_batch), then keep the fastest (module docstring)."""
         self.model = model
         dtype = model.model.embed_tokens.weight.dtype
         if max_tokens and dtype not in FLASH_DTYPES:
             logger.info("CUDA graphs: no mixed graphs for %s (the flash kernel takes bf16/fp16)",
                         dtype)  # fmt: skip
             max_tokens = 0
+        self.fastest_buckets = fastest_buckets
+        max_batch = graph_batch(max_batch, fastest_buckets)
         self.decode_sizes = decode_buckets(max_batch)
         self.mixed_sizes = mixed_buckets(max_tokens)
         self.max_batch, self.max_tokens = max_batch, max_tokens
@@ -118,9 +129,9 @@ class StepGraphs:
         return meta
 
     @torch.inference_mode()
-    def capture(self, fastest_buckets: bool = False) -> None:
+    def capture(self) -> None:
         """Mixed graphs, then decode graphs, each largest first (later ones reuse its pool);
-        fastest_buckets: then drop the decode graphs that a larger one replays faster."""
+        with fastest_buckets, then drops the decode graphs that a larger one replays faster."""
         start = time.perf_counter()
         free_before = torch.cuda.mem_get_info(self.input_ids.device)[0]
         for rows in reversed(self.mixed_sizes):  # warm-up and capture: one prompt of all rows
@@ -130,7 +141,7 @@ class StepGraphs:
         for rows in reversed(self.decode_sizes):
             self.decode_graphs[rows] = self._capture(rows, mixed=False)
         self.context_lens.zero_()
-        if fastest_buckets:
+        if self.fastest_buckets:
             self._drop_slow_decode_graphs()
         torch.cuda.synchronize()
         used = free_before - torch.cuda.mem_get_info(self.input_ids.device)[0]

@@ -89,7 +89,8 @@ class ModelRunner:
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
         cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only), and
         cuda_graph_max_tokens > 0 graphs of mixed steps up to that many tokens (cuda_graph.py);
-        cuda_graph_fastest_buckets: drop decode graphs that a larger one replays faster;
+        cuda_graph_fastest_buckets: decode graphs up to the next power of two, then drop those
+        that a larger one replays faster;
         cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds
         (False: the plain-torch gather + SDPA); cpu_kv_commit_gib: see _commit_kv."""
         self.model = model
@@ -136,10 +137,10 @@ class ModelRunner:
 
             self.graphs = StepGraphs(
                 model, cuda_graph_max_batch, cuda_graph_max_tokens, self.block_tables.width,
-                kv.block_size, device,
+                kv.block_size, device, cuda_graph_fastest_buckets,
             )  # fmt: skip
             try:
-                self.graphs.capture(cuda_graph_fastest_buckets)
+                self.graphs.capture()
             except torch.OutOfMemoryError as e:
                 raise KVCacheCapacityError(
                     f"CUDA graph capture ran out of memory after the KV cache took "

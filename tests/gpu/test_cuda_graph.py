@@ -15,7 +15,7 @@ pytestmark = [
 BLOCK = 16
 
 
-def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto"):  # -> ModelRunner
+def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto", max_num_seqs: int = 8):
     from harness.engine.llm_engine import EngineArgs, LLMEngine
     from harness.engine.model.llama import LlamaConfig
 
@@ -23,7 +23,7 @@ def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto"):  # -> Model
     args = EngineArgs(
         model_config=config, weights="dummy", model_opt=model_opt, dtype="bfloat16",
         device="cuda", kv_cache_dtype=kv_cache_dtype, num_kv_blocks=128, block_size=BLOCK,
-        max_num_seqs=8, max_num_batched_tokens=160, use_cuda_graph=True,
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=160, use_cuda_graph=True,
         cuda_graph_max_tokens=160,
     )  # fmt: skip
     runner = LLMEngine.from_args(args).model_runner
@@ -84,7 +84,7 @@ def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.cuda_graph import StepGraphs
     from harness.engine.kv_plan import KVCacheCapacityError
 
-    def no_memory(self, fastest_buckets: bool = False) -> None:
+    def no_memory(self) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(StepGraphs, "capture", no_memory)
@@ -93,15 +93,16 @@ def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
 
 
 def test_decode_steps_pad_to_the_buckets_kept():
-    """Buckets are timed after capture and some may go (fastest_buckets); a batch then runs
-    the next kept one, padded: same hidden states as the eager step."""
+    """Decode graphs go up to the next power of two (6 sequences: 8 rows), are timed, and some
+    may go (fastest_buckets); a batch then runs the next kept one, padded: same hidden states
+    as the eager step."""
     from harness.engine.cuda_graph import decode_buckets
 
-    runner = _runner()
+    runner = _runner(max_num_seqs=6)
     graphs = runner.graphs
     assert set(graphs.decode_sizes) <= set(decode_buckets(8)) and 8 in graphs.decode_sizes
     graphs.decode_sizes = [8]  # as if every smaller bucket had been slower
-    for n in (1, 3, 8):
+    for n in (1, 3, 6):
         batch = runner._prepare(_step([5 + 9 * i for i in range(n)], []))
         with torch.inference_mode():
             eager = runner.model(batch.input_ids, batch.positions, batch.meta).float()

@@ -77,7 +77,10 @@ def test_cuda_graph_sizes_follow_the_knobs_and_the_step_budget():
 
 
 def test_fastest_buckets_drops_a_bucket_that_a_larger_one_beats() -> None:
-    from harness.engine.cuda_graph import fastest_buckets
+    from harness.engine.cuda_graph import fastest_buckets, graph_batch
+
+    assert graph_batch(160, True) == 256 and graph_batch(512, True) == 512
+    assert graph_batch(160, False) == 160 and graph_batch(1, True) == 1
 
     # cuBLAS FP8 on the H100, one 70B layer (ms): 192 rows slower than 256
     replay = {64: 0.375, 128: 0.358, 160: 0.52, 192: 0.564, 224: 0.5, 256: 0.422, 512: 0.698}
