@@ -49,7 +49,7 @@ def graph_batch(max_batch: int, fastest_buckets: bool) -> int:
     return 1 << (max_batch - 1).bit_length() if fastest_buckets else max_batch
 
 
-def fastest_buckets(replay_ms: dict[int, float], margin: float = 0.03) -> list[int]:
+def keep_fastest(replay_ms: dict[int, float], margin: float = 0.03) -> list[int]:
     """The buckets to keep, from each one's replay time: a bucket goes when a larger one
     replays more than `margin` faster (a batch then pads to the larger one)."""
     kept, best_above = [], float("inf")
@@ -155,7 +155,7 @@ class StepGraphs:
 
     def _drop_slow_decode_graphs(self) -> None:
         """Times each decode graph's replay (no context: the weights' and the per-row work)
-        and keeps `fastest_buckets`."""
+        and keeps those of `keep_fastest`."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         replay_ms = {}
         for rows, graph in self.decode_graphs.items():
@@ -166,7 +166,7 @@ class StepGraphs:
             end.record()
             end.synchronize()
             replay_ms[rows] = start.elapsed_time(end) / 3
-        kept = fastest_buckets(replay_ms)
+        kept = keep_fastest(replay_ms)
         dropped = [rows for rows in self.decode_sizes if rows not in kept]
         if dropped:
             logger.info(

@@ -77,14 +77,14 @@ def test_cuda_graph_sizes_follow_the_knobs_and_the_step_budget():
 
 
 def test_fastest_buckets_drops_a_bucket_that_a_larger_one_beats() -> None:
-    from harness.engine.cuda_graph import fastest_buckets, graph_batch
+    from harness.engine.cuda_graph import graph_batch, keep_fastest
 
     assert graph_batch(160, True) == 256 and graph_batch(512, True) == 512
     assert graph_batch(160, False) == 160 and graph_batch(1, True) == 1
 
     # cuBLAS FP8 on the H100, one 70B layer (ms): 192 rows slower than 256
     replay = {64: 0.375, 128: 0.358, 160: 0.52, 192: 0.564, 224: 0.5, 256: 0.422, 512: 0.698}
-    assert fastest_buckets(replay) == [128, 256, 512]
+    assert keep_fastest(replay) == [128, 256, 512]
     # within the margin the smaller bucket stays (less padding for the per-row work)
-    assert fastest_buckets({8: 1.0, 16: 0.99, 32: 2.0}) == [8, 16, 32]
-    assert fastest_buckets({1: 5.0}) == [1]
+    assert keep_fastest({8: 1.0, 16: 0.99, 32: 2.0}) == [8, 16, 32]
+    assert keep_fastest({1: 5.0}) == [1]

@@ -144,10 +144,8 @@ if triton is not None:
             else:
                 w = tl.load(w_ptr + offs_n[:, None] * stride_w + offs_k[None, :],
                             mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)  # fmt: skip
-            if SWAP and PROMOTE > 0:  # Triton 3.6 fails to pipeline the promoting dot here
-                acc += tl.dot(w, tl.trans(x))  # fp32 add of each BLOCK_K's wgmma sum
-            elif SWAP:
-                acc = tl.dot(w, tl.trans(x), acc)
+            if SWAP:  # fp32 add of each BLOCK_K's sum (Triton 3.6 would not pipeline PROMOTE)
+                acc += tl.dot(w, tl.trans(x))
             elif PROMOTE > 0:  # e4m3 x e4m3 -> fp32
                 acc = tl.dot(x, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE)
             else:
