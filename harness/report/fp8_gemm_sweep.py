@@ -31,7 +31,7 @@ def candidate_configs(m: int, swap: bool = False, sparse: bool = False) -> list:
     """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 warps for
     tiles up to 64 x 128 and 8 above, as many pipeline stages (2-4) as about 200 KB of shared
     memory holds; each with and without splitting K (auto_split_k). swap: the swapped-operand
-    configs instead (weights as the MMA's A operand), 3 stages, without split K. sparse: 8
+    configs instead (weights as the MMA's A operand), at most 3 stages, without split K. sparse: 8
     warps for the small tiles too (the expansion is arithmetic that more warps may hide)."""
     from harness.engine.kernels.fp8_gemm import GemmConfig
 
@@ -39,7 +39,7 @@ def candidate_configs(m: int, swap: bool = False, sparse: bool = False) -> list:
     for bm, bn, bk, split in itertools.product(
         (16, 32, 64, 128, 256), (64, 128), (128, 256), (1,) if swap else (1, 0)
     ):
-        stages = 3 if swap else min(4, 200_000 // ((bm + bn) * bk))
+        stages = min(3 if swap else 4, 200_000 // ((bm + bn) * bk))
         warps = 4 if bm * bn <= 64 * 128 else 8
         if bm < 2 * max(m, 16) and bm * 8 >= m and stages >= 2:
             out.append(GemmConfig(bm, bn, bk, warps, stages, split, swap))

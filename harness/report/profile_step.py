@@ -41,6 +41,10 @@ def _timed_steps(engine, n: int) -> float:  # noqa: ANN001
     return (time.perf_counter() - start) / n * 1e3
 
 
+def _prefilling(scheduler) -> bool:  # noqa: ANN001
+    return any(r.num_computed_tokens < r.num_tokens - 1 for r in scheduler.running)
+
+
 def profile(a: argparse.Namespace, batch: int) -> None:
     from harness.engine.request import SamplingParams
 
@@ -51,10 +55,12 @@ def profile(a: argparse.Namespace, batch: int) -> None:
         engine.add_request(i, torch.randint(3, 32000, (a.prompt_len,), generator=g).tolist(), sp)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    while engine.scheduler.num_waiting or any(
-        r.num_computed_tokens < r.num_tokens - 1 for r in engine.scheduler.running
-    ):  # prefill every prompt (mixed steps)
+    sched = engine.scheduler
+    while sched.num_waiting or _prefilling(sched):  # prefill every prompt (mixed steps)
+        num_running = len(sched.running)
         engine.step()
+        if sched.num_waiting and not _prefilling(sched) and len(sched.running) == num_running:
+            break  # the rest do not fit the KV cache: profile the batch that does
     torch.cuda.synchronize()
     prefill_s = time.perf_counter() - t0
     engine.step()

@@ -88,17 +88,17 @@ CONFIGS: list[tuple[int, GemmConfig]] = [
 ]
 
 
-# Compressed 2:4 weights, as `fp8_gemm_sweep --sparse` measured them on the H100 (ms a 70B
-# layer; twelfth session): with swapped operands (the expanded tile feeds wgmma from
-# registers) 0.69 at 1 row, 0.68 at 8 and 16, 0.71 at 32, against 0.86-0.96 unswapped; 0.79
-# at 64 (swapped: 0.80); expand + cuBLAS 0.96-1.05 at 1-64 rows and faster above 64
-# (engine.sparse_triton_max_rows). Splitting K (auto) made the unswapped kernel 3-6% faster
-# at 16-64 rows; dense FP8 gained nothing from it.
+# Compressed 2:4 weights, as `fp8_gemm_sweep --sparse` (and `--swap`) measured them on the H100
+# with the meta and value tiles pipelined (EVEN_K; thirteenth session), ms a 70B layer: 0.46 at
+# 1-16 rows, 0.52 at 32 (unswapped; swapped 0.53-0.57), swapped 0.60 at 64 and 0.72 at 128
+# (unswapped 0.65 and 0.76); expand + cuBLAS 0.92-0.99 from 1 to 256 rows, faster than the
+# kernel's 1.08 at 256 (engine.sparse_triton_max_rows: 128). Dense cuBLAS: 0.35-0.42.
 SPARSE_CONFIGS: list[tuple[int, GemmConfig]] = [
-    (16, GemmConfig(16, 64, 256, 4, 3, swap=True)),
-    (32, GemmConfig(32, 64, 256, 4, 3, swap=True)),
-    (64, GemmConfig(64, 64, 256, split_k=0)),
-    (1 << 30, GemmConfig(128, 128, 128, 8, 3)),  # 256-wide K steps spill registers here
+    (16, GemmConfig(16, 64, 256, 4, 4)),
+    (32, GemmConfig(32, 64, 128, 4, 4)),
+    (64, GemmConfig(64, 64, 128, 4, 3, swap=True)),
+    (128, GemmConfig(128, 64, 128, 8, 3, swap=True)),
+    (1 << 30, GemmConfig(256, 64, 128, 8, 3, swap=True)),
 ]
 
 
