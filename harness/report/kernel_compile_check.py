@@ -3,8 +3,8 @@
 For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS),
 the 2:4 expansion kernel, the paged decode and its split combine, and RoPE: Triton's compiler
 and its bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT
-does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used
-and the fp32 promotion adds, and exits 1 if a kernel fails to compile, spills, or loads a
+does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used,
+the fp32 promotion adds and a GEMM's instructions per K step (SASS), and exits 1 if a kernel fails to compile, spills, or loads a
 GEMM tile synchronously inside its K loop. A team without a GPU catches these before device
 time. Needs only `pip install triton` (the CPU torch suffices).
 
@@ -48,6 +48,31 @@ def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", out)}
 
 
+def loop_instructions(sass: str) -> int:
+    """Instructions in the longest backward branch's body of `cuobjdump -sass` output (a GEMM's
+    K loop): the work a warp issues per K step. The 2:4 kernel is bound by this, not by memory
+    (docs/benchmarks.md, thirteenth session), so it is the figure to bring down without a GPU."""
+    addrs = [int(a, 16) for a in re.findall(r"^\s*/\*([0-9a-f]{4,})\*/\s+\S", sass, re.M)]
+    branch = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/[^;]*\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", re.M)
+    pairs = [(int(t, 16), int(a, 16)) for a, t in branch.findall(sass)]
+    loops = [(target, at) for target, at in pairs if target < at]
+    if not loops:
+        return 0
+    start, end = max(loops, key=lambda loop: loop[1] - loop[0])
+    return sum(start <= a <= end for a in addrs)
+
+
+def _sass(compiled) -> str:  # noqa: ANN001
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        return subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+
 def sync_loads_in_loop(ttgir: str) -> int:
     """Global loads that the first loop of a kernel's TTGIR issues synchronously (each K step
     then waits for memory; tiles should arrive by async copy, pipelined ahead)."""
@@ -86,6 +111,7 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
                 "shared": k.metadata.shared, "wgmma": "wgmma" in ptx,
                 "expect_wgmma": cfg.uses_wgmma, "promote_adds": ptx.count("add.f32"),
                 "sync_loads_in_k_loop": sync_loads_in_loop(k.asm["ttgir"]),
+                "k_loop_instructions": loop_instructions(_sass(k)),
             }  # fmt: skip
             rows.append((label, usage))
     return rows

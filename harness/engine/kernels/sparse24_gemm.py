@@ -23,17 +23,20 @@ if triton is not None:
     @triton.jit
     def _expand_24(vals, meta, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """vals [BLOCK_N, BLOCK_K/2], meta [BLOCK_N, BLOCK_K/8] uint8 -> dense [BLOCK_N,
-        BLOCK_K] uint8 (e4m3 bit patterns)."""
-        nibble = tl.reshape(tl.join(meta & 15, meta >> 4), (BLOCK_N, BLOCK_K // 4))
-        i0 = nibble & 3
-        i1 = nibble >> 2  # i0 < i1: position 0 can only be i0, position 3 only i1
+        BLOCK_K] uint8 (e4m3 bit patterns). A group's 4 outputs are one 32-bit word: its two
+        values shifted to bytes i0 and i1 (a few integer ops a group; a select per output
+        byte took 1.5-2x the instructions in the sm_90 code, and the kernel is bound by
+        instruction issue, not memory: docs/benchmarks.md, thirteenth session)."""
+        meta = meta.to(tl.uint32)
+        nibble = tl.reshape(tl.join(meta, meta >> 4), (BLOCK_N, BLOCK_K // 4))  # i0 | i1 << 2
         v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, BLOCK_K // 4, 2)))
-        zero = tl.zeros_like(v0)
-        d0 = tl.where(i0 == 0, v0, zero)
-        d1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
-        d2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
-        d3 = tl.where(i1 == 3, v1, zero)
-        return tl.reshape(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (BLOCK_N, BLOCK_K))
+        shift0, shift1 = (nibble << 3) & 24, (nibble << 1) & 24  # 8 * i0, 8 * i1
+        word = (v0.to(tl.uint32) << shift0) | (v1.to(tl.uint32) << shift1)
+        b0 = word.to(tl.uint8)
+        b1 = (word >> 8).to(tl.uint8)
+        b2 = (word >> 16).to(tl.uint8)
+        b3 = (word >> 24).to(tl.uint8)
+        return tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BLOCK_N, BLOCK_K))
 
     @triton.jit
     def load_expanded(v_ptr, m_ptr, offs_n, k0, N, K, stride_v, stride_m, BLOCK_N: tl.constexpr,
