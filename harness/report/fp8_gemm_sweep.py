@@ -31,8 +31,9 @@ def candidate_configs(m: int, swap: bool = False, sparse: bool = False) -> list:
     """Row blocks near M (one to eight of them), two weight blocks, two K steps, 4 warps for
     tiles up to 64 x 128 and 8 above, as many pipeline stages (2-4) as about 200 KB of shared
     memory holds; each with and without splitting K (auto_split_k). swap: the swapped-operand
-    configs instead (weights as the MMA's A operand), at most 3 stages, without split K. sparse: 8
-    warps for the small tiles too (the expansion is arithmetic that more warps may hide)."""
+    configs instead (weights as the MMA's A operand), at most 3 stages, without split K.
+    sparse: 8 warps for the small tiles too (the expansion is arithmetic that more warps may
+    hide)."""
     from harness.engine.kernels.fp8_gemm import GemmConfig
 
     out = []

@@ -4,9 +4,10 @@ For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPA
 the 2:4 expansion kernel, the paged decode and its split combine, and RoPE: Triton's compiler
 and its bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT
 does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used,
-the fp32 promotion adds and a GEMM's instructions per K step (SASS), and exits 1 if a kernel fails to compile, spills, or loads a
-GEMM tile synchronously inside its K loop. A team without a GPU catches these before device
-time. Needs only `pip install triton` (the CPU torch suffices).
+the fp32 promotion adds and a GEMM's SASS instructions per K step, and exits 1 if a kernel
+fails to compile, spills, or loads a GEMM tile synchronously inside its K loop. A team without
+a GPU catches these before device time. Needs only `pip install triton` (the CPU torch
+suffices).
 
 python -m harness.report.kernel_compile_check [--arch=90]
 """
@@ -35,16 +36,21 @@ def _compile(kernel, signature: dict, constexprs: dict, aligned: list[str], arch
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
-    """REG, STACK, ... of the cubin, from the cuobjdump that ships with Triton."""
+def _cuobjdump(compiled, flag: str) -> str:  # noqa: ANN001
+    """`cuobjdump flag` on the cubin, with the cuobjdump that ships with Triton."""
     import triton
 
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+
+def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
+    """REG, STACK, ... of the cubin."""
+    out = _cuobjdump(compiled, "--dump-resource-usage")
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", out)}
 
 
@@ -60,17 +66,6 @@ def loop_instructions(sass: str) -> int:
         return 0
     start, end = max(loops, key=lambda loop: loop[1] - loop[0])
     return sum(start <= a <= end for a in addrs)
-
-
-def _sass(compiled) -> str:  # noqa: ANN001
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        return subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
 
 
 def sync_loads_in_loop(ttgir: str) -> int:
@@ -111,7 +106,7 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
                 "shared": k.metadata.shared, "wgmma": "wgmma" in ptx,
                 "expect_wgmma": cfg.uses_wgmma, "promote_adds": ptx.count("add.f32"),
                 "sync_loads_in_k_loop": sync_loads_in_loop(k.asm["ttgir"]),
-                "k_loop_instructions": loop_instructions(_sass(k)),
+                "k_loop_instructions": loop_instructions(_cuobjdump(k, "-sass")),
             }  # fmt: skip
             rows.append((label, usage))
     return rows
