@@ -1,7 +1,8 @@
 """FP8 GEMM at decode batch sizes on a model's linear shapes: cuBLAS `_scaled_mm` against the
 Triton kernel's block configurations (kernels/fp8_gemm.py; with --sparse on compressed 2:4
 weights), with the weight bandwidth each reaches. Configs that compute wrong (against the
-fp32 reference) are dropped.
+fp32 reference) are dropped. cuBLAS is also timed with fast accumulation (`use_fast_accum`,
+not used by the engine), beside its error and the default's.
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """
@@ -47,6 +48,10 @@ def candidate_configs(m: int, swap: bool = False, sparse: bool = False) -> list:
             if sparse and warps == 4:
                 out.append(GemmConfig(bm, bn, bk, 8, stages, split, swap))
     return out
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
 def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
@@ -96,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         w, ws = weights[name]
         return scaled_mm(xq, xsc, w, ws, torch.bfloat16)
 
+    def cublas_fast(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        w, ws = weights[name]  # FP8 sums without cuBLAS's periodic fp32 promotion
+        return torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16,
+                                use_fast_accum=True)  # fmt: skip
+
     def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         (values, meta), (w, ws) = compressed[name], weights[name]
         dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
@@ -121,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[fp8_gemm] {a.preset} {kind} M={m}: cuBLAS (dense) {total:.3f} ms per layer = "
               f"{layer_bytes / total / 1e6:,.0f} GB/s of weights; "
               + ", ".join(f"{k} {v:.3f}" for k, v in base.items()), flush=True)  # fmt: skip
+        refs = {name: fp8_gemm_reference(*xs[name], *weights[name]) for name in shapes}
+        try:
+            t = sum(shape_ms(cublas_fast).values())
+            errs = [max(_relative_error(fn(name, *xs[name]), refs[name]) for name in shapes)
+                    for fn in (cublas, cublas_fast)]  # fmt: skip
+            print(f"[fp8_gemm]   cuBLAS, fast accumulation {t:.3f} ms ({total / t:.2f}x "
+                  f"cuBLAS); largest error {errs[1]:.1e} of the output's range, default "
+                  f"accumulation {errs[0]:.1e}")  # fmt: skip
+        except RuntimeError as ex:  # this build's rowwise _scaled_mm may not take it
+            print(f"[fp8_gemm]   cuBLAS, fast accumulation: failed {str(ex)[:120]}")
         if a.sparse:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
@@ -129,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
                     out = kernel(name, *xs[name], cfg)
-                    ref = fp8_gemm_reference(*xs[name], *weights[name])
+                    ref = refs[name]
                     atol = 1e-3 * ref.abs().max().item()  # as tests/gpu/test_fp8_gemm.py
                     torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=atol)
                 times = shape_ms(lambda name, *x, cfg=cfg: kernel(name, *x, cfg))
