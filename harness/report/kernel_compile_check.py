@@ -56,8 +56,9 @@ def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
 
 def loop_instructions(sass: str) -> int:
     """Instructions in the longest backward branch's body of `cuobjdump -sass` output (a GEMM's
-    K loop): the work a warp issues per K step. The 2:4 kernel is bound by this, not by memory
-    (docs/benchmarks.md, thirteenth session), so it is the figure to bring down without a GPU."""
+    K loop): the work a warp issues per K step. The 2:4 kernel's speed pointed to this as its
+    bound, not memory (docs/benchmarks.md, thirteenth session): a figure to bring down without
+    a GPU."""
     addrs = [int(a, 16) for a in re.findall(r"^\s*/\*([0-9a-f]{4,})\*/\s+\S", sass, re.M)]
     branch = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/[^;]*\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", re.M)
     pairs = [(int(t, 16), int(a, 16)) for a, t in branch.findall(sass)]

@@ -24,9 +24,10 @@ if triton is not None:
     def _expand_24(vals, meta, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """vals [BLOCK_N, BLOCK_K/2], meta [BLOCK_N, BLOCK_K/8] uint8 -> dense [BLOCK_N,
         BLOCK_K] uint8 (e4m3 bit patterns). A group's 4 outputs are one 32-bit word: its two
-        values shifted to bytes i0 and i1 (a few integer ops a group; a select per output
-        byte took 1.5-2x the instructions in the sm_90 code, and the kernel is bound by
-        instruction issue, not memory: docs/benchmarks.md, thirteenth session)."""
+        values shifted to bytes i0 and i1: a few integer ops a group, where a select per output
+        byte took 1.5-2x the instructions in the sm_90 code; at 1.2 TB/s of compressed weights
+        the kernel's bound looked like instruction issue, not memory (docs/benchmarks.md,
+        thirteenth session)."""
         meta = meta.to(tl.uint32)
         nibble = tl.reshape(tl.join(meta, meta >> 4), (BLOCK_N, BLOCK_K // 4))  # i0 | i1 << 2
         v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, BLOCK_K // 4, 2)))
