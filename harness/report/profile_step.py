@@ -45,6 +45,17 @@ def _prefilling(scheduler) -> bool:  # noqa: ANN001
     return any(r.num_computed_tokens < r.num_tokens - 1 for r in scheduler.running)
 
 
+def prefill_what_fits(engine) -> None:  # noqa: ANN001
+    """Step until every added prompt is prefilled, or until a step admits no one and leaves no
+    prompt half done: the rest do not fit the KV cache, and the batch that does is profiled."""
+    sched = engine.scheduler
+    while sched.num_waiting or _prefilling(sched):
+        num_running = len(sched.running)
+        engine.step()
+        if sched.num_waiting and not _prefilling(sched) and len(sched.running) == num_running:
+            break
+
+
 def profile(a: argparse.Namespace, batch: int) -> None:
     from harness.engine.request import SamplingParams
 
@@ -55,12 +66,7 @@ def profile(a: argparse.Namespace, batch: int) -> None:
         engine.add_request(i, torch.randint(3, 32000, (a.prompt_len,), generator=g).tolist(), sp)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    sched = engine.scheduler
-    while sched.num_waiting or _prefilling(sched):  # prefill every prompt (mixed steps)
-        num_running = len(sched.running)
-        engine.step()
-        if sched.num_waiting and not _prefilling(sched) and len(sched.running) == num_running:
-            break  # the rest do not fit the KV cache: profile the batch that does
+    prefill_what_fits(engine)  # mixed steps
     torch.cuda.synchronize()
     prefill_s = time.perf_counter() - t0
     engine.step()
