@@ -93,7 +93,7 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
             label = f"{'sparse' if sparse else 'dense'} M<={max_m} {cfg}"
             constexprs = {
                 "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                "PROMOTE": fp8_gemm.PROMOTE_EVERY if cfg.uses_wgmma else 0, "SPARSE": sparse,
+                "PROMOTE": cfg.promote, "SPARSE": sparse,
                 "ATOMIC": cfg.split_k != 1, "SWAP": cfg.swap, "EVEN_K": True,
             }  # fmt: skip
             try:

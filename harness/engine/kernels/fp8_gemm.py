@@ -13,10 +13,12 @@ docs/benchmarks.md).
 
 Accuracy: with 64+ MMA rows (BLOCK_M, or BLOCK_N with swap) Triton uses Hopper's wgmma,
 whose FP8 accumulation is less precise than fp32 (2.5% of outputs off by more than 2% in
-tests/gpu/test_fp8_gemm.py, once); there `max_num_imprecise_acc=32` adds every wgmma's
-partial sum into the fp32 accumulator, as cuBLAS does without fast accumulation (with swap,
-each BLOCK_K's sum: Triton 3.6 would not pipeline the other form). Smaller blocks use
-mma.sync, which matched the reference (the kernel as first measured, for M <= 32).
+tests/gpu/test_fp8_gemm.py, once); there each run of `GemmConfig.promote` products (128, or
+64 with 128-wide K steps) is summed by wgmma from zero and added into the fp32 accumulator
+(`max_num_imprecise_acc`; with swap, each BLOCK_K's sum: Triton 3.6 would not pipeline the
+other form). The swapped configs' adds of 128-product sums pass the same GPU tests; an add
+after every 32 products (the first form) cost up to 1.5x the K loop's instructions. Smaller
+blocks use mma.sync, which matched the reference (the kernel as first measured, M <= 32).
 Reference: fp8_gemm_reference.
 """
 
@@ -35,8 +37,6 @@ try:
 except ImportError:
     triton = None
 
-PROMOTE_EVERY = 32  # FP8 products per wgmma accumulated before an fp32 add (see above)
-
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -54,6 +54,13 @@ class GemmConfig:
     def uses_wgmma(self) -> bool:
         """Whether Triton picks Hopper's wgmma (MMA rows, BLOCK_M or with swap BLOCK_N, >= 64)."""
         return (self.block_n if self.swap else self.block_m) >= 64
+
+    @property
+    def promote(self) -> int:
+        """FP8 products that wgmma sums from zero before an fp32 add (see above); 0 without
+        wgmma. Below BLOCK_K: from BLOCK_K on, Triton would chain the accumulator through every
+        K step with no fp32 add at all."""
+        return min(128, self.block_k // 2) if self.uses_wgmma else 0
 
 
 def auto_split_k(tiles: int, k_steps: int, sms: int) -> int:
@@ -188,7 +195,7 @@ def fp8_gemm_triton(
         xq, x_scale, w.view(torch.uint8) if sparse else w, meta if sparse else w, w_scale_row,
         out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PROMOTE=PROMOTE_EVERY if cfg.uses_wgmma else 0, SPARSE=sparse, ATOMIC=splits > 1,
+        PROMOTE=cfg.promote, SPARSE=sparse, ATOMIC=splits > 1,
         SWAP=cfg.swap, EVEN_K=k % cfg.block_k == 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
