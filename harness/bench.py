@@ -264,7 +264,8 @@ def _print_result(r: BenchResult) -> None:
               flush=True)  # fmt: skip
     for e in r.engines:  # where the engine's time went (one line per copy)
         dec, pre = e["decode_steps"], e["prompt_steps"]
-        print(f"[bench]   engine time: {dec:.0f} decode-only steps in {e['decode_s']:.1f} s "
+        print(f"[bench]   engine time: {e['tokens'] / max(e['steps'], 1):.0f} tokens a step on "
+              f"average; {dec:.0f} decode-only steps in {e['decode_s']:.1f} s "
               f"({e['decode_s'] / max(dec, 1) * 1e3:.1f} ms each), {pre:.0f} steps with prompt "
               f"tokens in {e['prompt_s']:.1f} s ({e['prompt_s'] / max(pre, 1) * 1e3:.1f} ms "
               f"each); per step the host queues {e['queue_ms']:.2f} ms, waits "

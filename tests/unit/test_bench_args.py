@@ -40,3 +40,20 @@ def test_a_bad_entry_flag_stops_the_bench_before_any_log(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0 and "--nonsense" in proc.stderr + proc.stdout
     assert not log_dir.exists()  # no empty timestamped folder left behind
+
+
+def test_the_printed_account_says_tokens_a_step(tmp_path, capsys):
+    """The engine's closing line (an H100 FP8 run's, docs/benchmarks.md) as bench prints it."""
+    from harness.bench import BenchResult, _print_result, parse_engine_line
+
+    line = (
+        "engine: 585865 tokens in 4755 steps over 274.0 s; steady state (10-90% of tokens) "
+        "2569.9 tokens/s; 6 preemptions; decode-only steps 4061 (200.7 s), steps with prompt "
+        "tokens 694 (73.4 s); per step: queue 21.39 ms, wait for tokens 35.84 ms, apply 0.26 ms "
+        "(async scheduling); GPU memory at the end: 1.63 GiB free of 79.18 GiB"
+    )
+    engine = parse_engine_line(line)
+    _print_result(BenchResult("llama2-70b Offline", tmp_path, 2137.6, True, 0, 67072, [engine]))
+    out = capsys.readouterr().out
+    assert "engine time: 123 tokens a step on average; 4061 decode-only steps in 200.7 s" in out
+    assert "694 steps with prompt tokens in 73.4 s (105.8 ms each)" in out
