@@ -13,12 +13,12 @@ docs/benchmarks.md).
 
 Accuracy: with 64+ MMA rows (BLOCK_M, or BLOCK_N with swap) Triton uses Hopper's wgmma,
 whose FP8 accumulation is less precise than fp32 (2.5% of outputs off by more than 2% in
-tests/gpu/test_fp8_gemm.py, once); there each run of `GemmConfig.promote` products (128, or
-64 with 128-wide K steps) is summed by wgmma from zero and added into the fp32 accumulator
-(`max_num_imprecise_acc`; with swap, each BLOCK_K's sum: Triton 3.6 would not pipeline the
-other form). The swapped configs' adds of 128-product sums pass the same GPU tests; an add
-after every 32 products (the first form) cost up to 1.5x the K loop's instructions. Smaller
-blocks use mma.sync, which matched the reference (the kernel as first measured, M <= 32).
+tests/gpu/test_fp8_gemm.py, once); there each run of 128 products (`GemmConfig.promote`) is
+summed by wgmma from zero and added into the fp32 accumulator (`max_num_imprecise_acc`; with
+swap, each BLOCK_K's sum: Triton 3.6 would not pipeline the other form). The swapped configs'
+adds of 128-product sums pass the same GPU tests; an add after every 32 products (the first
+form) cost 1.5-2.2x the K loop's instructions. Smaller blocks use mma.sync, which matched
+the reference (the kernel as first measured, M <= 32).
 Reference: fp8_gemm_reference.
 """
 
@@ -58,9 +58,8 @@ class GemmConfig:
     @property
     def promote(self) -> int:
         """FP8 products that wgmma sums from zero before an fp32 add (see above); 0 without
-        wgmma. Below BLOCK_K: from BLOCK_K on, Triton would chain the accumulator through every
-        K step with no fp32 add at all."""
-        return min(128, self.block_k // 2) if self.uses_wgmma else 0
+        wgmma. Triton takes at most BLOCK_K, and adds at least once a K step."""
+        return min(128, self.block_k) if self.uses_wgmma else 0
 
 
 def auto_split_k(tiles: int, k_steps: int, sms: int) -> int:
