@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return scaled_mm(xq, xsc, w, ws, torch.bfloat16)
 
     def cublas_fast(name: str, xq, xsc):  # noqa: ANN001, ANN202
-        w, ws = weights[name]  # FP8 sums without cuBLAS's periodic fp32 promotion
-        return torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=ws, out_dtype=torch.bfloat16,
-                                use_fast_accum=True)  # fmt: skip
+        w, ws = weights[name]
+        return scaled_mm(xq, xsc, w, ws, torch.bfloat16, fast_accum=True)
 
     def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         (values, meta), (w, ws) = compressed[name], weights[name]

@@ -91,11 +91,8 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
         aligned = [n for n in signature if n != "M"]
         for max_m, cfg in table:
             label = f"{'sparse' if sparse else 'dense'} M<={max_m} {cfg}"
-            constexprs = {
-                "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                "PROMOTE": cfg.promote, "SPARSE": sparse,
-                "ATOMIC": cfg.split_k != 1, "SWAP": cfg.swap, "EVEN_K": True,
-            }  # fmt: skip
+            splits = cfg.split_k or 2  # auto (0) may split: compile the split form
+            constexprs = cfg.constexprs(sparse, splits, even_k=True)
             try:
                 k = _compile(fp8_gemm._fp8_gemm_kernel, signature, constexprs, aligned, arch,
                              num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # fmt: skip

@@ -61,6 +61,14 @@ class GemmConfig:
         wgmma. Triton takes at most BLOCK_K, and adds at least once a K step."""
         return min(128, self.block_k) if self.uses_wgmma else 0
 
+    def constexprs(self, sparse: bool, splits: int, even_k: bool) -> dict:
+        """_fp8_gemm_kernel's compile-time arguments for this config (launch and compile check)."""
+        return {
+            "BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
+            "PROMOTE": self.promote, "SPARSE": sparse, "ATOMIC": splits > 1, "SWAP": self.swap,
+            "EVEN_K": even_k,
+        }  # fmt: skip
+
 
 def auto_split_k(tiles: int, k_steps: int, sms: int) -> int:
     """Splits of K (1 to 8, each of at least 2 BLOCK_K steps) that finish `tiles` output
@@ -193,9 +201,7 @@ def fp8_gemm_triton(
     _fp8_gemm_kernel[grid](
         xq, x_scale, w.view(torch.uint8) if sparse else w, meta if sparse else w, w_scale_row,
         out, m, n, k, xq.stride(0), w.stride(0), meta.stride(0) if sparse else 0, out.stride(0),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PROMOTE=cfg.promote, SPARSE=sparse, ATOMIC=splits > 1,
-        SWAP=cfg.swap, EVEN_K=k % cfg.block_k == 0,
+        **cfg.constexprs(sparse, splits, k % cfg.block_k == 0),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out.to(torch.bfloat16) if splits > 1 else out

@@ -25,13 +25,13 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scaled_mm(
     xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
-    out_dtype: torch.dtype,
+    out_dtype: torch.dtype, fast_accum: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """cuBLAS's FP8 GEMM in rowwise mode: xq [M, K] e4m3 with x_scale [M, 1], weight [N, K]
-    e4m3 with weight_scale_row [1, N] -> [M, N] out_dtype (bf16)."""
-    return torch._scaled_mm(
-        xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row, out_dtype=out_dtype
-    )
+    e4m3 with weight_scale_row [1, N] -> [M, N] out_dtype (bf16). fast_accum: FP8 sums without
+    the periodic fp32 adds (the engine does not use it; fp8_gemm_sweep times it)."""
+    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
+                            out_dtype=out_dtype, use_fast_accum=fast_accum)  # fmt: skip
 
 
 def fp8_linear(
