@@ -107,10 +107,10 @@ class EngineConfig:
     # (engine/kernels/fp8_gemm.py), larger ones cuBLAS; 0: cuBLAS always
     fp8_triton_max_rows: int = 32
     # CUDA Sparse (weights stored compressed, quant/sparse24.py): the Triton GEMM on compressed
-    # tiles up to this many rows; larger steps expand the weights and run cuBLAS. 128: on the
-    # H100 the Triton kernel took 0.72 ms a 70B layer at 128 rows, expand + cuBLAS 0.92; at
-    # 256 rows 1.08 against 0.99 (docs/benchmarks.md, thirteenth session)
-    sparse_triton_max_rows: int = 128
+    # tiles up to this many rows; larger steps expand the weights and run cuBLAS. 256: on the
+    # H100 the Triton kernel took 0.80 ms a 70B layer at 256 rows, expand + cuBLAS 0.98; at
+    # 512 rows 1.35-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
+    sparse_triton_max_rows: int = 256
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the

@@ -103,16 +103,17 @@ CONFIGS: list[tuple[int, GemmConfig]] = [
 
 
 # Compressed 2:4 weights, as `fp8_gemm_sweep --sparse` (and `--swap`) measured them on the H100
-# with the meta and value tiles pipelined (EVEN_K; thirteenth session), ms a 70B layer: 0.46 at
-# 1-16 rows, 0.52 at 32 (unswapped; swapped 0.53-0.57), swapped 0.60 at 64 and 0.72 at 128
-# (unswapped 0.65 and 0.76); expand + cuBLAS 0.92-0.99 from 1 to 256 rows, faster than the
-# kernel's 1.08 at 256 (engine.sparse_triton_max_rows: 128). Dense cuBLAS: 0.35-0.42.
+# with each group's 4 bytes built as one 32-bit word (fourteenth session), ms a 70B layer,
+# swapped: 0.35 at 1 row, 0.37 at 16, 0.32 at 32, 0.38 at 64 (dense cuBLAS 0.36-0.39), 0.52 at
+# 128 and 0.80 at 256 (cuBLAS 0.35 and 0.42); unswapped within 0.01-0.12 of these. Expand +
+# cuBLAS took 0.91-1.0 up to 256 rows and 1.29 at 512, faster there than the kernel's 1.35-1.49
+# (engine.sparse_triton_max_rows: 256).
 SPARSE_CONFIGS: list[tuple[int, GemmConfig]] = [
-    (16, GemmConfig(16, 64, 256, 4, 4)),
-    (32, GemmConfig(32, 64, 128, 4, 4)),
-    (64, GemmConfig(64, 64, 128, 4, 3, swap=True)),
+    (16, GemmConfig(16, 64, 256, 4, 3, swap=True)),
+    (32, GemmConfig(32, 64, 256, 4, 3, swap=True)),
+    (64, GemmConfig(64, 64, 256, 4, 3, swap=True)),
     (128, GemmConfig(128, 64, 128, 8, 3, swap=True)),
-    (1 << 30, GemmConfig(256, 64, 128, 8, 3, swap=True)),
+    (1 << 30, GemmConfig(128, 64, 128, 4, 3, swap=True)),
 ]
 
 
