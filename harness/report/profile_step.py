@@ -57,6 +57,9 @@ def prefill_what_fits(engine) -> None:  # noqa: ANN001
 
 
 def profile(a: argparse.Namespace, batch: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
     from harness.engine.request import SamplingParams
 
     engine = _engine(a, batch, graphs=not a.no_graphs)
@@ -78,6 +81,11 @@ def profile(a: argparse.Namespace, batch: int) -> None:
           f"{batch}x{a.prompt_len} tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
           f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
           f"{running / ms * 1e3:,.0f} tok/s", flush=True)  # fmt: skip
+    # Before the mixed steps below: each leaves one more sequence decoding.
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        _timed_steps(engine, 5)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top)
+    print(f"[profile] top kernels, 5 decode steps, {running} sequences:\n{table}", flush=True)
     runner = engine.model_runner
     if runner.graphs is not None:  # the same step without graphs
         graphs, runner.graphs = runner.graphs, None
@@ -93,14 +101,6 @@ def profile(a: argparse.Namespace, batch: int) -> None:
         engine.add_request(batch + j, torch.randint(3, 32000, (200,), generator=g).tolist(), sp)
         print(f"[profile]   mixed step (+1 prefill of 200, {mode}) "
               f"{_timed_steps(engine, 1):.2f} ms", flush=True)  # fmt: skip
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as tprofile
-
-    engine.step()
-    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        _timed_steps(engine, 5)
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top)
-    print(f"[profile] top kernels, 5 decode steps, batch {batch}:\n{table}", flush=True)
     if a.prefill_prompts:
         _profile_prefill(a, engine, g)
     del engine, runner
