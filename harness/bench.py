@@ -36,6 +36,8 @@ ENGINE_LINE = re.compile(
     r"([\d.]+) ms, apply ([\d.]+) ms(?: \(async scheduling\))?"
     r"(?:; GPU memory at the end: ([\d.]+) GiB free of ([\d.]+) GiB)?"
 )
+# ... and its next line: the decode-only steps grouped by how many sequences they ran.
+ROWS_LINE = re.compile(r"engine decode-only steps by sequences: (.+)$")
 ENGINE_FIELDS = (
     "tokens", "steps", "span_s", "steady_tokens_per_second", "preemptions", "decode_steps",
     "decode_s", "prompt_steps", "prompt_s", "queue_ms", "wait_ms", "apply_ms",
@@ -63,7 +65,8 @@ class BenchResult:
     valid: bool
     returncode: int
     kv_tokens: int = 0
-    engines: list[dict[str, float]] = field(default_factory=list)  # parse_engine_line per copy
+    # parse_engine_line per engine copy, with its decode_steps_by_sequences line
+    engines: list[dict[str, float | str]] = field(default_factory=list)
     latencies: dict[str, float] = field(default_factory=dict)  # p99 TTFT/TPOT, ms
     roofline: str = ""
     fraction: float = 0.0
@@ -134,7 +137,7 @@ def ensure_inputs(cfg: HarnessConfig) -> None:
 
 def run_child(
     cfg: HarnessConfig, run_dir: Path, command: str
-) -> tuple[int, int, list[dict[str, float]]]:
+) -> tuple[int, int, list[dict[str, float | str]]]:
     """One LoadGen test in a child process; echoes its output; returns (rc, KV tokens, the
     engine copies' closing lines, parsed)."""
     from harness.config.loader import to_yaml
@@ -155,6 +158,8 @@ def run_child(
                     kv_tokens = int(m.group(3))
                 if (engine := parse_engine_line(line)) is not None:
                     engines.append(engine)
+                elif (m := ROWS_LINE.search(line)) and engines:
+                    engines[-1]["decode_steps_by_sequences"] = m.group(1)
         rc = proc.wait()
     return rc, kv_tokens, engines
 
@@ -273,6 +278,9 @@ def _print_result(r: BenchResult) -> None:
               f"{e['preemptions']:.0f} preemptions"
               + (f"; {e['gpu_free_gib_at_end']:.2f} GiB of GPU memory never used"
                  if "gpu_free_gib_at_end" in e else ""), flush=True)  # fmt: skip
+        if "decode_steps_by_sequences" in e:
+            print(f"[bench]   decode-only steps by sequences: {e['decode_steps_by_sequences']}",
+                  flush=True)  # fmt: skip
     if r.roofline:
         print(f"[bench]   {r.roofline}", flush=True)
 

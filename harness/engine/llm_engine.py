@@ -221,7 +221,8 @@ class LLMEngine:
         self.step_log.apply_s += now - collected
         # async: the step began when the previous one ended, if it was queued before that
         took = now - max(start, self._last_finish)
-        self.step_log.record(self.scheduler.num_output_tokens - before, took, now, prefill)
+        tokens = self.scheduler.num_output_tokens - before
+        self.step_log.record(tokens, took, now, prefill, len(sched.scheduled))
         self._last_finish = now
         return events
 

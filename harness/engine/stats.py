@@ -2,7 +2,8 @@
 
 Plain Python. A short Offline run spends a large share of its time ramping up (every prompt
 prefilled before the first answer) and draining (the longest answers alone at the end); the
-rate between the 10% and the 90% marks of all generated tokens shows the engine while full.
+rate between the 10% and the 90% marks of all generated tokens shows the engine while full,
+and the decode-only steps grouped by their sequences show how long it ran far from full.
 """
 
 from __future__ import annotations
@@ -13,27 +14,35 @@ from array import array
 
 
 class StepLog:
-    """25 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
+    """29 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
 
     def __init__(self) -> None:
         self.times = array("d")  # [num_steps] seconds (perf_counter) at each step's end
         self.durations = array("d")  # [num_steps] seconds each step took
         self.cumulative_tokens = array("q")  # [num_steps] tokens generated up to that step
         self.with_prefill = array("b")  # [num_steps] 1 where the step computed prompt tokens
+        self.rows = array("i")  # [num_steps] sequences the step ran (decodes and prompt chunks)
         # Where the engine loop's time went, summed over steps. queue: schedule, build the
         # inputs and queue the model (on a GPU host work and launches; on a CPU the model
         # itself); wait: for the sampled tokens; apply: update requests, make events.
         self.queue_s = self.wait_s = self.apply_s = 0.0
 
     def record(
-        self, num_tokens: int, seconds: float, now: float | None = None, prefill: bool = False
+        self,
+        num_tokens: int,
+        seconds: float,
+        now: float | None = None,
+        prefill: bool = False,
+        rows: int = 0,
     ) -> None:
-        """A step that ended now (perf_counter), took `seconds` and generated num_tokens."""
+        """A step of `rows` sequences that ended now (perf_counter), took `seconds` and
+        generated num_tokens."""
         total = (self.cumulative_tokens[-1] if self.cumulative_tokens else 0) + num_tokens
         self.times.append(time.perf_counter() if now is None else now)
         self.durations.append(seconds)
         self.cumulative_tokens.append(total)
         self.with_prefill.append(prefill)
+        self.rows.append(rows)
 
     def time_split(self) -> tuple[int, float, int, float]:
         """(decode-only steps, their seconds, steps with prompt tokens, their seconds)."""
@@ -43,6 +52,36 @@ class StepLog:
             n[kind] += 1
             seconds[kind] += duration
         return n[0], seconds[0], n[1], seconds[1]
+
+    def decode_steps_by_rows(self) -> list[tuple[int, int, int, float, int]]:
+        """Decode-only steps grouped by their sequences, 1-16, 17-32, 33-64 and so on doubling:
+        (fewest, most, steps, seconds, tokens) for each group that has steps."""
+        groups: dict[int, list] = {}
+        previous = 0
+        for prefill, rows, seconds, total in zip(
+            self.with_prefill, self.rows, self.durations, self.cumulative_tokens, strict=True
+        ):
+            tokens, previous = total - previous, total
+            if prefill:
+                continue
+            most = 16
+            while most < rows:
+                most *= 2
+            group = groups.setdefault(most, [0, 0.0, 0])
+            group[0] += 1
+            group[1] += seconds
+            group[2] += tokens
+        return [
+            (1 if most == 16 else most // 2 + 1, most, *groups[most]) for most in sorted(groups)
+        ]
+
+    def format_decode_steps_by_rows(self) -> str:
+        """decode_steps_by_rows as one line: "1-16 sequences: 812 steps, 24.1 s, 9,120 tokens;
+        ..." """
+        return "; ".join(
+            f"{lo}-{hi} sequences: {n} steps, {s:.1f} s, {t:,} tokens"
+            for lo, hi, n, s, t in self.decode_steps_by_rows()
+        )
 
     def loop_split_ms(self) -> tuple[float, float, float]:
         """(queue, wait, apply) milliseconds per step on average."""

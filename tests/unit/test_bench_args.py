@@ -53,7 +53,9 @@ def test_the_printed_account_says_tokens_a_step(tmp_path, capsys):
         "(async scheduling); GPU memory at the end: 1.63 GiB free of 79.18 GiB"
     )
     engine = parse_engine_line(line)
+    engine["decode_steps_by_sequences"] = "1-16 sequences: 512 steps, 14.2 s, 4,100 tokens"
     _print_result(BenchResult("llama2-70b Offline", tmp_path, 2137.6, True, 0, 67072, [engine]))
     out = capsys.readouterr().out
     assert "engine time: 123 tokens a step on average; 4061 decode-only steps in 200.7 s" in out
     assert "694 steps with prompt tokens in 73.4 s (105.8 ms each)" in out
+    assert "decode-only steps by sequences: 1-16 sequences: 512 steps, 14.2 s" in out

@@ -59,3 +59,24 @@ def test_engine_splits_its_loop_time_into_queue_wait_apply():
     assert log.queue_s > 0 and log.wait_s > 0 and log.apply_s > 0
     assert log.queue_s + log.wait_s + log.apply_s <= wall
     assert log.loop_split_ms()[0] == log.queue_s * 1e3 / len(log.times)
+
+
+def test_decode_steps_grouped_by_their_sequences():
+    log = StepLog()
+    log.record(3, 0.5, now=0.5, prefill=True, rows=40)  # prompt steps are not grouped
+    for rows in (200, 180, 129):  # 129-256
+        log.record(rows, 0.05, rows=rows)
+    log.record(16, 0.01, rows=16)  # 1-16, with 16 included
+    log.record(17, 0.02, rows=17)  # 17-32
+    log.record(30, 0.02, rows=32)  # two of the 32 sequences had already finished (async)
+    log.record(1, 0.01, rows=1)
+    groups = log.decode_steps_by_rows()
+    assert [(lo, hi, n, t) for lo, hi, n, _, t in groups] == [
+        (1, 16, 2, 17), (17, 32, 2, 47), (129, 256, 3, 509)
+    ]  # fmt: skip
+    assert abs(groups[2][3] - 0.15) < 1e-9
+    assert sum(n for _, _, n, _, _ in groups) == log.time_split()[0]
+    assert log.format_decode_steps_by_rows().startswith(
+        "1-16 sequences: 2 steps, 0.0 s, 17 tokens; 17-32 sequences: 2 steps"
+    )
+    assert StepLog().format_decode_steps_by_rows() == ""

@@ -195,10 +195,10 @@ def test_a_worker_failure_is_reported_to_the_sink_and_raised(hf_dir, tmp_path):
 
 
 def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
-    """bench.json's "engines" account comes from this line: a format change must break here."""
+    """bench.json's "engines" account comes from these lines: a format change must break here."""
     import logging
 
-    from harness.bench import parse_engine_line
+    from harness.bench import ROWS_LINE, parse_engine_line
 
     path, _ = hf_dir
     cfg = make_cfg(path, tmp_path / "engine")
@@ -206,14 +206,16 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     backend = TorchBackend.from_config(cfg, tmp_path / "engine")
     with caplog.at_level(logging.INFO, logger="harness.backends.torch_backend"):
         run_backend(backend, requests(5))
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:")]
-    assert len(lines) == 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine")]
+    assert len(lines) == 2
     got = parse_engine_line(lines[0])
     log = backend.engine.step_log
     assert got is not None and got["tokens"] == log.num_tokens > 0
     assert got["steps"] == len(log.times) == got["decode_steps"] + got["prompt_steps"] > 1
     assert got["prompt_steps"] >= 1 and got["preemptions"] == 0
     assert parse_engine_line("engine: something else") is None
+    by_rows = ROWS_LINE.search(lines[1])  # 5 requests: every decode step has 1-16 sequences
+    assert by_rows and by_rows.group(1).startswith(f"1-16 sequences: {got['decode_steps']} steps")
 
 
 def test_on_cuda_the_closing_line_says_what_memory_the_run_left(hf_dir, tmp_path, caplog,
