@@ -50,6 +50,22 @@ def candidate_configs(m: int, swap: bool = False, sparse: bool = False) -> list:
     return out
 
 
+def parse_config(text: str):  # noqa: ANN201 (a GemmConfig)
+    """A config as --config spells it, e.g. 128,64,128,4,3,swap for GemmConfig(128, 64, 128,
+    4, 3, swap=True); split_k may follow the stages."""
+    from harness.engine.kernels.fp8_gemm import GemmConfig
+
+    parts = text.split(",")
+    swap = parts[-1] == "swap"
+    numbers = parts[:-1] if swap else parts
+    if not 5 <= len(numbers) <= 6 or not all(x.isdigit() for x in numbers):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want BLOCK_M,BLOCK_N,BLOCK_K,warps,stages[,split_k][,swap], "
+            "e.g. 128,64,128,4,3,swap"
+        )
+    return GemmConfig(*map(int, numbers), swap=swap)
+
+
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
@@ -82,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparse", action="store_true", help=sparse_help)
     swap_help = "try the swapped-operand configs (weights x activations^T) instead"
     p.add_argument("--swap", action="store_true", help=swap_help)
+    p.add_argument("--top", type=int, default=3, help="configs printed for each M, fastest first")
+    config_help = (
+        "try only these configs (repeat the flag), each spelled "
+        "BLOCK_M,BLOCK_N,BLOCK_K,warps,stages[,split_k][,swap]"
+    )
+    p.add_argument("--config", type=parse_config, action="append", default=[], help=config_help)
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
     weights, compressed = {}, {}
@@ -144,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
         results = []
-        for cfg in [config_for(m, a.sparse)] + candidate_configs(m, a.swap, a.sparse):
+        tried = a.config or candidate_configs(m, a.swap, a.sparse)
+        for cfg in [config_for(m, a.sparse)] + [c for c in tried if c != config_for(m, a.sparse)]:
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
                     out = kernel(name, *xs[name], cfg)
@@ -159,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if results and results[0][2] == config_for(m, a.sparse):
             t = results[0][0]
             print(f"[fp8_gemm]   current config_for({m}): {t:.3f} ms ({total / t:.2f}x cuBLAS)")
-        for t, _, cfg in sorted(results, key=lambda r: r[0])[:3]:
+        for t, _, cfg in sorted(results, key=lambda r: r[0])[: a.top]:
             print(f"[fp8_gemm]   triton {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
                   f"({total / t:.2f}x cuBLAS) {cfg}", flush=True)  # fmt: skip
         if results:
