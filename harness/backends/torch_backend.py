@@ -127,8 +127,8 @@ class TorchBackend:
                 self.engine.scheduler.num_preemptions, *log.time_split(), *log.loop_split_ms(),
                 " (async scheduling)" if self.engine.async_scheduling else "", self._gpu_memory(),
             )  # fmt: skip
-            if by_rows := log.format_decode_steps_by_rows():  # the ramp and the drain show here
-                logger.info("engine decode-only steps by sequences: %s", by_rows)
+            if groups := log.format_decode_steps_by_sequences():  # the ramp and drain show here
+                logger.info("engine decode-only steps by sequences: %s", groups)
 
     def _gpu_memory(self) -> str:
         """CUDA: what the run left unused, which the KV cache could have had (the caching

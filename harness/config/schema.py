@@ -109,7 +109,7 @@ class EngineConfig:
     # CUDA Sparse (weights stored compressed, quant/sparse24.py): the Triton GEMM on compressed
     # tiles up to this many rows; larger steps expand the weights and run cuBLAS. 256: on the
     # H100 the Triton kernel took 0.80 ms a 70B layer at 256 rows, expand + cuBLAS 0.98; at
-    # 512 rows 1.35-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
+    # 512 rows 1.31-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
     sparse_triton_max_rows: int = 256
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)

@@ -53,7 +53,7 @@ class StepLog:
             seconds[kind] += duration
         return n[0], seconds[0], n[1], seconds[1]
 
-    def decode_steps_by_rows(self) -> list[tuple[int, int, int, float, int]]:
+    def decode_steps_by_sequences(self) -> list[tuple[int, int, int, float, int]]:
         """Decode-only steps grouped by their sequences, 1-16, 17-32, 33-64 and so on doubling:
         (fewest, most, steps, seconds, tokens) for each group that has steps."""
         groups: dict[int, list] = {}
@@ -75,12 +75,12 @@ class StepLog:
             (1 if most == 16 else most // 2 + 1, most, *groups[most]) for most in sorted(groups)
         ]
 
-    def format_decode_steps_by_rows(self) -> str:
-        """decode_steps_by_rows as one line: "1-16 sequences: 812 steps, 24.1 s, 9,120 tokens;
+    def format_decode_steps_by_sequences(self) -> str:
+        """decode_steps_by_sequences as one line: "1-16 sequences: 812 steps, 24.1 s, 9,120 tokens;
         ..." """
         return "; ".join(
             f"{lo}-{hi} sequences: {n} steps, {s:.1f} s, {t:,} tokens"
-            for lo, hi, n, s, t in self.decode_steps_by_rows()
+            for lo, hi, n, s, t in self.decode_steps_by_sequences()
         )
 
     def loop_split_ms(self) -> tuple[float, float, float]:

@@ -70,13 +70,13 @@ def test_decode_steps_grouped_by_their_sequences():
     log.record(17, 0.02, rows=17)  # 17-32
     log.record(30, 0.02, rows=32)  # two of the 32 sequences had already finished (async)
     log.record(1, 0.01, rows=1)
-    groups = log.decode_steps_by_rows()
+    groups = log.decode_steps_by_sequences()
     assert [(lo, hi, n, t) for lo, hi, n, _, t in groups] == [
         (1, 16, 2, 17), (17, 32, 2, 47), (129, 256, 3, 509)
     ]  # fmt: skip
     assert abs(groups[2][3] - 0.15) < 1e-9
     assert sum(n for _, _, n, _, _ in groups) == log.time_split()[0]
-    assert log.format_decode_steps_by_rows().startswith(
+    assert log.format_decode_steps_by_sequences().startswith(
         "1-16 sequences: 2 steps, 0.0 s, 17 tokens; 17-32 sequences: 2 steps"
     )
-    assert StepLog().format_decode_steps_by_rows() == ""
+    assert StepLog().format_decode_steps_by_sequences() == ""

@@ -106,7 +106,7 @@ CONFIGS: list[tuple[int, GemmConfig]] = [
 # with each group's 4 bytes built as one 32-bit word (fourteenth session), ms a 70B layer,
 # swapped: 0.35 at 1 row, 0.37 at 16, 0.32 at 32, 0.38 at 64 (dense cuBLAS 0.36-0.39), 0.52 at
 # 128 and 0.80 at 256 (cuBLAS 0.35 and 0.42); unswapped within 0.01-0.12 of these. Expand +
-# cuBLAS took 0.91-1.0 up to 256 rows and 1.29 at 512, faster there than the kernel's 1.35-1.49
+# cuBLAS took 0.91-1.0 up to 256 rows and 1.29 at 512, faster there than the kernel's 1.31-1.49
 # (engine.sparse_triton_max_rows: 256).
 SPARSE_CONFIGS: list[tuple[int, GemmConfig]] = [
     (16, GemmConfig(16, 64, 256, 4, 3, swap=True)),
