@@ -37,7 +37,7 @@ ENGINE_LINE = re.compile(
     r"(?:; GPU memory at the end: ([\d.]+) GiB free of ([\d.]+) GiB)?"
 )
 # ... and its next line: the decode-only steps grouped by how many sequences they ran.
-ROWS_LINE = re.compile(r"engine decode-only steps by sequences: (.+)$")
+BY_SEQUENCES_LINE = re.compile(r"engine decode-only steps by sequences: (.+)$")
 ENGINE_FIELDS = (
     "tokens", "steps", "span_s", "steady_tokens_per_second", "preemptions", "decode_steps",
     "decode_s", "prompt_steps", "prompt_s", "queue_ms", "wait_ms", "apply_ms",
@@ -158,7 +158,7 @@ def run_child(
                     kv_tokens = int(m.group(3))
                 if (engine := parse_engine_line(line)) is not None:
                     engines.append(engine)
-                elif (m := ROWS_LINE.search(line)) and engines:
+                elif (m := BY_SEQUENCES_LINE.search(line)) and engines:
                     engines[-1]["decode_steps_by_sequences"] = m.group(1)
         rc = proc.wait()
     return rc, kv_tokens, engines

@@ -198,7 +198,7 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     """bench.json's "engines" account comes from these lines: a format change must break here."""
     import logging
 
-    from harness.bench import ROWS_LINE, parse_engine_line
+    from harness.bench import BY_SEQUENCES_LINE, parse_engine_line
 
     path, _ = hf_dir
     cfg = make_cfg(path, tmp_path / "engine")
@@ -214,8 +214,8 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     assert got["steps"] == len(log.times) == got["decode_steps"] + got["prompt_steps"] > 1
     assert got["prompt_steps"] >= 1 and got["preemptions"] == 0
     assert parse_engine_line("engine: something else") is None
-    by_rows = ROWS_LINE.search(lines[1])  # 5 requests: every decode step has 1-16 sequences
-    assert by_rows and by_rows.group(1).startswith(f"1-16 sequences: {got['decode_steps']} steps")
+    groups = BY_SEQUENCES_LINE.search(lines[1])  # 5 requests: every decode step has 1-16 sequences
+    assert groups and groups.group(1).startswith(f"1-16 sequences: {got['decode_steps']} steps")
 
 
 def test_on_cuda_the_closing_line_says_what_memory_the_run_left(hf_dir, tmp_path, caplog,
