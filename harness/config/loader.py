@@ -107,9 +107,10 @@ def benchmark_layers(benchmark: str, scenario: str) -> list[Layer]:
 
 
 def system_layers(
-    system: str, benchmark: str, scenario: str, model_opt: str | None = None
-) -> list[Layer]:
-    """The system file's layers; model_opt: add the scenario's `model_opts.<model_opt>` one."""
+    system: str, benchmark: str, scenario: str
+) -> tuple[list[Layer], dict[str, Layer]]:
+    """The system file's layers, and its scenario section's `model_opts` layers by model_opt
+    name (each checked here, whichever model_opt the run resolves to)."""
     path = repo_root() / "systems" / f"{system}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -142,13 +143,16 @@ def system_layers(
             f"{path}: '{where}model_opts' must map model_opt names ({', '.join(opts)}) to "
             f"sections, got {per_opt!r}"
         )
-    if model_opt in per_opt:
-        where += f"model_opts.{model_opt}."
-        values = _check_sections(per_opt[model_opt] or {}, str(path), where)
+    opt_layers = {}
+    for opt, opt_section in per_opt.items():
+        opt_where = f"{where}model_opts.{opt}."
+        values = _check_sections(opt_section or {}, str(path), opt_where)
         if "model_opt" in (values.get("engine") or {}):
-            raise ConfigError(f"{path}: '{where}engine.model_opt' cannot be set there: remove it")
-        layers.append(Layer(f"{path} ({where[:-1]})", values))
-    return layers
+            raise ConfigError(
+                f"{path}: '{opt_where}engine.model_opt' cannot be set there: remove it"
+            )
+        opt_layers[opt] = Layer(f"{path} ({opt_where[:-1]})", values)
+    return layers, opt_layers
 
 
 def parse_overrides(overrides: dict[str, str]) -> Layer:
@@ -237,10 +241,12 @@ def load_config(
     test_run_values = {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}}
     late = [Layer("--test_run", test_run_values)] if test_run else []
     late.append(parse_overrides(overrides or {}))
-    bench = benchmark_layers(benchmark, scenario)
+    layers, opt_layers = system_layers(system, benchmark, scenario)
+    layers = benchmark_layers(benchmark, scenario) + layers
+    cfg = merge(layers + late)
     # The model_opt (command line, or the files) picks the system's model_opts layer, if any.
-    model_opt = merge(bench + system_layers(system, benchmark, scenario) + late).engine.model_opt
-    cfg = merge(bench + system_layers(system, benchmark, scenario, model_opt) + late)
+    if (opt_layer := opt_layers.get(cfg.engine.model_opt)) is not None:
+        cfg = merge(layers + [opt_layer] + late)
     OmegaConf.set_readonly(cfg, True)
     return OmegaConf.to_object(cfg)
 
