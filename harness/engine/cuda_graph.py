@@ -30,7 +30,7 @@ import torch
 from harness.engine.kernels.paged_attention import choose_num_splits
 from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
 from harness.engine.model.llama import LlamaForCausalLM
-from harness.engine.model_runner import to_device
+from harness.engine.model_runner import Agree, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +81,19 @@ class StepGraphs:
     def __init__(
         self, model: LlamaForCausalLM, max_batch: int, max_tokens: int, max_blocks_per_seq: int,
         block_size: int, device: torch.device, fastest_buckets: bool = False,
+        agree: Agree | None = None,
     ) -> None:  # fmt: skip
         """max_batch: the largest decode batch; max_tokens: the largest mixed graph (0: none;
         only for models whose dtype the flash kernel takes); fastest_buckets: capture decode
-        graphs up to graph_batch(max_batch), then keep the fastest (module docstring)."""
+        graphs up to graph_batch(max_batch), then keep the fastest (module docstring); agree
+        (tensor parallel): the replay times every rank decides on, so that all keep the same."""
         self.model = model
         dtype = model.model.embed_tokens.weight.dtype
         if max_tokens and dtype not in FLASH_DTYPES:
             logger.info("CUDA graphs: no mixed graphs for %s (the flash kernel takes bf16/fp16)",
                         dtype)  # fmt: skip
             max_tokens = 0
-        self.fastest_buckets = fastest_buckets
+        self.fastest_buckets, self.agree = fastest_buckets, agree
         max_batch = graph_batch(max_batch, fastest_buckets)
         self.decode_sizes = decode_buckets(max_batch)
         self.mixed_sizes = mixed_buckets(max_tokens)
@@ -166,6 +168,11 @@ class StepGraphs:
             end.record()
             end.synchronize()
             replay_ms[rows] = start.elapsed_time(end) / 3
+        if self.agree is not None:  # every rank's slowest: all drop the same buckets
+            rows = sorted(replay_ms)
+            replay_ms = dict(
+                zip(rows, self.agree([replay_ms[r] for r in rows], "max"), strict=True)
+            )
         kept = keep_fastest(replay_ms)
         dropped = [rows for rows in self.decode_sizes if rows not in kept]
         if dropped:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from harness.engine.kv_cache import BlockManager
 from harness.engine.kv_plan import KVCacheSpec, plan_kv_cache
 from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
-from harness.engine.model_runner import LaunchedStep, ModelRunner
+from harness.engine.model_runner import Agree, LaunchedStep, ModelRunner
 from harness.engine.outputs import RequestOutput, SchedulerOutput
 from harness.engine.quant.base import quant_config_for
 from harness.engine.request import Request, SamplingParams
@@ -105,11 +104,11 @@ def build_runner(
     args: EngineArgs,
     model: LlamaForCausalLM,
     device: torch.device,
-    agree_num_blocks: Callable[[int], int] | None = None,
+    agree: Agree | None = None,
 ) -> ModelRunner:
     """The runner of a loaded model: kernels chosen, KV cache sized from the memory left, CUDA
-    graphs captured. agree_num_blocks (tensor parallel): this rank's block count -> the
-    count every rank uses."""
+    graphs captured. agree (tensor parallel): what every rank uses of this rank's numbers;
+    here the smallest block count (each rank's KV pool must hold it)."""
     kernels = model.use_fused_kernels(
         args.fused_kernels, args.fp8_triton_max_rows, args.sparse_triton_max_rows
     )
@@ -121,12 +120,13 @@ def build_runner(
         model.config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
         args.num_kv_blocks, max_blocks_useful,
     )  # fmt: skip
-    if agree_num_blocks is not None:
-        kv = KVCacheSpec(agree_num_blocks(kv.num_blocks), kv.block_size, kv.bytes_per_block)
+    if agree is not None:
+        num_blocks = int(agree([kv.num_blocks], "min")[0])
+        kv = KVCacheSpec(num_blocks, kv.block_size, kv.bytes_per_block)
     graph_rows, graph_tokens = cuda_graph_sizes(args, device)
     return ModelRunner(
         model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
-        args.cpu_kv_commit_gib, graph_tokens, args.cuda_graph_fastest_buckets,
+        args.cpu_kv_commit_gib, graph_tokens, args.cuda_graph_fastest_buckets, agree,
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,9 @@ from harness.engine.request import PENDING_TOKEN
 from harness.engine.sampler import Sampler
 
 logger = logging.getLogger(__name__)
+
+# Tensor parallel: this rank's numbers and "min" or "max" -> what every rank uses, elementwise.
+Agree = Callable[[list[float], str], list[float]]
 
 # CPU decodes are grouped by context length so that padding to a group's longest context
 # wastes at most this factor (plus a block): the gathered K/V and score matmuls shrink.
@@ -84,13 +88,13 @@ class ModelRunner:
         kv_dtype: torch.dtype | None = None, cuda_graph_max_batch: int = 0,
         max_model_len: int = 0, cpu_attention_kernel: bool = True,
         cpu_kv_commit_gib: float = 0.0, cuda_graph_max_tokens: int = 0,
-        cuda_graph_fastest_buckets: bool = False,
+        cuda_graph_fastest_buckets: bool = False, agree: Agree | None = None,
     ) -> None:  # fmt: skip
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
         cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only), and
         cuda_graph_max_tokens > 0 graphs of mixed steps up to that many tokens (cuda_graph.py);
         cuda_graph_fastest_buckets: decode graphs up to the next power of two, then drop those
-        that a larger one replays faster;
+        that a larger one replays faster (agree: on every rank's slowest replay times);
         cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds
         (False: the plain-torch gather + SDPA); cpu_kv_commit_gib: see _commit_kv."""
         self.model = model
@@ -137,7 +141,7 @@ class ModelRunner:
 
             self.graphs = StepGraphs(
                 model, cuda_graph_max_batch, cuda_graph_max_tokens, self.block_tables.width,
-                kv.block_size, device, cuda_graph_fastest_buckets,
+                kv.block_size, device, cuda_graph_fastest_buckets, agree,
             )  # fmt: skip
             try:
                 self.graphs.capture()

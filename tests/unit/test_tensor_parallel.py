@@ -179,3 +179,42 @@ def test_a_tp_copy_whose_rank_dies_fails_the_run(engine_dir, tmp_path):
     with pytest.raises(BackendError, match="rank 1 .* exited with code -9"):
         backend.stop()
     assert not copy.is_alive()
+
+
+def _agree_rank(rank: int, port: int, replay_ms: list[dict[int, float]], out) -> None:  # noqa: ANN001
+    import torch.distributed as dist
+
+    from harness.engine.cuda_graph import keep_fastest
+    from harness.engine.parallel.launcher import agree_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        rows = sorted(replay_ms[rank])
+        slowest = agree_across_ranks([replay_ms[rank][r] for r in rows], "max", None)
+        fewest = agree_across_ranks([1000.0 + rank], "min", None)
+        out.put((rank, keep_fastest(dict(zip(rows, slowest, strict=True))), fewest))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_decode_graphs_to_keep():
+    """Each rank's own replay times would keep different buckets (their graphs all-reduce
+    together, so each must replay the same one): on the agreed slowest times they keep the same."""
+    import torch.multiprocessing as mp
+
+    from harness.engine.cuda_graph import keep_fastest
+    from harness.engine.parallel.launcher import _free_port
+
+    replay_ms = [{128: 30.0, 160: 50.0, 256: 38.0}, {128: 31.0, 160: 37.0, 256: 39.0}]
+    assert keep_fastest(replay_ms[0]) == [128, 256]  # rank 0 alone: 160 rows replay slower
+    assert keep_fastest(replay_ms[1]) == [128, 160, 256]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_agree_rank, args=(r, port, replay_ms, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert results == [(0, [128, 256], [1000.0]), (1, [128, 256], [1000.0])]

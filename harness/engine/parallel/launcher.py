@@ -8,7 +8,6 @@ replicated) but never read them on the host.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import socket
 import threading
@@ -113,7 +112,8 @@ def _load_engine_shard(model: LlamaForCausalLM, folder: Path, specs: dict[str, S
 
 
 def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRunner:  # noqa: ANN001
-    """This rank's model shard and KV cache; every rank agrees on the number of blocks."""
+    """This rank's model shard, KV cache and CUDA graphs; the ranks agree on the number of
+    blocks and on which decode graphs to keep."""
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     device = rank_device(args.device, rank)
@@ -121,18 +121,20 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
     quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
     model = load_tp_model(config, quant, DTYPES[args.dtype], device, args.weights,
                           args.model_path, args.seed, rank, world)  # fmt: skip
+    if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture
+        dist.all_reduce(torch.zeros(1, device=device))
+    return build_runner(
+        args, model, device, lambda values, op: agree_across_ranks(values, op, cpu_group)
+    )
 
-    def agree_num_blocks(num_blocks: int) -> int:
-        smallest = torch.tensor([num_blocks])
-        dist.all_reduce(smallest, op=dist.ReduceOp.MIN, group=cpu_group)  # the smallest pool
-        if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture
-            dist.all_reduce(torch.zeros(1, device=device))
-        return int(smallest)
 
-    # Every rank must replay the same graph bucket (their all-reduces meet), and each rank's
-    # own replay timings could pick different ones: keep every bucket.
-    args = dataclasses.replace(args, cuda_graph_fastest_buckets=False)
-    return build_runner(args, model, device, agree_num_blocks)
+def agree_across_ranks(values: list[float], op: str, group) -> list[float]:  # noqa: ANN001
+    """Every rank's `values` reduced elementwise by op ("min" or "max") over `group`: each rank
+    gets the same list (the KV blocks every rank can hold, the slowest graph replays)."""
+    reduce_op = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=reduce_op, group=group)
+    return tensor.tolist()
 
 
 class BroadcastingRunner:
