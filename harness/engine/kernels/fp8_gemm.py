@@ -16,8 +16,8 @@ whose FP8 accumulation is less precise than fp32 (2.5% of outputs off by more th
 tests/gpu/test_fp8_gemm.py, once); there each run of 128 products (`GemmConfig.promote`) is
 summed by wgmma from zero and added into the fp32 accumulator (`max_num_imprecise_acc`; with
 swap, each BLOCK_K's sum: Triton 3.6 would not pipeline the other form). The swapped configs'
-adds of 128-product sums pass the same GPU tests; an add after every 32 products (the first
-form) cost 1.5-2.2x the K loop's instructions. Smaller blocks use mma.sync, which matched
+adds of 128- and 256-product sums pass the same GPU tests; an add after every 32 products (the
+first form) cost 1.5-2.2x the K loop's instructions. Smaller blocks use mma.sync, which matched
 the reference (the kernel as first measured, M <= 32).
 Reference: fp8_gemm_reference.
 """
@@ -58,8 +58,11 @@ class GemmConfig:
     @property
     def promote(self) -> int:
         """FP8 products that wgmma sums from zero before an fp32 add (see above); 0 without
-        wgmma. Triton takes at most BLOCK_K, and adds at least once a K step."""
-        return min(128, self.block_k) if self.uses_wgmma else 0
+        wgmma. Unswapped: 128 (Triton takes at most BLOCK_K, and adds at least once a K step);
+        swapped: the kernel adds each K step's dot, BLOCK_K products."""
+        if not self.uses_wgmma:
+            return 0
+        return self.block_k if self.swap else min(128, self.block_k)
 
     def constexprs(self, sparse: bool, splits: int, even_k: bool) -> dict:
         """_fp8_gemm_kernel's compile-time arguments for this config (launch and compile check)."""
