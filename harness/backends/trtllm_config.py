@@ -60,6 +60,7 @@ IGNORED_KNOBS = (
     "fused_kernels",
     "fp8_triton_max_rows",
     "sparse_triton_max_rows",
+    "dense_triton_max_rows",
     "cpu_attention_kernel",
     "cpu_gemm",
     "cpu_kv_commit_gib",

@@ -111,6 +111,9 @@ class EngineConfig:
     # H100 the Triton kernel took 0.80 ms a 70B layer at 256 rows, expand + cuBLAS 0.98; at
     # 512 rows 1.31-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
     sparse_triton_max_rows: int = 256
+    # CUDA bf16 / fp16 linears (Dense models, every model's head): steps of up to this many
+    # rows run the Triton GEMV (engine/kernels/gemv.py), larger ones cuBLAS; 0: cuBLAS always
+    dense_triton_max_rows: int = 0
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the
@@ -174,7 +177,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
 # Counts that may be 0 (off) but not negative.
 AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
-    "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows",
+    "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows", "engine.dense_triton_max_rows",
 )  # fmt: skip
 
 # Values that must be one of a fixed set, checked after the merge.

@@ -27,6 +27,7 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
         cuda_graph_max_tokens=a.graph_tokens,
         gpu_memory_utilization=a.gpu_memory_utilization, fused_kernels=not a.no_fused,
         fp8_triton_max_rows=a.fp8_triton_max_rows, sparse_triton_max_rows=a.sparse_triton_max_rows,
+        dense_triton_max_rows=a.dense_triton_max_rows,
         async_scheduling=a.async_scheduling,
     )  # fmt: skip
     return LLMEngine.from_args(args)
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph_tokens", type=int, default=0, help="mixed-step graphs up to T tokens")
     p.add_argument("--no_fused", action="store_true", help="torch ops instead of Triton kernels")
     defaults = EngineArgs()
-    for knob in ("fp8_triton_max_rows", "sparse_triton_max_rows"):  # Triton GEMM thresholds
+    # Triton GEMM thresholds
+    for knob in ("fp8_triton_max_rows", "sparse_triton_max_rows", "dense_triton_max_rows"):
         p.add_argument(f"--{knob}", type=int, default=getattr(defaults, knob))
     p.add_argument("--async_scheduling", action="store_true", help="queue steps ahead")
     p.add_argument("--top", type=int, default=18)

@@ -8,6 +8,7 @@
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
+#   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--config=16,512,4,1,1)
 #   sparse : .carry/probe_sparse.py if carried
 #   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)
@@ -60,6 +61,7 @@ for spec in "$@"; do
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=${Q7:-2000} --target_qps=1 \
           ${EXTRA7:-} $flags ;;
     sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b $flags ;;
+    gemv) timeout ${TGV:-300} python3 -m harness.report.gemv_sweep $flags ;;
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     dk) timeout 200 python3 -m harness.report.decode_kernel_bench $flags ;;
     host) timeout 120 python3 -m harness.report.host_step --device=cuda --batch=1 --batch=64 \

@@ -63,3 +63,31 @@ def test_sparse_bf16_on_cuda_stores_compressed_weights_and_generates(tiny_dir):
     sp = SamplingParams(max_new_tokens=6, min_new_tokens=6, ignore_eos=True)
     outs = engine.generate([[5, 6, 7], list(range(3, 40))], sp)
     assert [len(o) for o in outs] == [6, 6]
+
+
+def test_dense_bf16_runs_the_gemv_up_to_its_row_limit(tiny_dir):
+    """dense_triton_max_rows reaches every bf16 linear, the head included; a step of up to that
+    many rows runs the Triton GEMV (close to cuBLAS), a larger one cuBLAS itself."""
+    import torch.nn.functional as F
+
+    from harness.engine.model.llama import Linear
+
+    args = EngineArgs(
+        model_path=tiny_dir, device="cuda", dtype="bfloat16", num_kv_blocks=20, block_size=4,
+        max_num_batched_tokens=16, dense_triton_max_rows=2,
+    )  # fmt: skip
+    engine = LLMEngine.from_args(args)
+    model = engine.model_runner.model
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert model.lm_head in linears and {m.triton_max_rows for m in linears} == {2}
+    head = model.lm_head
+    for rows in (1, 2, 3):
+        x = torch.randn(rows, head.in_features, device="cuda", dtype=torch.bfloat16)
+        out, ref = head(x), F.linear(x, head.weight)
+        if rows > 2:
+            assert torch.equal(out, ref)  # cuBLAS itself
+        else:
+            torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=2**-7)
+    sp = SamplingParams(max_new_tokens=6, min_new_tokens=6, ignore_eos=True)
+    outs = engine.generate([[5, 6, 7], list(range(3, 40))], sp)
+    assert [len(o) for o in outs] == [6, 6]

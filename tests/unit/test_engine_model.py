@@ -101,7 +101,7 @@ def test_fused_kernels_on_cpu_are_the_c_ones_for_fp32_only():
     for dtype in (torch.float32, torch.bfloat16):
         model = build_model(config, quant_config_for("Dense", CPU), dtype, CPU, "dummy", "")
         want = "c" if dtype == torch.float32 and cpu_elementwise.is_available(dtype) else "torch"
-        assert model.use_fused_kernels(True, 256, 256) == want  # Triton kernels need CUDA
+        assert model.use_fused_kernels(True, 256, 256, 256) == want  # Triton kernels need CUDA
         assert not any(getattr(m, "triton_max_rows", 0) for m in model.modules())
         assert {m.kernels for m in model.modules() if hasattr(m, "kernels")} == {want}
         assert model.use_fused_kernels(False) == "torch"

@@ -23,6 +23,7 @@ from harness.engine.kernels.rms_norm import rms_norm_reference, rms_norm_triton,
 from harness.engine.kernels.rope import rope_reference
 from harness.engine.model.attention import AttentionMetadata, PagedAttention
 from harness.engine.quant.base import LinearMethod, QuantConfig
+from harness.engine.quant.dense import DenseLinearMethod
 
 
 @dataclass
@@ -358,11 +359,16 @@ class LlamaForCausalLM(nn.Module):
         self.model.rotary.init_table(device, dtype)
 
     def use_fused_kernels(
-        self, enabled: bool, fp8_triton_max_rows: int = 0, sparse_triton_max_rows: int = 0
+        self,
+        enabled: bool,
+        fp8_triton_max_rows: int = 0,
+        sparse_triton_max_rows: int = 0,
+        dense_triton_max_rows: int = 0,
     ) -> str:
         """Switch norms, RoPE and SwiGLU to fused kernels: Triton on CUDA (with FP8 GEMMs of up
-        to fp8_triton_max_rows rows, sparse_triton_max_rows for 2:4 weights), C for fp32 on the
-        CPU where a compiler builds them. Returns what runs now: "triton", "c" or "torch" (the
+        to fp8_triton_max_rows rows, sparse_triton_max_rows for 2:4 weights and
+        dense_triton_max_rows for bf16 / fp16 ones, the head included), C for fp32 on the CPU
+        where a compiler builds them. Returns what runs now: "triton", "c" or "torch" (the
         plain-torch references)."""
         weight = self.model.embed_tokens.weight
         kind = "torch"
@@ -372,8 +378,11 @@ class LlamaForCausalLM(nn.Module):
             kind = "c"
         for module in self.modules():
             if isinstance(module, Linear):
-                sparse = getattr(module.method, "sparse24", False)
-                max_rows = sparse_triton_max_rows if sparse else fp8_triton_max_rows
+                max_rows = fp8_triton_max_rows
+                if isinstance(module.method, DenseLinearMethod):
+                    max_rows = dense_triton_max_rows
+                elif getattr(module.method, "sparse24", False):
+                    max_rows = sparse_triton_max_rows
                 module.triton_max_rows = max_rows if kind == "triton" else 0
             elif hasattr(module, "kernels"):
                 module.kernels = kind

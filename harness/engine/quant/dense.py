@@ -7,6 +7,8 @@ Stored [out, in] (checkpoint layout). On CPU the GEMM library is a choice (`cpu_
 - mkl: the weight is transposed once to [in, out], which MKL multiplies about 2x faster than
   [out, in] at the small row counts of decode, with the same rounding as HF's F.linear.
 Other CPU dtypes always take the mkl path.
+On CUDA, steps of up to `layer.triton_max_rows` rows (engine.dense_triton_max_rows) of a bf16
+or fp16 model run the Triton GEMV (kernels/gemv.py), the rest cuBLAS through F.linear.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.engine.kernels.gemv import gemv_triton
+
 logger = logging.getLogger(__name__)
 
 CPU_GEMMS = ("onednn", "mkl")
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # what the Triton GEMV takes
 
 
 @functools.cache
@@ -48,6 +53,8 @@ class DenseLinearMethod:
             return torch.ops.mkldnn._linear_pointwise(x, layer.weight, None, "none", [], "")
         if self.cpu_gemm:
             return torch.matmul(x, layer.weight_t)  # [N, in] @ [in, out]
+        if 0 < x.shape[0] <= layer.triton_max_rows and x.dtype in HALF_DTYPES:
+            return gemv_triton(x, layer.weight)
         return F.linear(x, layer.weight)  # [N, in] -> [N, out]
 
     def load_dense(self, layer: nn.Module, weight: torch.Tensor, rows: slice) -> None:

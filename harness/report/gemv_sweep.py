@@ -1,0 +1,100 @@
+"""bf16 GEMMs of one decode row (SingleStream) on a model's linear shapes: cuBLAS (F.linear)
+against the Triton GEMV's configurations (kernels/gemv.py), with the weight bandwidth each
+reaches. Each shape is timed as a model step meets it: one call per layer, every layer its own
+weight (so the L2, 50 MB on an H100, holds none of them), the calls captured in one CUDA graph
+and replayed. Configs that compute wrong (against the fp32 reference) are dropped.
+
+Run on the GPU: python -m harness.report.gemv_sweep [--preset=llama2-7b] [--m=1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from harness.report.decode_kernel_bench import time_calls
+from harness.report.fp8_gemm_sweep import linear_shapes
+
+
+def candidate_configs() -> list:
+    """Weight tiles that keep 32 or 64 fp32 partial sums a thread, 4 or 8 warps, with and
+    without software pipelining (num_stages 3), K split 1, 2 or 4 ways."""
+    from harness.engine.kernels.gemv import GemvConfig
+
+    out = []
+    for bn, bk, warps, stages, split in itertools.product(
+        (4, 8, 16, 32, 64), (128, 256, 512, 1024), (4, 8), (1, 3), (1, 2, 4)
+    ):
+        if bn * bk // (32 * warps) in (32, 64):
+            out.append(GemvConfig(bn, bk, warps, stages, split))
+    return out
+
+
+def parse_config(text: str):  # noqa: ANN201 (a GemvConfig)
+    """A config as --config spells it: BLOCK_N,BLOCK_K,warps,stages,split_k, e.g. 16,512,4,1,1."""
+    from harness.engine.kernels.gemv import GemvConfig
+
+    parts = text.split(",")
+    if len(parts) != 5 or not all(x.isdigit() for x in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: want BLOCK_N,BLOCK_K,warps,stages,split_k")
+    return GemvConfig(*map(int, parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.engine.kernels.gemv import config_for, gemv_reference, gemv_triton
+    from harness.engine.model.llama import PRESETS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama2-7b")
+    p.add_argument("--m", type=int, default=1, help="rows of x")
+    p.add_argument("--layers", type=int, default=0, help="weights per shape (default: the model's)")
+    p.add_argument("--top", type=int, default=3, help="configs printed per shape, fastest first")
+    p.add_argument("--config", type=parse_config, action="append", default=[],
+                   help="try only these configs (repeat the flag)")  # fmt: skip
+    a = p.parse_args(argv)
+    c = PRESETS[a.preset]
+    shapes = linear_shapes(a.preset) | {"lm_head": (c.vocab_size, c.hidden_size)}
+    layers = a.layers or c.num_hidden_layers
+    configs = a.config or candidate_configs()
+    best_total, cublas_total = 0.0, 0.0
+    for name, (n, k) in shapes.items():
+        copies = 1 if name == "lm_head" else layers  # the head: one call a step
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+        x = torch.randn(a.m, k, device="cuda", dtype=torch.bfloat16)
+        gb = n * k * 2 / 1e9  # weight bytes a call, in GB
+        base = time_calls([lambda w=w, x=x: F.linear(x, w) for w in ws])
+        ref = gemv_reference(x, ws[0])
+        current = config_for(n, k)
+        results = []
+        for cfg in [current] + [cf for cf in configs if cf != current]:
+            try:
+                out = gemv_triton(x, ws[0], cfg)
+                torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-2)
+                us = time_calls([lambda w=w, x=x, cfg=cfg: gemv_triton(x, w, cfg) for w in ws])
+            except Exception as ex:  # noqa: BLE001 (out of resources, wrong results)
+                print(f"[gemv] {name} {cfg}: failed {type(ex).__name__}: {str(ex)[:120]}")
+                continue
+            results.append((us, cfg))
+        print(f"[gemv] {a.preset} {name} (N={n}, K={k}) M={a.m}: cuBLAS {base:.1f} us = "
+              f"{gb / base * 1e3:.2f} TB/s; current {results[0][0] if results else 0:.1f} us",
+              flush=True)  # fmt: skip
+        results.sort(key=lambda r: r[0])
+        for us, cfg in results[: a.top]:
+            print(f"[gemv]   triton {us:.1f} us = {gb / us * 1e3:.2f} TB/s ({base / us:.2f}x "
+                  f"cuBLAS) {cfg}", flush=True)  # fmt: skip
+        per_step = 1 if name == "lm_head" else c.num_hidden_layers
+        cublas_total += base * per_step
+        best_total += (results[0][0] if results else base) * per_step
+        del ws
+    print(
+        f"[gemv] {a.preset} M={a.m}, the step's linears: cuBLAS {cublas_total / 1e3:.3f} ms, "
+        f"best Triton per shape {best_total / 1e3:.3f} ms ({cublas_total / best_total:.2f}x)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
