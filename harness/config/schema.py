@@ -112,8 +112,10 @@ class EngineConfig:
     # 512 rows 1.31-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
     sparse_triton_max_rows: int = 256
     # CUDA bf16 / fp16 linears (Dense models, every model's head): steps of up to this many
-    # rows run the Triton GEMV (engine/kernels/gemv.py), larger ones cuBLAS; 0: cuBLAS always
-    dense_triton_max_rows: int = 0
+    # rows run the Triton GEMV (engine/kernels/gemv.py), larger ones cuBLAS; 0: cuBLAS always.
+    # 1: at one row it beat cuBLAS on every 7B shape, 4.69 ms a step's linears against 5.18
+    # (H100, docs/benchmarks.md, fifteenth session)
+    dense_triton_max_rows: int = 1
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention; false: torch ops
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     # CPU: GiB of the KV pool written at start, so that its page faults are not paid in the

@@ -59,7 +59,7 @@ class EngineArgs:
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
-    dense_triton_max_rows: int = 0  # CUDA bf16 / fp16 linears: Triton GEMV up to this many rows
+    dense_triton_max_rows: int = 1  # CUDA bf16 / fp16 linears: Triton GEMV up to this many rows
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
     cpu_kv_commit_gib: float = 2.0  # CPU: KV pool written at start (its page faults paid then)

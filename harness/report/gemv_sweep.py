@@ -1,10 +1,11 @@
-"""bf16 GEMMs of one decode row (SingleStream) on a model's linear shapes: cuBLAS (F.linear)
-against the Triton GEMV's configurations (kernels/gemv.py), with the weight bandwidth each
-reaches. Each shape is timed as a model step meets it: one call per layer, every layer its own
-weight (so the L2, 50 MB on an H100, holds none of them), the calls captured in one CUDA graph
-and replayed. Configs that compute wrong (against the fp32 reference) are dropped.
+"""bf16 GEMMs of a few decode rows (SingleStream: one) on a model's linear shapes: cuBLAS
+(F.linear) against the Triton GEMV's configurations (kernels/gemv.py), with the weight
+bandwidth each reaches. Each shape is timed as a model step meets it: one call per layer, every
+layer its own weight (so the L2, 50 MB on an H100, holds none of them), the calls captured in
+one CUDA graph and replayed. Configs that compute wrong (against the fp32 reference) are
+dropped.
 
-Run on the GPU: python -m harness.report.gemv_sweep [--preset=llama2-7b] [--m=1]
+Run on the GPU: python -m harness.report.gemv_sweep [--preset=llama2-7b] [--m=1 --m=2 ...]
 """
 
 from __future__ import annotations
@@ -49,50 +50,51 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="llama2-7b")
-    p.add_argument("--m", type=int, default=1, help="rows of x")
-    p.add_argument("--layers", type=int, default=0, help="weights per shape (default: the model's)")
+    p.add_argument("--m", type=int, action="append", help="rows of x (default 1)")
     p.add_argument("--top", type=int, default=3, help="configs printed per shape, fastest first")
     p.add_argument("--config", type=parse_config, action="append", default=[],
                    help="try only these configs (repeat the flag)")  # fmt: skip
     a = p.parse_args(argv)
     c = PRESETS[a.preset]
     shapes = linear_shapes(a.preset) | {"lm_head": (c.vocab_size, c.hidden_size)}
-    layers = a.layers or c.num_hidden_layers
+    rows = a.m or [1]
     configs = a.config or candidate_configs()
-    best_total, cublas_total = 0.0, 0.0
+    cublas_total, best_total = dict.fromkeys(rows, 0.0), dict.fromkeys(rows, 0.0)
     for name, (n, k) in shapes.items():
-        copies = 1 if name == "lm_head" else layers  # the head: one call a step
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
-        x = torch.randn(a.m, k, device="cuda", dtype=torch.bfloat16)
+        calls = 1 if name == "lm_head" else c.num_hidden_layers  # calls a step
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(calls)]
         gb = n * k * 2 / 1e9  # weight bytes a call, in GB
-        base = time_calls([lambda w=w, x=x: F.linear(x, w) for w in ws])
-        ref = gemv_reference(x, ws[0])
-        current = config_for(n, k)
-        results = []
-        for cfg in [current] + [cf for cf in configs if cf != current]:
-            try:
-                out = gemv_triton(x, ws[0], cfg)
-                torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-2)
-                us = time_calls([lambda w=w, x=x, cfg=cfg: gemv_triton(x, w, cfg) for w in ws])
-            except Exception as ex:  # noqa: BLE001 (out of resources, wrong results)
-                print(f"[gemv] {name} {cfg}: failed {type(ex).__name__}: {str(ex)[:120]}")
-                continue
-            results.append((us, cfg))
-        print(f"[gemv] {a.preset} {name} (N={n}, K={k}) M={a.m}: cuBLAS {base:.1f} us = "
-              f"{gb / base * 1e3:.2f} TB/s; current {results[0][0] if results else 0:.1f} us",
-              flush=True)  # fmt: skip
-        results.sort(key=lambda r: r[0])
-        for us, cfg in results[: a.top]:
-            print(f"[gemv]   triton {us:.1f} us = {gb / us * 1e3:.2f} TB/s ({base / us:.2f}x "
-                  f"cuBLAS) {cfg}", flush=True)  # fmt: skip
-        per_step = 1 if name == "lm_head" else c.num_hidden_layers
-        cublas_total += base * per_step
-        best_total += (results[0][0] if results else base) * per_step
+        for m in rows:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            base = time_calls([lambda w=w, x=x: F.linear(x, w) for w in ws])
+            ref = gemv_reference(x, ws[0])
+            current = config_for(n)
+            results = []
+            for cfg in [current] + [cf for cf in configs if cf != current]:
+                try:
+                    out = gemv_triton(x, ws[0], cfg)
+                    torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-2)
+                    us = time_calls([lambda w=w, x=x, cfg=cfg: gemv_triton(x, w, cfg) for w in ws])
+                except Exception as ex:  # noqa: BLE001 (out of resources, wrong results)
+                    print(f"[gemv] {name} {cfg}: failed {type(ex).__name__}: {str(ex)[:120]}")
+                    continue
+                results.append((us, cfg))
+            now = f"{results[0][0]:.1f} us" if results and results[0][1] == current else "failed"
+            print(f"[gemv] {a.preset} {name} (N={n}, K={k}) M={m}: cuBLAS {base:.1f} us = "
+                  f"{gb / base * 1e3:.2f} TB/s; config_for's {now}", flush=True)  # fmt: skip
+            results.sort(key=lambda r: r[0])
+            for us, cfg in results[: a.top]:
+                print(f"[gemv]   triton {us:.1f} us = {gb / us * 1e3:.2f} TB/s ({base / us:.2f}x "
+                      f"cuBLAS) {cfg}", flush=True)  # fmt: skip
+            cublas_total[m] += base * calls
+            best_total[m] += (results[0][0] if results else base) * calls
         del ws
-    print(
-        f"[gemv] {a.preset} M={a.m}, the step's linears: cuBLAS {cublas_total / 1e3:.3f} ms, "
-        f"best Triton per shape {best_total / 1e3:.3f} ms ({cublas_total / best_total:.2f}x)"
-    )
+    for m in rows:
+        print(
+            f"[gemv] {a.preset} M={m}, a step's linears: cuBLAS {cublas_total[m] / 1e3:.3f} ms, "
+            f"best Triton per shape {best_total[m] / 1e3:.3f} ms "
+            f"({cublas_total[m] / best_total[m]:.2f}x)"
+        )
     return 0
 
 

@@ -6,7 +6,7 @@ weight streaming; cuBLAS read the 7B's weights at about 2.7 TB/s on the H100 the
 the whole of K (or one of `split_k` K ranges, added into an fp32 buffer), multiplies them by
 the row of x on the CUDA cores and keeps a [BLOCK_N, BLOCK_K] fp32 partial sum that is
 reduced once at the end. Rows of x are a grid axis next to the weight blocks, so a second row
-reads the weight tile from L2. `config_for(n, k)` gives the block sizes per shape
+reads the weight tile from L2. `config_for(n)` gives the block sizes per shape
 (`python -m harness.report.gemv_sweep` measures them). Reference: gemv_reference.
 """
 
@@ -32,12 +32,16 @@ class GemvConfig:
     split_k: int = 1  # programs per weight block, each over a K range, added in fp32
 
 
-# The default until a sweep on the GPU picks per shape.
-DEFAULT_CONFIG = GemvConfig()
+# One row on an H100 (`gemv_sweep`, fifteenth session, docs/benchmarks.md), us a call against
+# cuBLAS's: the 7B's qkv 34.9 (37.1), gate|up 59.8 (68.5) and head 86.5 (115.8), 2.9-3.0 TB/s,
+# with 8 x 1,024 tiles and 8 warps; o 13.8 (16.6) and down 35.2 (36.1) with 8 x 512 and 4.
+# Splitting K and software pipelining did not help any shape.
+WIDE_CONFIG = GemvConfig(8, 1024, 8)  # N >= 8,192: enough weight blocks for every SM
+NARROW_CONFIG = GemvConfig(8, 512, 4)
 
 
-def config_for(n: int, k: int) -> GemvConfig:
-    return DEFAULT_CONFIG
+def config_for(n: int) -> GemvConfig:
+    return WIDE_CONFIG if n >= 8192 else NARROW_CONFIG
 
 
 def gemv_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -74,10 +78,10 @@ if triton is not None:
 
 
 def gemv_triton(x: torch.Tensor, w: torch.Tensor, config: GemvConfig | None = None) -> torch.Tensor:
-    """Same contract as gemv_reference; config None: config_for(N, K)."""
+    """Same contract as gemv_reference; config None: config_for(N)."""
     m, k = x.shape
     n = w.shape[0]
-    cfg = config or config_for(n, k)
+    cfg = config or config_for(n)
     if x.stride(-1) != 1:
         x = x.contiguous()
     if cfg.split_k > 1:
