@@ -13,7 +13,8 @@
 #   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
-#   o7:--max_num_seqs=256,--admission_batch=32   (o7, b70, b70s, srv70, int70, prof70, prof7, sweep)
+#   o7:--max_num_seqs=256,--admission_batch=32   (o7, ss7, b70, b70s, srv70, int70, prof70, prof7,
+#   sweep, gemv; a flag whose value has commas, e.g. --config=..., must run directly)
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -36,7 +37,7 @@ for spec in "$@"; do
         timeout 200 python3 -m harness bench --benchmarks=llama2-7b-synthetic \
           --scenarios=Offline --min_duration_ms=10000 --min_query_count=1024 --target_qps=1 ;;
     ss7) timeout ${TSS7:-240} python3 -m harness bench --benchmarks=llama2-7b-synthetic \
-          --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=64 ;;
+          --scenarios=SingleStream --min_duration_ms=10000 --min_query_count=64 $flags ;;
     b70) timeout ${T70:-330} python3 -m harness bench --benchmarks=llama2-70b-synthetic $SHORT \
           --min_query_count=${Q70:-512} ${EXTRA70:-} $flags ;;
     b70s) timeout ${T70S:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
