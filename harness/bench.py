@@ -285,6 +285,14 @@ def _print_result(r: BenchResult) -> None:
         print(f"[bench]   {r.roofline}", flush=True)
 
 
+def offline_share_line(r: BenchResult, offline_tps: float) -> str:
+    """A Server or Interactive run's completed tokens/s as a share of the same engine's Offline
+    tokens/s measured earlier in this bench (issue 6's Server target: 85%)."""
+    return (f"[bench] {r.label}: {r.tokens_per_second:,.1f} tokens/s = "
+            f"{r.tokens_per_second / offline_tps:.1%} of this bench's Offline "
+            f"{offline_tps:,.1f} (same engine, same run)")  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     from harness.cli import _setup_logging
     from harness.loadgen.logs import new_timestamp_dir
@@ -297,17 +305,23 @@ def main(argv: list[str]) -> int:
     stamp = new_timestamp_dir(Path(a.log_dir))
     runs: list[tuple[str, BenchResult]] = []  # (scenario, result)
     offline_tps: dict[str, float] = {}
+    shares: list[str] = []  # Server / Interactive against this bench's Offline, same engine
     for scenario, cfg, flags in plan:
+        engine = f"{cfg.engine.backend}/{cfg.engine.model_opt}"
         if scenario == "Server" and a.server_fraction > 0:
             cfg = _server_from_offline(cfg, offline_tps, a.server_fraction)
         r = bench_one(cfg, stamp, command, flags)
         if scenario == "Offline":
-            offline_tps[f"{cfg.engine.backend}/{cfg.engine.model_opt}"] = r.tokens_per_second
+            offline_tps[engine] = r.tokens_per_second
+        elif offline_tps.get(engine, 0) > 0:
+            shares.append(offline_share_line(r, offline_tps[engine]))
         runs.append((scenario, r))
         _print_result(r)
     print("\n[bench] summary", flush=True)
     for _, r in runs:
         _print_result(r)
+    for line in shares:
+        print(line, flush=True)
     if a.compare or a.model_opts:  # each run against the first of its scenario
         firsts: dict[str, BenchResult] = {}
         for scenario, r in runs:

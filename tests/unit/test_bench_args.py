@@ -59,3 +59,24 @@ def test_the_printed_account_says_tokens_a_step(tmp_path, capsys):
     assert "engine time: 123 tokens a step on average; 4061 decode-only steps in 200.7 s" in out
     assert "694 steps with prompt tokens in 73.4 s (105.8 ms each)" in out
     assert "decode-only steps by sequences: 1-16 sequences: 512 steps, 14.2 s" in out
+
+
+def test_server_is_reported_as_a_share_of_the_same_runs_offline(tmp_path, monkeypatch, capsys):
+    """bench --scenarios=Offline,Server prints Server's tokens/s against the Offline figure it
+    has just measured for the same engine (the runs themselves replaced by fixed results)."""
+    import harness.bench as bench
+    from harness.bench import BenchResult
+
+    figures = {"Offline": 2259.0, "Server": 1909.3}
+
+    def fake_run(cfg, stamp, command, flags=()):  # noqa: ANN001, ANN202
+        scenario = cfg.scenario.scenario
+        return BenchResult(f"x {scenario}", tmp_path, figures[scenario], True, 0)
+
+    monkeypatch.setattr(bench, "bench_one", fake_run)
+    argv = ["--scenarios=Offline,Server", f"--log_dir={tmp_path}", "--system_name=cpu-default"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[bench] x Server: 1,909.3 tokens/s = 84.5% of this bench's Offline 2,259.0" in out
+    assert bench.main(["--scenarios=Server", *argv[1:]]) == 0  # no Offline: no share
+    assert "of this bench's Offline" not in capsys.readouterr().out
