@@ -1,0 +1,44 @@
+"""schedule_replay: the engine's scheduler replayed on lengths alone, and its time model."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.engine.scheduler import SchedulerConfig
+from harness.report.roofline import GpuPeaks, Workload
+from harness.report.schedule_replay import ReplayStats, modeled_seconds, replay
+
+
+def test_a_pool_that_holds_everything_computes_each_prompt_once():
+    ins, outs = [5, 9, 3], [4, 1, 6]
+    stats = replay(ins, outs, kv_tokens=1024, config=SchedulerConfig(max_num_seqs=8))
+    assert stats.preemptions == 0
+    assert stats.prompt_tokens == sum(ins) and stats.output_tokens == sum(outs)
+    # all three prompts in step 1 (each samples its first token), then one decode a step
+    assert stats.steps == max(outs) and stats.decode_steps == max(outs) - 1
+    assert stats.decode_rows == sum(outs) - len(outs)
+    # step 1 attends to the prompts; then each decode to its whole context so far
+    decode_context = sum(n + k for n, o in zip(ins, outs, strict=True) for k in range(1, o))
+    assert stats.context_tokens == sum(ins) + decode_context
+
+
+def test_a_tight_pool_preempts_and_recomputes_and_headroom_avoids_it():
+    ins, outs = [16] * 4, [64] * 4  # 80 tokens = 5 blocks each; the pool has 8 blocks
+    greedy = replay(ins, outs, kv_tokens=128, config=SchedulerConfig(max_num_seqs=4))
+    assert greedy.preemptions > 0 and greedy.prompt_tokens > sum(ins)  # recomputed prompts
+    assert greedy.output_tokens == sum(outs)  # every sample still finishes
+    config = SchedulerConfig(max_num_seqs=4, admission_headroom_tokens=64)
+    careful = replay(ins, outs, kv_tokens=128, config=config)
+    assert careful.preemptions == 0 and careful.prompt_tokens == sum(ins)
+    assert careful.output_tokens == sum(outs)
+
+
+def test_the_time_model_adds_bytes_at_the_copy_bandwidth_and_prompt_flops_at_the_peak():
+    # one layer, hidden 2, intermediate 4, 1 head of 2, vocab 10: qkv 12, o 4, MLP 24 params
+    w = Workload(1, 2, 4, 1, 1, 2, 10, 2.0, 2.0, 0.0, 0.0, 1.0)
+    assert w.linear_params == 40 and w.kv_bytes_per_token == 8
+    peaks = GpuPeaks("test", copy_tbps=1e-12, bf16_tflops=1e-12, fp8_tflops=2e-12)  # 1 B/s
+    stats = ReplayStats(steps=3, prompt_tokens=5, context_tokens=7)
+    moved = 3 * (40 * 2 + 2 * 10 * 2) + 7 * 8  # weights and head a step, KV a context token
+    assert modeled_seconds(stats, w, peaks, fp8_gemm=False) == pytest.approx(moved + 5 * 80)
+    assert modeled_seconds(stats, w, peaks, fp8_gemm=True) == pytest.approx(moved + 5 * 40)
