@@ -22,25 +22,25 @@ from harness.report.fp8_gemm_sweep import linear_shapes
 
 def candidate_configs() -> list:
     """Weight tiles that keep 32 or 64 fp32 partial sums a thread, 4 or 8 warps, with and
-    without software pipelining (num_stages 3), K split 1, 2 or 4 ways."""
+    without software pipelining (num_stages 3)."""
     from harness.engine.kernels.gemv import GemvConfig
 
     out = []
-    for bn, bk, warps, stages, split in itertools.product(
-        (4, 8, 16, 32, 64), (128, 256, 512, 1024), (4, 8), (1, 3), (1, 2, 4)
+    for bn, bk, warps, stages in itertools.product(
+        (4, 8, 16, 32, 64), (128, 256, 512, 1024), (4, 8), (1, 3)
     ):
         if bn * bk // (32 * warps) in (32, 64):
-            out.append(GemvConfig(bn, bk, warps, stages, split))
+            out.append(GemvConfig(bn, bk, warps, stages))
     return out
 
 
 def parse_config(text: str):  # noqa: ANN201 (a GemvConfig)
-    """A config as --config spells it: BLOCK_N,BLOCK_K,warps,stages,split_k, e.g. 16,512,4,1,1."""
+    """A config as --config spells it: BLOCK_N,BLOCK_K,warps,stages, e.g. 8,1024,8,1."""
     from harness.engine.kernels.gemv import GemvConfig
 
     parts = text.split(",")
-    if len(parts) != 5 or not all(x.isdigit() for x in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: want BLOCK_N,BLOCK_K,warps,stages,split_k")
+    if len(parts) != 4 or not all(x.isdigit() for x in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: want BLOCK_N,BLOCK_K,warps,stages")
     return GemvConfig(*map(int, parts))
 
 

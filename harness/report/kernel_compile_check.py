@@ -1,7 +1,8 @@
-"""Compile the FP8 GEMM, 2:4, paged-decode and RoPE kernels for Hopper (sm_90), without a GPU.
+"""Compile the FP8 GEMM, 2:4, GEMV, paged-decode and RoPE kernels for Hopper (sm_90), no GPU.
 
 For every block config the engine may pick (kernels/fp8_gemm.py: CONFIGS and SPARSE_CONFIGS),
-the 2:4 expansion kernel, the paged decode and its split combine, and RoPE: Triton's compiler
+the 2:4 expansion kernel, the bf16 GEMV's configs, the paged decode and its split combine, and
+RoPE: Triton's compiler
 and its bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT
 does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used,
 the fp32 promotion adds and a GEMM's SASS instructions per K step, and exits 1 if a kernel
@@ -111,9 +112,9 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
 
 
 def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
-    """The 2:4 expansion kernel, the paged decode and its split combine, RoPE (with and
-    without the KV-cache write), as the engine launches them."""
-    from harness.engine.kernels import paged_attention, rope, sparse24_gemm
+    """The 2:4 expansion kernel, the GEMV, the paged decode and its split combine, RoPE (with
+    and without the KV-cache write), as the engine launches them (4 warps unless a case says)."""
+    from harness.engine.kernels import gemv, paged_attention, rope, sparse24_gemm
 
     cases = [
         ("decompress_24", sparse24_gemm._decompress_24_kernel,
@@ -150,10 +151,20 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
             {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*bf16", "plane": "i32"},
             {"NUM_SPLITS": splits, "S_PAD": 1 << (splits - 1).bit_length(), "D": 128},
         ))  # fmt: skip
+    for cfg in (gemv.WIDE_CONFIG, gemv.NARROW_CONFIG):
+        for even_k in (True, False):
+            cases.append((
+                f"gemv {cfg} EVEN_K={even_k}", gemv._gemv_kernel,
+                {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "N": "i32", "K": "i32",
+                 "stride_x": "i32", "stride_w": "i32", "stride_out": "i32"},
+                {"BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "EVEN_K": even_k},
+                cfg.num_warps,
+            ))  # fmt: skip
     rows = []
-    for label, kernel, signature, constexprs in cases:
+    for label, kernel, signature, constexprs, *warps in cases:
         try:
-            k = _compile(kernel, signature, constexprs, list(signature), arch, num_warps=4)
+            k = _compile(kernel, signature, constexprs, list(signature), arch,
+                         num_warps=warps[0] if warps else 4)  # fmt: skip
         except Exception as ex:  # noqa: BLE001
             rows.append((label, f"{type(ex).__name__}: {str(ex)[:300]}"))
             continue

@@ -8,7 +8,7 @@
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
-#   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--config=16,512,4,1,1)
+#   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--m=2)
 #   sparse : .carry/probe_sparse.py if carried
 #   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)

@@ -19,7 +19,7 @@ SHAPES = [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008), (32000, 409
 def _configs() -> list:
     from harness.engine.kernels.gemv import GemvConfig
 
-    tried = [GemvConfig(16, 512), GemvConfig(8, 1024, 8, 3), GemvConfig(32, 256, 4, 1, 4)]
+    tried = [GemvConfig(16, 512), GemvConfig(8, 1024, 8, 3), GemvConfig(32, 256, 4)]
     return [None, *tried]  # None: config_for's pick
 
 

@@ -3,9 +3,9 @@
 At batch 1 (SingleStream) a step reads every weight once for one row, so the GEMMs are pure
 weight streaming; cuBLAS read the 7B's weights at about 2.7 TB/s on the H100 there
 (docs/benchmarks.md, tenth session). Each program of this kernel takes BLOCK_N weight rows over
-the whole of K (or one of `split_k` K ranges, added into an fp32 buffer), multiplies them by
-the row of x on the CUDA cores and keeps a [BLOCK_N, BLOCK_K] fp32 partial sum that is
-reduced once at the end. Each row of x is its own set of programs and reads the weights
+the whole of K, multiplies them by the row of x on the CUDA cores and keeps a
+[BLOCK_N, BLOCK_K] fp32 partial sum that is reduced once at the end (splitting K over programs
+made no shape faster). Each row of x is its own set of programs and reads the weights
 again, so the kernel pays only at one row: on the H100 a 7B step's linears took 4.69 ms at one
 row against cuBLAS's 5.18, but 8.2 ms at two rows against 4.9 (engine.dense_triton_max_rows
 defaults to 1). `config_for(n)` gives the block sizes per shape (`python -m
@@ -31,7 +31,6 @@ class GemvConfig:
     block_k: int = 512
     num_warps: int = 4
     num_stages: int = 1
-    split_k: int = 1  # programs per weight block, each over a K range, added in fp32
 
 
 # One row on an H100 (`gemv_sweep`, fifteenth session, docs/benchmarks.md), us a call against
@@ -56,15 +55,13 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(
         x_ptr, w_ptr, out_ptr, N, K, stride_x, stride_w, stride_out,
-        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr, EVEN_K: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     ):  # fmt: skip
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        row = tl.program_id(2).to(tl.int64)
-        k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), tl.num_programs(1)) * BLOCK_K
-        k_begin = tl.program_id(1) * k_per_split
+        row = tl.program_id(1).to(tl.int64)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(k_begin, tl.minimum(K, k_begin + k_per_split), BLOCK_K):
+        for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = (offs_k < K) | EVEN_K  # EVEN_K: no mask along K
             x = tl.load(x_ptr + row * stride_x + offs_k, mask=k_ok, other=0.0)
@@ -72,11 +69,7 @@ if triton is not None:
                         mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         out = tl.sum(acc, axis=1)
-        if ATOMIC:  # split K: out_ptr is a zeroed fp32 buffer that the K ranges add into
-            tl.atomic_add(out_ptr + row * stride_out + offs_n, out, mask=n_ok, sem="relaxed")
-        else:
-            tl.store(out_ptr + row * stride_out + offs_n, out.to(out_ptr.dtype.element_ty),
-                     mask=n_ok)  # fmt: skip
+        tl.store(out_ptr + row * stride_out + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
 def gemv_triton(x: torch.Tensor, w: torch.Tensor, config: GemvConfig | None = None) -> torch.Tensor:
@@ -86,15 +79,11 @@ def gemv_triton(x: torch.Tensor, w: torch.Tensor, config: GemvConfig | None = No
     cfg = config or config_for(n)
     if x.stride(-1) != 1:
         x = x.contiguous()
-    if cfg.split_k > 1:
-        out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
-    else:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m:
-        grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, m)
-        _gemv_kernel[grid](
+        _gemv_kernel[(triton.cdiv(n, cfg.block_n), m)](
             x, w, out, n, k, x.stride(0), w.stride(0), out.stride(0),
-            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ATOMIC=cfg.split_k > 1,
-            EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
-    return out.to(x.dtype) if cfg.split_k > 1 else out
+    return out
