@@ -1,5 +1,5 @@
-"""The Triton GEMV (kernels/gemv.py) vs its fp32 reference, on the shapes we run, and the dense
-linear method's choice between it and cuBLAS."""
+"""The Triton GEMV (kernels/gemv.py) vs its fp32 reference, on the shapes we run (the dense
+linear method's choice between it and cuBLAS: test_engine_gpu.py)."""
 
 from __future__ import annotations
 
