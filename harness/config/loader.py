@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config.schema import AT_LEAST_ONE, AT_LEAST_ZERO, CHOICES, HarnessConfig
+from harness.config.schema import AT_LEAST_ONE, AT_LEAST_ZERO, CHOICES, LAYER_LIST, HarnessConfig
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(HarnessConfig))
 # Short settings of --test_run (NVIDIA's meaning: min_duration 1 min, few queries).
@@ -216,6 +217,13 @@ def merge(layers: list[Layer]) -> DictConfig:
                 f"{_source_of(key, layers)}: {key} = {value!r}; it must be >= 0 (0: off): "
                 "set it to 0 or more"
             )
+    dense_layers = str(OmegaConf.select(cfg, "engine.fp8_dense_layers"))
+    if not re.fullmatch(LAYER_LIST, dense_layers):
+        raise ConfigError(
+            f"{_source_of('engine.fp8_dense_layers', layers)}: engine.fp8_dense_layers = "
+            f"{dense_layers!r}; give decoder layer indices separated by commas, e.g. '0,-1', "
+            "or '' for none"
+        )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required config key(s): {', '.join(missing)}")

@@ -85,6 +85,9 @@ class EngineConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     kv_cache_dtype: str = "auto"
+    # FP8 / Sparse: decoder layers kept in the model dtype, comma-separated indices, negative
+    # ones from the end ("0,-1": the first and the last); "": every layer quantized
+    fp8_dense_layers: str = ""
     num_kv_blocks: int = 0  # 0: computed from free memory
     admission: str = "fifo"  # fifo | longest_first
     admission_batch: int = 1  # torch: while others decode, admit new requests in groups
@@ -181,6 +184,9 @@ AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
     "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows", "engine.dense_triton_max_rows",
 )  # fmt: skip
+
+# engine.fp8_dense_layers: decoder layer indices separated by commas, or nothing.
+LAYER_LIST = r"\s*(-?\d+\s*(,\s*-?\d+\s*)*)?"
 
 # Values that must be one of a fixed set, checked after the merge.
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from harness.config.schema import HarnessConfig
 from harness.engine.llm_engine import DTYPES, EngineArgs, resolve_model_config
 from harness.engine.loader import build_model
-from harness.engine.quant.base import quant_config_for
+from harness.engine.quant.base import dense_layers_from, quant_config_for
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,15 @@ def expected_manifest(cfg: HarnessConfig) -> dict[str, Any]:
         "model_opt": cfg.engine.model_opt,
         "dtype": cfg.engine.dtype,
         "dummy_weights": cfg.engine.dummy_weights,
+        "fp8_dense_layers": fp8_dense_layers(cfg),
     }
+
+
+def fp8_dense_layers(cfg: HarnessConfig) -> str:
+    """The engine's dense decoder layers as built: FP8 and Sparse only, spaces dropped."""
+    if cfg.engine.model_opt == "Dense":
+        return ""
+    return cfg.engine.fp8_dense_layers.replace(" ", "")
 
 
 def rebuild_command(cfg: HarnessConfig) -> str:
@@ -71,6 +79,8 @@ def rebuild_command(cfg: HarnessConfig) -> str:
     )
     if cfg.engine.dummy_weights:
         args += " --dummy_weights=true"
+    if fp8_dense_layers(cfg):
+        args += f" --fp8_dense_layers={fp8_dense_layers(cfg)}"
     return f'make generate_engines RUN_ARGS="{args}"'
 
 
@@ -81,18 +91,19 @@ def build_engine(cfg: HarnessConfig, engine_dir: Path, force: bool = False) -> P
         raise EngineExistsError(
             f"{engine_dir / MANIFEST} exists; delete {engine_dir} or rebuild with force=True"
         )
-    if engine_dir.exists() and force:
-        shutil.rmtree(engine_dir)
-    engine_dir.mkdir(parents=True)
     e = cfg.engine
     model_path = Path(cfg.benchmark.model_path)
     weights = "dummy" if e.dummy_weights else "hf"
     args = EngineArgs(model_path=str(model_path), weights=weights, model_opt=e.model_opt)
     config = resolve_model_config(args, preset=cfg.benchmark.name)
+    dense = dense_layers_from(fp8_dense_layers(cfg), config.num_hidden_layers)  # checked first
+    if engine_dir.exists() and force:
+        shutil.rmtree(engine_dir)
+    engine_dir.mkdir(parents=True)
     files: list[str] = []
     if not e.dummy_weights:  # dummy engines are re-randomized at load: no weight files
         device = torch.device("cpu")
-        quant = quant_config_for(e.model_opt, device)
+        quant = quant_config_for(e.model_opt, device, dense_layers=dense)
         model = build_model(
             config, quant, DTYPES[e.dtype], device, "hf", model_path, for_inference=False
         )
@@ -134,7 +145,7 @@ def check_engine(cfg: HarnessConfig, engine_dir: Path) -> dict[str, Any]:
         raise EngineManifestError(f"no engine at {path}; build it with: {rebuild_command(cfg)}")
     manifest = json.loads(path.read_text())
     for key, wanted in expected_manifest(cfg).items():
-        found = manifest.get(key)
+        found = manifest.get(key, "" if key == "fp8_dense_layers" else None)  # older engines
         if found != wanted:
             raise EngineManifestError(
                 f"{path}: {key} is {found!r}, this run wants {wanted!r}; rebuild with: "

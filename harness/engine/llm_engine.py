@@ -21,7 +21,7 @@ from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
 from harness.engine.model_runner import Agree, LaunchedStep, ModelRunner
 from harness.engine.outputs import RequestOutput, SchedulerOutput
-from harness.engine.quant.base import quant_config_for
+from harness.engine.quant.base import QuantConfig, dense_layers_from, quant_config_for
 from harness.engine.request import Request, SamplingParams
 from harness.engine.scheduler import Scheduler, SchedulerConfig
 from harness.engine.stats import StepLog
@@ -59,6 +59,7 @@ class EngineArgs:
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
+    fp8_dense_layers: str = ""  # FP8 / Sparse: decoder layers kept dense, e.g. "0,-1"
     dense_triton_max_rows: int = 1  # CUDA bf16 / fp16 linears: Triton GEMV up to this many rows
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
     cpu_gemm: str = "onednn"  # CPU dense GEMMs: onednn | mkl (HF's rounding; quant/dense.py)
@@ -69,6 +70,12 @@ class EngineArgs:
 
 
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores and Triton's e4m3: Ada (8.9), Hopper (9.0), later
+
+
+def engine_quant_config(args: EngineArgs, config: LlamaConfig, device: torch.device) -> QuantConfig:
+    """args.model_opt's QuantConfig, with args.fp8_dense_layers resolved for this model."""
+    dense = dense_layers_from(args.fp8_dense_layers, config.num_hidden_layers)
+    return quant_config_for(args.model_opt, device, args.cpu_gemm, dense)
 
 
 def check_device(args: EngineArgs) -> None:
@@ -185,7 +192,7 @@ class LLMEngine:
             torch.set_num_threads(args.num_threads)
         device = torch.device(args.device)
         config = resolve_model_config(args)
-        quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
+        quant = engine_quant_config(args, config, device)
         model = build_model(
             config, quant, DTYPES[args.dtype], device, args.weights, args.model_path, args.seed
         )

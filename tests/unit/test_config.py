@@ -41,6 +41,7 @@ def test_llama2_70b_keeps_reference_targets():
         ({"max_num_seqs": "many"}, "engine.max_num_seqs"),
         ({"backend": "vllm"}, "choose one of: hf, torch, trtllm"),
         ({"name": "x"}, "ambiguous"),
+        ({"fp8_dense_layers": "first"}, "command line: engine.fp8_dense_layers = 'first'; give"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
@@ -156,3 +157,8 @@ def test_system_matching(tmp_path):
     assert match_system("NVIDIA H200", 8) == "H200-SXM-141GBx8"
     with pytest.raises(ConfigError, match="num_accelerators: 3"):
         match_system("NVIDIA H100 80GB HBM3", 3)
+
+
+def test_fp8_dense_layers_take_indices_from_either_end():
+    cfg = load_config("smollm2-135m", "Offline", "cpu-default", {"fp8_dense_layers": "0, -1"})
+    assert cfg.engine.fp8_dense_layers == "0, -1"

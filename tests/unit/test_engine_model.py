@@ -131,3 +131,18 @@ def test_cpu_gemm_choices_compute_the_same_linear(dtype):
 def test_unknown_cpu_gemm_is_refused_by_name():
     with pytest.raises(ValueError, match="cpu_gemm='blis'"):
         quant_config_for("Dense", CPU, cpu_gemm="blis")
+
+
+def test_fp8_dense_layers_keep_those_decoder_layers_dense():
+    from harness.engine.quant.base import dense_layers_from
+    from harness.engine.quant.dense import DenseLinearMethod
+    from harness.engine.quant.fp8 import FP8LinearMethod
+
+    assert dense_layers_from("0, -1", 30) == {0, 29} and dense_layers_from("", 30) == set()
+    for bad in ("30", "-31", "x"):
+        with pytest.raises(ValueError, match=f"{bad!r} is not a decoder layer"):
+            dense_layers_from(bad, 30)
+    quant = quant_config_for("FP8", CPU, dense_layers=dense_layers_from("-1", 30))
+    assert isinstance(quant.linear_method("model.layers.29.mlp.down_proj"), DenseLinearMethod)
+    assert isinstance(quant.linear_method("model.layers.2.self_attn.qkv_proj"), FP8LinearMethod)
+    assert isinstance(quant.linear_method("lm_head"), DenseLinearMethod)

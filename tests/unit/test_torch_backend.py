@@ -131,6 +131,30 @@ def test_fp8_engines_build_and_run_on_cpu(hf_dir, tmp_path, model_opt):
     assert sorted(sink.finished) == [r.request_id for r in reqs]
 
 
+def test_fp8_dense_layers_are_built_dense_recorded_and_checked(hf_dir, tmp_path):
+    """fp8_dense_layers=-1: the last decoder layer keeps fp32 weights in the engine (no FP8
+    scales), the manifest records it, and a run that asks for other layers is refused."""
+    from safetensors.torch import load_file
+
+    cfg = make_cfg(hf_dir[0], tmp_path / "e", model_opt="FP8", fp8_dense_layers="-1")
+    build_engine(cfg, tmp_path / "e")
+    state = load_file(tmp_path / "e" / "model.safetensors")
+    last, first = "model.layers.1.mlp.down_proj", "model.layers.0.mlp.down_proj"
+    assert state[f"{last}.weight"].dtype == torch.float32 and f"{last}.weight_scale" not in state
+    assert state[f"{first}.weight"].dtype == torch.float8_e4m3fn
+    assert json.loads((tmp_path / "e" / "engine.json").read_text())["fp8_dense_layers"] == "-1"
+    sink = run_backend(TorchBackend.from_config(cfg), requests(2))
+    assert len(sink.finished) == 2
+    with pytest.raises(BackendError) as err:
+        TorchBackend.from_config(make_cfg(hf_dir[0], tmp_path / "e", model_opt="FP8"))
+    msg = str(err.value)
+    assert "fp8_dense_layers is '-1', this run wants ''" in msg
+    cfg.engine.fp8_dense_layers = "2"  # the tiny model has layers 0 and 1
+    with pytest.raises(ValueError, match="fp8_dense_layers='2': '2' is not a decoder layer"):
+        build_engine(cfg, tmp_path / "e2")
+    assert not (tmp_path / "e2").exists()  # refused before anything is written
+
+
 def test_dummy_weights_fixed_output_len_ignores_eos(hf_dir, tmp_path):
     cfg = make_cfg(hf_dir[0], tmp_path / "e", dummy_weights=True)
     build_engine(cfg, tmp_path / "e")

@@ -108,6 +108,7 @@ def test_resolve_runtime(monkeypatch):
         ({"model_opt": "Dense", "dummy_weights": "true"}, "tensorrt_engine", "load_format"),
         ({"dummy_weights": "true"}, "pytorch", "--model_opt=Dense"),
         ({"max_num_batched_tokens": "512"}, "pytorch", "--max_num_batched_tokens=1024"),
+        ({"fp8_dense_layers": "0,-1"}, "pytorch", "--fp8_dense_layers= to quantize all"),
     ],
 )
 def test_validate_refuses_with_the_fix(overrides, runtime, needle):

@@ -28,6 +28,7 @@ from harness.engine.llm_engine import (
     build_runner,
     build_scheduler,
     check_device,
+    engine_quant_config,
     resolve_model_config,
 )
 from harness.engine.loader import (
@@ -40,7 +41,7 @@ from harness.engine.model.llama import LlamaConfig, LlamaForCausalLM
 from harness.engine.model_runner import LaunchedStep, ModelRunner
 from harness.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from harness.engine.parallel.tp import ShardSpec, TensorParallelError, apply_tp, check_tp, take
-from harness.engine.quant.base import QuantConfig, quant_config_for
+from harness.engine.quant.base import QuantConfig
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _build_runner(args: EngineArgs, rank: int, world: int, cpu_group) -> ModelRu
         torch.set_num_threads(args.num_threads)
     device = rank_device(args.device, rank)
     config = resolve_model_config(args)
-    quant = quant_config_for(args.model_opt, device, args.cpu_gemm)
+    quant = engine_quant_config(args, config, device)
     model = load_tp_model(config, quant, DTYPES[args.dtype], device, args.weights,
                           args.model_path, args.seed, rank, world)  # fmt: skip
     if device.type == "cuda":  # NCCL's lazy init must not happen inside a graph capture

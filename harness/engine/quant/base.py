@@ -49,9 +49,31 @@ class UnsupportedQuantError(NotImplementedError):
     """A model_opt has no implementation on this device yet; the message says what to use."""
 
 
-def quant_config_for(model_opt: str, device: torch.device, cpu_gemm: str = "onednn") -> QuantConfig:
+def dense_layers_from(text: str, num_layers: int) -> frozenset[int]:
+    """fp8_dense_layers ("0,-1": decoder layer indices, negative ones from the end) -> the
+    layer indices; a clear error for what is not a list of layers of this model."""
+    layers = set()
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            i = int(item)
+        except ValueError:
+            i = num_layers  # reported below
+        if not -num_layers <= i < num_layers:
+            raise ValueError(
+                f"fp8_dense_layers={text!r}: {item!r} is not a decoder layer of this model "
+                f"(0..{num_layers - 1}, or -1..-{num_layers} from the end)"
+            )
+        layers.add(i % num_layers)
+    return frozenset(layers)
+
+
+def quant_config_for(
+    model_opt: str, device: torch.device, cpu_gemm: str = "onednn",
+    dense_layers: frozenset[int] = frozenset(),
+) -> QuantConfig:  # fmt: skip
     """The QuantConfig of a model_opt (`--model_opt`): Dense, FP8 or Sparse; cpu_gemm picks
-    the dense GEMM library on CPU (quant/dense.py)."""
+    the dense GEMM library on CPU (quant/dense.py); dense_layers: decoder layers FP8 and
+    Sparse keep in the model dtype (dense_layers_from)."""
     if model_opt == "Dense":
         from harness.engine.quant.dense import DenseConfig
 
@@ -59,5 +81,5 @@ def quant_config_for(model_opt: str, device: torch.device, cpu_gemm: str = "oned
     if model_opt in ("FP8", "Sparse"):
         from harness.engine.quant.fp8 import FP8Config
 
-        return FP8Config(device, sparse24=model_opt == "Sparse", cpu_gemm=cpu_gemm)
+        return FP8Config(device, model_opt == "Sparse", cpu_gemm, dense_layers)
     raise UnsupportedQuantError(f"model_opt={model_opt!r}: use one of Dense, FP8, Sparse")

@@ -80,17 +80,25 @@ class FP8LinearMethod:
         pass
 
 
+def layer_index(prefix: str) -> int:
+    """model.layers.3.mlp.down_proj -> 3; -1 for a linear outside the decoder layers."""
+    parts = prefix.split(".")
+    return int(parts[2]) if parts[:2] == ["model", "layers"] else -1
+
+
 class FP8Config:
     def __init__(
-        self, device: torch.device, sparse24: bool = False, cpu_gemm: str = "onednn"
-    ) -> None:
-        self.dense = DenseConfig(device, cpu_gemm)  # the head's method
+        self, device: torch.device, sparse24: bool = False, cpu_gemm: str = "onednn",
+        dense_layers: frozenset[int] = frozenset(),
+    ) -> None:  # fmt: skip
+        self.dense = DenseConfig(device, cpu_gemm)  # the head's and dense_layers' method
         self.sparse24 = sparse24
+        self.dense_layers = dense_layers  # decoder layers kept in the model dtype
         self.name = "Sparse" if sparse24 else "FP8"
         self.scratch = None  # CUDA Sparse: the shared expansion buffer (quant/sparse24.py)
 
     def linear_method(self, prefix: str) -> FP8LinearMethod | DenseLinearMethod:
-        if prefix == "lm_head":  # the output head stays dense (accuracy)
+        if prefix == "lm_head" or layer_index(prefix) in self.dense_layers:  # accuracy
             return self.dense.linear_method(prefix)
         if self.dense.device.type == "cuda" and self.sparse24:  # stored compressed
             from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
