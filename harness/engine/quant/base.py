@@ -54,16 +54,12 @@ def dense_layers_from(text: str, num_layers: int) -> frozenset[int]:
     layer indices; a clear error for what is not a list of layers of this model."""
     layers = set()
     for item in (t.strip() for t in text.split(",") if t.strip()):
-        try:
-            i = int(item)
-        except ValueError:
-            i = num_layers  # reported below
-        if not -num_layers <= i < num_layers:
+        if not item.lstrip("-").isdigit() or not -num_layers <= int(item) < num_layers:
             raise ValueError(
                 f"fp8_dense_layers={text!r}: {item!r} is not a decoder layer of this model "
                 f"(0..{num_layers - 1}, or -1..-{num_layers} from the end)"
             )
-        layers.add(i % num_layers)
+        layers.add(int(item) % num_layers)
     return frozenset(layers)
 
 
