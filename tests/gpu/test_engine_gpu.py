@@ -32,8 +32,11 @@ def tiny_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model_opt", ["Dense", "FP8", "Sparse"])  # CUDA Sparse: compressed
-def test_cuda_matches_cpu_reference(tiny_dir, model_opt):
+@pytest.mark.parametrize(
+    "model_opt,dense_layers",  # CUDA Sparse: compressed; "-1": the last layer kept dense
+    [("Dense", ""), ("FP8", ""), ("Sparse", ""), ("FP8", "-1"), ("Sparse", "0")],
+)
+def test_cuda_matches_cpu_reference(tiny_dir, model_opt, dense_layers):
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 160, (int(n),), generator=g).tolist() for n in (1, 5, 17, 30, 9)]
     sp = SamplingParams(max_new_tokens=12)
@@ -41,7 +44,7 @@ def test_cuda_matches_cpu_reference(tiny_dir, model_opt):
     for device in ("cpu", "cuda"):
         args = EngineArgs(
             model_path=tiny_dir, device=device, model_opt=model_opt, num_kv_blocks=20,
-            block_size=4, max_num_batched_tokens=16,
+            block_size=4, max_num_batched_tokens=16, fp8_dense_layers=dense_layers,
         )  # fmt: skip
         outs[device] = LLMEngine.from_args(args).generate(prompts, sp)
     assert outs["cuda"] == outs["cpu"]
