@@ -140,6 +140,8 @@ def _readme(sel: Selection, opts: StageOptions, report_lines: list[str]) -> str:
 def _measurements(sel: Selection, system_yaml: dict[str, Any]) -> dict[str, Any]:
     info = sel.perf.info
     weight_types, transforms = WEIGHTS.get(info.get("model_opt", ""), ("bf16", "none"))
+    if info.get("fp8_dense_layers"):  # engine.fp8_dense_layers: say which layers stayed dense
+        transforms += f"; decoder layers {info['fp8_dense_layers']} not quantized"
     model_path = str(info.get("model_path") or "")
     values = {
         "input_data_types": "int32",

@@ -38,3 +38,16 @@ def test_trim_output_keeps_one_eos_and_no_padding():
     assert trim_output([5, 6, 2, 2, 2], eos_token_id=2) == [5, 6, 2]
     assert trim_output([5, 6, 7], eos_token_id=2) == [5, 6, 7]
     assert trim_output([5, 2, 7], eos_token_id=None) == [5, 2, 7]
+
+
+def test_run_info_records_the_layers_fp8_left_dense(tmp_path):
+    import json
+
+    from harness.config.loader import load_config
+    from harness.loadgen.runner import write_run_files
+
+    for opt, want in (("FP8", "0,-1"), ("Dense", None)):  # the default's config sets "0,-1"
+        cfg = load_config("smollm2-135m", "Offline", "cpu-default", {"model_opt": opt})
+        write_run_files(cfg, tmp_path / opt, "test", num_samples=4)
+        info = json.loads((tmp_path / opt / "run_info.json").read_text())
+        assert info.get("fp8_dense_layers") == want

@@ -168,3 +168,16 @@ def test_nested_system_yaml_like_the_project_files(default_root: Path) -> None:
     desc = json.loads((default_root / "results/open/Acme/systems/cpu-default.json").read_text())
     assert desc["status"] == "rdi" and desc["system_name"] == "Generic host, CPU only"
     assert desc["accelerator_model_name"] == "N/A"
+
+
+def test_measurements_name_the_layers_fp8_left_dense() -> None:
+    from types import SimpleNamespace
+
+    from harness.submission.stage import _measurements
+
+    run = SimpleNamespace(info={"model_opt": "FP8", "fp8_dense_layers": "0,-1", "model_path": ""})
+    meas = _measurements(SimpleNamespace(perf=run), {})
+    assert meas["weight_data_types"] == "fp8"
+    assert meas["weight_transformations"] == "quantization; decoder layers 0,-1 not quantized"
+    run.info.pop("fp8_dense_layers")
+    assert _measurements(SimpleNamespace(perf=run), {})["weight_transformations"] == "quantization"
