@@ -173,7 +173,7 @@ def validate(cfg: HarnessConfig, runtime: str) -> None:
             "dummy_weights: only the PyTorch runtime can load random weights "
             f"(load_format='dummy'); unset {RUNTIME_ENV} or set it to {RUNTIME_PYTORCH}"
         )
-    if e.fp8_dense_layers.strip() and e.model_opt != "Dense":
+    if e.fp8_dense_layers_applied():
         raise TrtllmConfigError(
             f"fp8_dense_layers={e.fp8_dense_layers!r}: the trtllm backend quantizes every layer "
             "(ModelOpt); pass --fp8_dense_layers= to quantize all, or use --backend=torch"

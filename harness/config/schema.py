@@ -135,6 +135,10 @@ class EngineConfig:
     endpoint_api_key_env: str = ""  # NAME of the environment variable holding the key
     endpoint_timeout_s: float = 600.0  # total time per request
 
+    def fp8_dense_layers_applied(self) -> str:
+        """fp8_dense_layers where it applies (FP8 and Sparse), spaces dropped; "" for Dense."""
+        return "" if self.model_opt == "Dense" else self.fp8_dense_layers.replace(" ", "")
+
 
 @dataclass
 class SystemConfig:

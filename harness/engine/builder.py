@@ -61,15 +61,12 @@ def expected_manifest(cfg: HarnessConfig) -> dict[str, Any]:
         "model_opt": cfg.engine.model_opt,
         "dtype": cfg.engine.dtype,
         "dummy_weights": cfg.engine.dummy_weights,
-        "fp8_dense_layers": fp8_dense_layers(cfg),
+        "fp8_dense_layers": cfg.engine.fp8_dense_layers_applied(),
     }
 
 
-def fp8_dense_layers(cfg: HarnessConfig) -> str:
-    """The engine's dense decoder layers as built: FP8 and Sparse only, spaces dropped."""
-    if cfg.engine.model_opt == "Dense":
-        return ""
-    return cfg.engine.fp8_dense_layers.replace(" ", "")
+# Manifest keys that engines built before them lack, with the value those were built with.
+MANIFEST_DEFAULTS = {"fp8_dense_layers": ""}
 
 
 def rebuild_command(cfg: HarnessConfig) -> str:
@@ -79,8 +76,8 @@ def rebuild_command(cfg: HarnessConfig) -> str:
     )
     if cfg.engine.dummy_weights:
         args += " --dummy_weights=true"
-    if fp8_dense_layers(cfg):
-        args += f" --fp8_dense_layers={fp8_dense_layers(cfg)}"
+    if dense := cfg.engine.fp8_dense_layers_applied():
+        args += f" --fp8_dense_layers={dense}"
     return f'make generate_engines RUN_ARGS="{args}"'
 
 
@@ -96,7 +93,7 @@ def build_engine(cfg: HarnessConfig, engine_dir: Path, force: bool = False) -> P
     weights = "dummy" if e.dummy_weights else "hf"
     args = EngineArgs(model_path=str(model_path), weights=weights, model_opt=e.model_opt)
     config = resolve_model_config(args, preset=cfg.benchmark.name)
-    dense = dense_layers_from(fp8_dense_layers(cfg), config.num_hidden_layers)  # checked first
+    dense = dense_layers_from(e.fp8_dense_layers_applied(), config.num_hidden_layers)  # first
     if engine_dir.exists() and force:
         shutil.rmtree(engine_dir)
     engine_dir.mkdir(parents=True)
@@ -145,7 +142,7 @@ def check_engine(cfg: HarnessConfig, engine_dir: Path) -> dict[str, Any]:
         raise EngineManifestError(f"no engine at {path}; build it with: {rebuild_command(cfg)}")
     manifest = json.loads(path.read_text())
     for key, wanted in expected_manifest(cfg).items():
-        found = manifest.get(key, "" if key == "fp8_dense_layers" else None)  # older engines
+        found = manifest.get(key, MANIFEST_DEFAULTS.get(key))
         if found != wanted:
             raise EngineManifestError(
                 f"{path}: {key} is {found!r}, this run wants {wanted!r}; rebuild with: "

@@ -60,8 +60,8 @@ def write_run_files(cfg: HarnessConfig, run_dir: Path, command: str, num_samples
         "num_samples": num_samples,
         "config_hash": config_hash(cfg),
     }
-    if cfg.engine.model_opt != "Dense" and cfg.engine.fp8_dense_layers.strip():
-        info["fp8_dense_layers"] = cfg.engine.fp8_dense_layers  # decoder layers not quantized
+    if dense := cfg.engine.fp8_dense_layers_applied():
+        info["fp8_dense_layers"] = dense  # decoder layers not quantized
     if cfg.engine.dummy_weights:
         info["note"] = "DUMMY WEIGHTS: random weights of the real shape; speed only, never accuracy"
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")

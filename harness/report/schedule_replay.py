@@ -27,7 +27,7 @@ import numpy as np
 from harness.engine.kv_cache import BlockManager
 from harness.engine.outputs import ModelRunnerOutput
 from harness.engine.request import Request, SamplingParams
-from harness.engine.scheduler import Scheduler, SchedulerConfig
+from harness.engine.scheduler import RequestTooLongError, Scheduler, SchedulerConfig
 from harness.report.roofline import PEAKS, GpuPeaks, Workload
 
 TOKEN = 7  # every prompt and output token; the scheduler never looks at the ids
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             max_num_seqs=seqs, max_num_batched_tokens=a.max_num_batched_tokens,
             admission_batch=a.admission_batch, admission_headroom_tokens=headroom,
         )  # fmt: skip
-        stats = replay(ins, outs, a.kv_tokens, config)
+        try:
+            stats = replay(ins, outs, a.kv_tokens, config)
+        except RequestTooLongError as ex:  # a sample that could never run, even alone
+            p.error(f"--kv_tokens={a.kv_tokens} is too small: {ex}")
         s = modeled_seconds(stats, w, PEAKS[a.gpu], fp8)
         print(f"[replay] max_num_seqs={seqs} headroom={headroom}: {stats.line(sum(ins))}; "
               f"model {s:.1f} s = {stats.output_tokens / s:,.0f} tok/s", flush=True)  # fmt: skip

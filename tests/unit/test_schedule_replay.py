@@ -42,3 +42,17 @@ def test_the_time_model_adds_bytes_at_the_copy_bandwidth_and_prompt_flops_at_the
     moved = 3 * (40 * 2 + 2 * 10 * 2) + 7 * 8  # weights and head a step, KV a context token
     assert modeled_seconds(stats, w, peaks, fp8_gemm=False) == pytest.approx(moved + 5 * 80)
     assert modeled_seconds(stats, w, peaks, fp8_gemm=True) == pytest.approx(moved + 5 * 40)
+
+
+def test_a_pool_too_small_for_a_sample_is_a_one_line_error(tmp_path, capsys):
+    import numpy as np
+
+    from harness.report.schedule_replay import main
+
+    for name, values in (("input_ids_padded", [[1, 2], [1, 2]]), ("input_lens", [2, 2]),
+                         ("output_lens", [3, 40])):  # fmt: skip
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
+    with pytest.raises(SystemExit):
+        main([f"--preprocessed_dir={tmp_path}", "--queries=2", "--kv_tokens=32"])
+    err = capsys.readouterr().err
+    assert "--kv_tokens=32 is too small" in err and "needs 3 KV blocks, the pool has 2" in err
