@@ -1,5 +1,7 @@
 """The engine's scheduler replayed on a dataset's lengths, without a model: steps, preemptions
-and recomputed prompt tokens for a KV pool and the scheduler's knobs, in seconds on a CPU.
+and recomputed prompt tokens for a KV pool and the scheduler's knobs, in seconds on a CPU, and
+how many steps with prompt tokens a mixed CUDA graph of `--graph_tokens` rows could replay
+(engine knob `cuda_graph_max_tokens`; the others run eagerly, launch by launch).
 
 It runs the engine's own Scheduler and BlockManager (harness/engine/scheduler.py) on each
 sample's prompt length and reference output length (EOS ignored, as dummy-weight speed runs
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.engine.cuda_graph import MAX_PROMPTS
 from harness.engine.kv_cache import BlockManager
 from harness.engine.outputs import ModelRunnerOutput
 from harness.engine.request import Request, SamplingParams
@@ -42,6 +45,7 @@ class ReplayStats:
     output_tokens: int = 0
     decode_rows: int = 0  # decode tokens over all steps
     context_tokens: int = 0  # KV tokens the steps attend to, summed over steps
+    graph_prompt_steps: int = 0  # steps with prompt tokens that a mixed graph could take
 
     def line(self, first_prompts: int) -> str:
         return (
@@ -51,12 +55,21 @@ class ReplayStats:
             f"{self.decode_rows / max(self.steps, 1):.0f} decode rows a step"
         )
 
+    def graph_line(self, graph_tokens: int) -> str:
+        prompt_steps = self.steps - self.decode_steps
+        return (
+            f"{self.graph_prompt_steps:,} of the {prompt_steps:,} steps with prompt tokens fit "
+            f"a mixed graph of {graph_tokens:,} rows (at most {MAX_PROMPTS} prompts, none "
+            "with cached context)"
+        )
+
 
 def replay(
     input_lens: list[int], output_lens: list[int], kv_tokens: int, config: SchedulerConfig,
-    block_size: int = 16,
+    block_size: int = 16, graph_tokens: int = 0,
 ) -> ReplayStats:  # fmt: skip
-    """Schedule every sample to its reference output length; count what the steps did."""
+    """Schedule every sample to its reference output length; count what the steps did.
+    graph_tokens: a mixed graph's rows, as StepGraphs.can_run takes a step with prompts."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     for i, (n_in, n_out) in enumerate(zip(input_lens, output_lens, strict=True)):
         sampling = SamplingParams(max_new_tokens=n_out, min_new_tokens=n_out, ignore_eos=True)
@@ -70,6 +83,12 @@ def replay(
         stats.prompt_tokens += prompt
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
         stats.context_tokens += sum(s.start_position + s.num_tokens for s in step.scheduled)
+        chunks = [s for s in step.scheduled if s.num_tokens > 1]
+        stats.graph_prompt_steps += bool(chunks) and (
+            sum(s.num_tokens for s in step.scheduled) <= graph_tokens
+            and len(chunks) <= MAX_PROMPTS
+            and all(s.start_position == 0 for s in chunks)
+        )
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         scheduler.update_from_output(step, ModelRunnerOutput(sampled))
     stats.preemptions = scheduler.num_preemptions
@@ -105,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admission_batch", type=int, default=1)
     p.add_argument("--max_num_seqs", type=int, action="append", help="repeat to compare")
     p.add_argument("--headroom", type=int, action="append", help="admission_headroom_tokens")
+    p.add_argument("--graph_tokens", type=int, default=2048, help="a mixed graph's rows")
     a = p.parse_args(argv)
     try:
         data = Dataset.load(Path(a.preprocessed_dir))
@@ -131,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             admission_batch=a.admission_batch, admission_headroom_tokens=headroom,
         )  # fmt: skip
         try:
-            stats = replay(ins, outs, a.kv_tokens, config)
+            stats = replay(ins, outs, a.kv_tokens, config, graph_tokens=a.graph_tokens)
         except RequestTooLongError as ex:  # a sample that could never run, even alone
             p.error(f"--kv_tokens={a.kv_tokens} is too small: {ex}")
         s = modeled_seconds(stats, w, PEAKS[a.gpu], fp8)
         print(f"[replay] max_num_seqs={seqs} headroom={headroom}: {stats.line(sum(ins))}; "
-              f"model {s:.1f} s = {stats.output_tokens / s:,.0f} tok/s", flush=True)  # fmt: skip
+              f"model {s:.1f} s = {stats.output_tokens / s:,.0f} tok/s; "
+              f"{stats.graph_line(a.graph_tokens)}", flush=True)  # fmt: skip
     return 0
 
 

@@ -56,3 +56,17 @@ def test_a_pool_too_small_for_a_sample_is_a_one_line_error(tmp_path, capsys):
         main([f"--preprocessed_dir={tmp_path}", "--queries=2", "--kv_tokens=32"])
     err = capsys.readouterr().err
     assert "--kv_tokens=32 is too small" in err and "needs 3 KV blocks, the pool has 2" in err
+
+
+def test_mixed_graph_steps_hold_few_fresh_prompts_within_the_graph_rows():
+    ins, outs = [5] * 6, [3] * 6  # 4 prompts in step 1 (20 rows), the other 2 in step 4
+    config = SchedulerConfig(max_num_seqs=4)
+    assert replay(ins, outs, 1024, config, graph_tokens=20).graph_prompt_steps == 2
+    assert replay(ins, outs, 1024, config, graph_tokens=19).graph_prompt_steps == 1
+    assert replay(ins, outs, 1024, config).graph_prompt_steps == 0  # no graphs
+    five = replay([5] * 5, [3] * 5, 1024, SchedulerConfig(max_num_seqs=8), graph_tokens=64)
+    assert five.graph_prompt_steps == 0  # 5 prompts in one step: more than MAX_PROMPTS
+    # a 40-token prompt in chunks of 16: only the first chunk has no cached context
+    chunked = SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=16)
+    stats = replay([40], [2], 1024, chunked, graph_tokens=64)
+    assert stats.steps - stats.decode_steps == 3 and stats.graph_prompt_steps == 1
