@@ -1,0 +1,168 @@
+"""FP8's effect on greedy decoding, measured without the chaos of diverging answers.
+
+An accuracy run's ROUGE and length under FP8 depend on where FP8 first flips a greedy choice:
+from there on the answer is another text. This tool feeds the fp32 run's own answers (its
+AccuracyOnly log) back token by token (teacher forcing) through the fp32 checkpoint and
+through an FP8 copy made with the engine's quantization (quant/fp8.py: per-channel e4m3
+weights, per-token e4m3 activations; the head and `--dense_layers` stay fp32), and counts at
+every answer position whether each model's argmax is the logged token: the flip rate, the
+answers FP8 would reproduce whole, and how FP8 treats EOS (ending early, or not ending where
+fp32 did), plus the logged tokens' mean negative log-likelihood under each model.
+
+Run: python -m harness.report.fp8_fidelity \
+    --accuracy_log=build/logs/<fp32 run>/cpu-default/smollm2-135m/Offline/mlperf_log_accuracy.json \
+    --dense_layers=0,-1 --dense_layers= --samples=100   [--model_opt=Sparse]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.engine.quant.fp8 import (
+    layer_index,
+    prune_2_of_4,
+    quantize_per_channel,
+    reference_fp8_linear,
+)
+
+
+class FP8Linear(nn.Module):
+    """An nn.Linear's weight in e4m3 (optionally pruned 2:4 first), run as the engine's FP8
+    linear method runs on a CPU."""
+
+    def __init__(self, linear: nn.Linear, sparse24: bool) -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        weight = prune_2_of_4(weight) if sparse24 else weight
+        self.weight_q, self.weight_scale = quantize_per_channel(weight)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = reference_fp8_linear(x, self.weight_q, self.weight_scale)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_model(model: nn.Module, dense_layers: frozenset[int], sparse24: bool) -> int:
+    """Swap every decoder-layer linear outside dense_layers for an FP8Linear, in place (the
+    head stays as it is, as in the engine); returns how many were swapped."""
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        layer = layer_index(name)
+        if layer >= 0 and layer not in dense_layers:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, FP8Linear(module, sparse24))
+            swapped += 1
+    return swapped
+
+
+@dataclass
+class Fidelity:
+    answers: int = 0
+    positions: int = 0  # answer tokens scored
+    flips: int = 0  # positions where the quantized model's argmax is not the logged token
+    reference_flips: int = 0  # the same for the fp32 checkpoint itself (summation order)
+    whole_answers: int = 0  # answers without a flip
+    first_flip_sum: int = 0  # over answers with a flip: the index of the first one
+    eos_ends: int = 0  # answers whose last logged token is EOS
+    eos_kept: int = 0  # ... where the quantized model also picks EOS
+    early_eos: int = 0  # positions before the end where it picks EOS
+    nll_reference: float = 0.0  # summed over positions
+    nll_quantized: float = 0.0
+
+    def line(self) -> str:
+        flipped = self.answers - self.whole_answers
+        pos = max(self.positions, 1)
+        return (
+            f"{self.answers} answers, {self.positions:,} tokens: FP8 flips "
+            f"{self.flips / pos:.2%} of the greedy choices (the fp32 checkpoint "
+            f"{self.reference_flips / pos:.2%}); {self.whole_answers} answers "
+            f"({self.whole_answers / max(self.answers, 1):.0%}) without a flip, the others' "
+            f"first flip at token {self.first_flip_sum / max(flipped, 1):.1f} on average; EOS "
+            f"kept at {self.eos_kept} of {self.eos_ends} ends, chosen early at "
+            f"{self.early_eos} positions; NLL a token {self.nll_reference / pos:.4f} (fp32) -> "
+            f"{self.nll_quantized / pos:.4f}"
+        )
+
+
+@torch.no_grad()
+def measure(
+    reference: nn.Module, quantized: nn.Module, samples: list[tuple[list[int], list[int]]],
+    eos_token_id: int,
+) -> Fidelity:  # fmt: skip
+    """samples: (prompt ids, logged answer ids); both models are causal LMs whose forward
+    returns `.logits` [1, T, vocab]."""
+    f = Fidelity()
+    for prompt, answer in samples:
+        if not answer:
+            continue
+        ids = torch.tensor([prompt + answer])
+        span = slice(len(prompt) - 1, len(prompt) - 1 + len(answer))  # logits predicting answer
+        target = torch.tensor(answer)
+        ref_logp = reference(ids).logits[0, span].float().log_softmax(-1)
+        q_logp = quantized(ids).logits[0, span].float().log_softmax(-1)
+        q_top = q_logp.argmax(-1)
+        flips = (q_top != target).nonzero().flatten()
+        f.answers += 1
+        f.positions += len(answer)
+        f.flips += len(flips)
+        f.reference_flips += int((ref_logp.argmax(-1) != target).sum())
+        f.whole_answers += len(flips) == 0
+        f.first_flip_sum += int(flips[0]) if len(flips) else 0
+        if answer[-1] == eos_token_id:
+            f.eos_ends += 1
+            f.eos_kept += int(q_top[-1]) == eos_token_id
+        f.early_eos += int((q_top[:-1] == eos_token_id).sum())
+        f.nll_reference -= float(ref_logp.gather(1, target[:, None]).sum())
+        f.nll_quantized -= float(q_logp.gather(1, target[:, None]).sum())
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from harness.accuracy.log_reader import iter_log_samples
+    from harness.dataset import Dataset, DatasetMissingError
+    from harness.engine.quant.base import dense_layers_from
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--accuracy_log", required=True, help="the fp32 run's mlperf_log_accuracy.json")
+    p.add_argument("--model_path", default="build/models/SmolLM2-135M-Instruct")
+    p.add_argument("--preprocessed_dir", default="build/preprocessed_data/smollm2-default")
+    p.add_argument("--model_opt", default="FP8", choices=["FP8", "Sparse"])
+    p.add_argument("--dense_layers", action="append", help="repeat to compare ('' for none)")
+    p.add_argument("--samples", type=int, default=100, help="the first N of the dataset (0: all)")
+    a = p.parse_args(argv)
+    try:
+        data = Dataset.load(Path(a.preprocessed_dir))
+    except DatasetMissingError as ex:
+        p.error(str(ex))
+    # dataset order: the log's own order is completion order, where short answers come first
+    answers = {s.qsl_idx: s.token_ids.tolist() for s in iter_log_samples(a.accuracy_log, len(data))}
+    picked = sorted(answers)[: a.samples or None]
+    logged = [(data.prompt(i), answers[i]) for i in picked]
+    torch.manual_seed(0)
+    reference = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32).eval()
+    layers = reference.config.num_hidden_layers
+    eos = reference.config.eos_token_id
+    for spec in a.dense_layers or ["0,-1"]:
+        try:
+            dense = dense_layers_from(spec, layers)
+        except ValueError as ex:
+            p.error(str(ex))
+        quantized = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32).eval()
+        n = quantize_model(quantized, dense, a.model_opt == "Sparse")
+        result = measure(reference, quantized, logged, eos)
+        print(f"[fidelity] {a.model_opt}, dense layers {sorted(dense)} ({n} linears quantized): "
+              f"{result.line()}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

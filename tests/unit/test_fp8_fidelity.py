@@ -1,0 +1,56 @@
+"""fp8_fidelity: FP8 copies of a tiny random HF Llama, scored on the fp32 model's own answers."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from harness.report.fp8_fidelity import FP8Linear, measure, quantize_model
+from tests.unit.test_engine_vs_hf import tiny_hf_model
+
+
+def greedy(model: nn.Module, prompt: list[int], steps: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+def test_decoder_linears_outside_the_dense_layers_become_fp8_and_the_head_stays():
+    model = tiny_hf_model(num_hidden_layers=3)
+    assert quantize_model(model, frozenset({1}), sparse24=False) == 2 * 7  # q k v o gate up down
+    assert isinstance(model.model.layers[0].self_attn.q_proj, FP8Linear)
+    assert isinstance(model.model.layers[2].mlp.down_proj, FP8Linear)
+    assert type(model.model.layers[1].mlp.down_proj) is nn.Linear
+    assert type(model.lm_head) is nn.Linear
+
+
+def test_an_fp8_linear_is_close_to_its_fp32_linear_but_not_equal():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32, bias=False)
+    x = torch.randn(5, 64)
+    exact, fp8 = linear(x), FP8Linear(linear, sparse24=False)(x)
+    error = ((fp8 - exact).norm() / exact.norm()).item()
+    assert 0 < error < 0.1
+    sparse = FP8Linear(linear, sparse24=True)
+    assert (sparse.weight_q.float() == 0).float().mean() >= 0.5  # 2 of every 4 pruned
+
+
+def test_the_models_own_greedy_answers_score_no_flips_and_the_same_likelihood():
+    model = tiny_hf_model()
+    prompts = [[1, 5, 9], [1, 7], [1, 3, 4, 8]]
+    samples = [(p, greedy(model, p, 6)) for p in prompts]
+    eos = samples[0][1][-1]  # the first answer "ends with EOS"
+    same = measure(model, copy.deepcopy(model), samples, eos_token_id=eos)
+    assert same.answers == 3 and same.positions == 18
+    assert same.flips == same.reference_flips == 0 and same.whole_answers == 3
+    assert same.eos_ends >= 1 and same.eos_kept == same.eos_ends
+    assert abs(same.nll_quantized - same.nll_reference) < 1e-4
+    quantized = copy.deepcopy(model)
+    quantize_model(quantized, frozenset(), sparse24=True)  # 2:4 pruning changes the model
+    pruned = measure(model, quantized, samples, eos_token_id=eos)
+    assert pruned.reference_flips == 0 and pruned.positions == 18
+    assert pruned.nll_quantized > pruned.nll_reference  # the fp32 answers are less likely
