@@ -50,7 +50,7 @@ def _step(decode_contexts: list[int], prompt_lens: list[int], cached: int = 0) -
     return SchedulerOutput(scheduled, [], sum(s.num_tokens for s in scheduled))
 
 
-@pytest.mark.parametrize("model_opt,kv", [("Dense", "auto"), ("FP8", "fp8")])
+@pytest.mark.parametrize("model_opt,kv", [("Dense", "auto"), ("Dense", "fp8"), ("FP8", "fp8")])
 @pytest.mark.parametrize(
     "decodes,prompts",
     [([20, 35, 7], [5, 17]), ([], [30]), ([3, 64, 15, 1, 9], [2, 3, 4, 50]), ([40, 2], [100])],
