@@ -127,6 +127,7 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
+    from harness.accuracy.errors import AccuracyInputError
     from harness.accuracy.log_reader import iter_log_samples
     from harness.dataset import Dataset, DatasetMissingError
     from harness.engine.quant.base import dense_layers_from
@@ -139,15 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense_layers", action="append", help="repeat to compare ('' for none)")
     p.add_argument("--samples", type=int, default=100, help="the first N of the dataset (0: all)")
     a = p.parse_args(argv)
+    if not (Path(a.model_path) / "config.json").is_file():
+        p.error(f"--model_path={a.model_path}: no HF checkpoint there; `make default` builds it")
     try:
         data = Dataset.load(Path(a.preprocessed_dir))
-    except DatasetMissingError as ex:
+        # dataset order: the log's own order is completion order, short answers first
+        log = iter_log_samples(a.accuracy_log, len(data))
+        answers = {s.qsl_idx: s.token_ids.tolist() for s in log}
+    except (DatasetMissingError, AccuracyInputError) as ex:
         p.error(str(ex))
-    # dataset order: the log's own order is completion order, where short answers come first
-    answers = {s.qsl_idx: s.token_ids.tolist() for s in iter_log_samples(a.accuracy_log, len(data))}
     picked = sorted(answers)[: a.samples or None]
     logged = [(data.prompt(i), answers[i]) for i in picked]
-    torch.manual_seed(0)
     reference = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32).eval()
     layers = reference.config.num_hidden_layers
     eos = reference.config.eos_token_id

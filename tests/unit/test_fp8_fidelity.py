@@ -54,3 +54,21 @@ def test_the_models_own_greedy_answers_score_no_flips_and_the_same_likelihood():
     pruned = measure(model, quantized, samples, eos_token_id=eos)
     assert pruned.reference_flips == 0 and pruned.positions == 18
     assert pruned.nll_quantized > pruned.nll_reference  # the fp32 answers are less likely
+
+
+def test_a_missing_log_or_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    import numpy as np
+    import pytest
+
+    from harness.report.fp8_fidelity import main
+
+    for name, values in (("input_ids_padded", [[1, 2]]), ("input_lens", [2]), ("output_lens", [3])):
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
+    (tmp_path / "config.json").write_text("{}")
+    args = [f"--preprocessed_dir={tmp_path}", f"--model_path={tmp_path}"]
+    with pytest.raises(SystemExit):
+        main([*args, f"--accuracy_log={tmp_path}/none.json"])
+    assert "none.json: accuracy log not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args[:1], f"--model_path={tmp_path}/no_model", "--accuracy_log=x"])
+    assert "no HF checkpoint there" in capsys.readouterr().err
