@@ -80,8 +80,8 @@ class Fidelity:
         flipped = self.answers - self.whole_answers
         pos = max(self.positions, 1)
         return (
-            f"{self.answers} answers, {self.positions:,} tokens: FP8 flips "
-            f"{self.flips / pos:.2%} of the greedy choices (the fp32 checkpoint "
+            f"{self.answers} answers, {self.positions:,} tokens: {self.flips / pos:.2%} of "
+            f"the greedy choices flipped (the fp32 checkpoint "
             f"{self.reference_flips / pos:.2%}); {self.whole_answers} answers "
             f"({self.whole_answers / max(self.answers, 1):.0%}) without a flip, the others' "
             f"first flip at token {self.first_flip_sum / max(flipped, 1):.1f} on average; EOS "
