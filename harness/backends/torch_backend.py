@@ -131,6 +131,15 @@ class TorchBackend:
             )  # fmt: skip
             if groups := log.format_decode_steps_by_sequences():  # the ramp and drain show here
                 logger.info("engine decode-only steps by sequences: %s", groups)
+            runner = self.engine.model_runner
+            if runner.graphs is not None:  # the other steps ran eagerly
+                decode_steps, _, prompt_steps, _ = log.time_split()
+                graph_decode, graph_prompt = runner.graph_replays
+                logger.info(
+                    "engine CUDA graphs replayed for %d of %d decode-only steps and %d of %d "
+                    "steps with prompt tokens", graph_decode, decode_steps, graph_prompt,
+                    prompt_steps,
+                )  # fmt: skip
 
     def _gpu_memory(self) -> str:
         """CUDA: what the run left unused, which the KV cache could have had (the caching

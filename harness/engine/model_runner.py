@@ -136,6 +136,7 @@ class ModelRunner:
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if (
             self.is_cuda) else 0  # fmt: skip
         self.graphs = None
+        self.graph_replays = [0, 0]  # steps replayed as graphs: [decode-only, with prompts]
         if self.is_cuda and cuda_graph_max_batch > 0:
             from harness.engine.cuda_graph import StepGraphs
 
@@ -160,6 +161,7 @@ class ModelRunner:
         meta = batch.meta
         if self.graphs is not None and self.graphs.can_run(meta, batch.input_ids.shape[0]):
             hidden = self.graphs.run(batch.input_ids, batch.positions, meta)
+            self.graph_replays[bool(meta.prefills)] += 1
         else:
             hidden = self.model(batch.input_ids, batch.positions, meta)  # [N, hidden]
         logits = self.model.compute_logits(hidden[batch.logits_indices])  # [S, vocab] fp32

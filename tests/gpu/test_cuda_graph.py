@@ -80,6 +80,15 @@ def test_steps_without_a_mixed_graph_run_eagerly():
         assert not runner.graphs.can_run(batch.meta, batch.input_ids.shape[0])
 
 
+def test_the_runner_counts_the_steps_it_replays():
+    runner = _runner()
+    runner.launch(_step([20, 35, 7], [5, 17]))  # a mixed graph
+    runner.launch(_step([4], [2, 3, 4, 5, 6]))  # 5 prompts: eager
+    runner.launch(_step([9, 12], []))  # a decode graph
+    torch.cuda.synchronize()
+    assert runner.graph_replays == [1, 1]  # [decode-only, with prompt tokens]
+
+
 def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.cuda_graph import StepGraphs
     from harness.engine.kv_plan import KVCacheCapacityError

@@ -146,6 +146,8 @@ class BroadcastingRunner:
         self.model = runner.model
         self.kv = runner.kv
         self.device = runner.device
+        self.graphs = runner.graphs
+        self.graph_replays = runner.graph_replays  # the same list, counted by runner.launch
         self._cpu_group = cpu_group
         self._procs = procs
         self.is_shut_down = False
