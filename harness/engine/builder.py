@@ -18,9 +18,13 @@ import torch
 from safetensors.torch import save_file
 
 from harness.config.schema import HarnessConfig
-from harness.engine.llm_engine import DTYPES, EngineArgs, resolve_model_config
+from harness.engine.llm_engine import (
+    DTYPES,
+    EngineArgs,
+    engine_quant_config,
+    resolve_model_config,
+)
 from harness.engine.loader import build_model
-from harness.engine.quant.base import dense_layers_from, quant_config_for
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +95,18 @@ def build_engine(cfg: HarnessConfig, engine_dir: Path, force: bool = False) -> P
     e = cfg.engine
     model_path = Path(cfg.benchmark.model_path)
     weights = "dummy" if e.dummy_weights else "hf"
-    args = EngineArgs(model_path=str(model_path), weights=weights, model_opt=e.model_opt)
+    args = EngineArgs(
+        model_path=str(model_path), weights=weights, model_opt=e.model_opt,
+        fp8_dense_layers=e.fp8_dense_layers_applied(),
+    )  # fmt: skip
     config = resolve_model_config(args, preset=cfg.benchmark.name)
-    dense = dense_layers_from(e.fp8_dense_layers_applied(), config.num_hidden_layers)  # first
+    device = torch.device("cpu")
+    quant = engine_quant_config(args, config, device)  # checks the layers before any write
     if engine_dir.exists() and force:
         shutil.rmtree(engine_dir)
     engine_dir.mkdir(parents=True)
     files: list[str] = []
     if not e.dummy_weights:  # dummy engines are re-randomized at load: no weight files
-        device = torch.device("cpu")
-        quant = quant_config_for(e.model_opt, device, dense_layers=dense)
         model = build_model(
             config, quant, DTYPES[e.dtype], device, "hf", model_path, for_inference=False
         )

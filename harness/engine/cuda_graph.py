@@ -68,6 +68,12 @@ def mixed_buckets(max_tokens: int) -> list[int]:
     return sorted({s for s in sizes if s < max_tokens} | {max_tokens}) if max_tokens > 0 else []
 
 
+def fits_mixed_graph(num_rows: int, fresh_prompts: list[bool], max_tokens: int) -> bool:
+    """Whether a step with prompt chunks has a mixed graph: at most max_tokens rows, at most
+    MAX_PROMPTS chunks, each without cached context (fresh_prompts: one flag per chunk)."""
+    return num_rows <= max_tokens and len(fresh_prompts) <= MAX_PROMPTS and all(fresh_prompts)
+
+
 def mixed_cu_seqlens(num_decodes: int, prompt_lens: list[int]) -> list[int]:
     """Flash sequence bounds of a mixed graph: the decode rows, then each prompt; padded to
     MAX_PROMPTS prompts with empty sequences."""
@@ -204,11 +210,7 @@ class StepGraphs:
             return False
         if not meta.prefills:
             return 0 < num_rows <= self.max_batch
-        return (
-            num_rows <= self.max_tokens
-            and len(meta.prefills) <= MAX_PROMPTS
-            and all(c.mask is None for c in meta.prefills)
-        )
+        return fits_mixed_graph(num_rows, [c.mask is None for c in meta.prefills], self.max_tokens)
 
     def run(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata

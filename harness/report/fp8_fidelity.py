@@ -17,47 +17,42 @@ Run: python -m harness.report.fp8_fidelity \
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from harness.engine.quant.fp8 import (
-    layer_index,
-    prune_2_of_4,
-    quantize_per_channel,
-    reference_fp8_linear,
-)
+from harness.engine.quant.fp8 import FP8Config, FP8LinearMethod
 
 
 class FP8Linear(nn.Module):
-    """An nn.Linear's weight in e4m3 (optionally pruned 2:4 first), run as the engine's FP8
-    linear method runs on a CPU."""
+    """An nn.Linear run through the engine's CPU FP8 linear method (e4m3 weights, pruned 2:4
+    first for Sparse)."""
 
-    def __init__(self, linear: nn.Linear, sparse24: bool) -> None:
+    def __init__(self, linear: nn.Linear, method: FP8LinearMethod) -> None:
         super().__init__()
-        weight = linear.weight.detach()
-        weight = prune_2_of_4(weight) if sparse24 else weight
-        self.weight_q, self.weight_scale = quantize_per_channel(weight)
+        method.create_weights(self, linear.in_features, linear.out_features, linear.weight.dtype)
+        method.load_dense(self, linear.weight.detach(), slice(None))
+        self.method = method
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = reference_fp8_linear(x, self.weight_q, self.weight_scale)
+        y = self.method.apply(self, x)
         return y if self.bias is None else y + self.bias
 
 
 def quantize_model(model: nn.Module, dense_layers: frozenset[int], sparse24: bool) -> int:
-    """Swap every decoder-layer linear outside dense_layers for an FP8Linear, in place (the
-    head stays as it is, as in the engine); returns how many were swapped."""
+    """Swap, in place, every linear that the engine's FP8Config quantizes (not the head, not
+    dense_layers) for an FP8Linear; returns how many were swapped."""
+    quant = FP8Config(torch.device("cpu"), sparse24, dense_layers=dense_layers)
     swapped = 0
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear):
-            continue
-        layer = layer_index(name)
-        if layer >= 0 and layer not in dense_layers:
+        method = quant.linear_method(name) if isinstance(module, nn.Linear) else None
+        if isinstance(method, FP8LinearMethod):
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, FP8Linear(module, sparse24))
+            setattr(model.get_submodule(parent), attr, FP8Linear(module, method))
             swapped += 1
     return swapped
 
@@ -140,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense_layers", action="append", help="repeat to compare ('' for none)")
     p.add_argument("--samples", type=int, default=100, help="the first N of the dataset (0: all)")
     a = p.parse_args(argv)
+    if a.samples < 0:
+        p.error(f"--samples={a.samples}: use 0 (all) or more")
     if not (Path(a.model_path) / "config.json").is_file():
         p.error(f"--model_path={a.model_path}: no HF checkpoint there; `make default` builds it")
     try:
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             dense = dense_layers_from(spec, layers)
         except ValueError as ex:
             p.error(str(ex))
-        quantized = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32).eval()
+        quantized = copy.deepcopy(reference)
         n = quantize_model(quantized, dense, a.model_opt == "Sparse")
         result = measure(reference, quantized, logged, eos)
         print(f"[fidelity] {a.model_opt}, dense layers {sorted(dense)} ({n} linears quantized): "

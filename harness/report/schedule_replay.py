@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.engine.cuda_graph import MAX_PROMPTS
+from harness.engine.cuda_graph import MAX_PROMPTS, fits_mixed_graph
 from harness.engine.kv_cache import BlockManager
 from harness.engine.outputs import ModelRunnerOutput
 from harness.engine.request import Request, SamplingParams
@@ -69,7 +69,7 @@ def replay(
     block_size: int = 16, graph_tokens: int = 0,
 ) -> ReplayStats:  # fmt: skip
     """Schedule every sample to its reference output length; count what the steps did.
-    graph_tokens: a mixed graph's rows, as StepGraphs.can_run takes a step with prompts."""
+    graph_tokens: a mixed graph's rows (cuda_graph.fits_mixed_graph, as the engine decides)."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     for i, (n_in, n_out) in enumerate(zip(input_lens, output_lens, strict=True)):
         sampling = SamplingParams(max_new_tokens=n_out, min_new_tokens=n_out, ignore_eos=True)
@@ -83,12 +83,9 @@ def replay(
         stats.prompt_tokens += prompt
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
         stats.context_tokens += sum(s.start_position + s.num_tokens for s in step.scheduled)
-        chunks = [s for s in step.scheduled if s.num_tokens > 1]
-        stats.graph_prompt_steps += bool(chunks) and (
-            sum(s.num_tokens for s in step.scheduled) <= graph_tokens
-            and len(chunks) <= MAX_PROMPTS
-            and all(s.start_position == 0 for s in chunks)
-        )
+        fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
+        rows = sum(s.num_tokens for s in step.scheduled)
+        stats.graph_prompt_steps += bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         scheduler.update_from_output(step, ModelRunnerOutput(sampled))
     stats.preemptions = scheduler.num_preemptions
@@ -126,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headroom", type=int, action="append", help="admission_headroom_tokens")
     p.add_argument("--graph_tokens", type=int, default=2048, help="a mixed graph's rows")
     a = p.parse_args(argv)
+    if a.graph_tokens < 0:
+        p.error(f"--graph_tokens={a.graph_tokens}: use 0 (no mixed graphs) or more")
     try:
         data = Dataset.load(Path(a.preprocessed_dir))
     except DatasetMissingError as ex:  # the synthetic set: python -m preprocess.synthetic

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from harness.engine.quant.fp8 import FP8LinearMethod
 from harness.report.fp8_fidelity import FP8Linear, measure, quantize_model
 from tests.unit.test_engine_vs_hf import tiny_hf_model
 
@@ -32,11 +33,11 @@ def test_an_fp8_linear_is_close_to_its_fp32_linear_but_not_equal():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32, bias=False)
     x = torch.randn(5, 64)
-    exact, fp8 = linear(x), FP8Linear(linear, sparse24=False)(x)
+    exact, fp8 = linear(x), FP8Linear(linear, FP8LinearMethod())(x)
     error = ((fp8 - exact).norm() / exact.norm()).item()
     assert 0 < error < 0.1
-    sparse = FP8Linear(linear, sparse24=True)
-    assert (sparse.weight_q.float() == 0).float().mean() >= 0.5  # 2 of every 4 pruned
+    sparse = FP8Linear(linear, FP8LinearMethod(sparse24=True))
+    assert (sparse.weight.float() == 0).float().mean() >= 0.5  # 2 of every 4 pruned
 
 
 def test_the_models_own_greedy_answers_score_no_flips_and_the_same_likelihood():
