@@ -104,6 +104,17 @@ def modeled_seconds(stats: ReplayStats, w: Workload, peaks: GpuPeaks, fp8_gemm: 
     )
 
 
+def pick_samples(num_samples: int, queries: int, seed: int) -> np.ndarray:
+    """Sample indices for `queries` queries: each sample once before any repeats, as LoadGen's
+    equal-issue mode (`sample_concatenate_permutation`) issues them; a run of more queries
+    than samples takes whole permutations of the set, one after another."""
+    rng = np.random.default_rng(seed)
+    if queries <= num_samples:
+        return rng.choice(num_samples, queries, replace=False)
+    rounds = -(-queries // num_samples)
+    return np.concatenate([rng.permutation(num_samples) for _ in range(rounds)])[:queries]
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.dataset import Dataset, DatasetMissingError
     from harness.engine.model.llama import PRESETS
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", default="H100", choices=sorted(PEAKS))
     p.add_argument("--kv_tokens", type=int, required=True, help="the KV pool, in tokens")
     p.add_argument("--preprocessed_dir", default="build/preprocessed_data/synthetic-orca")
-    p.add_argument("--queries", type=int, default=1500, help="samples, drawn without repeats")
+    p.add_argument("--queries", type=int, default=1500, help="queries (pick_samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_num_batched_tokens", type=int, default=8192)
     p.add_argument("--admission_batch", type=int, default=1)
@@ -129,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         data = Dataset.load(Path(a.preprocessed_dir))
     except DatasetMissingError as ex:  # the synthetic set: python -m preprocess.synthetic
         p.error(str(ex))
-    if not 1 <= a.queries <= len(data):
-        p.error(f"--queries={a.queries}: {a.preprocessed_dir} has {len(data)} samples")
-    pick = np.random.default_rng(a.seed).choice(len(data), a.queries, replace=False)
+    if a.queries < 1:
+        p.error(f"--queries={a.queries}: use 1 or more")
+    pick = pick_samples(len(data), a.queries, a.seed)
     ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
     c = PRESETS[a.preset]
     fp8 = a.model_opt == "FP8"

@@ -70,3 +70,15 @@ def test_mixed_graph_steps_hold_few_fresh_prompts_within_the_graph_rows():
     chunked = SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=16)
     stats = replay([40], [2], 1024, chunked, graph_tokens=64)
     assert stats.steps - stats.decode_steps == 3 and stats.graph_prompt_steps == 1
+
+
+def test_more_queries_than_samples_take_each_sample_once_per_round():
+    from harness.report.schedule_replay import pick_samples
+
+    few = pick_samples(10, 7, seed=0)
+    assert len(set(few.tolist())) == 7 and few.max() < 10
+    many = pick_samples(10, 25, seed=0)
+    assert len(many) == 25
+    for start in (0, 10):  # two whole rounds, then 5 of a third
+        assert sorted(many[start : start + 10].tolist()) == list(range(10))
+    assert len(set(many[20:].tolist())) == 5
