@@ -105,9 +105,11 @@ def modeled_seconds(stats: ReplayStats, w: Workload, peaks: GpuPeaks, fp8_gemm: 
 
 
 def pick_samples(num_samples: int, queries: int, seed: int) -> np.ndarray:
-    """Sample indices for `queries` queries: each sample once before any repeats, as LoadGen's
-    equal-issue mode (`sample_concatenate_permutation`) issues them; a run of more queries
-    than samples takes whole permutations of the set, one after another."""
+    """Sample indices for `queries` queries: each sample once before any repeats (whole
+    permutations of the set, one after another), as LoadGen's equal-issue mode
+    (`sample_concatenate_permutation`) issues them. Without that mode, as in bench runs,
+    LoadGen draws every query's sample uniformly, repeats included: the same length
+    distribution, another order."""
     rng = np.random.default_rng(seed)
     if queries <= num_samples:
         return rng.choice(num_samples, queries, replace=False)
