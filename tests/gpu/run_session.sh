@@ -72,7 +72,7 @@ for spec in "$@"; do
           $([ $phase = prof7u ] && echo --no_fused) $flags ;;
   esac 2>&1 | tee -a "$OUT/session.log"
   [ "${PIPESTATUS[0]}" = 3 ] && break  # the gate failed
-  case $phase in b*) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
+  case $phase in b*|o7|ss7|srv70|int70) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
 done
 tar czf "$OUT/summaries.tgz" build/logs/bench/*/*/mlperf_log_summary.txt \
   build/logs/bench/*/*/mlperf_log_detail.txt 2>/dev/null
