@@ -4,9 +4,10 @@ For each shape (the 7B's 32 KV heads with one query head each, the 70B's 8 KV he
 the kernel as the engine's CUDA graphs launch it (splits from choose_num_splits with the
 graph's 4,096-key maximum), plus its combine, is captured 20 times in a CUDA graph (twice
 where one call reads over 1 GiB) and replayed; the time per call and the K+V bytes read per
-second are printed for each Triton software-pipelining depth. Each of the calls reads other
-cache blocks (its own block table), so that a call finds its K and V in HBM, not in the L2
-(50 MB on an H100; the 7B at batch 1 reads 16 MB), as inside a model step.
+second are printed for each variant (Triton's software-pipelining depth, keys a tile,
+warps). Each of the calls reads other cache blocks (its own block table), so that a call finds
+its K and V in HBM, not in the L2 (50 MB on an H100; the 7B at batch 1 reads 16 MB), as
+inside a model step.
 Run: python -m harness.report.decode_kernel_bench [--context=1000]
 """
 
@@ -27,7 +28,9 @@ SHAPES = [
     ("70b b=160 fp8", 160, 8, 8, torch.float8_e4m3fn),
     ("7b b=448 fp8", 448, 32, 1, torch.float8_e4m3fn),  # the 7B Offline's decode steps
 ]
-STAGES = [None, 1, 2, 3]  # software-pipelining depths; None: Triton's default
+# (stages, keys a tile, warps); the first is the engine's. stages None: Triton's default.
+VARIANTS = [(None, 64, 4), (1, 64, 4), (2, 64, 4), (3, 64, 4), (None, 128, 4), (1, 128, 4),
+            (None, 128, 8), (1, 128, 8), (None, 32, 4), (1, 32, 2)]  # fmt: skip
 CALLS = 20  # calls per CUDA graph, each with its own block table
 BIG_CALL_BYTES = 1 << 30  # a call reading this much K+V is far past the L2: 2 tables suffice
 
@@ -88,17 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         splits = choose_num_splits(batch, hkv, 4096, sms)
         args = (q, k_cache, v_cache)
         ref = paged_decode(*args, tables[0], ctx, d**-0.5, splits)
-        for stages in STAGES:
-            kwargs = {"num_stages": stages}
+        for stages, block_n, warps in VARIANTS:
+            kwargs = {"num_stages": stages, "block_n": block_n, "num_warps": warps}
             calls = [
                 functools.partial(paged_decode, *args, t, ctx, d**-0.5, splits, **kwargs)
                 for t in tables
             ]
             err = ((calls[0]().float() - ref.float()).norm() / ref.float().norm()).item()
             us = time_calls(calls)
-            label = "stages=default" if stages is None else f"stages={stages}"
+            label = f"stages={stages or 'default'} keys={block_n} warps={warps}"
             print(
-                f"{name:14s} splits={splits:2d} {label:22s} {us:8.1f} us "
+                f"{name:14s} splits={splits:2d} {label:32s} {us:8.1f} us "
                 f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs default {err:.1e}"
             )
     return 0

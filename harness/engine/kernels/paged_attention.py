@@ -195,13 +195,13 @@ def paged_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0,
-    num_stages: int | None = None,
+    num_stages: int | None = None, block_n: int = BLOCK_N, num_warps: int = 4,
 ) -> torch.Tensor:  # fmt: skip
     """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length
     (graph-safe: no host sync). Rows with context_lens 0 give zeros.
 
-    num_stages: Triton's software-pipelining depth, for harness.report.decode_kernel_bench
-    (None: Triton's default; no depth was faster at every shape on an H100, docs/benchmarks.md).
+    num_stages (Triton's software-pipelining depth; None: its default), block_n (keys a tile)
+    and num_warps are for harness.report.decode_kernel_bench, which times the variants.
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
@@ -218,7 +218,7 @@ def paged_decode(
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
         scale * k_scale, v_scale,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
-        BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, num_warps=4,
+        BLOCK_N=block_n, NUM_SPLITS=num_splits, num_warps=num_warps,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact
         **stages,
     )  # fmt: skip
