@@ -5,7 +5,8 @@ how many steps with prompt tokens a mixed CUDA graph of `--graph_tokens` rows co
 
 It runs the engine's own Scheduler and BlockManager (harness/engine/scheduler.py) on each
 sample's prompt length and reference output length (EOS ignored, as dummy-weight speed runs
-do), one step after another with every token arriving at once (no async scheduling). Beside
+do), one step after another; with `--async_scheduling` each step is scheduled before the
+previous one's tokens are applied, as the engine's async scheduling does. Beside
 the counts it prints a time from the roofline's peaks (report/roofline.py): each step reads
 the weights and the KV of every scheduled token's context at the copy bandwidth, and its
 prompt tokens cost their GEMM FLOPs at the GEMM peak. That time is a model, for choosing what
@@ -30,7 +31,12 @@ from harness.engine.cuda_graph import MAX_PROMPTS, fits_mixed_graph
 from harness.engine.kv_cache import BlockManager
 from harness.engine.outputs import ModelRunnerOutput
 from harness.engine.request import Request, SamplingParams
-from harness.engine.scheduler import RequestTooLongError, Scheduler, SchedulerConfig
+from harness.engine.scheduler import (
+    ADMISSION_POLICIES,
+    RequestTooLongError,
+    Scheduler,
+    SchedulerConfig,
+)
 from harness.report.roofline import PEAKS, GpuPeaks, Workload
 
 TOKEN = 7  # every prompt and output token; the scheduler never looks at the ids
@@ -66,17 +72,23 @@ class ReplayStats:
 
 def replay(
     input_lens: list[int], output_lens: list[int], kv_tokens: int, config: SchedulerConfig,
-    block_size: int = 16, graph_tokens: int = 0,
+    block_size: int = 16, graph_tokens: int = 0, async_scheduling: bool = False,
 ) -> ReplayStats:  # fmt: skip
     """Schedule every sample to its reference output length; count what the steps did.
-    graph_tokens: a mixed graph's rows (cuda_graph.fits_mixed_graph, as the engine decides)."""
+    graph_tokens: a mixed graph's rows (cuda_graph.fits_mixed_graph, as the engine decides).
+    async_scheduling: apply each step's tokens after the next step is scheduled (LLMEngine)."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     for i, (n_in, n_out) in enumerate(zip(input_lens, output_lens, strict=True)):
         sampling = SamplingParams(max_new_tokens=n_out, min_new_tokens=n_out, ignore_eos=True)
         scheduler.add_request(Request(i, [TOKEN] * n_in, sampling))
     stats = ReplayStats()
+    in_flight = None  # async: the step scheduled last, its tokens not yet applied
     while scheduler.has_unfinished():
         step = scheduler.schedule()
+        if async_scheduling:
+            step, in_flight = in_flight, (None if step.is_empty else step)
+            if step is None:
+                continue
         prompt = sum(s.num_tokens for s in step.scheduled if s.num_tokens > 1)
         stats.steps += 1
         stats.decode_steps += prompt == 0
@@ -132,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_num_batched_tokens", type=int, default=8192)
     p.add_argument("--admission_batch", type=int, default=1)
+    p.add_argument("--admission", default="fifo", choices=ADMISSION_POLICIES)
     p.add_argument("--max_num_seqs", type=int, action="append", help="repeat to compare")
     p.add_argument("--headroom", type=int, action="append", help="admission_headroom_tokens")
     p.add_argument("--graph_tokens", type=int, default=2048, help="a mixed graph's rows")
+    p.add_argument("--async_scheduling", action="store_true", help="as the engine's knob")
     a = p.parse_args(argv)
     if a.graph_tokens < 0:
         p.error(f"--graph_tokens={a.graph_tokens}: use 0 (no mixed graphs) or more")
@@ -160,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for seqs, headroom in itertools.product(a.max_num_seqs or [512], a.headroom or [0]):
         config = SchedulerConfig(
             max_num_seqs=seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-            admission_batch=a.admission_batch, admission_headroom_tokens=headroom,
+            admission=a.admission, admission_batch=a.admission_batch,
+            admission_headroom_tokens=headroom,
         )  # fmt: skip
         try:
-            stats = replay(ins, outs, a.kv_tokens, config, graph_tokens=a.graph_tokens)
+            stats = replay(
+                ins, outs, a.kv_tokens, config, graph_tokens=a.graph_tokens,
+                async_scheduling=a.async_scheduling,
+            )  # fmt: skip
         except RequestTooLongError as ex:  # a sample that could never run, even alone
             p.error(f"--kv_tokens={a.kv_tokens} is too small: {ex}")
         s = modeled_seconds(stats, w, PEAKS[a.gpu], fp8)

@@ -82,3 +82,14 @@ def test_more_queries_than_samples_take_each_sample_once_per_round():
     for start in (0, 10):  # two whole rounds, then 5 of a third
         assert sorted(many[start : start + 10].tolist()) == list(range(10))
     assert len(set(many[20:].tolist())) == 5
+
+
+def test_async_scheduling_runs_the_same_tokens_one_step_behind():
+    ins, outs = [16] * 4, [64] * 4  # the tight pool above: preemption under both modes
+    config = SchedulerConfig(max_num_seqs=4)
+    sync = replay(ins, outs, kv_tokens=128, config=config)
+    late = replay(ins, outs, kv_tokens=128, config=config, async_scheduling=True)
+    assert late.output_tokens == sync.output_tokens == sum(outs)
+    assert late.decode_rows == sync.decode_rows
+    # a finished request frees its blocks a step later, so the async run takes one step more
+    assert late.steps == sync.steps + 1 and late.preemptions == sync.preemptions
