@@ -15,7 +15,8 @@ to measure, never a measured figure.
 Run: python -m harness.report.schedule_replay --preset=llama2-7b --kv_tokens=122192 \
     --queries=1500 --max_num_seqs=512 --headroom=0 --headroom=32
 (--kv_tokens: the pool a run logged, "KV cache: ... = N tokens"; an FP8 cache of the same
-memory holds twice a bf16 one's.)
+memory holds twice a bf16 one's. Pass the run's own knobs: the synthetic Offline configs
+admit with --admission=longest_first, and the H100 YAML adds --async_scheduling.)
 """
 
 from __future__ import annotations
