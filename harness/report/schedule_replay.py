@@ -5,18 +5,18 @@ how many steps with prompt tokens a mixed CUDA graph of `--graph_tokens` rows co
 
 It runs the engine's own Scheduler and BlockManager (harness/engine/scheduler.py) on each
 sample's prompt length and reference output length (EOS ignored, as dummy-weight speed runs
-do), one step after another; with `--async_scheduling` each step is scheduled before the
+do), one step after another; with `--async_scheduling=true` each step is scheduled before the
 previous one's tokens are applied, as the engine's async scheduling does. Beside
 the counts it prints a time from the roofline's peaks (report/roofline.py): each step reads
 the weights and the KV of every scheduled token's context at the copy bandwidth, and its
 prompt tokens cost their GEMM FLOPs at the GEMM peak. That time is a model, for choosing what
 to measure, never a measured figure.
 
-Run: python -m harness.report.schedule_replay --preset=llama2-7b --kv_tokens=122192 \
-    --queries=1500 --max_num_seqs=512 --headroom=0 --headroom=32
-(--kv_tokens: the pool a run logged, "KV cache: ... = N tokens"; an FP8 cache of the same
-memory holds twice a bf16 one's. Pass the run's own knobs: the synthetic Offline configs
-admit with --admission=longest_first, and the H100 YAML adds --async_scheduling.)
+Run: python -m harness.report.schedule_replay --config=llama2-7b-synthetic:Offline:H100-SXM-80GBx1 \
+    --kv_tokens=244384 --queries=5000 --headroom=0 --headroom=32
+(--config takes the run's knobs from its merged config files, as `harness bench` does; flags
+given override them. --kv_tokens: the pool the run logged, "KV cache: ... = N tokens"; an FP8
+cache of the same memory holds twice a bf16 one's.)
 """
 
 from __future__ import annotations
@@ -130,27 +130,73 @@ def pick_samples(num_samples: int, queries: int, seed: int) -> np.ndarray:
     return np.concatenate([rng.permutation(num_samples) for _ in range(rounds)])[:queries]
 
 
+# What a replay needs to know of a run; --config fills these from the run's own files.
+DEFAULT_KNOBS: dict[str, object] = {
+    "preset": "llama2-7b", "model_opt": "Dense", "kv_cache_dtype": "auto", "gpu": "H100",
+    "preprocessed_dir": "build/preprocessed_data/synthetic-orca",
+    "max_num_batched_tokens": 8192, "admission_batch": 1, "admission": "fifo",
+    "max_num_seqs": [512], "headroom": [0], "async_scheduling": False,
+}  # fmt: skip
+
+
+def knobs_from_config(benchmark: str, scenario: str, system: str) -> dict[str, object]:
+    """The replay's knobs as `harness run/bench` would resolve them for this run."""
+    from harness.config.loader import load_config
+
+    cfg = load_config(benchmark, scenario, system)
+    e = cfg.engine
+    if e.model_opt not in ("Dense", "FP8"):
+        raise ValueError(f"model_opt {e.model_opt}: the time model knows Dense and FP8 only")
+    gpus = [g for g in sorted(PEAKS) if g in system]
+    return {
+        "preset": cfg.benchmark.name, "model_opt": e.model_opt,
+        "kv_cache_dtype": e.kv_cache_dtype, "preprocessed_dir": cfg.benchmark.preprocessed_dir,
+        "max_num_batched_tokens": e.max_num_batched_tokens, "admission": e.admission,
+        "admission_batch": e.admission_batch, "max_num_seqs": [e.max_num_seqs],
+        "headroom": [e.admission_headroom_tokens], "async_scheduling": e.async_scheduling,
+        **({"gpu": gpus[0]} if gpus else {}),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.dataset import Dataset, DatasetMissingError
     from harness.engine.model.llama import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="llama2-7b", choices=sorted(PRESETS))
-    p.add_argument("--model_opt", default="Dense", choices=["Dense", "FP8"])
-    p.add_argument("--kv_cache_dtype", default="auto", choices=["auto", "fp8"])
-    p.add_argument("--gpu", default="H100", choices=sorted(PEAKS))
+    p.add_argument(
+        "--config", metavar="BENCHMARK:SCENARIO:SYSTEM",
+        help="take the knobs below from the run's merged config, e.g. "
+        "llama2-7b-synthetic:Offline:H100-SXM-80GBx1 (flags given still win)",
+    )  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--model_opt", choices=["Dense", "FP8"])
+    p.add_argument("--kv_cache_dtype", choices=["auto", "fp8"])
+    p.add_argument("--gpu", choices=sorted(PEAKS))
     p.add_argument("--kv_tokens", type=int, required=True, help="the KV pool, in tokens")
-    p.add_argument("--preprocessed_dir", default="build/preprocessed_data/synthetic-orca")
+    p.add_argument("--preprocessed_dir")
     p.add_argument("--queries", type=int, default=1500, help="queries (pick_samples)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_num_batched_tokens", type=int, default=8192)
-    p.add_argument("--admission_batch", type=int, default=1)
-    p.add_argument("--admission", default="fifo", choices=ADMISSION_POLICIES)
+    p.add_argument("--max_num_batched_tokens", type=int)
+    p.add_argument("--admission_batch", type=int)
+    p.add_argument("--admission", choices=ADMISSION_POLICIES)
     p.add_argument("--max_num_seqs", type=int, action="append", help="repeat to compare")
     p.add_argument("--headroom", type=int, action="append", help="admission_headroom_tokens")
     p.add_argument("--graph_tokens", type=int, default=2048, help="a mixed graph's rows")
-    p.add_argument("--async_scheduling", action="store_true", help="as the engine's knob")
+    p.add_argument("--async_scheduling", choices=["true", "false"], help="the engine's knob")
     a = p.parse_args(argv)
+    knobs = dict(DEFAULT_KNOBS)
+    if a.config:
+        parts = a.config.split(":")
+        if len(parts) != 3:
+            p.error(f"--config={a.config}: use BENCHMARK:SCENARIO:SYSTEM (configs/, systems/)")
+        try:
+            knobs.update(knobs_from_config(*parts))
+        except ValueError as ex:  # ConfigError is a ValueError
+            p.error(f"--config={a.config}: {ex}")
+    knobs.update({k: getattr(a, k) for k in DEFAULT_KNOBS if getattr(a, k) is not None})
+    a.__dict__.update(knobs, async_scheduling=knobs["async_scheduling"] in (True, "true"))
+    if a.preset not in PRESETS:
+        p.error(f"--preset={a.preset}: use one of {', '.join(sorted(PRESETS))}")
     if a.graph_tokens < 0:
         p.error(f"--graph_tokens={a.graph_tokens}: use 0 (no mixed graphs) or more")
     try:
@@ -170,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(f"[replay] {a.preset} {a.model_opt}, KV {a.kv_cache_dtype} {a.kv_tokens:,} tokens, "
           f"{a.queries} samples (input mean {w.mean_input:.0f}, output mean "
-          f"{w.mean_output:.0f}); time: a bandwidth / GEMM-peak model on {a.gpu}, not a "
-          f"measurement")  # fmt: skip
-    for seqs, headroom in itertools.product(a.max_num_seqs or [512], a.headroom or [0]):
+          f"{w.mean_output:.0f}); {a.admission} admission in groups of {a.admission_batch}, "
+          f"{a.max_num_batched_tokens:,} tokens a step, async scheduling "
+          f"{'on' if a.async_scheduling else 'off'}; time: a bandwidth / GEMM-peak model on "
+          f"{a.gpu}, not a measurement")  # fmt: skip
+    for seqs, headroom in itertools.product(a.max_num_seqs, a.headroom):
         config = SchedulerConfig(
             max_num_seqs=seqs, max_num_batched_tokens=a.max_num_batched_tokens,
             admission=a.admission, admission_batch=a.admission_batch,

@@ -93,3 +93,31 @@ def test_async_scheduling_runs_the_same_tokens_one_step_behind():
     assert late.decode_rows == sync.decode_rows
     # a finished request frees its blocks a step later, so the async run takes one step more
     assert late.steps == sync.steps + 1 and late.preemptions == sync.preemptions
+
+
+def test_config_gives_the_runs_own_knobs_and_flags_still_win(tmp_path, capsys):
+    import numpy as np
+
+    from harness.report.schedule_replay import knobs_from_config, main
+
+    knobs = knobs_from_config("llama2-7b-synthetic", "Offline", "H100-SXM-80GBx1")
+    # the knobs that made the 5,000-query run preempt, from configs/ and the H100 YAML
+    assert knobs["admission"] == "longest_first" and knobs["admission_batch"] == 32
+    assert knobs["async_scheduling"] is True and knobs["kv_cache_dtype"] == "fp8"
+    assert knobs["gpu"] == "H100" and knobs["max_num_seqs"] == [512]
+    for name, values in (("input_ids_padded", [[1, 2], [1, 2]]), ("input_lens", [2, 2]),
+                         ("output_lens", [3, 4])):  # fmt: skip
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
+    main(["--config=llama2-7b-synthetic:Offline:H100-SXM-80GBx1", "--kv_tokens=1024",
+          f"--preprocessed_dir={tmp_path}", "--queries=2", "--admission=fifo"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "fifo admission in groups of 32" in out and "async scheduling on" in out
+
+
+@pytest.mark.parametrize("config", ["llama2-7b-synthetic:Offline", "nope:Offline:H100-SXM-80GBx1"])
+def test_a_bad_config_is_a_one_line_error_naming_it(config, capsys):
+    from harness.report.schedule_replay import main
+
+    with pytest.raises(SystemExit):
+        main([f"--config={config}", "--kv_tokens=1024"])
+    assert f"--config={config}" in capsys.readouterr().err
