@@ -5,9 +5,9 @@ the kernel as the engine's CUDA graphs launch it (splits from choose_num_splits 
 graph's 4,096-key maximum), plus its combine, is captured 20 times in a CUDA graph (twice
 where one call reads over 1 GiB) and replayed; the time per call and the K+V bytes read per
 second are printed for each variant (Triton's software-pipelining depth, keys a tile,
-warps). Each of the calls reads other cache blocks (its own block table), so that a call finds
-its K and V in HBM, not in the L2 (50 MB on an H100; the 7B at batch 1 reads 16 MB), as
-inside a model step.
+warps, fp16 products for an FP8 cache). Each of the calls reads other cache blocks (its own
+block table), so that a call finds its K and V in HBM, not in the L2 (50 MB on an H100; the
+7B at batch 1 reads 16 MB), as inside a model step.
 Run: python -m harness.report.decode_kernel_bench [--context=1000]
 """
 
@@ -28,9 +28,13 @@ SHAPES = [
     ("70b b=160 fp8", 160, 8, 8, torch.float8_e4m3fn),
     ("7b b=448 fp8", 448, 32, 1, torch.float8_e4m3fn),  # the 7B Offline's decode steps
 ]
-# (stages, keys a tile, warps); the first is the engine's. stages None: Triton's default.
-VARIANTS = [(None, 64, 4), (1, 64, 4), (2, 64, 4), (3, 64, 4), (None, 128, 4), (1, 128, 4),
-            (None, 128, 8), (1, 128, 8), (None, 32, 4), (1, 32, 2)]  # fmt: skip
+# (stages, keys a tile, warps, fp16 products); the first is the engine's. stages None:
+# Triton's default. fp16: an FP8 cache's K and V widened to fp16 (bf16 costs 26% more
+# instructions a tile in the sm_90 build); FP8 shapes only.
+VARIANTS = [(None, 64, 4, False), (1, 64, 4, False), (2, 64, 4, False), (3, 64, 4, False),
+            (None, 128, 4, False), (1, 128, 4, False), (None, 128, 8, False), (1, 128, 8, False),
+            (None, 32, 4, False), (1, 32, 2, False), (None, 64, 4, True), (1, 64, 4, True),
+            (None, 32, 4, True), (1, 32, 2, True), (1, 128, 8, True)]  # fmt: skip
 CALLS = 20  # calls per CUDA graph, each with its own block table
 BIG_CALL_BYTES = 1 << 30  # a call reading this much K+V is far past the L2: 2 tables suffice
 
@@ -91,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         splits = choose_num_splits(batch, hkv, 4096, sms)
         args = (q, k_cache, v_cache)
         ref = paged_decode(*args, tables[0], ctx, d**-0.5, splits)
-        for stages, block_n, warps in VARIANTS:
-            kwargs = {"num_stages": stages, "block_n": block_n, "num_warps": warps}
+        for stages, block_n, warps, fp16 in VARIANTS:
+            if fp16 and cache_dtype.itemsize != 1:
+                continue
+            kwargs = {"num_stages": stages, "block_n": block_n, "num_warps": warps,
+                      "fp16_dot": fp16}  # fmt: skip
             calls = [
                 functools.partial(paged_decode, *args, t, ctx, d**-0.5, splits, **kwargs)
                 for t in tables
@@ -100,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             err = ((calls[0]().float() - ref.float()).norm() / ref.float().norm()).item()
             us = time_calls(calls)
             label = f"stages={stages or 'default'} keys={block_n} warps={warps}"
+            label += " fp16" if fp16 else ""
             print(
-                f"{name:14s} splits={splits:2d} {label:32s} {us:8.1f} us "
+                f"{name:14s} splits={splits:2d} {label:37s} {us:8.1f} us "
                 f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs default {err:.1e}"
             )
     return 0

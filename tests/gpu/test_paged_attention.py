@@ -57,6 +57,32 @@ def test_paged_decode_matches_reference(
     assert _rel(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("block_n,num_warps,num_stages", [(64, 4, 1), (32, 2, 1), (128, 8, None)])
+@pytest.mark.parametrize("fp16_dot", [False, True])
+@pytest.mark.parametrize("group,num_splits", [(1, 1), (8, 3)])
+def test_paged_decode_bench_variants_match_reference(
+    block_n: int, num_warps: int, num_stages: int | None, fp16_dot: bool, group: int,
+    num_splits: int,
+) -> None:  # fmt: skip
+    """The kernel shapes decode_kernel_bench times (FP8 cache: fp16_dot applies)."""
+    from harness.engine.kernels.paged_attention import paged_decode, paged_decode_reference
+
+    torch.manual_seed(group + block_n)
+    b, hkv, d, bs, max_blocks = 5, 4, 128, 16, 30
+    num_blocks = b * max_blocks
+    k_cache = torch.randn(hkv, num_blocks, bs, d, device="cuda").to(torch.float8_e4m3fn)
+    v_cache = torch.randn(hkv, num_blocks, bs, d, device="cuda").to(torch.float8_e4m3fn)
+    tables = torch.randperm(num_blocks, device="cuda").view(b, max_blocks)
+    ctx = torch.tensor([1, 17, 200, 333, max_blocks * bs], device="cuda", dtype=torch.int32)
+    q = torch.randn(b, hkv * group, d, device="cuda", dtype=torch.bfloat16)
+    kwargs = {"block_n": block_n, "num_warps": num_warps, "num_stages": num_stages}
+    out = paged_decode(q, k_cache, v_cache, tables, ctx, d**-0.5, num_splits, 0.5, 0.5,
+                       fp16_dot=fp16_dot, **kwargs)  # fmt: skip
+    ref = paged_decode_reference(q, k_cache, v_cache, tables, ctx, d**-0.5, 0.5, 0.5)
+    assert torch.isfinite(out).all()
+    assert _rel(out, ref) < 1e-2
+
+
 def test_paged_decode_zero_context_rows_are_zero() -> None:
     from harness.engine.kernels.paged_attention import paged_decode
 

@@ -97,7 +97,7 @@ if triton is not None:
         stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk, qk_scale, v_scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, FP16_DOT: tl.constexpr = False,
     ):  # fmt: skip
         b = tl.program_id(0)
         kvh = tl.program_id(1).to(tl.int64)  # kvh x stride_ch passes 2^31 in caches over 4 GiB
@@ -116,6 +116,8 @@ if triton is not None:
             mask=g_mask[:, None],
             other=0.0,
         )  # [G_PAD, D]
+        if FP16_DOT:  # FP8 K and V widen to fp16 in one instruction a pair (bf16: four)
+            q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
         m_i = tl.full([G_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, D], tl.float32)
@@ -196,12 +198,14 @@ def paged_decode(
     context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0,
     num_stages: int | None = None, block_n: int = BLOCK_N, num_warps: int = 4,
+    fp16_dot: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length
     (graph-safe: no host sync). Rows with context_lens 0 give zeros.
 
-    num_stages (Triton's software-pipelining depth; None: its default), block_n (keys a tile)
-    and num_warps are for harness.report.decode_kernel_bench, which times the variants.
+    num_stages (Triton's software-pipelining depth; None: its default), block_n (keys a tile),
+    num_warps and fp16_dot (an FP8 cache's K and V multiplied in fp16, not q's bf16) are for
+    harness.report.decode_kernel_bench, which times the variants.
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
@@ -220,6 +224,7 @@ def paged_decode(
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, num_warps=num_warps,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact
+        FP16_DOT=fp16_dot and k_cache.dtype.itemsize == 1,
         **stages,
     )  # fmt: skip
     if num_splits == 1:
