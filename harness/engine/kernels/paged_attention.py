@@ -116,7 +116,7 @@ if triton is not None:
             mask=g_mask[:, None],
             other=0.0,
         )  # [G_PAD, D]
-        if FP16_DOT:  # FP8 K and V widen to fp16 in one instruction a pair (bf16: four)
+        if FP16_DOT:  # FP8 K and V widen to fp16 one instruction a pair, to bf16 one a value
             q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
         m_i = tl.full([G_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
