@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--preset={a.preset}: use one of {', '.join(sorted(PRESETS))}")
     if a.graph_tokens < 0:
         p.error(f"--graph_tokens={a.graph_tokens}: use 0 (no mixed graphs) or more")
+    if a.kv_tokens < 16:
+        p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of 16 tokens")
     try:
         data = Dataset.load(Path(a.preprocessed_dir))
     except DatasetMissingError as ex:  # the synthetic set: python -m preprocess.synthetic
@@ -220,12 +222,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.max_num_batched_tokens:,} tokens a step, async scheduling "
           f"{'on' if a.async_scheduling else 'off'}; time: a bandwidth / GEMM-peak model on "
           f"{a.gpu}, not a measurement")  # fmt: skip
-    for seqs, headroom in itertools.product(a.max_num_seqs, a.headroom):
-        config = SchedulerConfig(
-            max_num_seqs=seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-            admission=a.admission, admission_batch=a.admission_batch,
-            admission_headroom_tokens=headroom,
-        )  # fmt: skip
+    try:  # every row's config before any row runs
+        configs = [
+            SchedulerConfig(
+                max_num_seqs=seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+                admission=a.admission, admission_batch=a.admission_batch,
+                admission_headroom_tokens=headroom,
+            )
+            for seqs, headroom in itertools.product(a.max_num_seqs, a.headroom)
+        ]  # fmt: skip
+    except ValueError as ex:  # a count below its minimum, named with its value
+        p.error(f"{ex} (--max_num_seqs, --max_num_batched_tokens, --admission_batch, "
+                "--headroom)")  # fmt: skip
+    for config in configs:
+        seqs, headroom = config.max_num_seqs, config.admission_headroom_tokens
         try:
             stats = replay(
                 ins, outs, a.kv_tokens, config, graph_tokens=a.graph_tokens,

@@ -121,3 +121,20 @@ def test_a_bad_config_is_a_one_line_error_naming_it(config, capsys):
     with pytest.raises(SystemExit):
         main([f"--config={config}", "--kv_tokens=1024"])
     assert f"--config={config}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag,named", [("--max_num_seqs=0", "max_num_seqs=0"), ("--headroom=-1", "=-1"),
+                   ("--kv_tokens=0", "--kv_tokens=0")],
+)  # fmt: skip
+def test_a_bad_count_is_a_one_line_error_naming_it(flag, named, tmp_path, capsys):
+    import numpy as np
+
+    from harness.report.schedule_replay import main
+
+    for name, values in (("input_ids_padded", [[1, 2]]), ("input_lens", [2]),
+                         ("output_lens", [3])):  # fmt: skip
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
+    with pytest.raises(SystemExit) as ex:
+        main(["--kv_tokens=1024", flag, f"--preprocessed_dir={tmp_path}", "--queries=1"])
+    assert ex.value.code == 2 and named in capsys.readouterr().err
