@@ -19,6 +19,13 @@ from collections.abc import Callable
 
 import torch
 
+from harness.engine.kernels.paged_attention import (
+    DecodeTiling,
+    choose_num_splits,
+    decode_tiling,
+    paged_decode,
+)
+
 # (name, batch, kv heads, query heads per kv head, cache dtype)
 SHAPES = [
     ("7b b=1", 1, 32, 1, torch.bfloat16),
@@ -28,13 +35,15 @@ SHAPES = [
     ("70b b=160 fp8", 160, 8, 8, torch.float8_e4m3fn),
     ("7b b=448 fp8", 448, 32, 1, torch.float8_e4m3fn),  # the 7B Offline's decode steps
 ]
-# (stages, keys a tile, warps, fp16 products); the first is the engine's. stages None:
-# Triton's default. fp16: an FP8 cache's K and V widened to fp16 (bf16 costs 26% more
-# instructions a tile in the sm_90 build); FP8 shapes only.
-VARIANTS = [(None, 64, 4, False), (1, 64, 4, False), (2, 64, 4, False), (3, 64, 4, False),
-            (None, 128, 4, False), (1, 128, 4, False), (None, 128, 8, False), (1, 128, 8, False),
-            (None, 32, 4, False), (1, 32, 2, False), (None, 64, 4, True), (1, 64, 4, True),
-            (None, 32, 4, True), (1, 32, 2, True), (1, 128, 8, True)]  # fmt: skip
+# Tilings beside the engine's (decode_tiling: its row comes first); fp16 products only on
+# FP8 shapes (bf16 costs 26% more instructions a tile in the sm_90 build).
+VARIANTS = [
+    DecodeTiling(block_n=bn, num_warps=w, num_stages=st, fp16_dot=fp16)
+    for st, bn, w, fp16 in [(None, 64, 4, False), (1, 64, 4, False), (3, 64, 4, False),
+                            (1, 128, 4, False), (1, 32, 2, False), (None, 64, 4, True),
+                            (1, 64, 4, True), (1, 32, 2, True), (1, 32, 1, True),
+                            (2, 32, 2, True), (1, 16, 1, True)]
+]  # fmt: skip
 CALLS = 20  # calls per CUDA graph, each with its own block table
 BIG_CALL_BYTES = 1 << 30  # a call reading this much K+V is far past the L2: 2 tables suffice
 
@@ -60,7 +69,6 @@ def time_calls(fns: list[Callable[[], object]], replays: int = 20) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.engine.kernels.paged_attention import choose_num_splits, paged_decode
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--context", type=int, default=1000, help="keys per request")
@@ -95,22 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         splits = choose_num_splits(batch, hkv, 4096, sms)
         args = (q, k_cache, v_cache)
         ref = paged_decode(*args, tables[0], ctx, d**-0.5, splits)
-        for stages, block_n, warps, fp16 in VARIANTS:
-            if fp16 and cache_dtype.itemsize != 1:
+        engine = decode_tiling(cache_dtype)
+        for tile in [engine] + [v for v in VARIANTS if v != engine]:
+            if tile.fp16_dot and cache_dtype.itemsize != 1:
                 continue
-            kwargs = {"num_stages": stages, "block_n": block_n, "num_warps": warps,
-                      "fp16_dot": fp16}  # fmt: skip
             calls = [
-                functools.partial(paged_decode, *args, t, ctx, d**-0.5, splits, **kwargs)
+                functools.partial(paged_decode, *args, t, ctx, d**-0.5, splits, tiling=tile)
                 for t in tables
             ]
             err = ((calls[0]().float() - ref.float()).norm() / ref.float().norm()).item()
             us = time_calls(calls)
-            label = f"stages={stages or 'default'} keys={block_n} warps={warps}"
-            label += " fp16" if fp16 else ""
+            label = f"stages={tile.num_stages or 'default'} keys={tile.block_n}"
+            label += f" warps={tile.num_warps}" + (" fp16" if tile.fp16_dot else "")
+            label += " (engine)" if tile == engine else ""
             print(
-                f"{name:14s} splits={splits:2d} {label:37s} {us:8.1f} us "
-                f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs default {err:.1e}"
+                f"{name:14s} splits={splits:2d} {label:46s} {us:8.1f} us "
+                f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs engine {err:.1e}"
             )
     return 0
 

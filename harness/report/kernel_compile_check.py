@@ -114,6 +114,8 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
 def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
     """The 2:4 expansion kernel, the GEMV, the paged decode and its split combine, RoPE (with
     and without the KV-cache write), as the engine launches them (4 warps unless a case says)."""
+    import torch
+
     from harness.engine.kernels import gemv, paged_attention, rope, sparse24_gemm
 
     cases = [
@@ -122,19 +124,21 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
           "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"},
          {"BLOCK_N": 32, "BLOCK_K": 256, "EVEN_K": True}),
     ]  # fmt: skip
-    decode_cases = (("bf16", 1, 8, False), ("bf16", 9, 8, False), ("fp8e4nv", 32, 8, False),
-                    ("bf16", 17, 1, False), ("fp8e4nv", 1, 1, True))  # fmt: skip
-    for cache, splits, group, fp16 in decode_cases:
+    for cache, splits, group in (("bf16", 1, 8), ("bf16", 9, 8), ("fp8e4nv", 32, 8),
+                                 ("bf16", 17, 1), ("fp8e4nv", 1, 1)):  # fmt: skip
+        tile = paged_attention.decode_tiling(
+            torch.float8_e4m3fn if cache == "fp8e4nv" else torch.bfloat16
+        )  # the engine's tiling for this cache
         cases.append((
-            f"paged_decode cache={cache} NUM_SPLITS={splits} G={group} FP16_DOT={fp16}",
+            f"paged_decode cache={cache} NUM_SPLITS={splits} G={group} {tile}",
             paged_attention._paged_decode_kernel,
             {"q_ptr": "*bf16", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
              "tables_ptr": "*i64", "ctx_ptr": "*i32", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
              "stride_qb": "i32", "stride_qh": "i32", "stride_tb": "i32", "stride_ch": "i32",
              "stride_cblk": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
-            {"G": group, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16,
-             "BLOCK_N": paged_attention.BLOCK_N, "NUM_SPLITS": splits, "PRECISION": "tf32",
-             "FP16_DOT": fp16},
+            {"G": group, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16, "BLOCK_N": tile.block_n,
+             "NUM_SPLITS": splits, "PRECISION": "tf32", "FP16_DOT": tile.fp16_dot},
+            tile.num_warps,
         ))  # fmt: skip
     for write_kv, cache in ((False, "bf16"), (True, "bf16"), (True, "fp8e4nv")):
         cases.append((

@@ -57,7 +57,9 @@ def test_paged_decode_matches_reference(
     assert _rel(out, ref) < 1e-2
 
 
-@pytest.mark.parametrize("block_n,num_warps,num_stages", [(64, 4, 1), (32, 2, 1), (128, 8, None)])
+@pytest.mark.parametrize(
+    "block_n,num_warps,num_stages", [(64, 4, 1), (32, 2, 1), (128, 8, None), (16, 1, 1)]
+)
 @pytest.mark.parametrize("fp16_dot", [False, True])
 @pytest.mark.parametrize("group,num_splits", [(1, 1), (8, 3)])
 def test_paged_decode_bench_variants_match_reference(
@@ -65,7 +67,11 @@ def test_paged_decode_bench_variants_match_reference(
     num_splits: int,
 ) -> None:  # fmt: skip
     """The kernel shapes decode_kernel_bench times (FP8 cache: fp16_dot applies)."""
-    from harness.engine.kernels.paged_attention import paged_decode, paged_decode_reference
+    from harness.engine.kernels.paged_attention import (
+        DecodeTiling,
+        paged_decode,
+        paged_decode_reference,
+    )
 
     torch.manual_seed(group + block_n)
     b, hkv, d, bs, max_blocks = 5, 4, 128, 16, 30
@@ -75,9 +81,8 @@ def test_paged_decode_bench_variants_match_reference(
     tables = torch.randperm(num_blocks, device="cuda").view(b, max_blocks)
     ctx = torch.tensor([1, 17, 200, 333, max_blocks * bs], device="cuda", dtype=torch.int32)
     q = torch.randn(b, hkv * group, d, device="cuda", dtype=torch.bfloat16)
-    kwargs = {"block_n": block_n, "num_warps": num_warps, "num_stages": num_stages}
-    out = paged_decode(q, k_cache, v_cache, tables, ctx, d**-0.5, num_splits, 0.5, 0.5,
-                       fp16_dot=fp16_dot, **kwargs)  # fmt: skip
+    tile = DecodeTiling(block_n, num_warps, num_stages, fp16_dot)
+    out = paged_decode(q, k_cache, v_cache, tables, ctx, d**-0.5, num_splits, 0.5, 0.5, tile)
     ref = paged_decode_reference(q, k_cache, v_cache, tables, ctx, d**-0.5, 0.5, 0.5)
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < 1e-2

@@ -101,17 +101,18 @@ def test_config_gives_the_runs_own_knobs_and_flags_still_win(tmp_path, capsys):
     from harness.report.schedule_replay import knobs_from_config, main
 
     knobs = knobs_from_config("llama2-7b-synthetic", "Offline", "H100-SXM-80GBx1")
-    # the knobs that made the 5,000-query run preempt, from configs/ and the H100 YAML
-    assert knobs["admission"] == "longest_first" and knobs["admission_batch"] == 32
+    # the 5,000-query run's knobs, from configs/ and the H100 YAML
+    assert knobs["admission"] == "fifo" and knobs["admission_batch"] == 32
     assert knobs["async_scheduling"] is True and knobs["kv_cache_dtype"] == "fp8"
     assert knobs["gpu"] == "H100" and knobs["max_num_seqs"] == [512]
     for name, values in (("input_ids_padded", [[1, 2], [1, 2]]), ("input_lens", [2, 2]),
                          ("output_lens", [3, 4])):  # fmt: skip
         np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
     main(["--config=llama2-7b-synthetic:Offline:H100-SXM-80GBx1", "--kv_tokens=1024",
-          f"--preprocessed_dir={tmp_path}", "--queries=2", "--admission=fifo"])  # fmt: skip
+          f"--preprocessed_dir={tmp_path}", "--queries=2",
+          "--admission=longest_first"])  # fmt: skip
     out = capsys.readouterr().out
-    assert "fifo admission in groups of 32" in out and "async scheduling on" in out
+    assert "longest_first admission in groups of 32" in out and "async scheduling on" in out
 
 
 @pytest.mark.parametrize("config", ["llama2-7b-synthetic:Offline", "nope:Offline:H100-SXM-80GBx1"])
