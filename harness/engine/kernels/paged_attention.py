@@ -35,11 +35,12 @@ class DecodeTiling:
     fp16_dot: bool = False
 
 
-# FP8 caches: the fastest tiling at 7B x 448 rows on an H100 (615 against 816 us a layer at
-# 424 keys, 1.33x), and faster than the bf16 tiling at every other shape timed beside it
-# (70B: 6.3 / 25.3 / 82.4 against 7.4 / 29.7 / 87.7 us at 1 / 32 / 160 rows; nineteenth
-# session, decode_kernel_bench). bf16 caches keep the default: 32 keys tied there.
-FP8_TILING = DecodeTiling(block_n=32, num_warps=2, num_stages=1, fp16_dot=True)
+# FP8 caches (decode_kernel_bench at 424 keys, one call on one H100, nineteenth session): at the
+# 7B's 448 rows 548 us a layer (2.84 TB/s) against 610 with 2 warps and 818 with the bf16
+# tiling; at the 70B's 160 rows 59.3 against 80.6 and 87.8 us; at 1 and 32 rows 6.9 and 25.9
+# against 7.3 and 29.5. Through LoadGen (7B Offline, 5,000 queries, the same H100): 11,394.4
+# tok/s against 11,019.7 (2 warps) and 9,537.9 (bf16 tiling). bf16 caches: 32 keys tied there.
+FP8_TILING = DecodeTiling(block_n=32, num_warps=1, num_stages=1, fp16_dot=True)
 
 
 def decode_tiling(cache_dtype: torch.dtype) -> DecodeTiling:
