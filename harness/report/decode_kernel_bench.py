@@ -69,7 +69,6 @@ def time_calls(fns: list[Callable[[], object]], replays: int = 20) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--context", type=int, default=1000, help="keys per request")
     p.add_argument(
