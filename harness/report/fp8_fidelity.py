@@ -9,9 +9,14 @@ every answer position whether each model's argmax is the logged token: the flip 
 answers FP8 would reproduce whole, and how FP8 treats EOS (ending early, or not ending where
 fp32 did), plus the logged tokens' mean negative log-likelihood under each model.
 
+`--scheme` asks where the flips come from, with FP8 simulated in plain torch (round to e4m3
+and back): `weights` (per-channel weights only), `activations` (per-token activations only),
+`group32` / `group64` ... (both, one scale per N consecutive inputs instead of per row).
+
 Run: python -m harness.report.fp8_fidelity \
     --accuracy_log=build/logs/<fp32 run>/cpu-default/smollm2-135m/Offline/mlperf_log_accuracy.json \
     --dense_layers=0,-1 --dense_layers= --samples=100   [--model_opt=Sparse]
+    [--scheme=engine --scheme=weights --scheme=activations --scheme=group32]
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.engine.quant.fp8 import FP8Config, FP8LinearMethod
+from harness.engine.quant.fp8 import FP8_DTYPE, FP8_MAX, FP8Config, FP8LinearMethod
+
+SCHEMES = ("engine", "weights", "activations")  # and groupN
 
 
 class FP8Linear(nn.Module):
@@ -43,16 +50,61 @@ class FP8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def quantize_model(model: nn.Module, dense_layers: frozenset[int], sparse24: bool) -> int:
+def round_trip_fp8(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x rounded to e4m3 and back, one scale per `group` consecutive values of its last
+    dimension (0: one per row), as fp32."""
+    rows = x.float().reshape(*x.shape[:-1], -1, group) if group else x.float().unsqueeze(-2)
+    scale = rows.abs().amax(-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    q = (rows / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return (q.float() * scale).reshape(x.shape)
+
+
+class SimulatedFP8Linear(nn.Module):
+    """An nn.Linear with its weights and/or inputs rounded to e4m3 (group: scale granularity,
+    0 for per channel / per token; None: that side left exact)."""
+
+    def __init__(self, linear: nn.Linear, weight_group: int | None, input_group: int | None):
+        super().__init__()
+        w = linear.weight.detach()
+        self.weight = w.float() if weight_group is None else round_trip_fp8(w, weight_group)
+        self.input_group, self.bias = input_group, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_group is not None:
+            x = round_trip_fp8(x, self.input_group).to(x.dtype)
+        return nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+def scheme_groups(scheme: str) -> tuple[int | None, int | None]:
+    """A --scheme other than engine -> (weight group, input group) for SimulatedFP8Linear."""
+    if scheme == "weights":
+        return 0, None
+    if scheme == "activations":
+        return None, 0
+    size = scheme.removeprefix("group")
+    if scheme.startswith("group") and size.isdigit() and int(size) > 0:
+        return int(size), int(size)
+    raise ValueError(f"--scheme={scheme}: use one of {', '.join(SCHEMES)} or groupN (N >= 1)")
+
+
+def quantize_model(
+    model: nn.Module, dense_layers: frozenset[int], sparse24: bool, scheme: str = "engine"
+) -> int:
     """Swap, in place, every linear that the engine's FP8Config quantizes (not the head, not
-    dense_layers) for an FP8Linear; returns how many were swapped."""
+    dense_layers) for an FP8Linear (scheme engine) or a SimulatedFP8Linear; returns how many
+    were swapped."""
     quant = FP8Config(torch.device("cpu"), sparse24, dense_layers=dense_layers)
+    groups = None if scheme == "engine" else scheme_groups(scheme)
     swapped = 0
     for name, module in list(model.named_modules()):
         method = quant.linear_method(name) if isinstance(module, nn.Linear) else None
         if isinstance(method, FP8LinearMethod):
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, FP8Linear(module, method))
+            if groups is None:
+                new: nn.Module = FP8Linear(module, method)
+            else:
+                new = SimulatedFP8Linear(module, *groups)
+            setattr(model.get_submodule(parent), attr, new)
             swapped += 1
     return swapped
 
@@ -134,9 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model_opt", default="FP8", choices=["FP8", "Sparse"])
     p.add_argument("--dense_layers", action="append", help="repeat to compare ('' for none)")
     p.add_argument("--samples", type=int, default=100, help="the first N of the dataset (0: all)")
+    p.add_argument(
+        "--scheme", action="append",
+        help="engine (default), weights, activations or groupN; repeat to compare (FP8 only)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if a.samples < 0:
         p.error(f"--samples={a.samples}: use 0 (all) or more")
+    schemes = a.scheme or ["engine"]
+    for scheme in schemes:
+        if scheme != "engine":
+            if a.model_opt == "Sparse":
+                p.error(f"--scheme={scheme}: only with --model_opt=FP8")
+            try:
+                scheme_groups(scheme)
+            except ValueError as ex:
+                p.error(str(ex))
     if not (Path(a.model_path) / "config.json").is_file():
         p.error(f"--model_path={a.model_path}: no HF checkpoint there; `make default` builds it")
     try:
@@ -156,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             dense = dense_layers_from(spec, layers)
         except ValueError as ex:
             p.error(str(ex))
-        quantized = copy.deepcopy(reference)
-        n = quantize_model(quantized, dense, a.model_opt == "Sparse")
-        result = measure(reference, quantized, logged, eos)
-        print(f"[fidelity] {a.model_opt}, dense layers {sorted(dense)} ({n} linears quantized): "
-              f"{result.line()}", flush=True)  # fmt: skip
+        for scheme in schemes:
+            quantized = copy.deepcopy(reference)
+            n = quantize_model(quantized, dense, a.model_opt == "Sparse", scheme)
+            result = measure(reference, quantized, logged, eos)
+            print(f"[fidelity] {a.model_opt} ({scheme}), dense layers {sorted(dense)} ({n} "
+                  f"linears quantized): {result.line()}", flush=True)  # fmt: skip
     return 0
 
 

@@ -73,3 +73,39 @@ def test_a_missing_log_or_checkpoint_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args[:1], f"--model_path={tmp_path}/no_model", "--accuracy_log=x"])
     assert "no HF checkpoint there" in capsys.readouterr().err
+
+
+def test_the_simulated_per_row_scheme_is_the_engines_fp8_linear():
+    from harness.report.fp8_fidelity import SimulatedFP8Linear
+
+    torch.manual_seed(1)
+    linear = nn.Linear(64, 32, bias=False)
+    x = torch.randn(5, 64)
+    engine = FP8Linear(linear, FP8LinearMethod())(x)
+    torch.testing.assert_close(SimulatedFP8Linear(linear, 0, 0)(x), engine)
+    weights_only = SimulatedFP8Linear(linear, 0, None)(x)
+    assert not torch.equal(weights_only, engine) and not torch.equal(weights_only, linear(x))
+
+
+def test_smaller_groups_round_small_values_next_to_an_outlier_closer():
+    from harness.report.fp8_fidelity import round_trip_fp8
+
+    x = torch.full((1, 64), 0.011)
+    x[0, 0] = 1000.0  # one scale for the row: 0.011 / (1000 / 448) falls among e4m3's subnormals
+    row, grouped = round_trip_fp8(x, 0), round_trip_fp8(x, 32)
+    assert row[0, 0] == grouped[0, 0] == 1000.0
+    assert (grouped[0, 32:] - 0.011).abs().max() < (row[0, 32:] - 0.011).abs().max()
+
+
+def test_a_bad_scheme_is_a_one_line_error_naming_it(tmp_path, capsys):
+    import pytest
+
+    from harness.report.fp8_fidelity import main, scheme_groups
+
+    assert scheme_groups("weights") == (0, None) and scheme_groups("group32") == (32, 32)
+    cases = [(["--scheme=group0"], "--scheme=group0"),
+             (["--scheme=weights", "--model_opt=Sparse"], "only with --model_opt=FP8")]  # fmt: skip
+    for argv, named in cases:
+        with pytest.raises(SystemExit):
+            main([*argv, "--accuracy_log=x", f"--model_path={tmp_path}"])
+        assert named in capsys.readouterr().err
