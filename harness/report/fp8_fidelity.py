@@ -216,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32).eval()
     layers = reference.config.num_hidden_layers
     eos = reference.config.eos_token_id
+    widths = sorted({m.in_features for m in reference.modules() if isinstance(m, nn.Linear)})
+    for scheme in schemes:
+        group = scheme_groups(scheme)[0] if scheme.startswith("group") else 0
+        if group and any(w % group for w in widths):
+            p.error(f"--scheme={scheme}: {group} must divide the linears' input widths {widths}")
     for spec in a.dense_layers or ["0,-1"]:
         try:
             dense = dense_layers_from(spec, layers)

@@ -109,3 +109,30 @@ def test_a_bad_scheme_is_a_one_line_error_naming_it(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([*argv, "--accuracy_log=x", f"--model_path={tmp_path}"])
         assert named in capsys.readouterr().err
+
+
+def test_a_group_that_does_not_divide_the_models_widths_is_refused_before_scoring(
+    tmp_path, capsys
+):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from harness.report.fp8_fidelity import main
+
+    tiny_hf_model().save_pretrained(tmp_path / "model")  # linears 64 and 96 wide
+    for name, values in (("input_ids_padded", [[1, 2]]), ("input_lens", [2]), ("output_lens", [3])):
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
+    log = tmp_path / "log.json"
+    data = np.asarray([5, 6, 2], dtype="<i4").tobytes().hex().upper()
+    log.write_text(json.dumps([{"seq_id": 0, "qsl_idx": 0, "data": data}]))
+    args = [f"--preprocessed_dir={tmp_path}", f"--model_path={tmp_path / 'model'}",
+            f"--accuracy_log={log}", "--samples=1"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main([*args, "--scheme=group64"])
+    assert "--scheme=group64: 64 must divide the linears' input widths [64, 96]" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, "--scheme=group32"]) == 0  # 32 divides both: it scores
+    assert "FP8 (group32)" in capsys.readouterr().out
