@@ -57,7 +57,7 @@ for spec in "$@"; do
         timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
           --target_qps=$qps $flags ;;
-    int70) # the config's min_query_count for early stopping (700; the H100 YAML 880): 350-440 s at 2.0 qps
+    int70) # the config's min_query_count for early stopping (700; the H100 YAML 1,001): 350-500 s at 2.0 qps
         timeout ${TI70:-590} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Interactive --min_duration_ms=${DURI:-60000} ${QPSI:+--target_qps=$QPSI} \
           $flags ;;
