@@ -2,7 +2,10 @@
 Triton kernel's block configurations (kernels/fp8_gemm.py; with --sparse on compressed 2:4
 weights), with the weight bandwidth each reaches. Configs that compute wrong (against the
 fp32 reference) are dropped. cuBLAS is also timed with fast accumulation (`use_fast_accum`,
-not used by the engine), beside its error and the default's.
+not used by the engine), beside its error and the default's, and with its operands swapped
+(out^T = W x^T, then transposed back to [M, N]: M becomes cuBLAS's narrow N side, which may
+pick other kernels at the 129-255 rows where the unswapped ones are slow; not used by the
+engine).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """
@@ -127,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         w, ws = weights[name]
         return scaled_mm(xq, xsc, w, ws, torch.bfloat16, fast_accum=True)
 
+    def cublas_swapped(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        w, ws = weights[name]  # W [N, K] row-major, xq^T [K, M] column-major: _scaled_mm's layout
+        out_t = torch._scaled_mm(w, xq.t(), scale_a=ws.view(-1, 1), scale_b=xsc.view(1, -1),
+                                 out_dtype=torch.bfloat16)  # fmt: skip
+        return out_t.t().contiguous()
+
     def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         (values, meta), (w, ws) = compressed[name], weights[name]
         dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
@@ -162,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"accumulation {errs[0]:.1e}")  # fmt: skip
         except RuntimeError as ex:  # this build's rowwise _scaled_mm may not take it
             print(f"[fp8_gemm]   cuBLAS, fast accumulation: failed {str(ex)[:120]}")
+        try:
+            t = sum(shape_ms(cublas_swapped).values())
+            err = max(_relative_error(cublas_swapped(name, *xs[name]), refs[name])
+                      for name in shapes)  # fmt: skip
+            print(
+                f"[fp8_gemm]   cuBLAS, operands swapped (with the transpose back) {t:.3f} ms "
+                f"({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range"
+            )
+        except RuntimeError as ex:  # e.g. M not a multiple of 16 (FP8 _scaled_mm's rule)
+            print(f"[fp8_gemm]   cuBLAS, operands swapped: failed {str(ex)[:120]}")
         if a.sparse:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
