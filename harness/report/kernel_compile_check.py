@@ -6,7 +6,8 @@ RoPE: Triton's compiler
 and its bundled ptxas build the cubin for sm_90, with 16-byte alignment assumed as the JIT
 does for aligned arguments; prints registers, spill stack, shared memory, which MMA was used,
 the fp32 promotion adds and a GEMM's SASS instructions per K step, and exits 1 if a kernel
-fails to compile, spills, or loads a GEMM tile synchronously inside its K loop. A team without
+fails to compile, spills (except where SPILLS_MEASURED says a GPU measured the spilling
+build faster), or loads a GEMM tile synchronously inside its K loop. A team without
 a GPU catches these before device time. Needs only `pip install triton` (the CPU torch
 suffices).
 
@@ -22,6 +23,17 @@ import tempfile
 from pathlib import Path
 
 ALIGNED = "tt.divisibility"
+# Kernels whose spills were measured and kept: the paged decode on an FP8 cache runs one warp
+# a 32-key tile (decode_tiling), which spills to the stack and still read the KV at 2.84 TB/s
+# against 2.55 for the spill-free two-warp build (7B, 448 rows, H100, docs/benchmarks.md,
+# nineteenth session).
+SPILLS_MEASURED = ("paged_decode cache=fp8e4nv",)
+
+
+def spill_fails(label: str, usage: dict) -> bool:
+    """A spill (stack or local memory) that no GPU measurement accepted."""
+    spills = usage.get("STACK", 0) > 0 or usage.get("LOCAL", 0) > 0
+    return spills and not label.startswith(SPILLS_MEASURED)
 
 
 def _compile(kernel, signature: dict, constexprs: dict, aligned: list[str], arch: int,
@@ -186,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, usage in check_gemm_configs(a.arch) + check_other_kernels(a.arch):
         failed = (
             isinstance(usage, str)
-            or usage.get("STACK", 0) > 0
+            or spill_fails(label, usage)
             or usage.get("sync_loads_in_k_loop", 0) > 0
         )
         bad += failed
