@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.engine.quant.fp8 import FP8_DTYPE, FP8_MAX, FP8Config, FP8LinearMethod
+from harness.engine.quant.fp8 import FP8Config, FP8LinearMethod, quantize_per_token
 
 SCHEMES = ("engine", "weights", "activations")  # and groupN
 
@@ -52,10 +52,8 @@ class FP8Linear(nn.Module):
 
 def round_trip_fp8(x: torch.Tensor, group: int) -> torch.Tensor:
     """x rounded to e4m3 and back, one scale per `group` consecutive values of its last
-    dimension (0: one per row), as fp32."""
-    rows = x.float().reshape(*x.shape[:-1], -1, group) if group else x.float().unsqueeze(-2)
-    scale = rows.abs().amax(-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
-    q = (rows / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    dimension (0: one per row), as fp32: the engine's per-row quantization on rows of `group`."""
+    q, scale = quantize_per_token(x.float().reshape(-1, group or x.shape[-1]))
     return (q.float() * scale).reshape(x.shape)
 
 

@@ -12,8 +12,9 @@
 #   sparse : .carry/probe_sparse.py if carried
 #   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)
-#   base   : copy the files under .carry/base/ (carried) over the tree, so that later phases
-#            of the call run them: a same-call baseline for a code change, e.g.
+#   base   : copy the files under .carry/base/ (carried) over the tree (each replaced file kept
+#            as FILE.~1~), so that later phases of the call run them: a same-call baseline for
+#            a code change, e.g.
 #            git show REV:harness/engine/kernels/paged_attention.py > .carry/base/harness/...
 # A phase may carry extra bench flags after a colon, commas for spaces, e.g.
 #   o7:--max_num_seqs=256,--admission_batch=32   (o7, ss7, b70, b70s, srv70, int70, prof70, prof7,
@@ -69,7 +70,7 @@ for spec in "$@"; do
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     dk) timeout 200 python3 -m harness.report.decode_kernel_bench $flags ;;
     base) [ -d .carry/base ] || { echo "base: no .carry/base (carry it)"; exit 3; }
-          cp -rv .carry/base/. . ;;
+          cp -rv --backup=numbered .carry/base/. . ;;  # a replaced file stays as FILE.~1~
     host) timeout 120 python3 -m harness.report.host_step --device=cuda --batch=1 --batch=64 \
           --batch=512 ;;
     prof7|prof7u) timeout 150 python3 -m harness.report.profile_step --preset=llama2-7b \

@@ -20,7 +20,7 @@ except ImportError:  # CPU-only installs: references only
     tl = None
 
 FP8_MAX = 448.0
-BLOCK_N = 64  # keys per inner tile of the decode kernel (bf16 caches)
+BLOCK_N = 64  # keys a tile on bf16 caches (FP8: FP8_TILING); also the shortest split
 
 
 @dataclass(frozen=True)
