@@ -52,9 +52,9 @@ for spec in "$@"; do
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
           $([ $phase = prof70u ] && echo --no_fused) $flags ;;
-    srv70) qps=${QPS70:-7.5}  # auto: 0.85 x the last Offline tokens/s of this call / 294 (mean output)
+    srv70) qps=${QPS70:-7.5}  # auto: SRVF (0.85) x the last Offline tokens/s of this call / 294 (mean output)
         [ "$qps" = auto ] && qps=$(cat build/logs/bench/latest/*/bench.json | python3 -c \
-          'import json,sys; print(round(0.85 * json.load(sys.stdin)["tokens_per_second"] / 294, 2))')
+          "import json,sys; print(round(${SRVF:-0.85} * json.load(sys.stdin)['tokens_per_second'] / 294, 2))")
         timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
           --target_qps=$qps $flags ;;
