@@ -102,8 +102,8 @@ class EngineConfig:
     # decodes replay graphs too, up to this many tokens a step (at most max_num_batched_tokens;
     # 0: they run eagerly); costs capture time and graph memory at start
     cuda_graph_max_tokens: int = 0
-    # CUDA graphs: time each decode graph after capture and drop those a larger one beats
-    # (a batch then pads up to it); false keeps every bucket
+    # CUDA graphs: time each graph after capture and drop those a larger one of their kind
+    # (decode, mixed) beats (a step then pads up to it); false keeps every bucket
     cuda_graph_fastest_buckets: bool = True
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     # CUDA FP8 linears, with fused_kernels: steps of up to this many rows run the Triton GEMM

@@ -11,10 +11,10 @@ launches (about 70 ms at any small batch), a replayed one by the GPU. Two kinds:
   keeps its own kind's result (model/attention.py, `graph_mixed`).
 
 With `fastest_buckets`, decode graphs are captured up to the next power of two above the
-largest batch and each is timed: a bucket whose replay is slower than a larger one's is
-dropped, so a batch pads up to the faster graph. cuBLAS's FP8 GEMM on the
-H100 took 0.56 ms per 70B layer at 192 rows and 0.42 ms at 256, and the 70B decode graph of
-160 rows replayed in 52.5 ms, the one of 256 rows in 38.5 ms.
+largest batch, and every graph of either kind is timed: a bucket whose replay is slower than a
+larger one's of its kind is dropped, so a step pads up to the faster graph. cuBLAS's FP8 GEMM
+on the H100 took 0.58 ms per 70B layer at 192 rows and 0.42 ms at 256, and the 70B decode
+graph of 160 rows replayed in 52.5 ms, the one of 256 rows in 38.5 ms.
 
 Rows padded up to a bucket write nowhere (slot -1), decode nothing (context 0) and belong to
 no flash sequence; their hidden states are never read.
@@ -150,7 +150,8 @@ class StepGraphs:
             self.decode_graphs[rows] = self._capture(rows, mixed=False)
         self.context_lens.zero_()
         if self.fastest_buckets:
-            self._drop_slow_decode_graphs()
+            self.decode_sizes = self._drop_slow_graphs(self.decode_graphs, mixed=False)
+            self.mixed_sizes = self._drop_slow_graphs(self.mixed_graphs, mixed=True)
         torch.cuda.synchronize()
         used = free_before - torch.cuda.mem_get_info(self.input_ids.device)[0]
         logger.info(
@@ -161,12 +162,16 @@ class StepGraphs:
             time.perf_counter() - start, used / 2**30,
         )  # fmt: skip
 
-    def _drop_slow_decode_graphs(self) -> None:
-        """Times each decode graph's replay (no context: the weights' and the per-row work)
-        and keeps those of `keep_fastest`."""
+    def _drop_slow_graphs(self, graphs: dict[int, torch.cuda.CUDAGraph], mixed: bool) -> list[int]:
+        """Times each graph's replay (no context; a mixed graph as one prompt of all its rows:
+        the weights' and the per-row work), drops those `keep_fastest` does not keep from
+        `graphs` and returns the sizes kept."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         replay_ms = {}
-        for rows, graph in self.decode_graphs.items():
+        for rows, graph in graphs.items():
+            if mixed:
+                cu = mixed_cu_seqlens(0, [rows])
+                self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
             graph.replay()
             start.record()
             for _ in range(3):
@@ -174,21 +179,21 @@ class StepGraphs:
             end.record()
             end.synchronize()
             replay_ms[rows] = start.elapsed_time(end) / 3
-        if self.agree is not None:  # every rank's slowest: all drop the same buckets
-            rows = sorted(replay_ms)
-            replay_ms = dict(
-                zip(rows, self.agree([replay_ms[r] for r in rows], "max"), strict=True)
-            )
+        rows = sorted(replay_ms)
+        if self.agree is not None and rows:  # every rank's slowest: all drop the same buckets
+            slowest = self.agree([replay_ms[r] for r in rows], "max")
+            replay_ms = dict(zip(rows, slowest, strict=True))
         kept = keep_fastest(replay_ms)
-        dropped = [rows for rows in self.decode_sizes if rows not in kept]
+        dropped = [r for r in rows if r not in kept]
         if dropped:
             logger.info(
-                "CUDA graphs: decode buckets %s dropped (a larger bucket replays faster: %s)",
-                dropped, ", ".join(f"{r}: {replay_ms[r]:.2f} ms" for r in self.decode_sizes),
+                "CUDA graphs: %s buckets %s dropped (a larger bucket replays faster: %s)",
+                "mixed" if mixed else "decode", dropped,
+                ", ".join(f"{r}: {replay_ms[r]:.2f} ms" for r in rows),
             )  # fmt: skip
-        for rows in dropped:
-            del self.decode_graphs[rows]
-        self.decode_sizes = kept
+        for r in dropped:
+            del graphs[r]
+        return kept
 
     def _capture(self, rows: int, mixed: bool) -> torch.cuda.CUDAGraph:
         meta = self._meta(rows, mixed)

@@ -55,7 +55,7 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"  # auto: the model dtype | fp8: e4m3 (CUDA kernels only)
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
-    cuda_graph_fastest_buckets: bool = True  # drop decode graphs a larger one replays faster
+    cuda_graph_fastest_buckets: bool = True  # drop graphs a larger one replays faster
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same

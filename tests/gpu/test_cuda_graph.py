@@ -118,3 +118,23 @@ def test_decode_steps_pad_to_the_buckets_kept():
             graph = graphs.run(batch.input_ids, batch.positions, batch.meta).float()
         row_error = (graph - eager).norm(dim=1) / eager.norm(dim=1)
         assert graph.shape == (n, 256) and row_error.max() < 0.03, (n, row_error)
+
+
+def test_mixed_steps_pad_to_the_buckets_kept():
+    """Mixed graphs are timed too and a bucket a larger one beats goes (the largest stays); a
+    mixed step then runs the next kept graph, its padding rows in no flash sequence: same
+    hidden states as the eager step."""
+    from harness.engine.cuda_graph import mixed_buckets
+
+    runner = _runner()
+    graphs = runner.graphs
+    assert set(graphs.mixed_sizes) <= set(mixed_buckets(160)) and graphs.mixed_sizes[-1] == 160
+    assert sorted(graphs.mixed_graphs) == graphs.mixed_sizes
+    graphs.mixed_sizes = [160]  # as if every smaller bucket had been slower
+    for decodes, prompts in (([20, 35, 7], [5, 17]), ([], [30]), ([40, 2], [100])):
+        batch = runner._prepare(_step(decodes, prompts))
+        with torch.inference_mode():
+            eager = runner.model(batch.input_ids, batch.positions, batch.meta).float()
+            graph = graphs.run(batch.input_ids, batch.positions, batch.meta).float()
+        row_error = (graph - eager).norm(dim=1) / eager.norm(dim=1)
+        assert graph.shape == eager.shape and row_error.max() < 0.03, (decodes, row_error)
