@@ -115,8 +115,9 @@ def build_runner(
     agree: Agree | None = None,
 ) -> ModelRunner:
     """The runner of a loaded model: kernels chosen, KV cache sized from the memory left, CUDA
-    graphs captured. agree (tensor parallel): what every rank uses of this rank's numbers;
-    here the smallest block count (each rank's KV pool must hold it)."""
+    graphs captured, then (CUDA) the largest step run once (ModelRunner.warm_up). agree (tensor
+    parallel): what every rank uses of this rank's numbers; here the smallest block count (each
+    rank's KV pool must hold it)."""
     kernels = model.use_fused_kernels(
         args.fused_kernels,
         args.fp8_triton_max_rows,
@@ -135,10 +136,13 @@ def build_runner(
         num_blocks = int(agree([kv.num_blocks], "min")[0])
         kv = KVCacheSpec(num_blocks, kv.block_size, kv.bytes_per_block)
     graph_rows, graph_tokens = cuda_graph_sizes(args, device)
-    return ModelRunner(
+    runner = ModelRunner(
         model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
         args.cpu_kv_commit_gib, graph_tokens, args.cuda_graph_fastest_buckets, agree,
     )  # fmt: skip
+    if device.type == "cuda":
+        runner.warm_up(args.max_num_batched_tokens)
+    return runner
 
 
 def build_scheduler(args: EngineArgs, runner: ModelRunner) -> Scheduler:

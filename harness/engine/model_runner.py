@@ -184,6 +184,43 @@ class ModelRunner:
         tokens = step.tokens.tolist()
         return ModelRunnerOutput(dict(zip(step.request_ids, tokens, strict=True)))
 
+    @torch.inference_mode()
+    def warm_up(self, max_tokens: int) -> None:
+        """CUDA: run the largest step the scheduler may send, max_tokens prompt tokens eagerly
+        (prompts of at most max_model_len), once before any query: a step that does not fit
+        the memory left after the KV cache and the graphs fails now, naming the knobs, not
+        minutes into a run; logs the step's activation peak. It writes KV into the first
+        blocks, which a request writes before it reads them."""
+        bs = self.kv.block_size
+        blocks = list(range(min(self.block_tables.width, self.kv.num_blocks)))
+        per_prompt = len(blocks) * bs
+        sizes = [min(per_prompt, max_tokens - i) for i in range(0, max_tokens, per_prompt)]
+        sched = SchedulerOutput(
+            [ScheduledRequest(-1 - i, [1] * n, 0, blocks, True, ()) for i, n in enumerate(sizes)],
+            [], max_tokens,
+        )  # fmt: skip
+        graphs, self.graphs = self.graphs, None  # eager: the step that allocates activations
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        try:
+            self.collect(self.launch(sched))
+        except torch.OutOfMemoryError as e:
+            raise KVCacheCapacityError(
+                f"a step of max_num_batched_tokens={max_tokens} prompt tokens ran out of GPU "
+                f"memory after the KV cache took {self.kv.gib:.2f} GiB: lower "
+                f"gpu_memory_utilization (or set num_kv_blocks) or max_num_batched_tokens"
+            ) from e
+        finally:
+            self.graphs = graphs
+            self._last_tokens, self._last_rows = None, {}
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        logger.info(
+            "warm-up: a step of %d prompt tokens peaked at %.2f GiB of activations; %.2f GiB "
+            "of GPU memory free after it", max_tokens, peak / GIB,
+            torch.cuda.mem_get_info(self.device)[0] / GIB,
+        )  # fmt: skip
+
     # --- input preparation -------------------------------------------------------------
 
     def _prepare(self, sched: SchedulerOutput) -> _Batch:

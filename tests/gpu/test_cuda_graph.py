@@ -101,6 +101,29 @@ def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
         _runner()
 
 
+def test_the_largest_step_runs_once_before_any_query(caplog):
+    """build_runner runs a step of max_num_batched_tokens prompt tokens eagerly, logs its
+    activation peak and leaves no sampled tokens behind; graphs stay in use."""
+    with caplog.at_level("INFO", logger="harness.engine.model_runner"):
+        runner = _runner()
+    assert "warm-up: a step of 160 prompt tokens peaked at" in caplog.text
+    assert runner.graphs is not None and runner._last_rows == {} and runner._last_tokens is None
+
+
+def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):
+    from harness.engine.kv_plan import KVCacheCapacityError
+    from harness.engine.model_runner import ModelRunner
+
+    def no_memory(self, sched) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(ModelRunner, "launch", no_memory)
+    with pytest.raises(
+        KVCacheCapacityError, match="max_num_batched_tokens=160.*gpu_memory_utilization"
+    ):
+        _runner()
+
+
 def test_decode_steps_pad_to_the_buckets_kept():
     """Decode graphs go up to the next power of two (6 sequences: 8 rows), are timed, and some
     may go (fastest_buckets); a batch then runs the next kept one, padded: same hidden states
