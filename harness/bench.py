@@ -70,6 +70,7 @@ class BenchResult:
     latencies: dict[str, float] = field(default_factory=dict)  # p99 TTFT/TPOT, ms
     roofline: str = ""
     fraction: float = 0.0
+    load: str = ""  # Server / Interactive: load_line
 
     @property
     def engine_steady_tps(self) -> float:
@@ -164,10 +165,33 @@ def run_child(
     return rc, kv_tokens, engines
 
 
-def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int = 0):
-    """The Roofline of this config on this GPU, or None (CPU, unknown GPU or model)."""
+def mean_lengths(cfg: HarnessConfig) -> tuple[float, float]:
+    """Mean input and reference output tokens of the samples the run may draw."""
     import numpy as np
 
+    pre = Path(cfg.benchmark.preprocessed_dir)
+    n = cfg.run.sample_limit or None
+    mean_in = float(np.load(pre / "input_lens.npy")[:n].mean())
+    return mean_in, float(np.load(pre / "output_lens.npy")[:n].mean())
+
+
+def load_line(scheduled_qps: float, completed_qps: float, mean_out: float = 0.0,
+              steady_tps: float = 0.0) -> str:  # fmt: skip
+    """Server / Interactive: the queries LoadGen scheduled and completed a second and, where
+    answers have the reference lengths (dummy weights: mean_out > 0), the tokens/s that load
+    offered against the engine's steady state. An engine below the offered load falls behind:
+    its queue, and with it TTFT, grows for the rest of the run."""
+    line = f"load: LoadGen scheduled {scheduled_qps:.2f} queries/s, completed {completed_qps:.2f}"
+    if mean_out:
+        offered = scheduled_qps * mean_out
+        line += f"; about {offered:,.0f} tokens/s offered at the mean output of {mean_out:.0f}"
+        if steady_tps:
+            line += f", engine steady state {steady_tps:,.1f} = {steady_tps / offered:.1%}"
+    return line
+
+
+def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int = 0):
+    """The Roofline of this config on this GPU, or None (CPU, unknown GPU or model)."""
     from harness.engine.llm_engine import EngineArgs, resolve_model_config
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT
     from harness.report.roofline import Workload, peaks_for, roofline
@@ -186,10 +210,7 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
 
     args = EngineArgs(model_path=str(default_engine_dir(cfg)), weights="dummy")
     m = resolve_model_config(args, preset=cfg.benchmark.name)
-    pre = Path(cfg.benchmark.preprocessed_dir)
-    n = cfg.run.sample_limit or None
-    mean_in = float(np.load(pre / "input_lens.npy")[:n].mean())
-    mean_out = float(np.load(pre / "output_lens.npy")[:n].mean())
+    mean_in, mean_out = mean_lengths(cfg)
     fp8 = cfg.engine.model_opt in ("FP8", "Sparse")
     act_bytes = 2 if cfg.engine.dtype in ("bfloat16", "float16") else 4
     weight_b = (
@@ -247,12 +268,17 @@ def bench_one(
     if roof is not None:
         res.roofline = roof.line(tps)
         res.fraction = roof.fraction(tps)
+    scheduled = detail.get("result_scheduled_samples_per_sec")
+    if scheduled:
+        mean_out = mean_lengths(cfg)[1] if e.dummy_weights else 0.0  # else EOS sets lengths
+        completed = float(detail.get("result_completed_samples_per_sec") or 0.0)
+        res.load = load_line(float(scheduled), completed, mean_out, res.engine_steady_tps)
     summary = {
         "label": label, "tokens_per_second": tps, "valid": res.valid, "returncode": rc,
         "kv_tokens": kv_tokens, "engine_steady_tokens_per_second": res.engine_steady_tps,
         "engines": engines, "p99_ms": lat,
         "roofline": roof.as_dict() if roof else None, "roofline_fraction": res.fraction,
-        "command": command,
+        "scheduled_qps": float(scheduled) if scheduled else None, "command": command,
     }  # fmt: skip
     (run_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     return res
@@ -281,6 +307,8 @@ def _print_result(r: BenchResult) -> None:
         if "decode_steps_by_sequences" in e:
             print(f"[bench]   decode-only steps by sequences: {e['decode_steps_by_sequences']}",
                   flush=True)  # fmt: skip
+    if r.load:
+        print(f"[bench]   {r.load}", flush=True)
     if r.roofline:
         print(f"[bench]   {r.roofline}", flush=True)
 
@@ -338,13 +366,10 @@ def _server_from_offline(
     """Server target_qps from the Offline tokens/s measured in this bench (same engine)."""
     import dataclasses
 
-    import numpy as np
-
     tps = offline_tps.get(f"{cfg.engine.backend}/{cfg.engine.model_opt}", 0.0)
     if tps <= 0:
         return cfg
-    n = cfg.run.sample_limit or None
-    mean_out = float(np.load(Path(cfg.benchmark.preprocessed_dir) / "output_lens.npy")[:n].mean())
+    mean_out = mean_lengths(cfg)[1]
     qps = round(fraction * tps / mean_out, 3)
     logger.info("Server target_qps %.3f = %.2f x %.1f tok/s / %.1f", qps, fraction, tps, mean_out)
     return dataclasses.replace(cfg, scenario=dataclasses.replace(cfg.scenario, target_qps=qps))

@@ -80,3 +80,19 @@ def test_server_is_reported_as_a_share_of_the_same_runs_offline(tmp_path, monkey
     assert "[bench] x Server: 1,909.3 tokens/s = 84.5% of this bench's Offline 2,259.0" in out
     assert bench.main(["--scenarios=Server", *argv[1:]]) == 0  # no Offline: no share
     assert "of this bench's Offline" not in capsys.readouterr().out
+
+
+def test_a_server_run_says_the_load_offered_against_the_engines_rate(tmp_path, capsys):
+    """The twentieth session's H100 Server run (dummy weights): 7.03 queries/s scheduled at
+    294 tokens each is about 2,067 tokens/s; the engine's 1,994.5 is 96.5% of it."""
+    from harness.bench import BenchResult, _print_result, load_line
+
+    line = load_line(7.03009, 6.83404, 294.0, 1994.5)
+    assert line == (
+        "load: LoadGen scheduled 7.03 queries/s, completed 6.83; about 2,067 tokens/s offered "
+        "at the mean output of 294, engine steady state 1,994.5 = 96.5%"
+    )
+    real = load_line(2.0, 1.9)  # real weights: EOS sets the lengths, no token figure
+    assert real == "load: LoadGen scheduled 2.00 queries/s, completed 1.90"
+    _print_result(BenchResult("x Server", tmp_path, 1979.2, False, 1, load=line))
+    assert f"[bench]   {line}" in capsys.readouterr().out
