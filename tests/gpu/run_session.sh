@@ -26,6 +26,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/gpu.txt"
+# SM clock, power and temperature every second of the call: do long runs throttle?
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu \
+  --format=csv -l 1 > "$OUT/clocks.csv" 2>&1 &
+SAMPLER=$!
 SHORT="--min_duration_ms=10000 --target_qps=1"
 for spec in "$@"; do
   phase=${spec%%:*}; flags=""; [[ $spec == *:* ]] && flags=${spec#*:}; flags=${flags//,/ }
@@ -80,6 +84,7 @@ for spec in "$@"; do
   [ "${PIPESTATUS[0]}" = 3 ] && break  # the gate or base failed
   case $phase in b7|b70|b70s|b70srv|o7|ss7|srv70|int70) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
 done
+kill $SAMPLER 2>/dev/null
 tar czf "$OUT/summaries.tgz" build/logs/bench/*/*/mlperf_log_summary.txt \
   build/logs/bench/*/*/mlperf_log_detail.txt 2>/dev/null
 echo "=== done $(date +%T)"
