@@ -85,6 +85,15 @@ for spec in "$@"; do
   case $phase in b7|b70|b70s|b70srv|o7|ss7|srv70|int70) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
 done
 kill $SAMPLER 2>/dev/null
+python3 - "$OUT/clocks.csv" <<'PY'  # the call's SM clock and power, one line
+import csv, statistics, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) == 4 and r[1].strip()[:1].isdigit()]
+mhz = [float(r[1].split()[0]) for r in rows]
+watts = [float(r[2].split()[0]) for r in rows if r[2].strip()[:1].isdigit()]
+if mhz:
+    print(f"=== clocks: {len(mhz)} s sampled; SM {min(mhz):.0f} / {statistics.median(mhz):.0f} / "
+          f"{max(mhz):.0f} MHz (min / median / max); power up to {max(watts, default=0):.0f} W")
+PY
 tar czf "$OUT/summaries.tgz" build/logs/bench/*/*/mlperf_log_summary.txt \
   build/logs/bench/*/*/mlperf_log_detail.txt 2>/dev/null
 echo "=== done $(date +%T)"
