@@ -5,7 +5,9 @@ fp32 reference) are dropped. cuBLAS is also timed with fast accumulation (`use_f
 not used by the engine), beside its error and the default's, and with its operands swapped
 (out^T = W x^T, then transposed back to [M, N]: M becomes cuBLAS's narrow N side, which may
 pick other kernels at the 129-255 rows where the unswapped ones are slow; not used by the
-engine).
+engine), and with one scale a tensor (cuBLAS's older FP8 mode, whose kernels the rowwise mode
+may not share), alone and with the per-token and per-channel scales applied after it by torch
+ops (not used by the engine).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """
@@ -136,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
                                  out_dtype=torch.bfloat16)  # fmt: skip
         return out_t.t().contiguous()
 
+    one = torch.ones((), device="cuda")
+
+    def cublas_tensorwise(name: str, xq, xsc, out_dtype=torch.bfloat16):  # noqa: ANN001, ANN202
+        w, _ = weights[name]
+        return torch._scaled_mm(xq, w.t(), scale_a=one, scale_b=one, out_dtype=out_dtype)
+
+    def cublas_tensorwise_scaled(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        out = cublas_tensorwise(name, xq, xsc, torch.float32)
+        return (out * xsc * weights[name][1]).to(torch.bfloat16)
+
     def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         (values, meta), (w, ws) = compressed[name], weights[name]
         dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
@@ -181,6 +193,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         except RuntimeError as ex:  # e.g. M not a multiple of 16 (FP8 _scaled_mm's rule)
             print(f"[fp8_gemm]   cuBLAS, operands swapped: failed {str(ex)[:120]}")
+        try:
+            t = sum(shape_ms(cublas_tensorwise).values())
+            t_scaled = sum(shape_ms(cublas_tensorwise_scaled).values())
+            err = max(_relative_error(cublas_tensorwise_scaled(name, *xs[name]), refs[name])
+                      for name in shapes)  # fmt: skip
+            print(
+                f"[fp8_gemm]   cuBLAS, one scale a tensor: the GEMM {t:.3f} ms ({total / t:.2f}x "
+                f"cuBLAS); with the row and column scales after it (fp32 out, torch ops) "
+                f"{t_scaled:.3f} ms, largest error {err:.1e} of the output's range"
+            )
+        except RuntimeError as ex:
+            print(f"[fp8_gemm]   cuBLAS, one scale a tensor: failed {str(ex)[:120]}")
         if a.sparse:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
