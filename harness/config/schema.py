@@ -98,9 +98,10 @@ class EngineConfig:
     tensor_parallelism: int = 1
     data_parallelism: int = 1
     use_cuda_graph: bool = True
-    # CUDA, with use_cuda_graph: steps that mix prompt chunks (up to 4, no cached context) with
-    # decodes replay graphs too, up to this many tokens a step (at most max_num_batched_tokens;
-    # 0: they run eagerly); costs capture time and graph memory at start
+    # CUDA, with use_cuda_graph: steps that mix prompt chunks (up to 4 new prompts, after any
+    # chunks that continue a prompt) with decodes replay graphs too, up to this many tokens a
+    # step (at most max_num_batched_tokens; 0: they run eagerly); costs capture time and graph
+    # memory at start
     cuda_graph_max_tokens: int = 0
     # CUDA graphs: time each graph after capture and drop those a larger one of their kind
     # (decode, mixed) beats (a step then pads up to it); false keeps every bucket

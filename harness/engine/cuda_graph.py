@@ -4,11 +4,14 @@ A replay costs one launch instead of ~15 per layer: an eager 70B step is bound b
 launches (about 70 ms at any small batch), a replayed one by the GPU. Two kinds:
 
 - decode graphs: B one-token decodes, B in `decode_buckets(max_num_seqs)`;
-- mixed graphs (`max_tokens` > 0): decodes first, then up to MAX_PROMPTS prompt chunks that
-  have no cached context, T rows in all, T in `mixed_buckets(max_tokens)`. Every row goes
-  through both attention kernels: the paged decode (prompt rows have context 0) and one
-  varlen flash call whose sequences are [the decode rows, prompt 1, prompt 2, ...]; each row
-  keeps its own kind's result (model/attention.py, `graph_mixed`).
+- mixed graphs (`max_tokens` > 0): decodes first, then prompt chunks that continue over
+  cached context, then up to MAX_PROMPTS new prompts, T rows in all, T in
+  `mixed_buckets(max_tokens)`. Every row goes through both attention kernels: the paged
+  decode and one varlen flash call whose sequences are [the decode and continued rows, new
+  prompt 1, new prompt 2, ...]. A continued chunk's row i attends in the paged decode as a
+  decode would, to its request's first context + i + 1 keys (its own K/V are in the cache by
+  then); new prompts' rows have context 0 there and keep the flash result
+  (model/attention.py, `graph_mixed`).
 
 With `fastest_buckets`, decode graphs are captured up to the next power of two above the
 largest batch, and every graph of either kind is timed: a bucket whose replay is slower than a
@@ -70,13 +73,15 @@ def mixed_buckets(max_tokens: int) -> list[int]:
 
 def fits_mixed_graph(num_rows: int, fresh_prompts: list[bool], max_tokens: int) -> bool:
     """Whether a step with prompt chunks has a mixed graph: at most max_tokens rows, at most
-    MAX_PROMPTS chunks, each without cached context (fresh_prompts: one flag per chunk)."""
-    return num_rows <= max_tokens and len(fresh_prompts) <= MAX_PROMPTS and all(fresh_prompts)
+    MAX_PROMPTS new prompts, every chunk over cached context before them (fresh_prompts: one
+    flag per chunk in batch order, True for a new prompt)."""
+    order_ok = fresh_prompts == sorted(fresh_prompts)  # continued (False) chunks come first
+    return num_rows <= max_tokens and sum(fresh_prompts) <= MAX_PROMPTS and order_ok
 
 
 def mixed_cu_seqlens(num_decodes: int, prompt_lens: list[int]) -> list[int]:
-    """Flash sequence bounds of a mixed graph: the decode rows, then each prompt; padded to
-    MAX_PROMPTS prompts with empty sequences."""
+    """Flash sequence bounds of a mixed graph: the decode (and continued) rows, then each new
+    prompt; padded to MAX_PROMPTS prompts with empty sequences."""
     cu = [0, num_decodes]
     for n in prompt_lens:
         cu.append(cu[-1] + n)
@@ -210,11 +215,14 @@ class StepGraphs:
 
     def can_run(self, meta: AttentionMetadata, num_rows: int) -> bool:
         """Whether a step's metadata (from the model runner) has a graph."""
+        width = self.block_tables.shape[1]
         tables = meta.decode_block_tables
-        if tables is not None and tables.shape[1] > self.block_tables.shape[1]:
+        if tables is not None and tables.shape[1] > width:
             return False
         if not meta.prefills:
             return 0 < num_rows <= self.max_batch
+        if any(c.block_table.shape[0] > width for c in meta.prefills):
+            return False
         return fits_mixed_graph(num_rows, [c.mask is None for c in meta.prefills], self.max_tokens)
 
     def run(
@@ -222,10 +230,11 @@ class StepGraphs:
     ) -> torch.Tensor:
         """A step that `can_run`: [N] input ids and positions (decode rows first) -> [N, hidden]."""
         n, n_dec = input_ids.shape[0], meta.num_decode_tokens
+        continued = [c for c in meta.prefills if c.mask is not None]
         if meta.prefills:
             rows = next(s for s in self.mixed_sizes if s >= n)
-            prompt_lens = [c.num_query_tokens for c in meta.prefills]
-            cu = mixed_cu_seqlens(n_dec, prompt_lens)
+            new = [c.num_query_tokens for c in meta.prefills if c.mask is None]
+            cu = mixed_cu_seqlens(n - sum(new), new)  # new prompts are the last rows
             self.cu_seqlens.copy_(to_device(cu, torch.int32, self.cu_seqlens.device))
             graph = self.mixed_graphs[rows]
         else:
@@ -240,5 +249,11 @@ class StepGraphs:
             tables = meta.decode_block_tables
             self.block_tables[:n_dec, : tables.shape[1]].copy_(tables)
             self.context_lens[:n_dec].copy_(meta.decode_context_lens)
+        for c in continued:  # row i: its request's table, context + i + 1 keys
+            start, m, nb = c.query_start, c.num_query_tokens, c.block_table.shape[0]
+            self.block_tables[start : start + m, :nb].copy_(c.block_table.expand(m, nb))
+            first = c.num_context_tokens + 1
+            lens = torch.arange(first, first + m, dtype=torch.int32, device=self.input_ids.device)
+            self.context_lens[start : start + m].copy_(lens)
         graph.replay()
         return self.hidden[:n]

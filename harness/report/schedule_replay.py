@@ -66,8 +66,8 @@ class ReplayStats:
         prompt_steps = self.steps - self.decode_steps
         return (
             f"{self.graph_prompt_steps:,} of the {prompt_steps:,} steps with prompt tokens fit "
-            f"a mixed graph of {graph_tokens:,} rows (at most {MAX_PROMPTS} prompts, none "
-            "with cached context)"
+            f"a mixed graph of {graph_tokens:,} rows (at most {MAX_PROMPTS} new prompts, after "
+            "any chunks over cached context)"
         )
 
 

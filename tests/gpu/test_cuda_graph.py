@@ -52,12 +52,16 @@ def _step(decode_contexts: list[int], prompt_lens: list[int], cached: int = 0) -
 
 @pytest.mark.parametrize("model_opt,kv", [("Dense", "auto"), ("Dense", "fp8"), ("FP8", "fp8")])
 @pytest.mark.parametrize(
-    "decodes,prompts",
-    [([20, 35, 7], [5, 17]), ([], [30]), ([3, 64, 15, 1, 9], [2, 3, 4, 50]), ([40, 2], [100])],
-)
-def test_mixed_graph_matches_eager_step(model_opt, kv, decodes, prompts):
+    "decodes,prompts,cached",
+    [([20, 35, 7], [5, 17], 0), ([], [30], 0), ([3, 64, 15, 1, 9], [2, 3, 4, 50], 0),
+     ([40, 2], [100], 0),
+     ([20, 35, 7], [8, 17], 16), ([4], [40], 33), ([], [24], 70)],  # first prompt continued
+)  # fmt: skip
+def test_mixed_graph_matches_eager_step(model_opt, kv, decodes, prompts, cached):
+    """Eager, a continued chunk attends by gather + masked SDPA; in the graph its rows go
+    through the paged decode kernel, each with its own context."""
     runner = _runner(model_opt, kv)
-    batch = runner._prepare(_step(decodes, prompts))
+    batch = runner._prepare(_step(decodes, prompts, cached))
     n = batch.input_ids.shape[0]
     assert runner.graphs.can_run(batch.meta, n)
     with torch.inference_mode():
@@ -75,9 +79,10 @@ def test_steps_without_a_mixed_graph_run_eagerly():
     runner = _runner()
     too_many = runner._prepare(_step([4], [2, 3, 4, 5, 6]))  # 5 prompts > MAX_PROMPTS
     too_long = runner._prepare(_step([4], [150, 10]))  # 161 rows > 160
-    continued = runner._prepare(_step([4], [8], cached=16))  # a chunk over cached context
-    for batch in (too_many, too_long, continued):
+    for batch in (too_many, too_long):
         assert not runner.graphs.can_run(batch.meta, batch.input_ids.shape[0])
+    continued = runner._prepare(_step([4], [8, 2, 3, 4, 5], cached=16))  # 4 new after it
+    assert runner.graphs.can_run(continued.meta, continued.input_ids.shape[0])
 
 
 def test_the_runner_counts_the_steps_it_replays():

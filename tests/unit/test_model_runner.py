@@ -63,6 +63,17 @@ def test_mixed_graph_buckets_and_sequence_bounds():
     assert len(mixed_cu_seqlens(7, [1] * MAX_PROMPTS)) == MAX_PROMPTS + 2
 
 
+def test_a_mixed_graph_takes_continued_chunks_before_at_most_four_new_prompts():
+    from harness.engine.cuda_graph import fits_mixed_graph
+
+    assert fits_mixed_graph(100, [True] * 4, 128)  # four new prompts
+    assert not fits_mixed_graph(100, [True] * 5, 128)  # five
+    assert not fits_mixed_graph(129, [True], 128)  # more rows than the largest graph
+    assert fits_mixed_graph(100, [False, False, True, True], 128)  # continued ones first
+    assert fits_mixed_graph(100, [False], 128)
+    assert not fits_mixed_graph(100, [True, False], 128)  # a continued chunk after a new one
+
+
 def test_cuda_graph_sizes_follow_the_knobs_and_the_step_budget():
     from harness.engine.llm_engine import EngineArgs, cuda_graph_sizes
 

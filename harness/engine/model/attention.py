@@ -68,8 +68,9 @@ class AttentionMetadata:
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
     # A mixed step replayed as a CUDA graph (cuda_graph.py): every row goes through the decode
-    # kernel (prompt rows: context 0) and fresh_prefills' flash call (the decode rows are its
-    # first sequence); rows with a context keep the decode result.
+    # kernel (a continued chunk's rows with their contexts, new prompts' rows with context 0)
+    # and fresh_prefills' flash call (decode and continued rows are its first sequence); rows
+    # with a context keep the decode result.
     graph_mixed: bool = False
 
 
