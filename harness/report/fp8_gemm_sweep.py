@@ -174,35 +174,30 @@ def main(argv: list[str] | None = None) -> int:
               f"{layer_bytes / total / 1e6:,.0f} GB/s of weights; "
               + ", ".join(f"{k} {v:.3f}" for k, v in base.items()), flush=True)  # fmt: skip
         refs = {name: fp8_gemm_reference(*xs[name], *weights[name]) for name in shapes}
-        try:
-            t = sum(shape_ms(cublas_fast).values())
-            errs = [max(_relative_error(fn(name, *xs[name]), refs[name]) for name in shapes)
-                    for fn in (cublas, cublas_fast)]  # fmt: skip
-            print(f"[fp8_gemm]   cuBLAS, fast accumulation {t:.3f} ms ({total / t:.2f}x "
-                  f"cuBLAS); largest error {errs[1]:.1e} of the output's range, default "
-                  f"accumulation {errs[0]:.1e}")  # fmt: skip
-        except RuntimeError as ex:  # this build's rowwise _scaled_mm may not take it
-            print(f"[fp8_gemm]   cuBLAS, fast accumulation: failed {str(ex)[:120]}")
-        try:
-            t = sum(shape_ms(cublas_swapped).values())
-            err = max(_relative_error(cublas_swapped(name, *xs[name]), refs[name])
-                      for name in shapes)  # fmt: skip
-            print(
-                f"[fp8_gemm]   cuBLAS, operands swapped (with the transpose back) {t:.3f} ms "
-                f"({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range"
-            )
-        except RuntimeError as ex:  # e.g. M not a multiple of 16 (FP8 _scaled_mm's rule)
-            print(f"[fp8_gemm]   cuBLAS, operands swapped: failed {str(ex)[:120]}")
-        try:
+
+        def largest_error(fn, xs=xs, refs=refs) -> float:  # noqa: ANN001
+            return max(_relative_error(fn(name, *xs[name]), refs[name]) for name in shapes)
+
+        # cuBLAS variants the engine does not use; a build may refuse one (RuntimeError: e.g.
+        # rowwise fast accumulation, or M not a multiple of 16 when swapped)
+        variants = [
+            ("fast accumulation", cublas_fast),
+            ("operands swapped (with the transpose back)", cublas_swapped),
+            ("one scale a tensor, the row and column scales after it (fp32 out, torch ops)",
+             cublas_tensorwise_scaled),
+        ]  # fmt: skip
+        for label, fn in variants:
+            try:
+                t, err = sum(shape_ms(fn).values()), largest_error(fn)
+                print(f"[fp8_gemm]   cuBLAS, {label} {t:.3f} ms ({total / t:.2f}x cuBLAS); "
+                      f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip
+            except RuntimeError as ex:
+                print(f"[fp8_gemm]   cuBLAS, {label}: failed {str(ex)[:120]}")
+        try:  # the default accumulation's error beside the variants'; the GEMM alone
             t = sum(shape_ms(cublas_tensorwise).values())
-            t_scaled = sum(shape_ms(cublas_tensorwise_scaled).values())
-            err = max(_relative_error(cublas_tensorwise_scaled(name, *xs[name]), refs[name])
-                      for name in shapes)  # fmt: skip
-            print(
-                f"[fp8_gemm]   cuBLAS, one scale a tensor: the GEMM {t:.3f} ms ({total / t:.2f}x "
-                f"cuBLAS); with the row and column scales after it (fp32 out, torch ops) "
-                f"{t_scaled:.3f} ms, largest error {err:.1e} of the output's range"
-            )
+            print(f"[fp8_gemm]   cuBLAS default accumulation: largest error "
+                  f"{largest_error(cublas):.1e}; one scale a tensor, the GEMM alone {t:.3f} ms "
+                  f"({total / t:.2f}x cuBLAS)")  # fmt: skip
         except RuntimeError as ex:
             print(f"[fp8_gemm]   cuBLAS, one scale a tensor: failed {str(ex)[:120]}")
         if a.sparse:

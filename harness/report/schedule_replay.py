@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as ex:  # ConfigError is a ValueError
             p.error(f"--config={a.config}: {ex}")
     knobs.update({k: getattr(a, k) for k in DEFAULT_KNOBS if getattr(a, k) is not None})
+    knobs["async_scheduling"] = knobs["async_scheduling"] in (True, "true")  # flag: a string
     for name, value in knobs.items():  # flags over the config over DEFAULT_KNOBS
         setattr(a, name, value)
-    a.async_scheduling = knobs["async_scheduling"] in (True, "true")
     if a.preset not in PRESETS:
         p.error(f"--preset={a.preset}: use one of {', '.join(sorted(PRESETS))}")
     if a.graph_tokens < 0:
