@@ -70,9 +70,13 @@ def test_mixed_graph_matches_eager_step(model_opt, kv, decodes, prompts, cached)
     assert graph.shape == eager.shape == (n, 256)
     assert torch.isfinite(graph).all()
     # per row (decode rows and prompt rows alike): bf16 rounding only; a row that took the
-    # other kernel's result would be off by about 100%
+    # other kernel's result would be off by about 100%. A continued chunk's rows meet two
+    # attention kernels (paged decode against SDPA, equal to bf16 rounding); with FP8 weights
+    # the next layer quantizes each activation row to e4m3 (3 mantissa bits), which turns that
+    # rounding into up to 0.036 / 0.057 (H100, twenty-first session): bound 0.1 there.
+    bound = 0.1 if cached and model_opt == "FP8" else 0.03
     row_error = (graph - eager).norm(dim=1) / eager.norm(dim=1)
-    assert row_error.max() < 0.03, row_error
+    assert row_error.max() < bound, row_error
 
 
 def test_steps_without_a_mixed_graph_run_eagerly():
