@@ -131,6 +131,14 @@ class TorchBackend:
             )  # fmt: skip
             if groups := log.format_decode_steps_by_sequences():  # the ramp and drain show here
                 logger.info("engine decode-only steps by sequences: %s", groups)
+            decode_gpu, prompt_gpu = log.gpu_split()
+            if decode_gpu or prompt_gpu:  # CUDA: the rest of a step's time the GPU waited
+                _, decode_s, _, prompt_s = log.time_split()
+                logger.info(
+                    "engine GPU time (forward to sampled tokens, CUDA events): decode-only "
+                    "steps %.1f of %.1f s, steps with prompt tokens %.1f of %.1f s",
+                    decode_gpu, decode_s, prompt_gpu, prompt_s,
+                )  # fmt: skip
             runner = self.engine.model_runner
             if runner.graphs is not None:  # the other steps ran eagerly
                 decode_steps, _, prompt_steps, _ = log.time_split()

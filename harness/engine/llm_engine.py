@@ -237,7 +237,9 @@ class LLMEngine:
         # async: the step began when the previous one ended, if it was queued before that
         took = now - max(start, self._last_finish)
         tokens = self.scheduler.num_output_tokens - before
-        self.step_log.record(tokens, took, now, prefill, len(sched.scheduled))
+        self.step_log.record(
+            tokens, took, now, prefill, len(sched.scheduled), runner_out.gpu_seconds
+        )
         self._last_finish = now
         return events
 

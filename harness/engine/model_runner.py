@@ -80,6 +80,7 @@ class LaunchedStep:
     request_ids: list[int]  # [S] whose next token each row of `tokens` is
     tokens: torch.Tensor  # [S] int64 on the host (pinned on CUDA), valid once `done` fired
     done: torch.cuda.Event | None  # CUDA: recorded after the copy to `tokens`
+    started: torch.cuda.Event | None = None  # CUDA: recorded before the forward pass
 
 
 class ModelRunner:
@@ -160,6 +161,10 @@ class ModelRunner:
         """Queue the step's forward pass and sampling; on CUDA this returns without waiting."""
         batch = self._prepare(sched)
         meta = batch.meta
+        started = done = None
+        if self.is_cuda:  # GPU time from here to the sampled tokens (collect)
+            started = torch.cuda.Event(enable_timing=True)
+            started.record()
         if self.graphs is not None and self.graphs.can_run(meta, batch.input_ids.shape[0]):
             hidden = self.graphs.run(batch.input_ids, batch.positions, meta)
             self.graph_replays[bool(meta.prefills)] += 1
@@ -169,20 +174,21 @@ class ModelRunner:
         tokens = self.sampler(logits, batch.suppress_rows, batch.suppress_cols)  # [S]
         self._last_tokens = tokens
         self._last_rows = {rid: i for i, rid in enumerate(batch.sampled_request_ids)}
-        done = None
         if self.is_cuda:
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             tokens = host.copy_(tokens, non_blocking=True)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(enable_timing=True)
             done.record()
-        return LaunchedStep(batch.sampled_request_ids, tokens, done)
+        return LaunchedStep(batch.sampled_request_ids, tokens, done, started)
 
     def collect(self, step: LaunchedStep) -> ModelRunnerOutput:
         """Wait for a launched step's tokens (only for that step: later ones keep running)."""
+        gpu_seconds = 0.0
         if step.done is not None:
             step.done.synchronize()
+            gpu_seconds = step.started.elapsed_time(step.done) / 1e3
         tokens = step.tokens.tolist()
-        return ModelRunnerOutput(dict(zip(step.request_ids, tokens, strict=True)))
+        return ModelRunnerOutput(dict(zip(step.request_ids, tokens, strict=True)), gpu_seconds)
 
     @torch.inference_mode()
     def warm_up(self, max_tokens: int) -> None:

@@ -38,6 +38,9 @@ class SchedulerOutput:
 @dataclass
 class ModelRunnerOutput:
     sampled_token_ids: dict[int, int] = field(default_factory=dict)  # req_id -> next token
+    # CUDA: from the forward's first launch to the tokens on the host, GPU clock (the device's
+    # work, with any wait for the host's launches inside the step); 0.0 elsewhere
+    gpu_seconds: float = 0.0
 
 
 @dataclass

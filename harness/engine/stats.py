@@ -14,7 +14,7 @@ from array import array
 
 
 class StepLog:
-    """29 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
+    """33 bytes per step (typed arrays), so a long-running server keeps it cheaply."""
 
     def __init__(self) -> None:
         self.times = array("d")  # [num_steps] seconds (perf_counter) at each step's end
@@ -22,6 +22,7 @@ class StepLog:
         self.cumulative_tokens = array("q")  # [num_steps] tokens generated up to that step
         self.with_prefill = array("b")  # [num_steps] 1 where the step computed prompt tokens
         self.rows = array("i")  # [num_steps] sequences the step ran (decodes and prompt chunks)
+        self.gpu_seconds = array("f")  # [num_steps] the device's part of each step (CUDA; else 0)
         # Where the engine loop's time went, summed over steps. queue: schedule, build the
         # inputs and queue the model (on a GPU host work and launches; on a CPU the model
         # itself); wait: for the sampled tokens; apply: update requests, make events.
@@ -34,15 +35,17 @@ class StepLog:
         now: float | None = None,
         prefill: bool = False,
         rows: int = 0,
+        gpu_seconds: float = 0.0,
     ) -> None:
-        """A step of `rows` sequences that ended now (perf_counter), took `seconds` and
-        generated num_tokens."""
+        """A step of `rows` sequences that ended now (perf_counter), took `seconds`, of which
+        the device worked gpu_seconds (CUDA events), and generated num_tokens."""
         total = (self.cumulative_tokens[-1] if self.cumulative_tokens else 0) + num_tokens
         self.times.append(time.perf_counter() if now is None else now)
         self.durations.append(seconds)
         self.cumulative_tokens.append(total)
         self.with_prefill.append(prefill)
         self.rows.append(rows)
+        self.gpu_seconds.append(gpu_seconds)
 
     def time_split(self) -> tuple[int, float, int, float]:
         """(decode-only steps, their seconds, steps with prompt tokens, their seconds)."""
@@ -53,34 +56,45 @@ class StepLog:
             seconds[kind] += duration
         return n[0], seconds[0], n[1], seconds[1]
 
-    def decode_steps_by_sequences(self) -> list[tuple[int, int, int, float, int]]:
+    def gpu_split(self) -> tuple[float, float]:
+        """(GPU seconds of the decode-only steps, of the steps with prompt tokens)."""
+        seconds = [0.0, 0.0]
+        for kind, gpu in zip(self.with_prefill, self.gpu_seconds, strict=True):
+            seconds[kind] += gpu
+        return seconds[0], seconds[1]
+
+    def decode_steps_by_sequences(self) -> list[tuple[int, int, int, float, int, float]]:
         """Decode-only steps grouped by their sequences, 1-16, 17-32, 33-64 and so on doubling:
-        (fewest, most, steps, seconds, tokens) for each group that has steps."""
+        (fewest, most, steps, seconds, tokens, GPU seconds) for each group that has steps."""
         groups: dict[int, list] = {}
         previous = 0
-        for prefill, rows, seconds, total in zip(
-            self.with_prefill, self.rows, self.durations, self.cumulative_tokens, strict=True
-        ):
+        for prefill, rows, seconds, total, gpu in zip(
+            self.with_prefill, self.rows, self.durations, self.cumulative_tokens,
+            self.gpu_seconds, strict=True,
+        ):  # fmt: skip
             tokens, previous = total - previous, total
             if prefill:
                 continue
             most = 16
             while most < rows:
                 most *= 2
-            group = groups.setdefault(most, [0, 0.0, 0])
+            group = groups.setdefault(most, [0, 0.0, 0, 0.0])
             group[0] += 1
             group[1] += seconds
             group[2] += tokens
+            group[3] += gpu
         return [
             (1 if most == 16 else most // 2 + 1, most, *groups[most]) for most in sorted(groups)
         ]
 
     def format_decode_steps_by_sequences(self) -> str:
         """decode_steps_by_sequences as one line: "1-16 sequences: 812 steps, 24.1 s, 9,120 tokens;
-        ..." """
+        ..."; on CUDA each group's seconds also say the GPU's: "24.1 s (GPU 21.5 s)"."""
         return "; ".join(
-            f"{lo}-{hi} sequences: {n} steps, {s:.1f} s, {t:,} tokens"
-            for lo, hi, n, s, t in self.decode_steps_by_sequences()
+            f"{lo}-{hi} sequences: {n} steps, {s:.1f} s"
+            + (f" (GPU {g:.1f} s)" if g else "")
+            + f", {t:,} tokens"
+            for lo, hi, n, s, t, g in self.decode_steps_by_sequences()
         )
 
     def loop_split_ms(self) -> tuple[float, float, float]:

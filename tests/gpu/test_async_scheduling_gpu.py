@@ -75,3 +75,5 @@ def test_queuing_a_step_does_not_wait_for_the_device(graphs):
     assert not launched.done.query()  # still behind the sleep
     out = engine.model_runner.collect(launched)
     assert sorted(out.sampled_token_ids) == [s.request_id for s in sched.scheduled]
+    # the step's GPU time starts at its own forward, not at the sleep queued before it
+    assert 0 < out.gpu_seconds < 0.2, out.gpu_seconds

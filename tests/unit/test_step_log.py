@@ -71,12 +71,28 @@ def test_decode_steps_grouped_by_their_sequences():
     log.record(30, 0.02, rows=32)  # two of the 32 sequences had already finished (async)
     log.record(1, 0.01, rows=1)
     groups = log.decode_steps_by_sequences()
-    assert [(lo, hi, n, t) for lo, hi, n, _, t in groups] == [
+    assert [(lo, hi, n, t) for lo, hi, n, _, t, _ in groups] == [
         (1, 16, 2, 17), (17, 32, 2, 47), (129, 256, 3, 509)
     ]  # fmt: skip
     assert abs(groups[2][3] - 0.15) < 1e-9
-    assert sum(n for _, _, n, _, _ in groups) == log.time_split()[0]
+    assert sum(n for _, _, n, _, _, _ in groups) == log.time_split()[0]
     assert log.format_decode_steps_by_sequences().startswith(
         "1-16 sequences: 2 steps, 0.0 s, 17 tokens; 17-32 sequences: 2 steps"
-    )
+    )  # no GPU time recorded (CPU): none printed
     assert StepLog().format_decode_steps_by_sequences() == ""
+
+
+def test_gpu_seconds_are_summed_by_kind_and_by_group():
+    """On CUDA each step also records the device's seconds (ModelRunner.collect's events)."""
+    log = StepLog()
+    log.record(0, 0.100, prefill=True, rows=3, gpu_seconds=0.060)
+    log.record(200, 0.050, rows=200, gpu_seconds=0.040)
+    log.record(180, 0.050, rows=180, gpu_seconds=0.038)
+    log.record(10, 0.030, rows=10, gpu_seconds=0.028)
+    decode_gpu, prompt_gpu = log.gpu_split()
+    assert abs(decode_gpu - 0.106) < 1e-6 and abs(prompt_gpu - 0.060) < 1e-6
+    assert abs(log.decode_steps_by_sequences()[1][5] - 0.078) < 1e-6  # 129-256
+    assert log.format_decode_steps_by_sequences() == (
+        "1-16 sequences: 1 steps, 0.0 s (GPU 0.0 s), 10 tokens; "
+        "129-256 sequences: 2 steps, 0.1 s (GPU 0.1 s), 380 tokens"
+    )

@@ -245,10 +245,10 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
 def test_on_cuda_the_closing_line_says_what_memory_the_run_left(hf_dir, tmp_path, caplog,
                                                                  monkeypatch):  # fmt: skip
     """A pretend CUDA device (the run itself is on the CPU): the line gains the free memory at
-    the end, which bench.json records per engine copy."""
+    the end, which bench.json records per engine copy; steps with GPU seconds add a line."""
     import logging
 
-    from harness.bench import parse_engine_line
+    from harness.bench import GPU_TIME_LINE, parse_engine_line
 
     path, _ = hf_dir
     cfg = make_cfg(path, tmp_path / "engine")
@@ -257,8 +257,15 @@ def test_on_cuda_the_closing_line_says_what_memory_the_run_left(hf_dir, tmp_path
     run_backend(backend, requests(2))
     monkeypatch.setattr(backend.engine.model_runner, "device", torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    log = backend.engine.step_log
+    for i in range(len(log.gpu_seconds)):  # as ModelRunner.collect's CUDA events give them
+        log.gpu_seconds[i] = 0.25 * log.durations[i]
     with caplog.at_level(logging.INFO, logger="harness.backends.torch_backend"):
         backend.stop()  # logs the closing line again
+    messages = [r.getMessage() for r in caplog.records]
+    gpu = next(m for m in messages if "GPU time" in m)
+    assert (m := GPU_TIME_LINE.search(gpu)) and m.group(1).startswith("decode-only steps ")
+    assert "(GPU " in next(m for m in messages if "by sequences" in m)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:"))
     assert line.endswith("; GPU memory at the end: 3.00 GiB free of 80.00 GiB "
                          "(gpu_memory_utilization could rise by about 0.037)")  # fmt: skip
