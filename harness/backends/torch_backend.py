@@ -42,6 +42,7 @@ class TorchBackend:
         the manifest against cfg before any model memory is touched). on_rank_exit: see
         launch_tensor_parallel."""
         from harness.engine.builder import EngineManifestError, check_engine, default_engine_dir
+        from harness.engine.kv_plan import KVCacheCapacityError
         from harness.engine.llm_engine import EngineArgs, LLMEngine
         from harness.engine.scheduler import RequestTooLongError
 
@@ -88,6 +89,12 @@ class TorchBackend:
                                                 on_rank_exit=on_rank_exit)  # fmt: skip
             else:
                 engine = LLMEngine.from_args(args)
+        except KVCacheCapacityError as err:  # the memory plan, checked before any query
+            raise BackendError(
+                f"torch backend cannot start from {engine_dir}: {err}. This run's values come "
+                f"from systems/{cfg.system.name}.yaml (benchmarks.{cfg.benchmark.name}."
+                f"{cfg.scenario.scenario}.engine) unless the command line set them"
+            ) from err
         except (RequestTooLongError, RuntimeError, ValueError, NotImplementedError) as err:
             raise BackendError(f"torch backend cannot start from {engine_dir}: {err}") from err
         logger.info("torch backend: engine %s (%s, %s)", engine_dir, e.model_opt, e.dtype)

@@ -217,6 +217,13 @@ def merge(layers: list[Layer]) -> DictConfig:
                 f"{_source_of(key, layers)}: {key} = {value!r}; it must be >= 0 (0: off): "
                 "set it to 0 or more"
             )
+    util = OmegaConf.select(cfg, "engine.gpu_memory_utilization")
+    if not 0 < util <= 1:
+        raise ConfigError(
+            f"{_source_of('engine.gpu_memory_utilization', layers)}: "
+            f"engine.gpu_memory_utilization = {util!r}; it is the share of the device's memory "
+            "(CPU: of MemAvailable) the engine may fill: set it above 0 and at most 1, e.g. 0.9"
+        )
     dense_layers = str(OmegaConf.select(cfg, "engine.fp8_dense_layers"))
     if not re.fullmatch(LAYER_LIST, dense_layers):
         raise ConfigError(

@@ -86,3 +86,20 @@ def test_server_streams_first_token_and_is_valid(default_built, tmp_path):
     # TEST06 audit: performance mode that still logs ~100 responses with their first tokens
     assert check_responses(run, streams_first_token=True) > 0
     assert (run / "audit.config").is_file()
+
+
+def test_an_engine_that_cannot_hold_one_kv_block_fails_before_loadgen(default_built, tmp_path):
+    """Too little memory for the KV cache: one error line naming the knob, its value and the
+    system file; the run folder keeps its config and nothing else."""
+    proc = harness(
+        "run_harness", *SHORT, "--scenarios=Offline", f"--log_dir={tmp_path}",
+        "--gpu_memory_utilization=1e-9", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: torch backend cannot start from "), error
+    assert "no room for a KV block" in error
+    assert "gpu_memory_utilization (now 1e-09)" in error
+    assert "systems/cpu-default.yaml (benchmarks.smollm2-135m.Offline.engine)" in error
+    run = run_dir_of(tmp_path, "Offline")
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]

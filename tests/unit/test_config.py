@@ -109,6 +109,11 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
         ),
         (
             GOOD_BENCH,
+            "system: {name: s}\ndefaults: {engine: {gpu_memory_utilization: 97}}\n",
+            r"systems/s.yaml \(defaults\): engine.gpu_memory_utilization = 97.0; .* at most 1",
+        ),
+        (
+            GOOD_BENCH,
             "system: {name: s}\nbenchmarks: {b: {Offline: {model_opts: {Sparse24: {}}}}}\n",
             "'benchmarks.b.Offline.model_opts' must map model_opt names",
         ),
