@@ -187,7 +187,6 @@ class LLMEngine:
         self.step_log = StepLog()  # tokens generated per step, for the steady-state rate
         self._next_generate_id = 1 << 48  # generate() ids: far from any caller's ids
         self._in_flight: tuple[SchedulerOutput, LaunchedStep, float] | None = None
-        self._last_finish = 0.0
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> LLMEngine:
@@ -215,14 +214,16 @@ class LLMEngine:
         applied: this one, or with async_scheduling the previous one (this one then runs)."""
         start = time.perf_counter()
         sched = self.scheduler.schedule()
-        queued = None if sched.is_empty else (sched, self.model_runner.launch(sched), start)
-        self.step_log.queue_s += time.perf_counter() - start
+        launched = None if sched.is_empty else self.model_runner.launch(sched)
+        queue_s = time.perf_counter() - start
+        self.step_log.queue_s += queue_s
+        queued = None if launched is None else (sched, launched, queue_s)
         if self.async_scheduling:
             queued, self._in_flight = self._in_flight, queued
         return self._finish(*queued) if queued else []
 
     def _finish(
-        self, sched: SchedulerOutput, launched: LaunchedStep, start: float
+        self, sched: SchedulerOutput, launched: LaunchedStep, queue_s: float
     ) -> list[RequestOutput]:
         waited = time.perf_counter()
         runner_out = self.model_runner.collect(launched)
@@ -234,13 +235,14 @@ class LLMEngine:
         now = time.perf_counter()
         self.step_log.wait_s += collected - waited
         self.step_log.apply_s += now - collected
-        # async: the step began when the previous one ended, if it was queued before that
-        took = now - max(start, self._last_finish)
+        # A step took its own queueing, waiting and applying. The loop's time is those three
+        # for each step (and idle); async, the wall time between two steps' ends holds the
+        # *next* step's queueing instead (an eager 70B step's launches: ~70 ms).
+        took = queue_s + now - waited
         tokens = self.scheduler.num_output_tokens - before
         self.step_log.record(
             tokens, took, now, prefill, len(sched.scheduled), runner_out.gpu_seconds
         )
-        self._last_finish = now
         return events
 
     def has_unfinished(self) -> bool:

@@ -96,3 +96,43 @@ def test_gpu_seconds_are_summed_by_kind_and_by_group():
         "1-16 sequences: 1 steps, 0.0 s (GPU 0.0 s), 10 tokens; "
         "129-256 sequences: 2 steps, 0.1 s (GPU 0.1 s), 380 tokens"
     )
+
+
+class SlowLaunches:
+    """A stand-in runner whose launch costs host time: 40 ms for a step with prompt tokens
+    (as an eager 70B step's launches), 1 ms for a decode step; the device costs nothing."""
+
+    def launch(self, sched):  # noqa: ANN001, ANN201
+        import time
+
+        from harness.engine.outputs import ModelRunnerOutput
+
+        time.sleep(0.04 if sched.num_batched_tokens > len(sched.scheduled) else 0.001)
+        return ModelRunnerOutput({s.request_id: 5 for s in sched.scheduled if s.needs_sample})
+
+    def collect(self, step):  # noqa: ANN001, ANN201
+        return step
+
+
+def test_async_steps_keep_their_own_launch_time():
+    """Async, the wall time between two steps' ends holds the next step's launch; the log
+    gives each step its own: the decode step before a prompt step stays cheap."""
+    from harness.engine.kv_cache import BlockManager
+    from harness.engine.llm_engine import LLMEngine
+    from harness.engine.request import SamplingParams
+    from harness.engine.scheduler import Scheduler, SchedulerConfig
+
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=4), BlockManager(64, 16))
+    engine = LLMEngine(scheduler, SlowLaunches(), async_scheduling=True)
+    sampling = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    engine.add_request(0, [7] * 20, sampling)
+    for _ in range(4):  # the prompt step, then decode steps
+        engine.step()
+    engine.add_request(1, [8] * 20, sampling)  # a prompt step right after a decode step
+    while engine.has_unfinished():
+        engine.step()
+    log = engine.step_log
+    kinds = list(log.with_prefill)
+    assert kinds.count(1) == 2 and 0 in kinds[kinds.index(1) + 1 :]
+    for prefill, seconds in zip(kinds, log.durations, strict=True):
+        assert (seconds >= 0.04) if prefill else (seconds < 0.02), (kinds, list(log.durations))
