@@ -98,7 +98,7 @@ class EngineConfig:
     tensor_parallelism: int = 1
     data_parallelism: int = 1
     use_cuda_graph: bool = True
-    # CUDA, with use_cuda_graph: steps that mix prompt chunks (up to 4 new prompts, after any
+    # CUDA, with use_cuda_graph: steps that mix prompt chunks (up to 8 new prompts, after any
     # chunks that continue a prompt) with decodes replay graphs too, up to this many tokens a
     # step (at most max_num_batched_tokens; 0: they run eagerly); costs capture time and graph
     # memory at start

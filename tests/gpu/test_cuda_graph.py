@@ -54,7 +54,7 @@ def _step(decode_contexts: list[int], prompt_lens: list[int], cached: int = 0) -
 @pytest.mark.parametrize(
     "decodes,prompts,cached",
     [([20, 35, 7], [5, 17], 0), ([], [30], 0), ([3, 64, 15, 1, 9], [2, 3, 4, 50], 0),
-     ([40, 2], [100], 0),
+     ([40, 2], [100], 0), ([3, 9], [4, 5, 6, 7, 8, 9, 10, 11], 0),  # MAX_PROMPTS new prompts
      ([20, 35, 7], [8, 17], 16), ([4], [40], 33), ([], [24], 70)],  # first prompt continued
 )  # fmt: skip
 def test_mixed_graph_matches_eager_step(model_opt, kv, decodes, prompts, cached):
@@ -81,18 +81,18 @@ def test_mixed_graph_matches_eager_step(model_opt, kv, decodes, prompts, cached)
 
 def test_steps_without_a_mixed_graph_run_eagerly():
     runner = _runner()
-    too_many = runner._prepare(_step([4], [2, 3, 4, 5, 6]))  # 5 prompts > MAX_PROMPTS
+    too_many = runner._prepare(_step([4], list(range(2, 11))))  # 9 prompts > MAX_PROMPTS
     too_long = runner._prepare(_step([4], [150, 10]))  # 161 rows > 160
     for batch in (too_many, too_long):
         assert not runner.graphs.can_run(batch.meta, batch.input_ids.shape[0])
-    continued = runner._prepare(_step([4], [8, 2, 3, 4, 5], cached=16))  # 4 new after it
+    continued = runner._prepare(_step([4], [8] + list(range(2, 10)), cached=16))  # 8 new
     assert runner.graphs.can_run(continued.meta, continued.input_ids.shape[0])
 
 
 def test_the_runner_counts_the_steps_it_replays():
     runner = _runner()
     runner.launch(_step([20, 35, 7], [5, 17]))  # a mixed graph
-    runner.launch(_step([4], [2, 3, 4, 5, 6]))  # 5 prompts: eager
+    runner.launch(_step([4], list(range(2, 11))))  # 9 prompts: eager
     runner.launch(_step([9, 12], []))  # a decode graph
     torch.cuda.synchronize()
     assert runner.graph_replays == [1, 1]  # [decode-only, with prompt tokens]

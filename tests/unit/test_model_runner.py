@@ -58,16 +58,16 @@ def test_mixed_graph_buckets_and_sequence_bounds():
     assert all(g <= max(32, a // 8) for g, a in zip(gaps, sizes, strict=False))  # <= 12.5%
     assert mixed_buckets(100) == [32, 64, 96, 100] and mixed_buckets(0) == []
     # decode rows [0, 3) are the first flash sequence, prompts follow, empty ones pad
-    assert mixed_cu_seqlens(3, [5, 17]) == [0, 3, 8, 25, 25, 25]
-    assert mixed_cu_seqlens(0, [30]) == [0, 0, 30, 30, 30, 30]
+    assert mixed_cu_seqlens(3, [5, 17]) == [0, 3, 8, 25] + [25] * (MAX_PROMPTS - 2)
+    assert mixed_cu_seqlens(0, [30]) == [0, 0, 30] + [30] * (MAX_PROMPTS - 1)
     assert len(mixed_cu_seqlens(7, [1] * MAX_PROMPTS)) == MAX_PROMPTS + 2
 
 
-def test_a_mixed_graph_takes_continued_chunks_before_at_most_four_new_prompts():
+def test_a_mixed_graph_takes_continued_chunks_before_at_most_eight_new_prompts():
     from harness.engine.cuda_graph import fits_mixed_graph
 
-    assert fits_mixed_graph(100, [True] * 4, 128)  # four new prompts
-    assert not fits_mixed_graph(100, [True] * 5, 128)  # five
+    assert fits_mixed_graph(100, [True] * 8, 128)  # eight new prompts
+    assert not fits_mixed_graph(100, [True] * 9, 128)  # nine
     assert not fits_mixed_graph(129, [True], 128)  # more rows than the largest graph
     assert fits_mixed_graph(100, [False, False, True, True], 128)  # continued ones first
     assert fits_mixed_graph(100, [False], 128)

@@ -64,8 +64,8 @@ def test_mixed_graph_steps_hold_few_fresh_prompts_within_the_graph_rows():
     assert replay(ins, outs, 1024, config, graph_tokens=20).graph_prompt_steps == 2
     assert replay(ins, outs, 1024, config, graph_tokens=19).graph_prompt_steps == 1
     assert replay(ins, outs, 1024, config).graph_prompt_steps == 0  # no graphs
-    five = replay([5] * 5, [3] * 5, 1024, SchedulerConfig(max_num_seqs=8), graph_tokens=64)
-    assert five.graph_prompt_steps == 0  # 5 prompts in one step: more than MAX_PROMPTS
+    nine = replay([5] * 9, [3] * 9, 1024, SchedulerConfig(max_num_seqs=9), graph_tokens=64)
+    assert nine.graph_prompt_steps == 0  # 9 prompts in one step: more than MAX_PROMPTS
     # a 40-token prompt in chunks of 16: the two chunks over cached context fit graphs too
     chunked = SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=16)
     stats = replay([40], [2], 1024, chunked, graph_tokens=64)
