@@ -99,3 +99,55 @@ def test_fastest_buckets_drops_a_bucket_that_a_larger_one_beats() -> None:
     # within the margin the smaller bucket stays (less padding for the per-row work)
     assert keep_fastest({8: 1.0, 16: 0.99, 32: 2.0}) == [8, 16, 32]
     assert keep_fastest({1: 5.0}) == [1]
+
+
+class _RecordingGraph:
+    """Stands in for a captured CUDA graph: replay() keeps a copy of the static buffers."""
+
+    def __init__(self, graphs) -> None:  # noqa: ANN001
+        self.graphs, self.seen = graphs, None
+
+    def replay(self) -> None:
+        g = self.graphs
+        self.seen = {name: getattr(g, name).clone() for name in (
+            "input_ids", "positions", "slot_mapping", "block_tables", "context_lens", "cu_seqlens"
+        )}  # fmt: skip
+
+
+def test_a_mixed_step_fills_the_graph_buffers():
+    """StepGraphs.run on the CPU with stand-in graphs: decodes, then a chunk continuing over 16
+    cached tokens, then two new prompts, padded to the 16-row graph."""
+    from harness.engine.cuda_graph import MAX_PROMPTS, StepGraphs
+    from harness.engine.model.attention import AttentionMetadata, PrefillChunk
+
+    graphs = object.__new__(StepGraphs)  # the buffers only (the constructor wants a GPU)
+    rows, width = 32, 4
+    graphs.input_ids = torch.zeros(rows, dtype=torch.int64)
+    graphs.positions = torch.zeros(rows, dtype=torch.int64)
+    graphs.slot_mapping = torch.full((rows,), -1, dtype=torch.int64)
+    graphs.block_tables = torch.zeros(rows, width, dtype=torch.int64)
+    graphs.context_lens = torch.full((rows,), 99, dtype=torch.int32)  # stale: must be cleared
+    graphs.cu_seqlens = torch.zeros(MAX_PROMPTS + 2, dtype=torch.int32)
+    graphs.hidden = torch.zeros(rows, 8)
+    graphs.mixed_sizes, graphs.decode_sizes = [16, 32], [8]
+    graphs.mixed_graphs = {r: _RecordingGraph(graphs) for r in (16, 32)}
+    mask = torch.ones(4, 20, dtype=torch.bool)  # a continued chunk has a mask; new ones none
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(100, 111), num_decode_tokens=2,
+        decode_block_tables=torch.tensor([[1, 0], [2, 3]]),
+        decode_context_lens=torch.tensor([5, 20], dtype=torch.int32),
+        prefills=[PrefillChunk(2, 4, 16, torch.tensor([7, 8]), mask),
+                  PrefillChunk(6, 3, 0, torch.tensor([9]), None),
+                  PrefillChunk(9, 2, 0, torch.tensor([10]), None)],
+    )  # fmt: skip
+    out = graphs.run(torch.arange(11), torch.arange(50, 61), meta)
+    assert out.shape == (11, 8) and graphs.mixed_graphs[32].seen is None
+    seen = graphs.mixed_graphs[16].seen
+    assert seen["input_ids"][:11].tolist() == list(range(11))
+    assert seen["slot_mapping"][:16].tolist() == list(range(100, 111)) + [-1] * 5
+    # decode rows attend to their contexts; the continued chunk's row i to 16 + i + 1 keys
+    # through its request's table; new prompts' and padded rows to none (flash only)
+    assert seen["context_lens"][:16].tolist() == [5, 20, 17, 18, 19, 20] + [0] * 10
+    assert seen["block_tables"][:6, :2].tolist() == [[1, 0], [2, 3]] + [[7, 8]] * 4
+    # flash sequences: the decode and continued rows, then each new prompt, then empty ones
+    assert seen["cu_seqlens"].tolist() == [0, 6, 9, 11] + [11] * (MAX_PROMPTS - 2)
