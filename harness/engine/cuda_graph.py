@@ -170,8 +170,8 @@ class StepGraphs:
 
     def _drop_slow_graphs(self, graphs: dict[int, torch.cuda.CUDAGraph], mixed: bool) -> list[int]:
         """Times each graph's replay (no context; a mixed graph as one prompt of all its rows:
-        the weights' and the per-row work), drops those `keep_fastest` does not keep from
-        `graphs` and returns the sizes kept."""
+        the weights' and the per-row work) and logs the times, drops those `keep_fastest` does
+        not keep from `graphs` and returns the sizes kept."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         replay_ms = {}
         for rows, graph in graphs.items():
@@ -186,17 +186,18 @@ class StepGraphs:
             end.synchronize()
             replay_ms[rows] = start.elapsed_time(end) / 3
         rows = sorted(replay_ms)
-        if self.agree is not None and rows:  # every rank's slowest: all drop the same buckets
+        if not rows:
+            return []
+        if self.agree is not None:  # every rank's slowest: all drop the same buckets
             slowest = self.agree([replay_ms[r] for r in rows], "max")
             replay_ms = dict(zip(rows, slowest, strict=True))
         kept = keep_fastest(replay_ms)
         dropped = [r for r in rows if r not in kept]
-        if dropped:
-            logger.info(
-                "CUDA graphs: %s buckets %s dropped (a larger bucket replays faster: %s)",
-                "mixed" if mixed else "decode", dropped,
-                ", ".join(f"{r}: {replay_ms[r]:.2f} ms" for r in rows),
-            )  # fmt: skip
+        logger.info(
+            "CUDA graphs: %s buckets %s dropped (a larger bucket replays faster); replays: %s",
+            "mixed" if mixed else "decode", dropped or "none",
+            ", ".join(f"{r}: {replay_ms[r]:.2f} ms" for r in rows),
+        )  # fmt: skip
         for r in dropped:
             del graphs[r]
         return kept
