@@ -140,11 +140,17 @@ class TorchBackend:
                 logger.info("engine decode-only steps by sequences: %s", groups)
             decode_gpu, prompt_gpu = log.gpu_split()
             if decode_gpu or prompt_gpu:  # CUDA: the rest of a step's time the GPU waited
-                _, decode_s, _, prompt_s = log.time_split()
+                n_dec, decode_s, n_pre, prompt_s = log.time_split()
+
+                def ms(seconds: float, steps: int) -> float:
+                    return seconds * 1e3 / max(steps, 1)
+
                 logger.info(
                     "engine GPU time (forward to sampled tokens, CUDA events): decode-only "
-                    "steps %.1f of %.1f s, steps with prompt tokens %.1f of %.1f s",
-                    decode_gpu, decode_s, prompt_gpu, prompt_s,
+                    "steps %.1f of %.1f s (%.1f of %.1f ms a step), steps with prompt tokens "
+                    "%.1f of %.1f s (%.1f of %.1f ms a step)",
+                    decode_gpu, decode_s, ms(decode_gpu, n_dec), ms(decode_s, n_dec),
+                    prompt_gpu, prompt_s, ms(prompt_gpu, n_pre), ms(prompt_s, n_pre),
                 )  # fmt: skip
             runner = self.engine.model_runner
             if runner.graphs is not None:  # the other steps ran eagerly
