@@ -160,7 +160,7 @@ def test_build_writes_manifest_and_runs_steps_in_order(world):
     assert manifest["versions"] == {"tensorrt_llm": "1.2.1"}
     assert [c["argv"] for c in manifest["commands"]] == run.calls
     assert manifest["model"] == str(out / "engine")
-    assert manifest["build"]["max_batch_size"] == 512
+    assert manifest["build"]["max_batch_size"] == cfg.engine.max_num_seqs  # the system YAML's
     assert check_trtllm_engine(cfg, world.root / "engines")["runtime"] == "tensorrt_engine"
 
 
@@ -201,7 +201,8 @@ def test_manifest_mismatch_and_baked_limits(world):
     build_trtllm_engine(cfg, world.root / "engines", runtime="tensorrt_engine", runner=Recorder())
     with pytest.raises(TrtllmManifestError, match="model_opt is 'FP8', this run wants 'Dense'"):
         check_trtllm_engine(make_cfg(world, model_opt="Dense"), world.root / "engines")
-    with pytest.raises(TrtllmManifestError, match="max_batch_size=512"):
+    baked = f"max_batch_size={cfg.engine.max_num_seqs}"  # the system YAML's
+    with pytest.raises(TrtllmManifestError, match=baked):
         check_trtllm_engine(make_cfg(world, max_num_seqs="1024"), world.root / "engines")
     with pytest.raises(TrtllmManifestError, match="no trtllm engine"):
         check_trtllm_engine(cfg, world.root / "elsewhere")
@@ -262,7 +263,7 @@ def test_from_config_builds_llm_from_the_manifest(world, monkeypatch):
     build_trtllm_engine(cfg, world.root / "engines", runner=Recorder())
     backend = TrtllmBackend.from_config(cfg, world.root / "engines")
     kw = backend.llm.kw
-    assert kw["model"] == str(world.model) and kw["max_batch_size"] == 512
+    assert kw["model"] == str(world.model) and kw["max_batch_size"] == cfg.engine.max_num_seqs
     assert kw["kv_cache_config"].kw["enable_block_reuse"] is False
     assert backend.eos_token_id == 2 and backend.make_sampling_params is dict
 

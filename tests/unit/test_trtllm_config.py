@@ -59,14 +59,15 @@ def test_translate_values():
 
 
 def test_llm_kwargs_pytorch_runtime():
-    kw = llm_kwargs(make_cfg(max_num_seqs="128"), "pytorch", model="ckpt")
+    cfg = make_cfg(max_num_seqs="128")
+    kw = llm_kwargs(cfg, "pytorch", model="ckpt")
     assert kw["model"] == "ckpt"
     assert kw["skip_tokenizer_init"] is True
     assert (kw["max_batch_size"], kw["max_num_tokens"], kw["max_seq_len"]) == (128, 4096, 2048)
     assert kw["dtype"] == "bfloat16"
     assert kw["kv_cache_config"] == {
         "enable_block_reuse": False,  # MLPerf: no KV reuse across requests
-        "free_gpu_memory_fraction": 0.92,
+        "free_gpu_memory_fraction": cfg.engine.gpu_memory_utilization,  # the system YAML's
         "dtype": "fp8",
         "tokens_per_block": 16,
     }
@@ -74,9 +75,13 @@ def test_llm_kwargs_pytorch_runtime():
 
 
 def test_llm_kwargs_engine_runtime_leaves_baked_settings_out():
-    kw = llm_kwargs(make_cfg(), "tensorrt_engine", model="engine")
+    cfg = make_cfg()
+    kw = llm_kwargs(cfg, "tensorrt_engine", model="engine")
     assert "max_batch_size" not in kw and "dtype" not in kw
-    assert kw["kv_cache_config"] == {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.92}
+    fraction = cfg.engine.gpu_memory_utilization  # the system YAML's
+    assert kw["kv_cache_config"] == {
+        "enable_block_reuse": False, "free_gpu_memory_fraction": fraction
+    }  # fmt: skip
 
 
 def test_dummy_weights_load_format():
