@@ -138,28 +138,23 @@ class TorchBackend:
             )  # fmt: skip
             if groups := log.format_decode_steps_by_sequences():  # the ramp and drain show here
                 logger.info("engine decode-only steps by sequences: %s", groups)
+            n_dec, decode_s, n_pre, prompt_s = log.time_split()
             decode_gpu, prompt_gpu = log.gpu_split()
             if decode_gpu or prompt_gpu:  # CUDA: the rest of a step's time the GPU waited
-                n_dec, decode_s, n_pre, prompt_s = log.time_split()
-
-                def ms(seconds: float, steps: int) -> float:
-                    return seconds * 1e3 / max(steps, 1)
-
                 logger.info(
                     "engine GPU time (forward to sampled tokens, CUDA events): decode-only "
                     "steps %.1f of %.1f s (%.1f of %.1f ms a step), steps with prompt tokens "
                     "%.1f of %.1f s (%.1f of %.1f ms a step)",
-                    decode_gpu, decode_s, ms(decode_gpu, n_dec), ms(decode_s, n_dec),
-                    prompt_gpu, prompt_s, ms(prompt_gpu, n_pre), ms(prompt_s, n_pre),
+                    decode_gpu, decode_s, decode_gpu * 1e3 / max(n_dec, 1),
+                    decode_s * 1e3 / max(n_dec, 1), prompt_gpu, prompt_s,
+                    prompt_gpu * 1e3 / max(n_pre, 1), prompt_s * 1e3 / max(n_pre, 1),
                 )  # fmt: skip
             runner = self.engine.model_runner
             if runner.graphs is not None:  # the other steps ran eagerly
-                decode_steps, _, prompt_steps, _ = log.time_split()
                 graph_decode, graph_prompt = runner.graph_replays
                 logger.info(
                     "engine CUDA graphs replayed for %d of %d decode-only steps and %d of %d "
-                    "steps with prompt tokens", graph_decode, decode_steps, graph_prompt,
-                    prompt_steps,
+                    "steps with prompt tokens", graph_decode, n_dec, graph_prompt, n_pre,
                 )  # fmt: skip
 
     def _gpu_memory(self) -> str:

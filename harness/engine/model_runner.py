@@ -157,16 +157,18 @@ class ModelRunner:
                 ) from e
 
     @torch.inference_mode()
-    def launch(self, sched: SchedulerOutput) -> LaunchedStep:
-        """Queue the step's forward pass and sampling; on CUDA this returns without waiting."""
+    def launch(self, sched: SchedulerOutput, eager: bool = False) -> LaunchedStep:
+        """Queue the step's forward pass and sampling; on CUDA this returns without waiting.
+        eager: run the model even where a CUDA graph could replay the step."""
         batch = self._prepare(sched)
         meta = batch.meta
         started = done = None
         if self.is_cuda:  # GPU time from here to the sampled tokens (collect)
             started = torch.cuda.Event(enable_timing=True)
             started.record()
-        if self.graphs is not None and self.graphs.can_run(meta, batch.input_ids.shape[0]):
-            hidden = self.graphs.run(batch.input_ids, batch.positions, meta)
+        graphs = None if eager else self.graphs
+        if graphs is not None and graphs.can_run(meta, batch.input_ids.shape[0]):
+            hidden = graphs.run(batch.input_ids, batch.positions, meta)
             self.graph_replays[bool(meta.prefills)] += 1
         else:
             hidden = self.model(batch.input_ids, batch.positions, meta)  # [N, hidden]
@@ -205,12 +207,11 @@ class ModelRunner:
             [ScheduledRequest(-1 - i, [1] * n, 0, blocks, True, ()) for i, n in enumerate(sizes)],
             [], max_tokens,
         )  # fmt: skip
-        graphs, self.graphs = self.graphs, None  # eager: the step that allocates activations
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         try:
-            self.collect(self.launch(sched))
+            self.collect(self.launch(sched, eager=True))  # eager: it allocates activations
         except torch.OutOfMemoryError as e:
             raise KVCacheCapacityError(
                 f"a step of max_num_batched_tokens={max_tokens} prompt tokens ran out of GPU "
@@ -218,7 +219,6 @@ class ModelRunner:
                 f"gpu_memory_utilization (or set num_kv_blocks) or max_num_batched_tokens"
             ) from e
         finally:
-            self.graphs = graphs
             self._last_tokens, self._last_rows = None, {}
         peak = torch.cuda.max_memory_allocated(self.device) - before
         logger.info(

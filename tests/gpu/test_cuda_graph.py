@@ -117,13 +117,14 @@ def test_the_largest_step_runs_once_before_any_query(caplog):
         runner = _runner()
     assert "warm-up: a step of 160 prompt tokens peaked at" in caplog.text
     assert runner.graphs is not None and runner._last_rows == {} and runner._last_tokens is None
+    assert runner.graph_replays == [0, 0]  # the warm-up step ran eagerly
 
 
 def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.kv_plan import KVCacheCapacityError
     from harness.engine.model_runner import ModelRunner
 
-    def no_memory(self, sched) -> None:
+    def no_memory(self, sched, eager: bool = False) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(ModelRunner, "launch", no_memory)
