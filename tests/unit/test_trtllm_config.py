@@ -63,7 +63,8 @@ def test_llm_kwargs_pytorch_runtime():
     kw = llm_kwargs(cfg, "pytorch", model="ckpt")
     assert kw["model"] == "ckpt"
     assert kw["skip_tokenizer_init"] is True
-    assert (kw["max_batch_size"], kw["max_num_tokens"], kw["max_seq_len"]) == (128, 4096, 2048)
+    assert (kw["max_batch_size"], kw["max_seq_len"]) == (128, 2048)
+    assert kw["max_num_tokens"] == cfg.engine.max_num_batched_tokens  # the system YAML's
     assert kw["dtype"] == "bfloat16"
     assert kw["kv_cache_config"] == {
         "enable_block_reuse": False,  # MLPerf: no KV reuse across requests
