@@ -6,8 +6,8 @@ not used by the engine), beside its error and the default's, and with its operan
 (out^T = W x^T, then transposed back to [M, N]: M becomes cuBLAS's narrow N side, which may
 pick other kernels at the 129-255 rows where the unswapped ones are slow; not used by the
 engine), and with one scale a tensor (cuBLAS's older FP8 mode, whose kernels the rowwise mode
-may not share), alone and with the per-token and per-channel scales applied after it by torch
-ops (not used by the engine).
+may not share), alone and with the per-token and per-channel scales applied after it
+(tensorwise_mm: what the engine runs at the row counts where rowwise is slow, quant/fp8_gpu.py).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
     from harness.engine.kernels.sparse24_gemm import decompress_24_triton
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
-    from harness.engine.quant.fp8_gpu import scaled_mm
+    from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT, compress_24
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         w, ws = weights[name]
-        return scaled_mm(xq, xsc, w, ws, torch.bfloat16)
+        return rowwise_mm(xq, xsc, w, ws, torch.bfloat16)
 
     def cublas_fast(name: str, xq, xsc):  # noqa: ANN001, ANN202
         w, ws = weights[name]
-        return scaled_mm(xq, xsc, w, ws, torch.bfloat16, fast_accum=True)
+        return rowwise_mm(xq, xsc, w, ws, torch.bfloat16, fast_accum=True)
 
     def cublas_swapped(name: str, xq, xsc):  # noqa: ANN001, ANN202
         w, ws = weights[name]  # W [N, K] row-major, xq^T [K, M] column-major: _scaled_mm's layout
@@ -140,18 +140,17 @@ def main(argv: list[str] | None = None) -> int:
 
     one = torch.ones((), device="cuda")
 
-    def cublas_tensorwise(name: str, xq, xsc, out_dtype=torch.bfloat16):  # noqa: ANN001, ANN202
+    def cublas_tensorwise(name: str, xq, xsc):  # noqa: ANN001, ANN202
         w, _ = weights[name]
-        return torch._scaled_mm(xq, w.t(), scale_a=one, scale_b=one, out_dtype=out_dtype)
+        return torch._scaled_mm(xq, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
     def cublas_tensorwise_scaled(name: str, xq, xsc):  # noqa: ANN001, ANN202
-        out = cublas_tensorwise(name, xq, xsc, torch.float32)
-        return (out * xsc * weights[name][1]).to(torch.bfloat16)
+        return tensorwise_mm(xq, xsc, *weights[name])
 
     def expand_cublas(name: str, xq, xsc):  # noqa: ANN001, ANN202
         (values, meta), (w, ws) = compressed[name], weights[name]
         dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
-        return scaled_mm(xq, xsc, dense, ws, torch.bfloat16)
+        return rowwise_mm(xq, xsc, dense, ws, torch.bfloat16)
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = [
             ("fast accumulation", cublas_fast),
             ("operands swapped (with the transpose back)", cublas_swapped),
-            ("one scale a tensor, the row and column scales after it (fp32 out, torch ops)",
+            ("one scale a tensor, the row and column scales after it (tensorwise_mm)",
              cublas_tensorwise_scaled),
         ]  # fmt: skip
         for label, fn in variants:

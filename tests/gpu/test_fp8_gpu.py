@@ -1,4 +1,5 @@
-"""FP8 `_scaled_mm` linear (rowwise scales) vs the dequantize-then-F.linear reference."""
+"""FP8 `_scaled_mm` linear (rowwise scales; one scale a tensor + scaling pass) vs the
+dequantize-then-F.linear reference."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("m", [1, 7, 64, 300])
+@pytest.mark.parametrize("m", [1, 7, 64, 160, 256, 300])
 @pytest.mark.parametrize("sparse24", [False, True])
 def test_fp8_gpu_linear_matches_reference(m: int, sparse24: bool) -> None:
     from harness.engine.quant.fp8 import FP8LinearMethod
@@ -43,3 +44,43 @@ def test_quantize_per_token_triton_matches_reference(m: int, k: int) -> None:
     torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
     deq, deq_ref = q.float() * s, q_ref.float() * s_ref
     assert ((deq - deq_ref).abs() <= 2 * s_ref * 2**-3 + 1e-6).all()  # at most ~1 e4m3 ulp
+
+
+@pytest.mark.parametrize("m", [129, 160, 288, 300])
+def test_tensorwise_mm_matches_rowwise(m: int) -> None:
+    """The one-scale GEMM and the scaling pass give the rowwise GEMM's outputs but for one
+    more bf16 rounding (each product sum the same: the same e4m3 operands, fp32 sums)."""
+    from harness.engine.quant.fp8 import quantize_per_channel, quantize_per_token
+    from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm
+
+    torch.manual_seed(m)
+    w, w_scale = quantize_per_channel(torch.randn(1024, 2048, device="cuda") * 0.02)
+    w_scale_row = w_scale.view(1, -1).contiguous()
+    xq, x_scale = quantize_per_token(torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16))
+    out = tensorwise_mm(xq, x_scale, w, w_scale_row)
+    ref = rowwise_mm(xq, x_scale, w, w_scale_row, torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and out.shape == (m, 1024)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2**-6, atol=1e-5)  # 2 roundings
+
+
+def test_scale_rows_cols_triton_matches_reference() -> None:
+    from harness.engine.kernels.fp8_epilogue import (
+        scale_rows_cols_reference,
+        scale_rows_cols_triton,
+    )
+
+    out = torch.randn(37, 5000, device="cuda", dtype=torch.bfloat16) * 1e4
+    rows, cols = torch.rand(37, 1, device="cuda"), torch.rand(1, 5000, device="cuda")
+    ref = scale_rows_cols_reference(out.clone(), rows, cols)
+    got = scale_rows_cols_triton(out, rows, cols)
+    assert got.data_ptr() == out.data_ptr()  # in place
+    torch.testing.assert_close(got.float(), ref.float(), rtol=2**-8, atol=0)
+
+
+def test_rowwise_is_slow_on_hopper_off_multiples_of_128() -> None:
+    from harness.engine.quant.fp8_gpu import rowwise_is_slow
+
+    dev = torch.device("cuda")
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    assert [rowwise_is_slow(m, dev) for m in (160, 288, 1000)] == [hopper] * 3
+    assert not any(rowwise_is_slow(m, dev) for m in (1, 64, 128, 256, 384, 1024))

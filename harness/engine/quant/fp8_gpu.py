@@ -1,15 +1,25 @@
 """FP8 (e4m3) linear method for CUDA: `torch._scaled_mm` with per-channel weight scales and
 dynamic per-token activation scales (rowwise scaling, bf16 out).
 
+On Hopper (sm90) PyTorch's rowwise-scaled GEMM runs row counts above 128 that are not a
+multiple of 128 at up to half the speed of its one-scale-a-tensor GEMM (the 70B's four linears
+on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431; multiples of 128
+on par: 256 rows 0.419 against 0.367; docs/benchmarks.md, twenty-second session). Those row
+counts run the one-scale GEMM with unit scales and the row and column scales after it, one
+Triton pass (kernels/fp8_epilogue.py): same products, one more bf16 rounding.
+
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
 the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
+from harness.engine.kernels.fp8_epilogue import scale_rows_cols_triton
 from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 from harness.engine.kernels.fp8_quant import quantize_per_token_triton
 from harness.engine.quant.fp8 import FP8LinearMethod
@@ -23,15 +33,53 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_per_token_triton(x)
 
 
-def scaled_mm(
+def rowwise_mm(
     xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
     out_dtype: torch.dtype, fast_accum: bool = False,
 ) -> torch.Tensor:  # fmt: skip
-    """cuBLAS's FP8 GEMM in rowwise mode: xq [M, K] e4m3 with x_scale [M, 1], weight [N, K]
+    """PyTorch's FP8 GEMM in rowwise mode: xq [M, K] e4m3 with x_scale [M, 1], weight [N, K]
     e4m3 with weight_scale_row [1, N] -> [M, N] out_dtype (bf16). fast_accum: FP8 sums without
     the periodic fp32 adds (the engine does not use it; fp8_gemm_sweep times it)."""
     return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
                             out_dtype=out_dtype, use_fast_accum=fast_accum)  # fmt: skip
+
+
+@functools.cache
+def unit_scale(device: torch.device) -> torch.Tensor:
+    """A 1.0 fp32 scalar on device, made once, eagerly (FP8GpuLinearMethod makes it at load):
+    one made inside a CUDA-graph capture would live in the graph's pool."""
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("unit_scale: first call inside a CUDA-graph capture; make it at load")
+    return torch.ones((), dtype=torch.float32, device=device)
+
+
+def tensorwise_mm(
+    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor
+) -> torch.Tensor:
+    """rowwise_mm's result (bf16) from the one-scale GEMM and a scaling pass after it."""
+    one = unit_scale(xq.device)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    return scale_rows_cols_triton(out, x_scale, weight_scale_row)
+
+
+@functools.cache
+def _is_sm90(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def rowwise_is_slow(m: int, device: torch.device) -> bool:
+    """Whether m rows run faster as tensorwise_mm (the module docstring's measurement)."""
+    return m > 128 and m % 128 != 0 and _is_sm90(device)
+
+
+def scaled_mm(
+    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """rowwise_mm's contract; the faster of rowwise_mm and tensorwise_mm for xq's rows."""
+    if out_dtype == torch.bfloat16 and rowwise_is_slow(xq.shape[0], xq.device):
+        return tensorwise_mm(xq, x_scale, weight, weight_scale_row)
+    return rowwise_mm(xq, x_scale, weight, weight_scale_row, out_dtype)
 
 
 def fp8_linear(
@@ -56,3 +104,5 @@ class FP8GpuLinearMethod(FP8LinearMethod):
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         # _scaled_mm's rowwise mode wants the weight scales as a [1, N] fp32 row.
         layer.weight_scale_row = layer.weight_scale.data.view(1, -1).contiguous()
+        if layer.weight_scale_row.is_cuda:
+            unit_scale(layer.weight_scale_row.device)  # made now, outside any graph capture
