@@ -31,9 +31,10 @@ import time
 import torch
 
 from harness.engine.kernels.paged_attention import choose_num_splits
+from harness.engine.kv_plan import Agree
 from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
 from harness.engine.model.llama import LlamaForCausalLM
-from harness.engine.model_runner import Agree, to_device
+from harness.engine.model_runner import to_device
 
 logger = logging.getLogger(__name__)
 

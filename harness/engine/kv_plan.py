@@ -4,6 +4,7 @@ from MemAvailable (CPU), capped by what max_num_seqs full-length requests could 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,9 @@ from harness.engine.model.llama import LlamaConfig
 logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
+
+# Tensor parallelism: every rank's values reduced by "min" or "max", the same list on each rank
+Agree = Callable[[list[float], str], list[float]]
 
 
 class KVCacheCapacityError(RuntimeError):
@@ -47,10 +51,13 @@ def plan_kv_cache(
     gpu_memory_utilization: float,
     num_kv_blocks: int = 0,
     max_blocks_useful: int = 0,
+    agree: Agree | None = None,
 ) -> KVCacheSpec:
     """Blocks from num_kv_blocks if set, else a fraction of free memory (call after loading
     the weights). On CPU the fraction applies to MemAvailable; max_blocks_useful caps it
-    (no more than max_num_seqs full-length requests can ever be resident)."""
+    (no more than max_num_seqs full-length requests can ever be resident). agree (tensor
+    parallelism): every rank takes the least of the ranks' counts, and every rank raises if
+    one has no room, so rank 0 reports it rather than waiting on a rank that died."""
     per_block = kv_bytes_per_block(config, block_size, dtype)
     if num_kv_blocks > 0:
         num_blocks = num_kv_blocks
@@ -64,10 +71,19 @@ def plan_kv_cache(
         num_blocks = int(budget // per_block)
         if max_blocks_useful:
             num_blocks = min(num_blocks, max_blocks_useful)
+    fix = f"raise gpu_memory_utilization (now {gpu_memory_utilization}) or set num_kv_blocks"
+    if agree is not None:
+        least = int(agree([num_blocks], "min")[0])
+        if least < 1:
+            raise KVCacheCapacityError(
+                f"a tensor-parallel rank has no room for a KV block of "
+                f"{per_block / 2**20:.1f} MiB ({num_blocks} blocks fit on this rank's {device}, "
+                f"{least} on the fullest); {fix}, or free that GPU's memory"
+            )
+        num_blocks = least
     if num_blocks < 1:
         raise KVCacheCapacityError(
-            f"no room for a KV block of {per_block / 2**20:.1f} MiB on {device}; raise "
-            f"gpu_memory_utilization (now {gpu_memory_utilization}) or set num_kv_blocks"
+            f"no room for a KV block of {per_block / 2**20:.1f} MiB on {device}; {fix}"
         )
     spec = KVCacheSpec(num_blocks, block_size, per_block)
     logger.info(

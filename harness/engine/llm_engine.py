@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from harness.engine.kv_cache import BlockManager
-from harness.engine.kv_plan import KVCacheSpec, plan_kv_cache
+from harness.engine.kv_plan import Agree, plan_kv_cache
 from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
-from harness.engine.model_runner import Agree, LaunchedStep, ModelRunner
+from harness.engine.model_runner import LaunchedStep, ModelRunner
 from harness.engine.outputs import RequestOutput, SchedulerOutput
 from harness.engine.quant.base import QuantConfig, dense_layers_from, quant_config_for
 from harness.engine.request import Request, SamplingParams
@@ -130,11 +130,8 @@ def build_runner(
     kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else DTYPES[args.dtype]
     kv = plan_kv_cache(
         model.config, kv_dtype, device, args.block_size, args.gpu_memory_utilization,
-        args.num_kv_blocks, max_blocks_useful,
+        args.num_kv_blocks, max_blocks_useful, agree,
     )  # fmt: skip
-    if agree is not None:
-        num_blocks = int(agree([kv.num_blocks], "min")[0])
-        kv = KVCacheSpec(num_blocks, kv.block_size, kv.bytes_per_block)
     graph_rows, graph_tokens = cuda_graph_sizes(args, device)
     runner = ModelRunner(
         model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from harness.engine import host_memory
 from harness.engine.block_table import BlockTables
 from harness.engine.kernels import cpu_attention
-from harness.engine.kv_plan import GIB, KVCacheCapacityError, KVCacheSpec
+from harness.engine.kv_plan import GIB, Agree, KVCacheCapacityError, KVCacheSpec
 from harness.engine.model.attention import (
     AttentionMetadata,
     DecodeGroup,
@@ -31,9 +30,6 @@ from harness.engine.request import PENDING_TOKEN
 from harness.engine.sampler import Sampler
 
 logger = logging.getLogger(__name__)
-
-# Tensor parallel: this rank's numbers and "min" or "max" -> what every rank uses, elementwise.
-Agree = Callable[[list[float], str], list[float]]
 
 # CPU decodes are grouped by context length so that padding to a group's longest context
 # wastes at most this factor (plus a block): the gathered K/V and score matmuls shrink.
