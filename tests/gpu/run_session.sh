@@ -21,6 +21,19 @@
 #   sweep, gemv; a flag whose value has commas, e.g. --config=..., must run directly)
 set -u
 export PYTHONUNBUFFERED=1
+for spec in "$@"; do  # a misspelt phase or test file fails now, not after the device time
+  phase=${spec%%:*}
+  case $phase in
+    tests|pt|gate|b7|ss7|b70|b70s|b70srv|prof70|prof70u|srv70|int70|o7|sweep|gemv|sparse|dk|base|host|prof7|prof7u) ;;
+    *) echo "run_session: unknown phase '$phase' in '$spec'"; exit 3 ;;
+  esac
+  if [ "$phase" = pt ]; then
+    files=${spec#*:}
+    for f in ${files//,/ }; do  # flags pass (-kEXPR, one word); file::test checks the file
+      [[ $f == -* || -e ${f%%::*} ]] || { echo "run_session: no test file $f ($spec)"; exit 3; }
+    done
+  fi
+done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
