@@ -9,6 +9,9 @@ engine), and with one scale a tensor (cuBLAS's older FP8 mode, whose kernels the
 may not share), alone and with the per-token and per-channel scales applied after it
 (tensorwise_mm: what the engine runs at the row counts where rowwise is slow, quant/fp8_gpu.py).
 
+Each time is a CUDA-graph replay of the call, as the engine runs its steps (--eager: calls
+from the host, launch time included; sessions before the twenty-second timed eagerly).
+
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
 """
 
@@ -20,14 +23,23 @@ import itertools
 import torch
 
 
-def _ms(fn, iters: int = 20) -> float:  # noqa: ANN001
+def _ms(fn, iters: int = 20, graph: bool = True) -> float:  # noqa: ANN001
+    """ms a call of fn; graph: replays of fn captured once as a CUDA graph, as the engine runs
+    its steps (no host launch time between kernels), else eager calls."""
     for _ in range(3):
         fn()
+    torch.cuda.synchronize()
+    run = fn
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        run = g.replay
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
     for _ in range(iters):
-        fn()
+        run()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     swap_help = "try the swapped-operand configs (weights x activations^T) instead"
     p.add_argument("--swap", action="store_true", help=swap_help)
     p.add_argument("--top", type=int, default=3, help="configs printed for each M, fastest first")
+    eager_help = "time eager calls (host launches included) instead of CUDA-graph replays"
+    p.add_argument("--eager", action="store_true", help=eager_help)
     config_help = (
         "try only these configs (repeat the flag), each spelled "
         "BLOCK_M,BLOCK_N,BLOCK_K,warps,stages[,split_k][,swap]"
@@ -165,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
               for name, (_, k) in shapes.items()}  # fmt: skip
 
         def shape_ms(fn, xs=xs) -> dict[str, float]:  # noqa: ANN001
-            return {name: _ms(lambda name=name: fn(name, *xs[name])) for name in shapes}
+            return {name: _ms(lambda name=name: fn(name, *xs[name]), graph=not a.eager)
+                    for name in shapes}  # fmt: skip
 
         base = shape_ms(cublas)
         total = sum(base.values())
