@@ -3,9 +3,9 @@ dynamic per-token activation scales (rowwise scaling, bf16 out).
 
 On Hopper (sm90) PyTorch's rowwise-scaled GEMM runs row counts above 128 that are not a
 multiple of 128 at up to half the speed of its one-scale-a-tensor GEMM (the 70B's four linears
-on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431; multiples of 128
-on par: 256 rows 0.419 against 0.367; docs/benchmarks.md, twenty-second session). Those row
-counts run the one-scale GEMM with unit scales and the row and column scales after it, one
+on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431; at multiples of
+128 the gap is small, 256 rows 0.419 against 0.367 before any scaling pass; docs/benchmarks.md,
+twenty-second session). Those row counts run the one-scale GEMM with unit scales and the row and column scales after it, one
 Triton pass (kernels/fp8_epilogue.py): same products, one more bf16 rounding.
 
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
