@@ -84,3 +84,22 @@ def test_rowwise_is_slow_on_hopper_off_multiples_of_128() -> None:
     hopper = torch.cuda.get_device_capability() == (9, 0)
     assert [rowwise_is_slow(m, dev) for m in (160, 288, 1000)] == [hopper] * 3
     assert not any(rowwise_is_slow(m, dev) for m in (1, 64, 128, 256, 384, 1024))
+
+
+@pytest.mark.parametrize("m", [7, 160, 256, 300])
+def test_gate_up_with_deferred_scales_matches_forward(m: int) -> None:
+    """SwiGLU over forward_unscaled's output (scales deferred to the kernel where the one-scale
+    GEMM runs: 160 and 300 rows on Hopper) equals SwiGLU over forward's, bit for bit."""
+    from harness.engine.kernels.activation import silu_mul_triton
+    from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, rowwise_is_slow
+    from tests.linears import loaded_linear
+
+    torch.manual_seed(m)
+    k, inter = 1024, 2048
+    w = torch.randn(2 * inter, k, device="cuda", dtype=torch.bfloat16) * 0.05
+    layer = loaded_linear(FP8GpuLinearMethod(), w, [inter, inter])
+    layer.triton_max_rows = 32
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out, row_scale, col_scale = layer.forward_unscaled(x)
+    assert (row_scale is not None) == (m > 32 and rowwise_is_slow(m, x.device))
+    assert torch.equal(silu_mul_triton(out, row_scale, col_scale), silu_mul_triton(layer(x)))

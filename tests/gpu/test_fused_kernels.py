@@ -51,6 +51,21 @@ def test_silu_mul_matches_reference(n: int, inter: int, dtype: torch.dtype) -> N
     _close(silu_mul_triton(gate_up), silu_mul_reference(gate_up))
 
 
+@pytest.mark.parametrize("n,inter", [(1, 1536), (160, 28672), (300, 11008)])
+def test_silu_mul_applies_deferred_scales_as_the_pass_would(n: int, inter: int) -> None:
+    """An unscaled FP8 gate|up with its row and column scales gives what the scaling pass and
+    the plain kernel give, bit for bit (the same fp32 products, rounded to bf16 the same)."""
+    from harness.engine.kernels.activation import silu_mul_reference, silu_mul_triton
+    from harness.engine.kernels.fp8_epilogue import scale_rows_cols_triton
+
+    unscaled = torch.randn(n, 2 * inter, device="cuda", dtype=torch.bfloat16) * 1e3
+    rows = torch.rand(n, 1, device="cuda") * 1e-2
+    cols = torch.rand(1, 2 * inter, device="cuda") * 1e-2
+    fused = silu_mul_triton(unscaled, rows, cols)
+    assert torch.equal(fused, silu_mul_triton(scale_rows_cols_triton(unscaled.clone(), rows, cols)))
+    _close(fused, silu_mul_reference(unscaled, rows, cols))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("preset,n", [("smollm2-135m", 5), ("llama2-7b", 1), ("llama2-70b", 300)])
 def test_rope_matches_reference(preset: str, n: int, dtype: torch.dtype) -> None:

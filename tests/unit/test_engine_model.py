@@ -92,6 +92,25 @@ def test_fp8_linear_matches_its_dequantized_reference():
     torch.testing.assert_close(method.apply(layer, x), x @ w.t(), atol=0.5, rtol=0.1)
 
 
+@pytest.mark.parametrize("gpu_method", [False, True])
+def test_forward_unscaled_defers_nothing_off_hopper(gpu_method: bool):
+    """Methods without apply_unscaled (dense, the FP8 reference) and the CUDA FP8 method on
+    fp32 input give forward's output and no scales (fp8_gpu.py defers only on sm90, bf16)."""
+    from harness.engine.model.llama import Linear
+    from harness.engine.quant.dense import DenseLinearMethod
+    from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod
+
+    torch.manual_seed(0)
+    for method in (DenseLinearMethod(), FP8GpuLinearMethod() if gpu_method else FP8LinearMethod()):
+        layer = Linear(32, [16, 16], method, torch.float32)
+        method.load_dense(layer, torch.randn(32, 32), slice(0, 32))
+        method.process_weights_after_loading(layer)
+        x = torch.randn(300, 32)
+        out, row_scale, col_scale = layer.forward_unscaled(x)
+        assert row_scale is None and col_scale is None
+        assert torch.equal(out, layer(x))
+
+
 def test_fused_kernels_on_cpu_are_the_c_ones_for_fp32_only():
     from harness.engine.kernels import cpu_elementwise
     from harness.engine.loader import build_model

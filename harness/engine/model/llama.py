@@ -119,6 +119,17 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)  # [N, in] -> [N, out]
 
+    def forward_unscaled(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(out, row_scale, col_scale): the output before its FP8 scales where the method
+        defers them (out * row_scale * col_scale is forward's), else (forward(x), None, None).
+        Skips forward hooks: column-parallel layers only (TP all-reduces row-parallel ones)."""
+        apply_unscaled = getattr(self.method, "apply_unscaled", None)
+        if apply_unscaled is None:
+            return self.forward(x), None, None
+        return apply_unscaled(self, x)
+
     def shard_rows(self, shard: int) -> slice:
         start = sum(self.output_sizes[:shard])
         return slice(start, start + self.output_sizes[shard])
@@ -256,9 +267,9 @@ class LlamaMLP(nn.Module):
         self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels == "triton":  # SwiGLU: silu(gate) * up, applying any deferred scales
+            return self.down_proj(silu_mul_triton(*self.gate_up_proj.forward_unscaled(x)))
         gate_up = self.gate_up_proj(x)  # [N, 2 I]
-        if self.kernels == "triton":  # SwiGLU: silu(gate) * up
-            return self.down_proj(silu_mul_triton(gate_up))
         if self.kernels == "c":
             return self.down_proj(silu_mul_cpu(gate_up))
         return self.down_proj(silu_mul_reference(gate_up))

@@ -23,7 +23,9 @@ class LinearMethod(Protocol):
     ) -> None: ...
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """x: [num_tokens, in_features] -> [num_tokens, out_features] in x.dtype."""
+        """x: [num_tokens, in_features] -> [num_tokens, out_features] in x.dtype.
+        A method may also define apply_unscaled(layer, x) -> (out, row_scale, col_scale), its
+        scales left to the consumer where it chooses (Linear.forward_unscaled, fp8_gpu.py)."""
         ...
 
     def load_dense(self, layer: nn.Module, weight: torch.Tensor, rows: slice) -> None:

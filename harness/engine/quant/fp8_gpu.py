@@ -5,8 +5,10 @@ On Hopper (sm90) PyTorch's rowwise-scaled GEMM runs row counts above 128 that ar
 multiple of 128 at up to half the speed of its one-scale-a-tensor GEMM (the 70B's four linears
 on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431; at multiples of
 128 the gap is small, 256 rows 0.419 against 0.367 before any scaling pass; docs/benchmarks.md,
-twenty-second session). Those row counts run the one-scale GEMM with unit scales and the row and column scales after it, one
-Triton pass (kernels/fp8_epilogue.py): same products, one more bf16 rounding.
+twenty-second session). Those row counts run the one-scale GEMM with unit scales and the row
+and column scales after it, one Triton pass (kernels/fp8_epilogue.py): same products, one more
+bf16 rounding. gate|up defers its scales to SwiGLU's kernel instead (apply_unscaled), which
+saves the pass's write and read of the largest output.
 
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
 the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
@@ -53,13 +55,17 @@ def unit_scale(device: torch.device) -> torch.Tensor:
     return torch.ones((), dtype=torch.float32, device=device)
 
 
+def unscaled_mm(xq: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """xq [M, K] e4m3 @ weight [N, K]^T with unit scales -> [M, N] bf16 (no scales applied)."""
+    one = unit_scale(xq.device)
+    return torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+
 def tensorwise_mm(
     xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor
 ) -> torch.Tensor:
     """rowwise_mm's result (bf16) from the one-scale GEMM and a scaling pass after it."""
-    one = unit_scale(xq.device)
-    out = torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-    return scale_rows_cols_triton(out, x_scale, weight_scale_row)
+    return scale_rows_cols_triton(unscaled_mm(xq, weight), x_scale, weight_scale_row)
 
 
 @functools.cache
@@ -93,6 +99,19 @@ def fp8_linear(
     return scaled_mm(xq, x_scale, weight, weight_scale_row, x.dtype)
 
 
+def fp8_linear_unscaled(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(out, row_scale, col_scale): where fp8_linear would run tensorwise_mm, its GEMM's output
+    before the scaling pass with the [M, 1] and [1, N] scales for the consumer to apply
+    (kernels/activation.silu_mul_triton); elsewhere (fp8_linear(...), None, None)."""
+    m = x.shape[0]
+    if m <= triton_max_rows or x.dtype != torch.bfloat16 or not rowwise_is_slow(m, x.device):
+        return fp8_linear(x, weight, weight_scale_row, triton_max_rows), None, None
+    xq, x_scale = quantize_activations(x)
+    return unscaled_mm(xq, weight), x_scale, weight_scale_row
+
+
 class FP8GpuLinearMethod(FP8LinearMethod):
     """Same parameters as the reference; apply runs one FP8 tensor-core GEMM."""
 
@@ -100,6 +119,14 @@ class FP8GpuLinearMethod(FP8LinearMethod):
         if x.dtype == torch.float32:  # rowwise _scaled_mm writes bf16 only: fp32 models
             return super().apply(layer, x)  # (tests, CPU parity) keep the exact reference
         return fp8_linear(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
+
+    def apply_unscaled(
+        self, layer: nn.Module, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """apply's output, its scales deferred where fp8_linear_unscaled defers them."""
+        if x.dtype == torch.float32:
+            return super().apply(layer, x), None, None
+        return fp8_linear_unscaled(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         # _scaled_mm's rowwise mode wants the weight scales as a [1, N] fp32 row.

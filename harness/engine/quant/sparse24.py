@@ -123,6 +123,13 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         layer.register_parameter("weight_meta", nn.Parameter(meta, requires_grad=False))
         self.scratch.reserve(n * k, values.device)
 
+    def apply_unscaled(
+        self, layer: nn.Module, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if not hasattr(layer, "weight_values"):  # the dense layout: FP8's method
+            return super().apply_unscaled(layer, x)
+        return self.apply(layer, x), None, None  # compressed: scales applied here
+
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(layer, "weight_values"):
             return super().apply(layer, x)
