@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
     from harness.engine.kernels.sparse24_gemm import decompress_24_triton
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
-    from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm
+    from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm, unscaled_mm
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT, compress_24
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -152,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                                  out_dtype=torch.bfloat16)  # fmt: skip
         return out_t.t().contiguous()
 
-    one = torch.ones((), device="cuda")
-
     def cublas_tensorwise(name: str, xq, xsc):  # noqa: ANN001, ANN202
-        w, _ = weights[name]
-        return torch._scaled_mm(xq, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        return unscaled_mm(xq, weights[name][0])
 
     def cublas_tensorwise_scaled(name: str, xq, xsc):  # noqa: ANN001, ANN202
         return tensorwise_mm(xq, xsc, *weights[name])
