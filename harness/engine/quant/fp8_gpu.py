@@ -50,7 +50,7 @@ def rowwise_mm(
 def unit_scale(device: torch.device) -> torch.Tensor:
     """A 1.0 fp32 scalar on device, made once, eagerly (FP8GpuLinearMethod makes it at load):
     one made inside a CUDA-graph capture would live in the graph's pool."""
-    if torch.cuda.is_current_stream_capturing():
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         raise RuntimeError("unit_scale: first call inside a CUDA-graph capture; make it at load")
     return torch.ones((), dtype=torch.float32, device=device)
 
