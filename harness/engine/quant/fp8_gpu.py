@@ -78,54 +78,64 @@ def rowwise_is_slow(m: int, device: torch.device) -> bool:
     return m > 128 and m % 128 != 0 and _is_sm90(device)
 
 
+# (out, row_scale, col_scale): out * row_scale * col_scale is the result where the one-scale
+# GEMM left its [M, 1] and [1, N] scales to apply; else the scales are None and out is it.
+Unscaled = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def with_scales(out: torch.Tensor, row_scale: torch.Tensor | None,
+                col_scale: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """An Unscaled result as the linear's output: the scaling pass where scales were left."""
+    return out if row_scale is None else scale_rows_cols_triton(out, row_scale, col_scale)
+
+
+def scaled_mm_unscaled(
+    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> Unscaled:  # fmt: skip
+    """rowwise_mm, or where rowwise is slow (bf16 out) the one-scale GEMM, its scales left."""
+    if out_dtype == torch.bfloat16 and rowwise_is_slow(xq.shape[0], xq.device):
+        return unscaled_mm(xq, weight), x_scale, weight_scale_row
+    return rowwise_mm(xq, x_scale, weight, weight_scale_row, out_dtype), None, None
+
+
 def scaled_mm(
     xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:  # fmt: skip
     """rowwise_mm's contract; the faster of rowwise_mm and tensorwise_mm for xq's rows."""
-    if out_dtype == torch.bfloat16 and rowwise_is_slow(xq.shape[0], xq.device):
-        return tensorwise_mm(xq, x_scale, weight, weight_scale_row)
-    return rowwise_mm(xq, x_scale, weight, weight_scale_row, out_dtype)
+    return with_scales(*scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, out_dtype))
+
+
+def fp8_linear_unscaled(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
+) -> Unscaled:
+    """x [M, K] bf16, weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N] bf16, its
+    scales left where the one-scale GEMM runs (for the consumer: kernels/activation.py).
+    M <= triton_max_rows rows go to the Triton kernel (kernels/fp8_gemm.py), more to cuBLAS."""
+    xq, x_scale = quantize_activations(x)
+    if x.shape[0] <= triton_max_rows:
+        return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row), None, None
+    return scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, x.dtype)
 
 
 def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
 ) -> torch.Tensor:
-    """x [M, K] bf16, weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N] bf16.
-    M <= triton_max_rows rows go to the Triton kernel (kernels/fp8_gemm.py), more to cuBLAS."""
-    xq, x_scale = quantize_activations(x)
-    if x.shape[0] <= triton_max_rows:
-        return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row)
-    return scaled_mm(xq, x_scale, weight, weight_scale_row, x.dtype)
-
-
-def fp8_linear_unscaled(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(out, row_scale, col_scale): where fp8_linear would run tensorwise_mm, its GEMM's output
-    before the scaling pass with the [M, 1] and [1, N] scales for the consumer to apply
-    (kernels/activation.silu_mul_triton); elsewhere (fp8_linear(...), None, None)."""
-    m = x.shape[0]
-    if m <= triton_max_rows or x.dtype != torch.bfloat16 or not rowwise_is_slow(m, x.device):
-        return fp8_linear(x, weight, weight_scale_row, triton_max_rows), None, None
-    xq, x_scale = quantize_activations(x)
-    return unscaled_mm(xq, weight), x_scale, weight_scale_row
+    """fp8_linear_unscaled's output with its scales applied."""
+    return with_scales(*fp8_linear_unscaled(x, weight, weight_scale_row, triton_max_rows))
 
 
 class FP8GpuLinearMethod(FP8LinearMethod):
     """Same parameters as the reference; apply runs one FP8 tensor-core GEMM."""
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # rowwise _scaled_mm writes bf16 only: fp32 models
-            return super().apply(layer, x)  # (tests, CPU parity) keep the exact reference
-        return fp8_linear(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
+        return with_scales(*self.apply_unscaled(layer, x))
 
-    def apply_unscaled(
-        self, layer: nn.Module, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """apply's output, its scales deferred where fp8_linear_unscaled defers them."""
-        if x.dtype == torch.float32:
-            return super().apply(layer, x), None, None
+    def apply_unscaled(self, layer: nn.Module, x: torch.Tensor) -> Unscaled:
+        """apply's output, its scales left where fp8_linear_unscaled leaves them."""
+        if x.dtype == torch.float32:  # rowwise _scaled_mm writes bf16 only: fp32 models
+            return super().apply(layer, x), None, None  # (tests, CPU parity): the reference
         return fp8_linear_unscaled(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:

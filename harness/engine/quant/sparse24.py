@@ -20,7 +20,12 @@ from torch import nn
 from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
-from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, quantize_activations, scaled_mm
+from harness.engine.quant.fp8_gpu import (
+    FP8GpuLinearMethod,
+    Unscaled,
+    quantize_activations,
+    scaled_mm,
+)
 
 STORED_BYTES_PER_WEIGHT = 0.5 + 0.125  # one e4m3 value per 2 inputs + 2 bits per value
 ROWS_PER_CHUNK = 4096  # compress this many weight rows at a time (bounded temporaries)
@@ -123,9 +128,7 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         layer.register_parameter("weight_meta", nn.Parameter(meta, requires_grad=False))
         self.scratch.reserve(n * k, values.device)
 
-    def apply_unscaled(
-        self, layer: nn.Module, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def apply_unscaled(self, layer: nn.Module, x: torch.Tensor) -> Unscaled:
         if not hasattr(layer, "weight_values"):  # the dense layout: FP8's method
             return super().apply_unscaled(layer, x)
         return self.apply(layer, x), None, None  # compressed: scales applied here
