@@ -3,12 +3,14 @@ dynamic per-token activation scales (rowwise scaling, bf16 out).
 
 On Hopper (sm90) PyTorch's rowwise-scaled GEMM runs row counts above 128 that are not a
 multiple of 128 at up to half the speed of its one-scale-a-tensor GEMM (the 70B's four linears
-on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431; at multiples of
-128 the gap is small, 256 rows 0.419 against 0.367 before any scaling pass; docs/benchmarks.md,
-twenty-second session). Those row counts run the one-scale GEMM with unit scales and the row
-and column scales after it, one Triton pass (kernels/fp8_epilogue.py): same products, one more
-bf16 rounding. gate|up defers its scales to SwiGLU's kernel instead (apply_unscaled), which
-saves the pass's write and read of the largest output.
+on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431), and multiples of
+128 below 512 about a tenth slower (CUDA-graph replays, the scaling pass included: 256 rows
+0.430 against 0.382, 384: 0.607 against 0.552; 512 even, 1,024 rowwise ahead 1.327 against
+1.368; docs/benchmarks.md, twenty-second and twenty-third sessions). Those row counts run the
+one-scale GEMM with unit scales and the row and column scales after it, one Triton pass
+(kernels/fp8_epilogue.py): same products, one more bf16 rounding. gate|up defers its scales
+to SwiGLU's kernel instead (apply_unscaled), which saves the pass's write and read of the
+largest output.
 
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
 the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
@@ -75,7 +77,7 @@ def _is_sm90(device: torch.device) -> bool:
 
 def rowwise_is_slow(m: int, device: torch.device) -> bool:
     """Whether m rows run faster as tensorwise_mm (the module docstring's measurement)."""
-    return m > 128 and m % 128 != 0 and _is_sm90(device)
+    return m > 128 and (m % 128 != 0 or m < 512) and _is_sm90(device)
 
 
 # (out, row_scale, col_scale): out * row_scale * col_scale is the result where the one-scale
