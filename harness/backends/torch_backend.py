@@ -152,12 +152,9 @@ class TorchBackend:
             runner = self.engine.model_runner
             if runner.graphs is not None:  # the other steps ran eagerly
                 graph_decode, graph_prompt = runner.graph_replays
-                computed, padded = runner.graphs.rows_computed, runner.graphs.rows_padded
                 logger.info(
                     "engine CUDA graphs replayed for %d of %d decode-only steps and %d of %d "
-                    "steps with prompt tokens; padding: %.1f%% and %.1f%% of the rows they "
-                    "computed", graph_decode, n_dec, graph_prompt, n_pre,
-                    100 * padded[0] / max(computed[0], 1), 100 * padded[1] / max(computed[1], 1),
+                    "steps with prompt tokens", graph_decode, n_dec, graph_prompt, n_pre,
                 )  # fmt: skip
 
     def _gpu_memory(self) -> str:

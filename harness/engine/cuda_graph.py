@@ -127,10 +127,6 @@ class StepGraphs:
         self.decode_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
-        # Rows the replays computed, [decode-only, with prompts], and how many of them were
-        # padding: a padded row costs a real row's GEMM FLOPs (and power) and serves no one.
-        self.rows_computed = [0, 0]
-        self.rows_padded = [0, 0]
 
     def _meta(self, rows: int, mixed: bool) -> AttentionMetadata:
         meta = AttentionMetadata(
@@ -252,9 +248,6 @@ class StepGraphs:
         self.slot_mapping[:n].copy_(meta.slot_mapping)
         self.slot_mapping[n:rows].fill_(-1)
         self.context_lens[:rows].zero_()
-        kind = bool(meta.prefills)
-        self.rows_computed[kind] += rows
-        self.rows_padded[kind] += rows - n
         if n_dec:
             tables = meta.decode_block_tables
             self.block_tables[:n_dec, : tables.shape[1]].copy_(tables)
