@@ -6,7 +6,7 @@
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
-#   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (int70: the YAML's rate if unset)
+#   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (the YAML's rate if unset)
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
 #   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--m=2)
 #   sparse : .carry/probe_sparse.py if carried
@@ -69,12 +69,12 @@ for spec in "$@"; do
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
           $([ $phase = prof70u ] && echo --no_fused) $flags ;;
-    srv70) qps=${QPS70:-7.5}  # auto: SRVF (0.85) x the last Offline tokens/s of this call / 294 (mean output)
+    srv70) qps=${QPS70:-}  # auto: SRVF (0.85) x the last Offline tokens/s of this call / 294 (mean output)
         [ "$qps" = auto ] && qps=$(cat build/logs/bench/latest/*/bench.json | python3 -c \
           "import json,sys; print(round(${SRVF:-0.85} * json.load(sys.stdin)['tokens_per_second'] / 294, 2))")
         timeout ${TS70:-300} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Server --min_duration_ms=${DUR70:-90000} --min_query_count=100 \
-          --target_qps=$qps $flags ;;
+          ${qps:+--target_qps=$qps} $flags ;;
     int70) # the config's min_query_count for early stopping (700; the H100 YAML 1,001): 350-500 s at 2.0 qps
         timeout ${TI70:-590} python3 -m harness bench --benchmarks=llama2-70b-synthetic \
           --scenarios=Interactive --min_duration_ms=${DURI:-60000} ${QPSI:+--target_qps=$QPSI} \
