@@ -47,21 +47,22 @@ class StepLog:
         self.rows.append(rows)
         self.gpu_seconds.append(gpu_seconds)
 
+    def _by_kind(self, values: array) -> tuple[float, float]:
+        """values summed over the decode-only steps, then over the steps with prompt tokens."""
+        sums = [0.0, 0.0]
+        for kind, value in zip(self.with_prefill, values, strict=True):
+            sums[kind] += value
+        return sums[0], sums[1]
+
     def time_split(self) -> tuple[int, float, int, float]:
         """(decode-only steps, their seconds, steps with prompt tokens, their seconds)."""
-        n = [0, 0]
-        seconds = [0.0, 0.0]
-        for kind, duration in zip(self.with_prefill, self.durations, strict=True):
-            n[kind] += 1
-            seconds[kind] += duration
-        return n[0], seconds[0], n[1], seconds[1]
+        with_prompts = sum(self.with_prefill)
+        decode_s, prompt_s = self._by_kind(self.durations)
+        return len(self.with_prefill) - with_prompts, decode_s, with_prompts, prompt_s
 
     def gpu_split(self) -> tuple[float, float]:
         """(GPU seconds of the decode-only steps, of the steps with prompt tokens)."""
-        seconds = [0.0, 0.0]
-        for kind, gpu in zip(self.with_prefill, self.gpu_seconds, strict=True):
-            seconds[kind] += gpu
-        return seconds[0], seconds[1]
+        return self._by_kind(self.gpu_seconds)
 
     def decode_steps_by_sequences(self) -> list[tuple[int, int, int, float, int, float]]:
         """Decode-only steps grouped by their sequences, 1-16, 17-32, 33-64 and so on doubling:
