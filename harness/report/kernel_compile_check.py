@@ -118,11 +118,12 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
 
 def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
     """The 2:4 expansion kernel, the GEMV, the paged decode and its split combine, RoPE (with
-    and without the KV-cache write), as the engine launches them (4 warps and Triton's default
-    stages unless a case gives its launch options)."""
+    and without the KV-cache write), the 70B's residual norm (with deferred FP8 scales in and
+    e4m3 out, or neither), as the engine launches them (4 warps and Triton's default stages
+    unless a case gives its launch options)."""
     import torch
 
-    from harness.engine.kernels import gemv, paged_attention, rope, sparse24_gemm
+    from harness.engine.kernels import gemv, paged_attention, rms_norm, rope, sparse24_gemm
 
     cases = [
         ("decompress_24", sparse24_gemm._decompress_24_kernel,
@@ -164,6 +165,16 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
             f"combine_splits NUM_SPLITS={splits}", paged_attention._combine_splits_kernel,
             {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*bf16", "plane": "i32"},
             {"NUM_SPLITS": splits, "S_PAD": 1 << (splits - 1).bit_length(), "D": 128},
+        ))  # fmt: skip
+    for fp8 in (False, True):
+        cases.append((
+            f"rms_norm H=8192 scales_in={fp8} quant_out={fp8}", rms_norm._rms_norm_kernel,
+            {"x_ptr": "*bf16", "res_ptr": "*bf16", "w_ptr": "*bf16",
+             "out_ptr": "*fp8e4nv" if fp8 else "*bf16", "row_ptr": "*fp32", "col_ptr": "*fp32",
+             "qscale_ptr": "*fp32", "H": "i32", "stride_x": "i32", "stride_res": "i32",
+             "stride_out": "i32", "eps": "fp32"},
+            {"HAS_RESIDUAL": True, "SCALED": fp8, "QUANT": fp8, "BLOCK": 8192},
+            {"num_warps": 16},
         ))  # fmt: skip
     for cfg in (gemv.WIDE_CONFIG, gemv.NARROW_CONFIG):
         for even_k in (True, False):

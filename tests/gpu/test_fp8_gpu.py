@@ -103,3 +103,25 @@ def test_gate_up_with_deferred_scales_matches_forward(m: int) -> None:
     out, row_scale, col_scale = layer.forward_unscaled(x)
     assert (row_scale is not None) == (m > 32 and rowwise_is_slow(m, x.device))
     assert torch.equal(silu_mul_triton(out, row_scale, col_scale), silu_mul_triton(layer(x)))
+
+
+@pytest.mark.parametrize("m", [7, 160, 256])
+@pytest.mark.parametrize("sparse24", [False, True])
+def test_linear_takes_its_input_quantized(m: int, sparse24: bool) -> None:
+    """An FP8 linear given (e4m3, scales) from quantize_activations equals it given the bf16
+    input, bit for bit, on both GEMM paths (Triton up to 32 rows, cuBLAS above)."""
+    from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, quantize_activations
+    from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
+    from tests.linears import loaded_linear
+
+    torch.manual_seed(m)
+    w = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16) * 0.05
+    method = Sparse24GpuLinearMethod(ScratchWeight()) if sparse24 else FP8GpuLinearMethod()
+    layer = loaded_linear(method, w, [256, 128])
+    layer.triton_max_rows = 32
+    assert layer.takes_quantized_input
+    x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(layer(quantize_activations(x)), layer(x))
+    out, rows, cols = layer.forward_unscaled(quantize_activations(x))
+    want = layer.forward_unscaled(x)
+    assert torch.equal(out, want[0]) and (rows is None) == (want[1] is None)

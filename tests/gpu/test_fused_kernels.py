@@ -42,6 +42,41 @@ def test_rms_norm_matches_reference(n: int, h: int, dtype: torch.dtype) -> None:
     _close(out, ref)
 
 
+@pytest.mark.parametrize("n,h", [(1, 576), (160, 8192), (300, 4096), (1024, 8192)])
+def test_rms_norm_with_scales_and_quant_equals_the_separate_kernels(n: int, h: int) -> None:
+    """Deferred FP8 scales in, e4m3 out: bit for bit the scaling pass, the norm and the
+    per-token quantization run one after another (bf16); the scaled norm near the reference."""
+    from harness.engine.kernels.fp8_epilogue import scale_rows_cols_triton
+    from harness.engine.kernels.fp8_quant import quantize_per_token_triton
+    from harness.engine.kernels.rms_norm import (
+        rms_norm_quant_triton,
+        rms_norm_reference,
+        rms_norm_triton,
+    )
+
+    g = torch.Generator(device="cuda").manual_seed(n)
+    x = torch.randn(n, h, device="cuda", dtype=torch.bfloat16, generator=g) * 100
+    res = torch.randn(n, h, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.rand(h, device="cuda", dtype=torch.bfloat16, generator=g) + 0.5
+    rows = torch.rand(n, 1, device="cuda", generator=g) * 1e-2
+    cols = torch.rand(1, h, device="cuda", generator=g) * 1e-2
+    want, want_res = rms_norm_triton(scale_rows_cols_triton(x.clone(), rows, cols), w, 1e-5,
+                                     res.clone())  # fmt: skip
+    got, got_res = rms_norm_triton(x, w, 1e-5, res.clone(), rows, cols)
+    assert torch.equal(got, want) and torch.equal(got_res, want_res)
+    ref, ref_res = rms_norm_reference(x, w, 1e-5, res.clone(), rows, cols)
+    assert torch.equal(got_res, ref_res)  # the pass and the add round as torch does
+    _close(got, ref)
+    (q, q_scale), q_res = rms_norm_quant_triton(x, w, 1e-5, res.clone(), rows, cols)
+    want_q, want_scale = quantize_per_token_triton(want)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(q_scale, want_scale) and torch.equal(q_res, want_res)
+    (q, q_scale), none = rms_norm_quant_triton(x, w, 1e-5)  # no residual, no scales
+    want_q, want_scale = quantize_per_token_triton(rms_norm_triton(x, w, 1e-5)[0])
+    assert none is None and torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(q_scale, want_scale)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,inter", [(1, 11008), (37, 1536), (4096, 28672)])
 def test_silu_mul_matches_reference(n: int, inter: int, dtype: torch.dtype) -> None:
@@ -148,3 +183,37 @@ def test_fused_model_matches_unfused(model_opt: str) -> None:
     # re-round them to e4m3 steps (6%) and 30 random layers compound it (measured 5.6% on
     # an H200). A wrong kernel gives ~100%.
     assert err < (2e-2 if model_opt == "Dense" else 1e-1), err
+
+
+@pytest.mark.parametrize("tokens", [(1, 40, 200), (1, 2, 3), (64, 64)])
+def test_fp8_model_norms_take_the_scales_and_quantize_bit_for_bit(tokens: tuple) -> None:
+    """The FP8 model with o / down scales left to the norms after them and the norms
+    quantizing for qkv / gate|up equals, bit for bit, the same model with every linear
+    scaling its own output and quantizing its own input (a no-op forward hook on o and down
+    keeps their scales: Linear.forward_unscaled); 241 rows run the one-scale GEMM on Hopper."""
+    from harness.engine.llm_engine import EngineArgs, LLMEngine
+    from harness.engine.model.llama import PRESETS
+    from harness.engine.request import SamplingParams
+
+    args = EngineArgs(
+        weights="dummy", model_config=PRESETS["smollm2-135m"], model_opt="FP8",
+        dtype="bfloat16", device="cuda", num_kv_blocks=64,
+    )  # fmt: skip
+    engine = LLMEngine.from_args(args)
+    model = engine.model_runner.model
+    for i, n in enumerate(tokens):
+        engine.add_request(i, list(range(3, 3 + n)), SamplingParams(max_new_tokens=4))
+    batch = engine.model_runner._prepare(engine.scheduler.schedule())
+    assert model.use_fused_kernels(True) == "triton"
+    layers = model.model.layers
+    assert all(layer.input_layernorm.quantize_output for layer in layers)
+    with torch.inference_mode():
+        fused = model(batch.input_ids, batch.positions, batch.meta)
+    for layer in layers:
+        layer.input_layernorm.quantize_output = False
+        layer.post_attention_layernorm.quantize_output = False
+        layer.self_attn.o_proj.register_forward_hook(lambda *_: None)
+        layer.mlp.down_proj.register_forward_hook(lambda *_: None)
+    with torch.inference_mode():
+        separate = model(batch.input_ids, batch.positions, batch.meta)
+    assert torch.equal(fused, separate)

@@ -19,10 +19,15 @@ from torch import nn
 from harness.engine.kernels import cpu_elementwise
 from harness.engine.kernels.activation import silu_mul_reference, silu_mul_triton
 from harness.engine.kernels.cpu_elementwise import rms_norm_cpu, rope_cpu_, silu_mul_cpu
-from harness.engine.kernels.rms_norm import rms_norm_reference, rms_norm_triton, triton
+from harness.engine.kernels.rms_norm import (
+    rms_norm_quant_triton,
+    rms_norm_reference,
+    rms_norm_triton,
+    triton,
+)
 from harness.engine.kernels.rope import rope_reference
 from harness.engine.model.attention import AttentionMetadata, PagedAttention
-from harness.engine.quant.base import LinearMethod, QuantConfig
+from harness.engine.quant.base import LinearMethod, QuantConfig, Quantized, Unscaled
 from harness.engine.quant.dense import DenseLinearMethod
 
 
@@ -116,18 +121,22 @@ class Linear(nn.Module):
         self.triton_max_rows = 0  # the method may pick a Triton GEMM up to this M (fp8_gpu.py)
         method.create_weights(self, in_features, self.out_features, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(self, x)  # [N, in] -> [N, out]
+    def forward(self, x: torch.Tensor | Quantized) -> torch.Tensor:
+        """[N, in] -> [N, out]; x may come quantized where takes_quantized_input."""
+        return self.method.apply(self, x)
 
-    def forward_unscaled(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    @property
+    def takes_quantized_input(self) -> bool:
+        """Whether forward takes an (e4m3, scales) pair (quant/fp8_gpu.Quantized) for x."""
+        return getattr(self.method, "takes_quantized_input", False)
+
+    def forward_unscaled(self, x: torch.Tensor | Quantized) -> Unscaled:
         """(out, row_scale, col_scale): the output before its FP8 scales where the method
         defers them (out * row_scale * col_scale is forward's), else (forward(x), None, None).
-        Skips forward hooks: column-parallel layers only (TP all-reduces row-parallel ones)."""
+        A layer with forward hooks (TP's all-reduce of row-parallel ones) runs them."""
         apply_unscaled = getattr(self.method, "apply_unscaled", None)
-        if apply_unscaled is None:
-            return self.forward(x), None, None
+        if apply_unscaled is None or self._forward_hooks:
+            return self(x), None, None
         return apply_unscaled(self, x)
 
     def shard_rows(self, shard: int) -> slice:
@@ -137,22 +146,26 @@ class Linear(nn.Module):
 
 class RMSNorm(nn.Module):
     """Statistics in fp32 whatever the model dtype; with `residual`, norms x + residual and
-    returns that sum as the new residual (the add is fused into the norm kernel)."""
+    returns that sum as the new residual (the add is fused into the norm kernel). x may be an
+    FP8 GEMM's unscaled output with its row and column scales (Linear.forward_unscaled)."""
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
         self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
+        self.quantize_output = False  # Triton: return the next FP8 linear's Quantized input
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, x: torch.Tensor, residual: torch.Tensor | None = None,
+        row_scale: torch.Tensor | None = None, col_scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | Quantized, torch.Tensor | None]:  # fmt: skip
         if self.kernels == "triton":
-            return rms_norm_triton(x, self.weight, self.eps, residual)
-        if self.kernels == "c":
+            norm = rms_norm_quant_triton if self.quantize_output else rms_norm_triton
+            return norm(x, self.weight, self.eps, residual, row_scale, col_scale)
+        if self.kernels == "c" and row_scale is None:
             return rms_norm_cpu(x, self.weight, self.eps, residual)
-        return rms_norm_reference(x, self.weight, self.eps, residual)
+        return rms_norm_reference(x, self.weight, self.eps, residual, row_scale, col_scale)
 
 
 def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
@@ -238,20 +251,23 @@ class LlamaAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
         self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
 
-    def forward(self, rope: Rope, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        n, d, h = x.shape[0], self.head_dim, self.num_heads
+    def forward(self, rope: Rope, x: torch.Tensor | Quantized, meta: AttentionMetadata) -> Unscaled:
+        """-> o_proj's output, its FP8 scales left to the norm after it where it defers them."""
+        d, h = self.head_dim, self.num_heads
         qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]: q heads, then k heads, then v heads
+        n = qkv.shape[0]
         qk = qkv[:, : (h + self.num_kv_heads) * d].view(n, -1, d)  # [N, H + Hkv, D]
         v = qkv[:, (h + self.num_kv_heads) * d :].view(n, -1, d)
         if self.kernels == "triton":  # rotated in place, K and V written to the cache
             self.attn.rope_and_write_kv_(qk, v, rope.positions, rope.cos_sin, meta)
-            return self.o_proj(self.attn(qk[:, :h], qk[:, h:], v, meta, kv_written=True))
+            o = self.attn(qk[:, :h], qk[:, h:], v, meta, kv_written=True)
+            return self.o_proj.forward_unscaled(o)
         if self.kernels == "c":
             rope_cpu_(qk, rope.positions, rope.cos_sin)
         else:
             qk = rope_reference(qk, rope.cos, rope.sin)
         o = self.attn(qk[:, :h], qk[:, h:], v, meta)  # [N, H * D]
-        return self.o_proj(o)
+        return self.o_proj.forward_unscaled(o)
 
 
 class LlamaMLP(nn.Module):
@@ -266,13 +282,15 @@ class LlamaMLP(nn.Module):
         )
         self.kernels = "torch"  # or "triton", "c": set by use_fused_kernels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Quantized) -> Unscaled:
+        """-> down_proj's output, its FP8 scales left to the next norm where it defers them."""
         if self.kernels == "triton":  # SwiGLU: silu(gate) * up, applying any deferred scales
-            return self.down_proj(silu_mul_triton(*self.gate_up_proj.forward_unscaled(x)))
-        gate_up = self.gate_up_proj(x)  # [N, 2 I]
-        if self.kernels == "c":
-            return self.down_proj(silu_mul_cpu(gate_up))
-        return self.down_proj(silu_mul_reference(gate_up))
+            act = silu_mul_triton(*self.gate_up_proj.forward_unscaled(x))
+        elif self.kernels == "c":
+            act = silu_mul_cpu(self.gate_up_proj(x))  # gate|up: [N, 2 I]
+        else:
+            act = silu_mul_reference(self.gate_up_proj(x))
+        return self.down_proj.forward_unscaled(act)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -285,17 +303,19 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, quant, f"{prefix}.mlp", dtype)
 
     def forward(
-        self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: this layer's input as the previous layer's MLP output, not yet added to
-        residual (None in the first layer, where x is the embedding) -> (MLP output, residual)."""
+        self, rope: Rope, x: Unscaled, residual: torch.Tensor | None, meta: AttentionMetadata
+    ) -> tuple[Unscaled, torch.Tensor]:
+        """x: this layer's input as the previous layer's MLP output with any FP8 scales it
+        left, not yet added to residual (None in the first layer, where x is the embedding)
+        -> (MLP output with any scales it left, residual)."""
+        x, row_scale, col_scale = x
         if residual is None:
             residual = x
             h, _ = self.input_layernorm(x)
         else:
-            h, residual = self.input_layernorm(x, residual)
-        h = self.self_attn(rope, h, meta)
-        h, residual = self.post_attention_layernorm(h, residual)
+            h, residual = self.input_layernorm(x, residual, row_scale, col_scale)
+        o, row_scale, col_scale = self.self_attn(rope, h, meta)
+        h, residual = self.post_attention_layernorm(o, residual, row_scale, col_scale)
         return self.mlp(h), residual
 
 
@@ -315,12 +335,12 @@ class LlamaModel(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         """input_ids, positions: [N] int64 -> hidden states [N, hidden_size]."""
-        x = self.embed_tokens(input_ids)
+        x: Unscaled = (self.embed_tokens(input_ids), None, None)
         rope = self.rotary(positions)
         residual = None
         for layer in self.layers:
             x, residual = layer(rope, x, residual, meta)
-        return self.norm(x, residual)[0]
+        return self.norm(x[0], residual, *x[1:])[0]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -397,6 +417,12 @@ class LlamaForCausalLM(nn.Module):
                 module.triton_max_rows = max_rows if kind == "triton" else 0
             elif hasattr(module, "kernels"):
                 module.kernels = kind
+        quantize = kind == "triton" and weight.dtype == torch.bfloat16
+        for layer in self.model.layers:  # norms quantize for the FP8 linears after them
+            pairs = ((layer.input_layernorm, layer.self_attn.qkv_proj),
+                     (layer.post_attention_layernorm, layer.mlp.gate_up_proj))  # fmt: skip
+            for norm, linear in pairs:
+                norm.quantize_output = quantize and linear.takes_quantized_input
         return kind
 
     def kv_attention_modules(self) -> list[PagedAttention]:

@@ -10,6 +10,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
+# (out, row_scale, col_scale): out * row_scale * col_scale is a linear's result where an FP8
+# GEMM left its [M, 1] and [1, N] scales to the consumer; else the scales are None and out is it.
+Unscaled = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+# An activation already quantized for an FP8 linear: ([M, K] e4m3, [M, 1] fp32 scales).
+Quantized = tuple[torch.Tensor, torch.Tensor]
+
 
 class LinearMethod(Protocol):
     """How one linear layer stores and applies its weight.
@@ -24,8 +30,9 @@ class LinearMethod(Protocol):
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, in_features] -> [num_tokens, out_features] in x.dtype.
-        A method may also define apply_unscaled(layer, x) -> (out, row_scale, col_scale), its
-        scales left to the consumer where it chooses (Linear.forward_unscaled, fp8_gpu.py)."""
+        A method may also define apply_unscaled(layer, x) -> Unscaled, its scales left to the
+        consumer where it chooses (Linear.forward_unscaled, fp8_gpu.py), and take a Quantized
+        x where it sets takes_quantized_input."""
         ...
 
     def load_dense(self, layer: nn.Module, weight: torch.Tensor, rows: slice) -> None:

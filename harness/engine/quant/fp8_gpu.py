@@ -10,7 +10,9 @@ on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431), and
 one-scale GEMM with unit scales and the row and column scales after it, one Triton pass
 (kernels/fp8_epilogue.py): same products, one more bf16 rounding. gate|up defers its scales
 to SwiGLU's kernel instead (apply_unscaled), which saves the pass's write and read of the
-largest output.
+largest output; o and down leave theirs to the residual norm after them, which also
+quantizes the next linear's input (kernels/rms_norm.py): such a linear takes the (e4m3, scales)
+pair, a Quantized, in place of its bf16 input.
 
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
 the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
@@ -26,6 +28,7 @@ from torch import nn
 from harness.engine.kernels.fp8_epilogue import scale_rows_cols_triton
 from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 from harness.engine.kernels.fp8_quant import quantize_per_token_triton
+from harness.engine.quant.base import Quantized, Unscaled
 from harness.engine.quant.fp8 import FP8LinearMethod
 
 
@@ -80,11 +83,6 @@ def rowwise_is_slow(m: int, device: torch.device) -> bool:
     return m > 128 and (m % 128 != 0 or m < 512) and _is_sm90(device)
 
 
-# (out, row_scale, col_scale): out * row_scale * col_scale is the result where the one-scale
-# GEMM left its [M, 1] and [1, N] scales to apply; else the scales are None and out is it.
-Unscaled = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
-
-
 def with_scales(out: torch.Tensor, row_scale: torch.Tensor | None,
                 col_scale: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """An Unscaled result as the linear's output: the scaling pass where scales were left."""
@@ -109,35 +107,47 @@ def scaled_mm(
     return with_scales(*scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, out_dtype))
 
 
+def as_quantized(x: torch.Tensor | Quantized) -> Quantized:
+    """x's e4m3 values and per-token scales: quantized now unless the norm before did it."""
+    return x if isinstance(x, tuple) else quantize_activations(x)
+
+
 def fp8_linear_unscaled(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
-) -> Unscaled:
-    """x [M, K] bf16, weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N] bf16, its
-    scales left where the one-scale GEMM runs (for the consumer: kernels/activation.py).
-    M <= triton_max_rows rows go to the Triton kernel (kernels/fp8_gemm.py), more to cuBLAS."""
-    xq, x_scale = quantize_activations(x)
-    if x.shape[0] <= triton_max_rows:
+    x: torch.Tensor | Quantized, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+    triton_max_rows: int = 0,
+) -> Unscaled:  # fmt: skip
+    """x [M, K] bf16 (or Quantized), weight [N, K] e4m3, weight_scale_row [1, N] fp32 -> [M, N]
+    bf16, its scales left where the one-scale GEMM runs (for the consumer: kernels/activation.py,
+    kernels/rms_norm.py). M <= triton_max_rows rows go to the Triton kernel
+    (kernels/fp8_gemm.py), more to cuBLAS."""
+    out_dtype = torch.bfloat16 if isinstance(x, tuple) else x.dtype  # the norm quantizes bf16
+    xq, x_scale = as_quantized(x)
+    if xq.shape[0] <= triton_max_rows:
         return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row), None, None
-    return scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, x.dtype)
+    return scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, out_dtype)
 
 
 def fp8_linear(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor, triton_max_rows: int = 0
-) -> torch.Tensor:
+    x: torch.Tensor | Quantized, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+    triton_max_rows: int = 0,
+) -> torch.Tensor:  # fmt: skip
     """fp8_linear_unscaled's output with its scales applied."""
     return with_scales(*fp8_linear_unscaled(x, weight, weight_scale_row, triton_max_rows))
 
 
 class FP8GpuLinearMethod(FP8LinearMethod):
-    """Same parameters as the reference; apply runs one FP8 tensor-core GEMM."""
+    """Same parameters as the reference; apply runs one FP8 tensor-core GEMM. In bf16 models
+    it also takes a Quantized input (takes_quantized_input)."""
 
-    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    takes_quantized_input = True
+
+    def apply(self, layer: nn.Module, x: torch.Tensor | Quantized) -> torch.Tensor:
         return with_scales(*self.apply_unscaled(layer, x))
 
-    def apply_unscaled(self, layer: nn.Module, x: torch.Tensor) -> Unscaled:
+    def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         """apply's output, its scales left where fp8_linear_unscaled leaves them."""
-        if x.dtype == torch.float32:  # rowwise _scaled_mm writes bf16 only: fp32 models
-            return super().apply(layer, x), None, None  # (tests, CPU parity): the reference
+        if not isinstance(x, tuple) and x.dtype == torch.float32:  # _scaled_mm writes bf16:
+            return super().apply(layer, x), None, None  # fp32 models (tests): the reference
         return fp8_linear_unscaled(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
