@@ -82,8 +82,8 @@ def test_rowwise_is_slow_on_hopper_where_measured_slower() -> None:
 
     dev = torch.device("cuda")
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    assert [rowwise_is_slow(m, dev) for m in (160, 256, 288, 384, 1000)] == [hopper] * 5
-    assert not any(rowwise_is_slow(m, dev) for m in (1, 64, 128, 512, 1024))
+    assert [rowwise_is_slow(m, dev) for m in (160, 256, 384, 512, 1000, 1024, 1100)] == [hopper] * 7
+    assert not any(rowwise_is_slow(m, dev) for m in (1, 64, 128, 1152, 4096))
 
 
 @pytest.mark.parametrize("m", [7, 160, 256, 300])

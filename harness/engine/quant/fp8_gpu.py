@@ -5,14 +5,16 @@ On Hopper (sm90) PyTorch's rowwise-scaled GEMM runs row counts above 128 that ar
 multiple of 128 at up to half the speed of its one-scale-a-tensor GEMM (the 70B's four linears
 on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431), and multiples of
 128 below 512 about a tenth slower (CUDA-graph replays, the scaling pass included: 256 rows
-0.430 against 0.382, 384: 0.607 against 0.552; 512 even, 1,024 rowwise ahead 1.327 against
-1.368; docs/benchmarks.md, twenty-second and twenty-third sessions). Those row counts run the
-one-scale GEMM with unit scales and the row and column scales after it, one Triton pass
-(kernels/fp8_epilogue.py): same products, one more bf16 rounding. gate|up defers its scales
-to SwiGLU's kernel instead (apply_unscaled), which saves the pass's write and read of the
-largest output; o and down leave theirs to the residual norm after them, which also
-quantizes the next linear's input (kernels/rms_norm.py): such a linear takes the (e4m3, scales)
-pair, a Quantized, in place of its bf16 input.
+0.430 against 0.382, 384: 0.607 against 0.552; docs/benchmarks.md, twenty-second and
+twenty-third sessions). Those row counts run the one-scale GEMM with unit scales and their row
+and column scales applied after it: same products, one more bf16 rounding. gate|up defers its
+scales to SwiGLU's kernel (apply_unscaled), o and down to the residual norm after them, which
+also quantizes the next linear's input (kernels/rms_norm.py: such a linear takes the (e4m3,
+scales) pair, a Quantized, in place of its bf16 input); qkv alone keeps a Triton pass
+(kernels/fp8_epilogue.py). Without the passes the one-scale GEMM also wins at multiples of 128
+from 512 to 1,024 rows: the 70B's mixed-step graphs on one H100 replayed 512 rows in 67.1 ms
+against 73.2, 640 in 77.8 against 96.3, 1,024 in 134.6 against 145.7 (twenty-fourth session).
+Above 1,024 rows multiples of 128 stay rowwise (not measured).
 
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
 the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
@@ -80,7 +82,7 @@ def _is_sm90(device: torch.device) -> bool:
 
 def rowwise_is_slow(m: int, device: torch.device) -> bool:
     """Whether m rows run faster as tensorwise_mm (the module docstring's measurement)."""
-    return m > 128 and (m % 128 != 0 or m < 512) and _is_sm90(device)
+    return m > 128 and (m % 128 != 0 or m <= 1024) and _is_sm90(device)
 
 
 def with_scales(out: torch.Tensor, row_scale: torch.Tensor | None,
