@@ -140,6 +140,7 @@ def _profile_prefill(a: argparse.Namespace, engine, g: torch.Generator) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.cli import _setup_logging
     from harness.engine.llm_engine import EngineArgs
     from harness.engine.model.llama import PRESETS
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     longest = PRESETS[a.preset].max_position_embeddings - 1000  # decodes run up to 1,000 more
     if not 1 <= a.prompt_len <= longest:
         p.error(f"--prompt_len={a.prompt_len}: use 1..{longest} for {a.preset}")
+    _setup_logging(False)  # the engine's lines too: KV size, CUDA-graph replay times
     for batch in a.batch or [64]:
         profile(a, batch)
     return 0
