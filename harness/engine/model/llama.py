@@ -127,7 +127,7 @@ class Linear(nn.Module):
 
     @property
     def takes_quantized_input(self) -> bool:
-        """Whether forward takes an (e4m3, scales) pair (quant/fp8_gpu.Quantized) for x."""
+        """Whether forward takes an (e4m3, scales) pair (quant/base.Quantized) for x."""
         return getattr(self.method, "takes_quantized_input", False)
 
     def forward_unscaled(self, x: torch.Tensor | Quantized) -> Unscaled:
