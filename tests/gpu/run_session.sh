@@ -6,6 +6,7 @@
 #   b70    : llama2-70b FP8 Offline      b70s   : llama2-70b Sparse Offline
 #   b70srv : 70B FP8 Offline + Server at 0.85x   prof70 / prof7 : profile_step top kernels
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
+#   cap70  : 70B FP8 CUDA-graph capture only: each decode and mixed graph's replay time (~25 s)
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (the YAML's rate if unset)
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
 #   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--m=2)
@@ -24,7 +25,7 @@ export PYTHONUNBUFFERED=1
 for spec in "$@"; do  # a misspelt phase or test file fails now, not after the device time
   phase=${spec%%:*}
   case $phase in
-    tests|pt|gate|b7|ss7|b70|b70s|b70srv|prof70|prof70u|srv70|int70|o7|sweep|gemv|sparse|dk|base|host|prof7|prof7u) ;;
+    tests|pt|gate|b7|ss7|b70|b70s|b70srv|prof70|prof70u|cap70|srv70|int70|o7|sweep|gemv|sparse|dk|base|host|prof7|prof7u) ;;
     *) echo "run_session: unknown phase '$phase' in '$spec'"; exit 3 ;;
   esac
   if [ "$phase" = pt ]; then
@@ -69,6 +70,9 @@ for spec in "$@"; do
     prof70|prof70u) timeout ${TP70:-200} python3 -m harness.report.profile_step --preset=llama2-70b \
           --model_opt=FP8 --kv_cache_dtype=fp8 --batch=${B70:-160} --prefill_prompts=16 \
           $([ $phase = prof70u ] && echo --no_fused) $flags ;;
+    cap70) timeout 120 python3 -m harness.report.profile_step --preset=llama2-70b --model_opt=FP8 \
+          --kv_cache_dtype=fp8 --batch=8 --graph_tokens=1024 --top=1 $flags 2>&1 \
+          | grep -i "CUDA graphs\|\[profile\] llama" ;;
     srv70) qps=${QPS70:-}  # auto: SRVF (0.85) x the last Offline tokens/s of this call / 294 (mean output)
         [ "$qps" = auto ] && qps=$(cat build/logs/bench/latest/*/bench.json | python3 -c \
           "import json,sys; print(round(${SRVF:-0.85} * json.load(sys.stdin)['tokens_per_second'] / 294, 2))")
