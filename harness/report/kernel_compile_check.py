@@ -118,9 +118,9 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
 
 def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
     """The 2:4 expansion kernel, the GEMV, the paged decode and its split combine, RoPE (with
-    and without the KV-cache write), the 70B's residual norm (with deferred FP8 scales in and
-    e4m3 out, or neither), as the engine launches them (4 warps and Triton's default stages
-    unless a case gives its launch options)."""
+    and without the KV-cache write, with deferred FP8 scales in), the 70B's residual norm
+    (with deferred FP8 scales in and e4m3 out, or neither), as the engine launches them (4
+    warps and Triton's default stages unless a case gives its launch options)."""
     import torch
 
     from harness.engine.kernels import gemv, paged_attention, rms_norm, rope, sparse24_gemm
@@ -149,16 +149,17 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
             {"num_warps": tile.num_warps}
             | ({} if tile.num_stages is None else {"num_stages": tile.num_stages}),
         ))  # fmt: skip
-    for write_kv, cache in ((False, "bf16"), (True, "bf16"), (True, "fp8e4nv")):
+    for write_kv, cache, scaled in ((False, "bf16", False), (True, "bf16", False),
+                                    (True, "fp8e4nv", False), (True, "fp8e4nv", True)):  # fmt: skip
         cases.append((
-            f"rope write_kv={write_kv} cache={cache}", rope._rope_kernel,
+            f"rope write_kv={write_kv} cache={cache} fp8_scales_in={scaled}", rope._rope_kernel,
             {"x_ptr": "*bf16", "pos_ptr": "*i64", "cs_ptr": "*bf16", "num_heads": "i32",
              "stride_tok": "i32", "stride_head": "i32", "stride_pos": "i32", "v_ptr": "*bf16",
              "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}", "slot_ptr": "*i64",
              "num_q_heads": "i32", "num_kv_heads": "i32", "stride_v": "i32", "stride_ch": "i32",
-             "inv_scale": "fp32"},
+             "inv_scale": "fp32", "row_ptr": "*fp32", "col_ptr": "*fp32"},
             {"HALF": 64, "BLOCK_H": 128, "WRITE_KV": write_kv, "KV_BLOCK_H": 8,
-             "IS_FP8": cache == "fp8e4nv"},
+             "IS_FP8": cache == "fp8e4nv", "SCALED": scaled},
         ))  # fmt: skip
     for splits in (2, 9, 32):
         cases.append((

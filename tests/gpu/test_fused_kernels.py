@@ -168,6 +168,41 @@ def test_rope_with_kv_write_equals_rope_then_write(
         assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8))
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("preset,n", [("smollm2-135m", 5), ("llama2-70b", 1), ("llama2-70b", 300)])
+def test_rope_applies_deferred_scales_as_the_pass_would(
+    preset: str, n: int, cache_dtype: torch.dtype
+) -> None:
+    """An unscaled FP8 qkv with its row and column scales: q, k (rotated) and v in qkv and the
+    cache bytes equal, bit for bit, the scaling pass then the same launch without scales."""
+    from harness.engine.kernels.fp8_epilogue import scale_rows_cols_triton
+    from harness.engine.kernels.rope import rope_write_kv_triton_
+    from harness.engine.model.llama import PRESETS, RotaryEmbedding
+
+    cfg = PRESETS[preset]
+    h, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    rotary = RotaryEmbedding(cfg)
+    rotary.init_table(torch.device("cuda"), torch.bfloat16)
+    positions = torch.randint(0, cfg.max_position_embeddings, (n,), device="cuda")
+    blocks, bs = -(-n // 16) + 3, 16
+    slots = torch.randperm(blocks * bs, device="cuda")[:n]
+    slots[1::3] = -1  # V is scaled in qkv even where the row writes no cache slot
+    unscaled = torch.randn(n, (h + 2 * hkv) * d, device="cuda", dtype=torch.bfloat16) * 1e3
+    rows = torch.rand(n, 1, device="cuda") * 1e-2
+    cols = torch.rand(1, (h + 2 * hkv) * d, device="cuda") * 1e-2
+    qkv = [unscaled.clone(), scale_rows_cols_triton(unscaled.clone(), rows, cols)]
+    caches = [torch.randn(hkv, blocks, bs, d, device="cuda").to(cache_dtype) for _ in range(2)]
+    caches += [c.clone() for c in caches]
+    for i, x in enumerate(qkv):
+        qk, v = x[:, : (h + hkv) * d].view(n, h + hkv, d), x[:, (h + hkv) * d :].view(n, hkv, d)
+        scales = (rows, cols) if i == 0 else (None, None)
+        rope_write_kv_triton_(qk, v, positions, rotary.cos_sin, h, caches[2 * i],
+                              caches[2 * i + 1], slots, 2.0, *scales)  # fmt: skip
+    assert torch.equal(qkv[0], qkv[1])
+    for out, ref in ((caches[0], caches[2]), (caches[1], caches[3])):
+        assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8))
+
+
 @pytest.mark.parametrize("model_opt", ["Dense", "FP8"])
 def test_fused_model_matches_unfused(model_opt: str) -> None:
     """One engine's hidden states for a mixed prefill batch, kernels on vs off (bf16)."""
@@ -198,11 +233,11 @@ def test_fused_model_matches_unfused(model_opt: str) -> None:
 
 @pytest.mark.parametrize("tokens", [(1, 40, 200), (1, 2, 3), (64, 64)])
 def test_fp8_model_norms_take_the_scales_and_quantize_bit_for_bit(tokens: tuple) -> None:
-    """The FP8 model with o / down scales left to the norms after them and the norms
-    quantizing for qkv / gate|up equals the same model with every linear scaling its own
-    output and quantizing its own input (a no-op forward hook on o and down keeps their
-    scales: Linear.forward_unscaled); 241 rows run the one-scale GEMM on Hopper. Bit for bit
-    on an H100 (this model's rows lay out alike in both norms); a value an e4m3 step apart
+    """The FP8 model with qkv's scales left to RoPE, o's and down's to the norms after them
+    and the norms quantizing for qkv / gate|up equals the same model with every linear scaling
+    its own output and quantizing its own input (a no-op forward hook on qkv, o and down keeps
+    their scales: Linear.forward_unscaled); 241 rows run the one-scale GEMM on Hopper. Bit for
+    bit on an H100 (this model's rows lay out alike in both norms); a value an e4m3 step apart
     (the norm kernel's docstring) would move the result by far less than the bound."""
     from harness.engine.llm_engine import EngineArgs, LLMEngine
     from harness.engine.model.llama import PRESETS
@@ -225,8 +260,8 @@ def test_fp8_model_norms_take_the_scales_and_quantize_bit_for_bit(tokens: tuple)
     for layer in layers:
         layer.input_layernorm.quantize_output = False
         layer.post_attention_layernorm.quantize_output = False
-        layer.self_attn.o_proj.register_forward_hook(lambda *_: None)
-        layer.mlp.down_proj.register_forward_hook(lambda *_: None)
+        for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
+            linear.register_forward_hook(lambda *_: None)
     with torch.inference_mode():
         separate = model(batch.input_ids, batch.positions, batch.meta)
     err = ((fused.float() - separate.float()).norm() / separate.float().norm()).item()

@@ -90,14 +90,17 @@ class PagedAttention(nn.Module):
 
     def rope_and_write_kv_(
         self, qk: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
-        meta: AttentionMetadata,
+        meta: AttentionMetadata, row_scale: torch.Tensor | None = None,
+        col_scale: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
         """CUDA: rotate qk ([N, H + Hkv, D]) in place and write K and V into the cache, in one
-        launch (kernels/rope.py); then call forward with kv_written=True."""
+        launch (kernels/rope.py), first applying the qkv GEMM's deferred FP8 scales if given
+        (to v in place too); then call forward with kv_written=True."""
         from harness.engine.kernels.rope import rope_write_kv_triton_
 
         rope_write_kv_triton_(qk, v, positions, cos_sin, self.num_heads, self.k_cache,
-                              self.v_cache, meta.slot_mapping, self.kv_scale)  # fmt: skip
+                              self.v_cache, meta.slot_mapping, self.kv_scale, row_scale,
+                              col_scale)  # fmt: skip
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,

@@ -254,12 +254,15 @@ class LlamaAttention(nn.Module):
     def forward(self, rope: Rope, x: torch.Tensor | Quantized, meta: AttentionMetadata) -> Unscaled:
         """-> o_proj's output, its FP8 scales left to the norm after it where it defers them."""
         d, h = self.head_dim, self.num_heads
-        qkv = self.qkv_proj(x)  # [N, (H + 2 Hkv) * D]: q heads, then k heads, then v heads
+        # [N, (H + 2 Hkv) * D]: q heads, then k heads, then v heads; FP8 scales left to RoPE
+        qkv, row_scale, col_scale = (self.qkv_proj.forward_unscaled(x) if self.kernels == "triton"
+                                     else (self.qkv_proj(x), None, None))  # fmt: skip
         n = qkv.shape[0]
         qk = qkv[:, : (h + self.num_kv_heads) * d].view(n, -1, d)  # [N, H + Hkv, D]
         v = qkv[:, (h + self.num_kv_heads) * d :].view(n, -1, d)
-        if self.kernels == "triton":  # rotated in place, K and V written to the cache
-            self.attn.rope_and_write_kv_(qk, v, rope.positions, rope.cos_sin, meta)
+        if self.kernels == "triton":  # scaled, rotated in place, K and V written to the cache
+            self.attn.rope_and_write_kv_(qk, v, rope.positions, rope.cos_sin, meta, row_scale,
+                                         col_scale)  # fmt: skip
             o = self.attn(qk[:, :h], qk[:, h:], v, meta, kv_written=True)
             return self.o_proj.forward_unscaled(o)
         if self.kernels == "c":

@@ -8,13 +8,14 @@ on one H100: 160 rows 0.615 ms against 0.336, 288 rows 0.866 against 0.431), and
 0.430 against 0.382, 384: 0.607 against 0.552; docs/benchmarks.md, twenty-second and
 twenty-third sessions). Those row counts run the one-scale GEMM with unit scales and their row
 and column scales applied after it: same products, one more bf16 rounding. gate|up defers its
-scales to SwiGLU's kernel (apply_unscaled), o and down to the residual norm after them, which
-also quantizes the next linear's input (kernels/rms_norm.py: such a linear takes the (e4m3,
-scales) pair, a Quantized, in place of its bf16 input); qkv alone keeps a Triton pass
+scales to SwiGLU's kernel (apply_unscaled), qkv to RoPE's (kernels/rope.py), o and down to
+the residual norm after them, which also quantizes the next linear's input
+(kernels/rms_norm.py: such a linear takes the (e4m3, scales) pair, a Quantized, in place of its
+bf16 input); a linear whose consumer takes no scales gets a Triton pass
 (kernels/fp8_epilogue.py). Without the passes the one-scale GEMM also wins at multiples of 128
 from 512 to 1,024 rows: the 70B's mixed-step graphs on one H100 replayed 512 rows in 67.1 ms
-against 73.2, 640 in 77.8 against 96.3, 1,024 in 134.6 against 145.7 (twenty-fourth session).
-Above 1,024 rows multiples of 128 stay rowwise (not measured).
+against 73.2, 640 in 77.8 against 96.3, 1,024 in 134.6 against 145.7 (twenty-fourth session,
+qkv still with its pass). Above 1,024 rows multiples of 128 stay rowwise (not measured).
 
 Storage and loading match FP8LinearMethod (fp8.py), whose dequantize-then-F.linear apply is
 the plain-torch reference; tests/gpu/test_fp8_gpu.py compares the two.
