@@ -197,25 +197,19 @@ def main(argv: list[str] | None = None) -> int:
             ("one scale a tensor, the row and column scales after it (tensorwise_mm)",
              cublas_tensorwise_scaled),
         ]  # fmt: skip
-        timed: dict = {}  # fn -> its per-shape ms, for the engine-like figure below
         for label, fn in variants:
             try:
-                timed[fn] = shape_ms(fn)
-                t, err = sum(timed[fn].values()), largest_error(fn)
+                t, err = sum(shape_ms(fn).values()), largest_error(fn)
                 print(f"[fp8_gemm]   cuBLAS, {label} {t:.3f} ms ({total / t:.2f}x cuBLAS); "
                       f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip
             except RuntimeError as ex:
                 print(f"[fp8_gemm]   cuBLAS, {label}: failed {str(ex)[:120]}")
-        try:  # the default accumulation's error beside the variants'; the GEMM alone; as the
-            # engine runs it, gate|up's scales left to SwiGLU's kernel (their cost there not here)
-            alone = shape_ms(cublas_tensorwise)
-            scaled = timed.get(cublas_tensorwise_scaled) or shape_ms(cublas_tensorwise_scaled)
-            t = sum(alone.values())
-            t_engine = alone["gate_up"] + sum(v for k, v in scaled.items() if k != "gate_up")
+        try:  # the default accumulation's error beside the variants'; the GEMM alone, as the
+            # engine runs it (every linear's scales go to the kernel after it: RoPE, norm, SwiGLU)
+            t = sum(shape_ms(cublas_tensorwise).values())
             print(f"[fp8_gemm]   cuBLAS default accumulation: largest error "
-                  f"{largest_error(cublas):.1e}; one scale a tensor, the GEMM alone {t:.3f} ms "
-                  f"({total / t:.2f}x cuBLAS), the pass after all but gate|up {t_engine:.3f} ms "
-                  f"({total / t_engine:.2f}x cuBLAS)")  # fmt: skip
+                  f"{largest_error(cublas):.1e}; one scale a tensor, the GEMM alone (the "
+                  f"engine's) {t:.3f} ms ({total / t:.2f}x cuBLAS)")  # fmt: skip
         except RuntimeError as ex:
             print(f"[fp8_gemm]   cuBLAS, one scale a tensor: failed {str(ex)[:120]}")
         if a.sparse:

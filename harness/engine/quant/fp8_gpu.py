@@ -82,7 +82,8 @@ def _is_sm90(device: torch.device) -> bool:
 
 
 def rowwise_is_slow(m: int, device: torch.device) -> bool:
-    """Whether m rows run faster as tensorwise_mm (the module docstring's measurement)."""
+    """Whether m rows run faster as the one-scale GEMM, its scales applied after it (the module
+    docstring's measurement)."""
     return m > 128 and (m % 128 != 0 or m <= 1024) and _is_sm90(device)
 
 
@@ -102,17 +103,14 @@ def scaled_mm_unscaled(
     return rowwise_mm(xq, x_scale, weight, weight_scale_row, out_dtype), None, None
 
 
-def scaled_mm(
-    xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:  # fmt: skip
-    """rowwise_mm's contract; the faster of rowwise_mm and tensorwise_mm for xq's rows."""
-    return with_scales(*scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, out_dtype))
-
-
 def as_quantized(x: torch.Tensor | Quantized) -> Quantized:
     """x's e4m3 values and per-token scales: quantized now unless the norm before did it."""
     return x if isinstance(x, tuple) else quantize_activations(x)
+
+
+def output_dtype(x: torch.Tensor | Quantized) -> torch.dtype:
+    """A linear's output dtype: x's, bf16 for a Quantized x (the norms quantize bf16 only)."""
+    return torch.bfloat16 if isinstance(x, tuple) else x.dtype
 
 
 def fp8_linear_unscaled(
@@ -123,11 +121,10 @@ def fp8_linear_unscaled(
     bf16, its scales left where the one-scale GEMM runs (for the consumer: kernels/activation.py,
     kernels/rms_norm.py). M <= triton_max_rows rows go to the Triton kernel
     (kernels/fp8_gemm.py), more to cuBLAS."""
-    out_dtype = torch.bfloat16 if isinstance(x, tuple) else x.dtype  # the norm quantizes bf16
     xq, x_scale = as_quantized(x)
     if xq.shape[0] <= triton_max_rows:
         return fp8_gemm_triton(xq, x_scale, weight, weight_scale_row), None, None
-    return scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, out_dtype)
+    return scaled_mm_unscaled(xq, x_scale, weight, weight_scale_row, output_dtype(x))
 
 
 def fp8_linear(
@@ -149,8 +146,8 @@ class FP8GpuLinearMethod(FP8LinearMethod):
 
     def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         """apply's output, its scales left where fp8_linear_unscaled leaves them."""
-        if not isinstance(x, tuple) and x.dtype == torch.float32:  # _scaled_mm writes bf16:
-            return super().apply(layer, x), None, None  # fp32 models (tests): the reference
+        if output_dtype(x) == torch.float32:  # _scaled_mm writes bf16: fp32 models (tests)
+            return super().apply(layer, x), None, None  # run the reference
         return fp8_linear_unscaled(x, layer.weight, layer.weight_scale_row, layer.triton_max_rows)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:

@@ -21,7 +21,12 @@ from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 from harness.engine.quant.base import Quantized, Unscaled
 from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
-from harness.engine.quant.fp8_gpu import FP8GpuLinearMethod, as_quantized, scaled_mm
+from harness.engine.quant.fp8_gpu import (
+    FP8GpuLinearMethod,
+    as_quantized,
+    output_dtype,
+    scaled_mm_unscaled,
+)
 
 STORED_BYTES_PER_WEIGHT = 0.5 + 0.125  # one e4m3 value per 2 inputs + 2 bits per value
 ROWS_PER_CHUNK = 4096  # compress this many weight rows at a time (bounded temporaries)
@@ -125,20 +130,17 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         self.scratch.reserve(n * k, values.device)
 
     def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
+        """FP8's contract (apply is FP8's: this with its scales applied); compressed weights
+        multiply as stored or expanded for cuBLAS, whose scales are left as FP8's are."""
         if not hasattr(layer, "weight_values"):  # the dense layout: FP8's method
             return super().apply_unscaled(layer, x)
-        return self.apply(layer, x), None, None  # compressed: scales applied here
-
-    def apply(self, layer: nn.Module, x: torch.Tensor | Quantized) -> torch.Tensor:
-        if not hasattr(layer, "weight_values"):
-            return super().apply(layer, x)
         values, meta, scale_row = layer.weight_values, layer.weight_meta, layer.weight_scale_row
-        out_dtype = torch.bfloat16 if isinstance(x, tuple) else x.dtype  # the norm quantizes bf16
-        if out_dtype == torch.float32:  # the reference, as FP8GpuLinearMethod does for fp32
-            return reference_fp8_linear(x, decompress_24(values, meta), layer.weight_scale)
+        if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
+            ref = reference_fp8_linear(x, decompress_24(values, meta), layer.weight_scale)
+            return ref, None, None
         xq, x_scale = as_quantized(x)
         if xq.shape[0] <= layer.triton_max_rows:
-            return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta)
+            return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta), None, None
         n, k = values.shape[0], values.shape[1] * 2
         weight = decompress_24_triton(values, meta, self.scratch.view(n, k))
-        return scaled_mm(xq, x_scale, weight, scale_row, out_dtype)
+        return scaled_mm_unscaled(xq, x_scale, weight, scale_row, output_dtype(x))
