@@ -10,10 +10,16 @@ previous one's tokens are applied, as the engine's async scheduling does. Beside
 the counts it prints a time from the roofline's peaks (report/roofline.py): each step reads
 the weights and the KV of every scheduled token's context at the copy bandwidth, and its
 prompt tokens cost their GEMM FLOPs at the GEMM peak. That time is a model, for choosing what
-to measure, never a measured figure.
+to measure, never a measured figure. With `--graph_log` (a bench log with the engine's
+"CUDA graphs: ... replays:" lines) it also prints a second model built on measured times:
+each step takes the replay time of the graph it pads to, plus its decode rows' KV read at
+`--attention_tbps`; that is the step's time on a GPU fresh from idle, so a run that ends slower
+measures what sustained load (power, clocks) and the host add.
 
 Run: python -m harness.report.schedule_replay --config=llama2-7b-synthetic:Offline:H100-SXM-80GBx1 \
     --kv_tokens=244384 --queries=5000 --headroom=0 --headroom=32
+    python -m harness.report.schedule_replay --config=llama2-70b-synthetic:Offline:H100-SXM-80GBx1 \
+    --kv_tokens=74864 --queries=4000 --graph_tokens=1024 --graph_log=session.log
 (--config takes the run's knobs from its merged config files, as `harness bench` does; flags
 given override them. --kv_tokens: the pool the run logged, "KV cache: ... = N tokens"; an FP8
 cache of the same memory holds twice a bf16 one's.)
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +61,8 @@ class ReplayStats:
     decode_rows: int = 0  # decode tokens over all steps
     context_tokens: int = 0  # KV tokens the steps attend to, summed over steps
     graph_prompt_steps: int = 0  # steps with prompt tokens that a mixed graph could take
+    decode_ms: float = 0.0  # with replay's step_ms: the decode-only steps' modeled time
+    prompt_ms: float = 0.0  # and the steps with prompt tokens'
 
     def line(self, first_prompts: int) -> str:
         return (
@@ -71,13 +81,19 @@ class ReplayStats:
         )
 
 
+# A step's modeled ms from its rows, the KV tokens it attends to and whether it has prompt tokens
+StepMs = Callable[[int, int, bool], float]
+
+
 def replay(
     input_lens: list[int], output_lens: list[int], kv_tokens: int, config: SchedulerConfig,
     block_size: int = 16, graph_tokens: int = 0, async_scheduling: bool = False,
+    step_ms: StepMs | None = None,
 ) -> ReplayStats:  # fmt: skip
     """Schedule every sample to its reference output length; count what the steps did.
     graph_tokens: a mixed graph's rows (cuda_graph.fits_mixed_graph, as the engine decides).
-    async_scheduling: apply each step's tokens after the next step is scheduled (LLMEngine)."""
+    async_scheduling: apply each step's tokens after the next step is scheduled (LLMEngine).
+    step_ms: sums each step's modeled time into decode_ms / prompt_ms."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     for i, (n_in, n_out) in enumerate(zip(input_lens, output_lens, strict=True)):
         sampling = SamplingParams(max_new_tokens=n_out, min_new_tokens=n_out, ignore_eos=True)
@@ -95,10 +111,15 @@ def replay(
         stats.decode_steps += prompt == 0
         stats.prompt_tokens += prompt
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
-        stats.context_tokens += sum(s.start_position + s.num_tokens for s in step.scheduled)
+        context = sum(s.start_position + s.num_tokens for s in step.scheduled)
+        stats.context_tokens += context
         fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
         rows = sum(s.num_tokens for s in step.scheduled)
         stats.graph_prompt_steps += bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
+        if step_ms is not None:
+            ms = step_ms(rows, context, prompt > 0)
+            stats.prompt_ms += ms if prompt else 0.0
+            stats.decode_ms += 0.0 if prompt else ms
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         scheduler.update_from_output(step, ModelRunnerOutput(sampled))
     stats.preemptions = scheduler.num_preemptions
@@ -115,6 +136,55 @@ def modeled_seconds(stats: ReplayStats, w: Workload, peaks: GpuPeaks, fp8_gemm: 
     return moved / (peaks.copy_tbps * 1e12) + stats.prompt_tokens * 2 * w.linear_params / (
         tflops * 1e12
     )
+
+
+GRAPH_LINE = re.compile(r"CUDA graphs: (decode|mixed) buckets .*; replays: (.*)$")
+
+
+@dataclass(frozen=True)
+class GraphTimes:
+    """A run's CUDA-graph replay times, ms by rows, as the engine logs them after capture."""
+
+    decode: dict[int, float]
+    mixed: dict[int, float]
+
+    def step_ms(self, rows: int, mixed: bool) -> float:
+        """The fastest graph of at least `rows` rows (the engine pads a step up to it, having
+        dropped any graph slower than a larger one); a step above the largest graph runs
+        eagerly, modeled at the largest graph's time per row."""
+        table = self.mixed if mixed else self.decode
+        fits = [ms for r, ms in table.items() if r >= rows]
+        if fits:
+            return min(fits)
+        top = max(table)
+        return table[top] * rows / top
+
+
+def graph_times_from_log(path: Path) -> GraphTimes:
+    """The last decode and the last mixed replay line of an engine log (bench, profile_step)."""
+    found: dict[str, dict[int, float]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if m := GRAPH_LINE.search(line):
+            pairs = re.findall(r"(\d+): ([\d.]+) ms", m.group(2))
+            found[m.group(1)] = {int(rows): float(ms) for rows, ms in pairs}
+    for kind in ("decode", "mixed"):
+        if not found.get(kind):
+            raise ValueError(
+                f"{path}: no 'CUDA graphs: {kind} buckets ... replays: ...' line; give the log "
+                "of a CUDA run with cuda_graph_max_tokens > 0 (the engine's INFO lines)"
+            )
+    return GraphTimes(found["decode"], found["mixed"])
+
+
+def measured_step_ms(times: GraphTimes, kv_bytes_per_token: float, attention_tbps: float) -> StepMs:
+    """A step: its graph's replay time plus the KV its rows attend to at attention_tbps (the
+    replays were timed at capture, over contexts of a token or two)."""
+
+    def step_ms(rows: int, context_tokens: int, has_prompt: bool) -> float:
+        kv_ms = context_tokens * kv_bytes_per_token / (attention_tbps * 1e9)
+        return times.step_ms(rows, has_prompt) + kv_ms
+
+    return step_ms
 
 
 def pick_samples(num_samples: int, queries: int, seed: int) -> np.ndarray:
@@ -183,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headroom", type=int, action="append", help="admission_headroom_tokens")
     p.add_argument("--graph_tokens", type=int, default=2048, help="a mixed graph's rows")
     p.add_argument("--async_scheduling", choices=["true", "false"], help="the engine's knob")
+    p.add_argument("--graph_log", type=Path,
+                   help="a run's log: model steps at its graphs' replay times too")  # fmt: skip
+    p.add_argument("--attention_tbps", type=float, default=2.3,
+                   help="KV read rate of the paged decode kernel, TB/s, for --graph_log "
+                   "(2.3: 70B FP8 KV at 160 rows on an H100, docs/benchmarks.md)")  # fmt: skip
     a = p.parse_args(argv)
     knobs = dict(DEFAULT_KNOBS)
     if a.config:
@@ -209,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(ex))
     if a.queries < 1:
         p.error(f"--queries={a.queries}: use 1 or more")
+    if a.attention_tbps <= 0:
+        p.error(f"--attention_tbps={a.attention_tbps}: use a rate above 0")
+    times = None
+    if a.graph_log is not None:
+        try:
+            times = graph_times_from_log(a.graph_log)
+        except (OSError, ValueError) as ex:
+            p.error(f"--graph_log: {ex}")
     pick = pick_samples(len(data), a.queries, a.seed)
     ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
     c = PRESETS[a.preset]
@@ -236,12 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as ex:  # a count below its minimum, named with its value
         p.error(f"{ex} (--max_num_seqs, --max_num_batched_tokens, --admission_batch, "
                 "--headroom)")  # fmt: skip
+    step_ms = measured_step_ms(times, w.kv_bytes_per_token, a.attention_tbps) if times else None
     for config in configs:
         seqs, headroom = config.max_num_seqs, config.admission_headroom_tokens
         try:
             stats = replay(
                 ins, outs, a.kv_tokens, config, graph_tokens=a.graph_tokens,
-                async_scheduling=a.async_scheduling,
+                async_scheduling=a.async_scheduling, step_ms=step_ms,
             )  # fmt: skip
         except RequestTooLongError as ex:  # a sample that could never run, even alone
             p.error(f"--kv_tokens={a.kv_tokens} is too small: {ex}")
@@ -249,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[replay] max_num_seqs={seqs} headroom={headroom}: {stats.line(sum(ins))}; "
               f"model {s:.1f} s = {stats.output_tokens / s:,.0f} tok/s; "
               f"{stats.graph_line(a.graph_tokens)}", flush=True)  # fmt: skip
+        if step_ms is not None:
+            total = (stats.decode_ms + stats.prompt_ms) / 1e3
+            print(f"[replay]   measured-graph model: decode-only steps {stats.decode_ms / 1e3:.1f} "
+                  f"s, steps with prompt tokens {stats.prompt_ms / 1e3:.1f} s, {total:.1f} s = "
+                  f"{stats.output_tokens / total:,.0f} tok/s (replays from {a.graph_log}, KV "
+                  f"at {a.attention_tbps} TB/s; a model)", flush=True)  # fmt: skip
     return 0
 
 

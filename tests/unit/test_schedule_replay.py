@@ -139,3 +139,47 @@ def test_a_bad_count_is_a_one_line_error_naming_it(flag, named, tmp_path, capsys
     with pytest.raises(SystemExit) as ex:
         main(["--kv_tokens=1024", flag, f"--preprocessed_dir={tmp_path}", "--queries=1"])
     assert ex.value.code == 2 and named in capsys.readouterr().err
+
+
+LOG = """\
+14:36:04 INFO harness.engine.cuda_graph: CUDA graphs: decode buckets none dropped (a larger bucket replays faster); replays: 1: 9.00 ms, 8: 9.00 ms
+14:36:04 INFO harness.engine.cuda_graph: CUDA graphs: decode buckets [48] dropped (a larger bucket replays faster); replays: 1: 26.62 ms, 16: 27.34 ms, 48: 32.18 ms, 64: 31.58 ms
+14:36:10 INFO harness.engine.cuda_graph: CUDA graphs: mixed buckets none dropped (a larger bucket replays faster); replays: 32: 30.95 ms, 64: 33.44 ms, 128: 40.00 ms
+"""  # noqa: E501 (the engine's lines as it logs them; the second decode line is the run's)
+
+
+def test_graph_times_come_from_the_last_lines_and_a_step_pads_to_the_fastest_graph(tmp_path):
+    from harness.report.schedule_replay import graph_times_from_log
+
+    path = tmp_path / "session.log"
+    path.write_text(LOG)
+    times = graph_times_from_log(path)
+    assert times.decode == {1: 26.62, 16: 27.34, 48: 32.18, 64: 31.58}
+    assert times.mixed == {32: 30.95, 64: 33.44, 128: 40.0}
+    assert times.step_ms(1, mixed=False) == 26.62
+    assert times.step_ms(17, mixed=False) == 31.58  # 48 rows replay slower than 64: padded
+    assert times.step_ms(100, mixed=True) == 40.0
+    assert times.step_ms(256, mixed=True) == pytest.approx(80.0)  # eager: the largest's per row
+
+
+def test_a_log_without_mixed_graphs_is_an_error_naming_the_file(tmp_path):
+    from harness.report.schedule_replay import graph_times_from_log
+
+    path = tmp_path / "eager.log"
+    path.write_text(LOG.splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match=r"eager\.log: no 'CUDA graphs: mixed buckets"):
+        graph_times_from_log(path)
+
+
+def test_the_measured_model_sums_graph_and_kv_time_by_kind_of_step():
+    from harness.report.schedule_replay import GraphTimes, measured_step_ms
+
+    times = GraphTimes(decode={4: 10.0}, mixed={64: 50.0})
+    step_ms = measured_step_ms(times, kv_bytes_per_token=1e9, attention_tbps=1.0)  # 1 ms a token
+    ins, outs = [5, 9, 3], [4, 1, 6]
+    stats = replay(ins, outs, 1024, SchedulerConfig(max_num_seqs=8), step_ms=step_ms)
+    # step 1 holds the three prompts (a mixed step, 17 context tokens); then decode-only steps
+    assert stats.prompt_ms == pytest.approx(50.0 + sum(ins))
+    decode_steps = stats.steps - 1
+    decode_context = stats.context_tokens - sum(ins)
+    assert stats.decode_ms == pytest.approx(10.0 * decode_steps + decode_context)
