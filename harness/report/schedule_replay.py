@@ -38,7 +38,7 @@ import numpy as np
 
 from harness.engine.cuda_graph import MAX_PROMPTS, fits_mixed_graph
 from harness.engine.kv_cache import BlockManager
-from harness.engine.outputs import ModelRunnerOutput
+from harness.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from harness.engine.request import Request, SamplingParams
 from harness.engine.scheduler import (
     ADMISSION_POLICIES,
@@ -85,6 +85,14 @@ class ReplayStats:
 StepMs = Callable[[int, int, bool], float]
 
 
+def step_shape(step: SchedulerOutput) -> tuple[int, int, int]:
+    """A scheduled step's rows, the KV tokens its rows attend to, and its prompt tokens."""
+    rows = sum(s.num_tokens for s in step.scheduled)
+    context = sum(s.start_position + s.num_tokens for s in step.scheduled)
+    prompt = sum(s.num_tokens for s in step.scheduled if s.num_tokens > 1)
+    return rows, context, prompt
+
+
 def replay(
     input_lens: list[int], output_lens: list[int], kv_tokens: int, config: SchedulerConfig,
     block_size: int = 16, graph_tokens: int = 0, async_scheduling: bool = False,
@@ -106,15 +114,13 @@ def replay(
             step, in_flight = in_flight, (None if step.is_empty else step)
             if step is None:
                 continue
-        prompt = sum(s.num_tokens for s in step.scheduled if s.num_tokens > 1)
+        rows, context, prompt = step_shape(step)
         stats.steps += 1
         stats.decode_steps += prompt == 0
         stats.prompt_tokens += prompt
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
-        context = sum(s.start_position + s.num_tokens for s in step.scheduled)
         stats.context_tokens += context
         fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
-        rows = sum(s.num_tokens for s in step.scheduled)
         stats.graph_prompt_steps += bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
         if step_ms is not None:
             ms = step_ms(rows, context, prompt > 0)

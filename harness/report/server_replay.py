@@ -1,0 +1,180 @@
+"""A Server run replayed without a model: Poisson arrivals, the engine's own scheduler, and each
+step timed at the replay time its CUDA graph logged in a measured run (schedule_replay's
+measured-graph model) times a sustained-load factor; prints p99 time to first token, p99 time
+per output token and completed tokens/s for each rate and max_num_seqs. A model for choosing
+which rates and knobs to measure (each Server measurement costs minutes of GPU time), never a
+measured figure.
+
+Steps run one after another (async scheduling, which overlaps the host's work, is not
+modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
+run's engine time over the model's time for the same run (e.g. an Offline run through
+`schedule_replay --graph_log`), which carries the clock under sustained load and the host.
+
+Run: python -m harness.report.server_replay --config=llama2-70b-synthetic:Server:H100-SXM-80GBx1 \
+    --kv_tokens=74864 --graph_log=session.log --slowdown=1.14 --qps=7.8 --qps=8.5 --seconds=300
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.engine.kv_cache import BlockManager
+from harness.engine.outputs import ModelRunnerOutput
+from harness.engine.request import Request, SamplingParams
+from harness.engine.scheduler import Scheduler, SchedulerConfig
+from harness.report.schedule_replay import (
+    TOKEN,
+    StepMs,
+    graph_times_from_log,
+    knobs_from_config,
+    measured_step_ms,
+    pick_samples,
+    step_shape,
+)
+
+
+@dataclass
+class ServerStats:
+    ttft_s: list[float] = field(default_factory=list)  # one per request, arrival to first token
+    tpot_s: list[float] = field(default_factory=list)  # per request with 2+ tokens
+    output_tokens: int = 0
+    end_s: float = 0.0  # the last step's end, from the first arrival
+    preemptions: int = 0
+
+    def line(self) -> str:
+        return (
+            f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms, p99 TPOT "
+            f"{np.percentile(self.tpot_s, 99) * 1e3:.1f} ms "
+            f"(mean {np.mean(self.tpot_s) * 1e3:.1f}), "
+            f"{self.output_tokens / self.end_s:,.0f} tok/s completed over {self.end_s:.0f} s, "
+            f"{self.preemptions} preemptions"
+        )
+
+
+def poisson_arrivals(qps: float, seconds: float, seed: int) -> np.ndarray:
+    """Arrival times (s) of a Poisson process at qps over [0, seconds), as LoadGen's Server
+    schedule draws them (exponential gaps)."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / qps, size=int(qps * seconds * 1.5) + 16)
+    times = np.cumsum(gaps) - gaps[0]
+    return times[times < seconds]
+
+
+def replay_server(
+    input_lens: list[int], output_lens: list[int], arrivals_s: np.ndarray, kv_tokens: int,
+    config: SchedulerConfig, step_ms: StepMs, slowdown: float = 1.0, block_size: int = 16,
+) -> ServerStats:  # fmt: skip
+    """Request i (input_lens[i] prompt tokens, exactly output_lens[i] outputs) arrives at
+    arrivals_s[i]; the scheduler runs whenever work is waiting, each step taking step_ms x
+    slowdown; first tokens and completions are stamped at the end of their step."""
+    scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
+    stats = ServerStats()
+    first_s: dict[int, float] = {}
+    clock, arrived = 0.0, 0
+    while arrived < len(arrivals_s) or scheduler.has_unfinished():
+        if not scheduler.has_unfinished():
+            clock = max(clock, float(arrivals_s[arrived]))  # idle until the next arrival
+        while arrived < len(arrivals_s) and arrivals_s[arrived] <= clock:
+            n_out = output_lens[arrived]
+            sampling = SamplingParams(max_new_tokens=n_out, min_new_tokens=n_out, ignore_eos=True)
+            scheduler.add_request(Request(arrived, [TOKEN] * input_lens[arrived], sampling))
+            arrived += 1
+        step = scheduler.schedule()
+        if step.is_empty:
+            raise RuntimeError("the scheduler made an empty step with requests waiting")
+        rows, context, prompt = step_shape(step)
+        clock += step_ms(rows, context, prompt > 0) * slowdown / 1e3
+        sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
+        for event in scheduler.update_from_output(step, ModelRunnerOutput(sampled)):
+            rid = event.request_id
+            if event.is_first_token:
+                first_s[rid] = clock
+                stats.ttft_s.append(clock - float(arrivals_s[rid]))
+            if event.is_finished and len(event.output_token_ids) > 1:
+                stats.tpot_s.append((clock - first_s[rid]) / (len(event.output_token_ids) - 1))
+    stats.output_tokens = scheduler.num_output_tokens
+    stats.end_s = clock
+    stats.preemptions = scheduler.num_preemptions
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.dataset import Dataset, DatasetMissingError
+    from harness.engine.model.llama import PRESETS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="BENCHMARK:SCENARIO:SYSTEM",
+        help="the run's knobs, e.g. llama2-70b-synthetic:Server:H100-SXM-80GBx1",
+    )
+    p.add_argument("--kv_tokens", type=int, required=True, help="the KV pool, in tokens")
+    p.add_argument(
+        "--graph_log",
+        type=Path,
+        required=True,
+        help="a measured run's log with the engine's 'CUDA graphs: ...' lines",
+    )
+    p.add_argument("--qps", type=float, action="append", required=True, help="repeat to compare")
+    p.add_argument("--max_num_seqs", type=int, action="append", help="repeat to compare")
+    p.add_argument("--headroom", type=int, action="append",
+                   help="admission_headroom_tokens; repeat to compare")  # fmt: skip
+    p.add_argument("--seconds", type=float, default=300.0, help="arrivals over this long")
+    p.add_argument("--slowdown", type=float, default=1.0,
+                   help="measured engine time / the model's, from a measured run")  # fmt: skip
+    p.add_argument("--attention_tbps", type=float, default=2.3, help="KV read rate, TB/s")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    parts = a.config.split(":")
+    if len(parts) != 3:
+        p.error(f"--config={a.config}: use BENCHMARK:SCENARIO:SYSTEM (configs/, systems/)")
+    try:
+        knobs = knobs_from_config(*parts)
+    except ValueError as ex:  # ConfigError is a ValueError
+        p.error(f"--config={a.config}: {ex}")
+    positive = {"--qps": min(a.qps), "--seconds": a.seconds, "--slowdown": a.slowdown,
+                "--attention_tbps": a.attention_tbps}  # fmt: skip
+    for name, value in positive.items():
+        if value <= 0:
+            p.error(f"{name}={value}: use a value above 0")
+    if a.kv_tokens < 16:
+        p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of 16 tokens")
+    try:
+        times = graph_times_from_log(a.graph_log)
+        data = Dataset.load(Path(str(knobs["preprocessed_dir"])))
+    except (OSError, ValueError, DatasetMissingError) as ex:
+        p.error(str(ex))
+    c = PRESETS[str(knobs["preset"])]
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
+    kv_bytes *= 1 if knobs["kv_cache_dtype"] == "fp8" else 2
+    step_ms = measured_step_ms(times, kv_bytes, a.attention_tbps)
+    print(f"[server] {a.config}: KV {a.kv_tokens:,} tokens, steps at the graph replays of "
+          f"{a.graph_log} x {a.slowdown}, KV at {a.attention_tbps} TB/s; a model, not a "
+          "measurement")  # fmt: skip
+    all_seqs = a.max_num_seqs or list(knobs["max_num_seqs"])  # type: ignore[call-overload]
+    headrooms = a.headroom or list(knobs["headroom"])  # type: ignore[call-overload]
+    for qps, seqs, headroom in itertools.product(a.qps, all_seqs, headrooms):
+        try:
+            config = SchedulerConfig(
+                max_num_seqs=seqs, max_num_batched_tokens=int(knobs["max_num_batched_tokens"]),
+                admission=str(knobs["admission"]), admission_headroom_tokens=headroom,
+            )  # fmt: skip
+        except ValueError as ex:  # a count below its minimum, named with its value
+            p.error(f"{ex} (--max_num_seqs, --headroom)")
+        arrivals = poisson_arrivals(qps, a.seconds, a.seed)
+        pick = pick_samples(len(data), len(arrivals), a.seed)
+        ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
+        stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown)
+        print(f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, "
+              f"{len(arrivals)} queries: {stats.line()}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

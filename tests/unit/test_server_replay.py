@@ -1,0 +1,44 @@
+"""server_replay: a Server run's arrivals through the engine's scheduler, timed by a model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.engine.scheduler import SchedulerConfig
+from harness.report.schedule_replay import GraphTimes, measured_step_ms
+from harness.report.server_replay import poisson_arrivals, replay_server
+
+TEN_MS = measured_step_ms(GraphTimes({64: 10.0}, {64: 10.0}), 0.0, 1.0)  # every step 10 ms
+
+
+def test_arrivals_start_at_zero_stay_in_the_window_and_come_at_the_rate():
+    t = poisson_arrivals(qps=20.0, seconds=500.0, seed=1)
+    assert t[0] == 0.0 and t[-1] < 500.0 and np.all(np.diff(t) > 0)
+    assert len(t) == pytest.approx(20 * 500, rel=0.05)
+
+
+def test_first_tokens_and_tokens_per_output_come_from_step_ends():
+    # request 0 alone: prompt step, then 2 decode steps; request 1 arrives while the engine is
+    # idle; request 2 arrives mid-step and waits for that step to end
+    arrivals = np.array([0.0, 1.0, 1.005])
+    stats = replay_server([5, 5, 5], [3, 1, 2], arrivals, 1024, SchedulerConfig(), TEN_MS)
+    assert stats.ttft_s == pytest.approx([0.010, 0.010, 0.015])
+    assert stats.tpot_s == pytest.approx([0.010, 0.010])  # requests 0 and 2 (1 has one token)
+    assert stats.output_tokens == 6 and stats.end_s == pytest.approx(1.030)
+
+
+def test_slowdown_scales_every_step():
+    arrivals = np.array([0.0])
+    stats = replay_server([5], [3], arrivals, 1024, SchedulerConfig(), TEN_MS, slowdown=2.0)
+    assert stats.ttft_s == pytest.approx([0.020]) and stats.end_s == pytest.approx(0.060)
+
+
+def test_a_bad_rate_is_a_one_line_error_naming_it(capsys):
+    from harness.report.server_replay import main
+
+    argv = ["--config=llama2-70b-synthetic:Server:H100-SXM-80GBx1", "--kv_tokens=74864",
+            "--graph_log=x.log", "--qps=0"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--qps=0.0: use a value above 0" in capsys.readouterr().err
