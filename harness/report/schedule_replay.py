@@ -12,9 +12,10 @@ the weights and the KV of every scheduled token's context at the copy bandwidth,
 prompt tokens cost their GEMM FLOPs at the GEMM peak. That time is a model, for choosing what
 to measure, never a measured figure. With `--graph_log` (a bench log with the engine's
 "CUDA graphs: ... replays:" lines) it also prints a second model built on measured times:
-each step takes the replay time of the graph it pads to, plus its decode rows' KV read at
-`--attention_tbps`; that is the step's time on a GPU fresh from idle, so a run that ends slower
-measures what sustained load (power, clocks) and the host add.
+each step takes the replay time of the graph it pads to (a step the engine runs eagerly, as
+if a graph of its rows), plus the KV its rows attend to read at `--attention_tbps`; that is the
+step's time on a GPU fresh from idle, so a run that ends slower measures what sustained load
+(power, clocks) and the host add.
 
 Run: python -m harness.report.schedule_replay --config=llama2-7b-synthetic:Offline:H100-SXM-80GBx1 \
     --kv_tokens=244384 --queries=5000 --headroom=0 --headroom=32
