@@ -1,4 +1,4 @@
-"""A Server run replayed without a model: Poisson arrivals, the engine's own scheduler, and each
+"""A Server run replayed on lengths alone: Poisson arrivals, the engine's own scheduler, each
 step timed at the replay time its CUDA graph logged in a measured run (schedule_replay's
 measured-graph model) times a sustained-load factor; prints p99 time to first token, p99 time
 per output token and completed tokens/s for each rate and max_num_seqs. A model for choosing
@@ -47,10 +47,12 @@ class ServerStats:
     preemptions: int = 0
 
     def line(self) -> str:
+        tpot = "no TPOT (1-token answers)"
+        if self.tpot_s:
+            p99, mean = np.percentile(self.tpot_s, 99) * 1e3, np.mean(self.tpot_s) * 1e3
+            tpot = f"p99 TPOT {p99:.1f} ms (mean {mean:.1f})"
         return (
-            f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms, p99 TPOT "
-            f"{np.percentile(self.tpot_s, 99) * 1e3:.1f} ms "
-            f"(mean {np.mean(self.tpot_s) * 1e3:.1f}), "
+            f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms, {tpot}, "
             f"{self.output_tokens / self.end_s:,.0f} tok/s completed over {self.end_s:.0f} s, "
             f"{self.preemptions} preemptions"
         )

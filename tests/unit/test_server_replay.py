@@ -42,3 +42,11 @@ def test_a_bad_rate_is_a_one_line_error_naming_it(capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert "--qps=0.0: use a value above 0" in capsys.readouterr().err
+
+
+def test_the_summary_line_gives_the_percentiles_and_one_token_answers_have_no_tpot():
+    from harness.report.server_replay import ServerStats
+
+    stats = ServerStats(ttft_s=[0.1] * 99 + [2.0], tpot_s=[0.05] * 4, output_tokens=100, end_s=10)
+    assert stats.line().startswith("p99 TTFT 119 ms, p99 TPOT 50.0 ms (mean 50.0), 10 tok/s")
+    assert "no TPOT (1-token answers)" in ServerStats(ttft_s=[0.1], end_s=1).line()
