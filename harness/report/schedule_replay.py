@@ -235,6 +235,30 @@ def knobs_from_config(benchmark: str, scenario: str, system: str) -> dict[str, o
     }  # fmt: skip
 
 
+def config_knobs(p: argparse.ArgumentParser, value: str) -> dict[str, object]:
+    """--config=BENCHMARK:SCENARIO:SYSTEM's knobs, or the parser's one-line error naming it."""
+    parts = value.split(":")
+    if len(parts) != 3:
+        p.error(f"--config={value}: use BENCHMARK:SCENARIO:SYSTEM (configs/, systems/)")
+    try:
+        return knobs_from_config(*parts)
+    except ValueError as ex:  # ConfigError is a ValueError
+        p.error(f"--config={value}: {ex}")
+
+
+def workload(preset: str, model_opt: str, kv_cache_dtype: str, ins: list[int], outs: list[int]
+             ) -> Workload:  # fmt: skip
+    """The roofline's workload for a preset and the replayed lengths (concurrency unused)."""
+    from harness.engine.model.llama import PRESETS
+
+    c = PRESETS[preset]
+    return Workload(
+        c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
+        c.num_key_value_heads, c.head_dim, c.vocab_size, 1 if model_opt == "FP8" else 2,
+        1 if kv_cache_dtype == "fp8" else 2, float(np.mean(ins)), float(np.mean(outs)), 1.0,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.dataset import Dataset, DatasetMissingError
     from harness.engine.model.llama import PRESETS
@@ -268,13 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     knobs = dict(DEFAULT_KNOBS)
     if a.config:
-        parts = a.config.split(":")
-        if len(parts) != 3:
-            p.error(f"--config={a.config}: use BENCHMARK:SCENARIO:SYSTEM (configs/, systems/)")
-        try:
-            knobs.update(knobs_from_config(*parts))
-        except ValueError as ex:  # ConfigError is a ValueError
-            p.error(f"--config={a.config}: {ex}")
+        knobs.update(config_knobs(p, a.config))
     knobs.update({k: getattr(a, k) for k in DEFAULT_KNOBS if getattr(a, k) is not None})
     knobs["async_scheduling"] = knobs["async_scheduling"] in (True, "true")  # flag: a string
     for name, value in knobs.items():  # flags over the config over DEFAULT_KNOBS
@@ -301,13 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--graph_log: {ex}")
     pick = pick_samples(len(data), a.queries, a.seed)
     ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
-    c = PRESETS[a.preset]
+    w = workload(a.preset, a.model_opt, a.kv_cache_dtype, ins, outs)
     fp8 = a.model_opt == "FP8"
-    w = Workload(
-        c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
-        c.num_key_value_heads, c.head_dim, c.vocab_size, 1 if fp8 else 2,
-        1 if a.kv_cache_dtype == "fp8" else 2, float(np.mean(ins)), float(np.mean(outs)), 1.0,
-    )  # fmt: skip
     print(f"[replay] {a.preset} {a.model_opt}, KV {a.kv_cache_dtype} {a.kv_tokens:,} tokens, "
           f"{a.queries} samples (input mean {w.mean_input:.0f}, output mean "
           f"{w.mean_output:.0f}); {a.admission} admission in groups of {a.admission_batch}, "

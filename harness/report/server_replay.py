@@ -30,11 +30,12 @@ from harness.engine.scheduler import Scheduler, SchedulerConfig
 from harness.report.schedule_replay import (
     TOKEN,
     StepMs,
+    config_knobs,
     graph_times_from_log,
-    knobs_from_config,
     measured_step_ms,
     pick_samples,
     step_shape,
+    workload,
 )
 
 
@@ -107,7 +108,6 @@ def replay_server(
 
 def main(argv: list[str] | None = None) -> int:
     from harness.dataset import Dataset, DatasetMissingError
-    from harness.engine.model.llama import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -133,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attention_tbps", type=float, default=2.3, help="KV read rate, TB/s")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    parts = a.config.split(":")
-    if len(parts) != 3:
-        p.error(f"--config={a.config}: use BENCHMARK:SCENARIO:SYSTEM (configs/, systems/)")
-    try:
-        knobs = knobs_from_config(*parts)
-    except ValueError as ex:  # ConfigError is a ValueError
-        p.error(f"--config={a.config}: {ex}")
+    knobs = config_knobs(p, a.config)
     positive = {"--qps": min(a.qps), "--seconds": a.seconds, "--slowdown": a.slowdown,
                 "--attention_tbps": a.attention_tbps}  # fmt: skip
     for name, value in positive.items():
@@ -149,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of 16 tokens")
     try:
         times = graph_times_from_log(a.graph_log)
+    except (OSError, ValueError) as ex:
+        p.error(f"--graph_log: {ex}")
+    try:
         data = Dataset.load(Path(str(knobs["preprocessed_dir"])))
-    except (OSError, ValueError, DatasetMissingError) as ex:
+    except DatasetMissingError as ex:  # the synthetic set: python -m preprocess.synthetic
         p.error(str(ex))
-    c = PRESETS[str(knobs["preset"])]
-    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
-    kv_bytes *= 1 if knobs["kv_cache_dtype"] == "fp8" else 2
-    step_ms = measured_step_ms(times, kv_bytes, a.attention_tbps)
+    w = workload(str(knobs["preset"]), str(knobs["model_opt"]), str(knobs["kv_cache_dtype"]),
+                 data.input_lens.tolist(), data.output_lens.tolist())  # fmt: skip
+    step_ms = measured_step_ms(times, w.kv_bytes_per_token, a.attention_tbps)
     print(f"[server] {a.config}: KV {a.kv_tokens:,} tokens, steps at the graph replays of "
           f"{a.graph_log} x {a.slowdown}, KV at {a.attention_tbps} TB/s; a model, not a "
           "measurement")  # fmt: skip

@@ -72,7 +72,7 @@ if triton is not None:
             v = tl.load(v_ptrs, mask=v_mask, other=0.0)
             if SCALED:  # in place too: a prompt's attention reads V from qkv
                 vc = tl.load(col_ptr + (num_heads + vh) * (2 * HALF) + vd, mask=v_mask, other=0.0)
-                v = (v.to(tl.float32) * (tl.load(row_ptr + tok) * vc)).to(v.dtype)
+                v = (v.to(tl.float32) * (r * vc)).to(v.dtype)
                 tl.store(v_ptrs, v, mask=v_mask)
         if WRITE_KV:  # rows num_q_heads.. of the tile are K heads: K and V to cache[h, slot]
             slot = tl.load(slot_ptr + tok)
