@@ -9,6 +9,9 @@ Steps run one after another (async scheduling, which overlaps the host's work, i
 modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
 run's engine time over the model's time for the same run (e.g. an Offline run through
 `schedule_replay --graph_log`), which carries the clock under sustained load and the host.
+Near the engine's capacity the p99 first-token time swings by orders of magnitude with a few
+percent of `--slowdown` (1.14 called 256 sequences at 9.13 q/s safe; the H100 measured a 17.8 s
+p99 and 1,463 preemptions, which 1.22 reproduces): there only a LoadGen run decides.
 
 Run: python -m harness.report.server_replay --config=llama2-70b-synthetic:Server:H100-SXM-80GBx1 \
     --kv_tokens=74864 --graph_log=session.log --slowdown=1.14 --qps=7.8 --qps=8.5 --seconds=300
