@@ -11,7 +11,9 @@ launches (about 70 ms at any small batch), a replayed one by the GPU. Two kinds:
   prompt 1, new prompt 2, ...]. A continued chunk's row i attends in the paged decode as a
   decode would, to its request's first context + i + 1 keys (its own K/V are in the cache by
   then); new prompts' rows have context 0 there and keep the flash result
-  (model/attention.py, `graph_mixed`).
+  (model/attention.py, `graph_mixed`). Eager steps, whose shapes need not be fixed, attend a
+  continued chunk another way: its context gathered once for one masked SDPA
+  (`PagedAttention._prefill_cached`); tests/gpu/test_cuda_graph.py checks the two agree.
 
 With `fastest_buckets`, decode graphs are captured up to the next power of two above the
 largest batch, and every graph of either kind is timed: a bucket whose replay is slower than a
