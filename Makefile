@@ -46,6 +46,7 @@ check_submission: $(SETUP)
 
 lint:
 	$(PYTHON) -m ruff check harness preprocess tests
+	$(PYTHON) -m ruff format --check harness preprocess tests
 
 clean:
 	rm -rf build/logs build/engines

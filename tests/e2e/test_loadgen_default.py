@@ -74,7 +74,10 @@ def test_offline_performance_and_accuracy(default_built, tmp_path):
 
 def test_server_streams_first_token_and_is_valid(default_built, tmp_path):
     harness(
-        "run_audit_harness", *SHORT, "--scenarios=Server", f"--log_dir={tmp_path}",
+        "run_audit_harness",
+        *SHORT,
+        "--scenarios=Server",
+        f"--log_dir={tmp_path}",
         "--target_qps=1",
     )  # TEST06 settings: performance mode, 100 queries, ~100 responses logged
     run = run_dir_of(tmp_path, "Server")

@@ -138,8 +138,12 @@ def _independent_score(log: Path, refs: list[str], tokenizer_dir: Path) -> dict:
         for t in types:
             per[t].append(scores[t].fmeasure)
     result = {t: round(np.mean(v) * 100, 4) for t, v in per.items()}
-    result.update(gen_len=np.sum([len(p) for p in preds]), gen_num=len(preds),
-                  gen_tok_len=gen_tok_len, tokens_per_sample=round(gen_tok_len / len(preds), 1))
+    result.update(
+        gen_len=np.sum([len(p) for p in preds]),
+        gen_num=len(preds),
+        gen_tok_len=gen_tok_len,
+        tokens_per_sample=round(gen_tok_len / len(preds), 1),
+    )
     return result
 
 
@@ -174,8 +178,9 @@ def test_scorer_equals_independent_rouge_score_computation(
 def test_per_sample_fmeasures_identical_to_rouge_score(corpus, nltk_dir) -> None:
     refs, preds = corpus
     fast = score_texts(preds, refs, num_workers=1, nltk_data_dir=nltk_dir)
-    stock = score_texts(preds, refs, num_workers=1, nltk_data_dir=nltk_dir,
-                        rouge_impl="rouge_score", chunk_size=64)
+    stock = score_texts(
+        preds, refs, num_workers=1, nltk_data_dir=nltk_dir, rouge_impl="rouge_score", chunk_size=64
+    )
     assert fast.fmeasures == stock.fmeasures  # bit-identical floats, sample by sample
     assert fast.gen_lens == stock.gen_lens
 
@@ -194,15 +199,18 @@ def test_first_entry_per_qsl_idx_and_token_count(tmp_path, tokenizer_dir, nltk_d
     assert result.tokens_per_sample == round((len(a) + len(b) + len(d)) / 3, 1)
     assert result.gen_len == len("The cat sat.") + len("A dog.") + len("It is 42.")
     first_only = _write_log(tmp_path / "first.json", [(1, b), (0, a), (2, d)])
-    assert score_log(first_only, dataset, tokenizer_dir, num_workers=1,
-                     nltk_data_dir=nltk_dir) == result
+    assert (
+        score_log(first_only, dataset, tokenizer_dir, num_workers=1, nltk_data_dir=nltk_dir)
+        == result
+    )
 
 
 def test_reader_survives_read_boundaries_and_lowercase_hex(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(log_reader, "_READ_BYTES", 7)
     ids = list(range(50))
-    text = json.dumps([{"qsl_idx": 0, "data": _hex(ids).lower()}, {"qsl_idx": 1, "data": ""}],
-                      indent=3)
+    text = json.dumps(
+        [{"qsl_idx": 0, "data": _hex(ids).lower()}, {"qsl_idx": 1, "data": ""}], indent=3
+    )
     (tmp_path / "log.json").write_text(text)
     samples = list(iter_log_samples(tmp_path / "log.json", num_dataset_rows=2))
     assert samples[0].token_ids.tolist() == ids and len(samples[1].token_ids) == 0
@@ -232,7 +240,9 @@ def test_punkt_files_written_in_nltk_format_and_idempotent(tmp_path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in lang.iterdir()} == mtimes
     assert nltk.data.path[0] == str(root)
     assert nltk.sent_tokenize("Mr. Smith arrived at 5 p.m. today. He left.") == [
-        "Mr. Smith arrived at 5 p.m. today.", "He left."]
+        "Mr. Smith arrived at 5 p.m. today.",
+        "He left.",
+    ]
 
 
 def test_punkt_failures_are_clear(tmp_path, monkeypatch) -> None:
@@ -277,11 +287,31 @@ def test_cli_scores_prints_and_writes_accuracy_txt(
         f"tokens_per_sample: {result.tokens_per_sample}}}\n"
     )
     out_txt = tmp_path / "acc" / "accuracy.txt"
-    common = ["--log", str(log), "--dataset", str(dataset), "--tokenizer", str(tokenizer_dir),
-              "--nltk_data_dir", str(nltk_dir), "--num_workers", "1"]
-    code, out, err = _cli(capsys, *common, "--benchmark", "tiny", "--benchmark_config",
-                          str(config), "--config_ver", "high_accuracy", "--output", str(out_txt),
-                          "--append_hash")
+    common = [
+        "--log",
+        str(log),
+        "--dataset",
+        str(dataset),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--nltk_data_dir",
+        str(nltk_dir),
+        "--num_workers",
+        "1",
+    ]
+    code, out, err = _cli(
+        capsys,
+        *common,
+        "--benchmark",
+        "tiny",
+        "--benchmark_config",
+        str(config),
+        "--config_ver",
+        "high_accuracy",
+        "--output",
+        str(out_txt),
+        "--append_hash",
+    )
     assert code == 0, (out, err)
     assert str(result.as_dict()) in out
     assert re.search(r"^tiny-99\.9: accuracy: \[PASSED\] ROUGE1: ", out, re.M)
@@ -338,9 +368,19 @@ def test_every_bad_input_is_one_error_line_and_exit_2(
     log, dataset = run_files
     cases = _bad_input_cases(tmp_path, log, dataset, tokenizer_dir)
     for case, (bad_log, bad_dataset, bad_tok, named) in cases.items():
-        code, out, err = _cli(capsys, "--log", str(bad_log), "--dataset", str(bad_dataset),
-                              "--tokenizer", str(bad_tok), "--nltk_data_dir", str(nltk_dir),
-                              "--num_workers", "1")
+        code, out, err = _cli(
+            capsys,
+            "--log",
+            str(bad_log),
+            "--dataset",
+            str(bad_dataset),
+            "--tokenizer",
+            str(bad_tok),
+            "--nltk_data_dir",
+            str(nltk_dir),
+            "--num_workers",
+            "1",
+        )
         assert code == 2, (case, out, err)
         assert err.startswith("error: ") and err.count("\n") == 1, (case, err)
         assert named in err and "Traceback" not in err, (case, err)
@@ -350,24 +390,46 @@ def test_every_bad_input_is_one_error_line_and_exit_2(
 
 def test_module_entry_point_reports_usage_errors(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.accuracy", "--log", str(tmp_path / "x.json"),
-         "--dataset", str(tmp_path), "--tokenizer", str(tmp_path),
-         "--nltk_data_dir", str(tmp_path / "nd"), "--num_workers", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "harness.accuracy",
+            "--log",
+            str(tmp_path / "x.json"),
+            "--dataset",
+            str(tmp_path),
+            "--tokenizer",
+            str(tmp_path),
+            "--nltk_data_dir",
+            str(tmp_path / "nd"),
+            "--num_workers",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'x.json'}: accuracy log "
-                                                "not found"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'x.json'}: accuracy log not found"
+    ]
 
 
-@pytest.mark.skipif(os.environ.get("HARNESS_SLOW_TESTS") != "1",
-                    reason="full-size (24576-sample) timing run; set HARNESS_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    os.environ.get("HARNESS_SLOW_TESTS") != "1",
+    reason="full-size (24576-sample) timing run; set HARNESS_SLOW_TESTS=1",
+)
 def test_full_size_synthetic_log_under_two_minutes(tmp_path) -> None:
     script = REPO_ROOT / "scripts" / "bench_accuracy.py"
     subprocess.run([sys.executable, str(script), "generate", "--out", str(tmp_path)], check=True)
-    proc = subprocess.run([sys.executable, str(script), "score", "--out", str(tmp_path)],
-                          check=True, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(script), "score", "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     wall = float(re.search(r"score_log wall ([\d.]+) s", proc.stdout).group(1))
     assert "'gen_num': 24576" in proc.stdout
     assert wall < 120, proc.stdout

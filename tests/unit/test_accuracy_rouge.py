@@ -77,8 +77,9 @@ def _random_text(rng: random.Random, words: list[str]) -> str:
 def test_fast_scorer_is_bit_identical_to_rouge_score() -> None:
     words = "the a cat cats dog dogs running runs ran sat on mat 42 U.S. e.g. café — x y".split()
     rng = random.Random(3)
-    fast, reference = FastRougeScorer(), rouge_scorer.RougeScorer(
-        ["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True
+    fast, reference = (
+        FastRougeScorer(),
+        rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True),
     )
     for _ in range(400):
         target, prediction = _random_text(rng, words), _random_text(rng, words)
@@ -102,8 +103,16 @@ def test_aggregate_reference_rounding_and_counts() -> None:
 
 
 def _result(**overrides) -> AccuracyResult:
-    values = dict(rouge1=44.604, rouge2=22.1267, rougeL=28.7704, rougeLsum=42.1576,
-                  gen_len=28388763, gen_num=24576, gen_tok_len=7174519, tokens_per_sample=291.9)
+    values = dict(
+        rouge1=44.604,
+        rouge2=22.1267,
+        rougeL=28.7704,
+        rougeLsum=42.1576,
+        gen_len=28388763,
+        gen_num=24576,
+        gen_tok_len=7174519,
+        tokens_per_sample=291.9,
+    )
     values.update(overrides)
     return AccuracyResult(**values)
 
@@ -118,9 +127,14 @@ def test_accuracy_txt_is_the_reference_dict_line() -> None:
 
 def test_numpy2_scalars_do_not_leak_into_accuracy_txt() -> None:
     numpy_result = _result(
-        rouge1=np.float64(44.604), rouge2=np.float64(22.1267), rougeL=np.float64(28.7704),
-        rougeLsum=np.float64(42.1576), gen_len=np.int64(28388763), gen_num=np.int64(24576),
-        gen_tok_len=np.int64(7174519), tokens_per_sample=np.float64(291.9),
+        rouge1=np.float64(44.604),
+        rouge2=np.float64(22.1267),
+        rougeL=np.float64(28.7704),
+        rougeLsum=np.float64(42.1576),
+        gen_len=np.int64(28388763),
+        gen_num=np.int64(24576),
+        gen_tok_len=np.int64(7174519),
+        tokens_per_sample=np.float64(291.9),
     )
     # The trap: NumPy 2 reprs scalars as np.float64(...), which the checker regex misses.
     assert re.match(CHECKER_RE["rouge1"], str({"rouge1": np.float64(44.604)})) is None
@@ -178,17 +192,22 @@ def test_targets_from_yaml_and_builtins(tmp_path) -> None:
     )
     targets = load_targets("tiny", good)
     assert (targets.rouge1, targets.fraction_default, targets.fraction_high_accuracy) == (
-        10.0, 0.5, 0.999)
+        10.0,
+        0.5,
+        0.999,
+    )
     bad = tmp_path / "bad.yaml"
-    bad.write_text("accuracy:\n  rouge1: 1\n  rouge2: 1\n  rougeL: 1\n  tokens_per_sample: 1\n"
-                   "  rouge3: 1\n")
+    bad.write_text(
+        "accuracy:\n  rouge1: 1\n  rouge2: 1\n  rougeL: 1\n  tokens_per_sample: 1\n  rouge3: 1\n"
+    )
     with pytest.raises(AccuracyInputError, match=r"bad.yaml.*rouge3.*allowed keys"):
         load_targets("x", bad)
     with pytest.raises(AccuracyInputError, match="not found"):
         load_targets("no-such-benchmark", None)
     unset = tmp_path / "unset.yaml"
-    unset.write_text("benchmark:\n  accuracy: {rouge1: 0.0, rouge2: 0.0, rougeL: 0.0, "
-                     "tokens_per_sample: 0.0}\n")
+    unset.write_text(
+        "benchmark:\n  accuracy: {rouge1: 0.0, rouge2: 0.0, rougeL: 0.0, tokens_per_sample: 0.0}\n"
+    )
     with pytest.raises(TargetsNotSetError, match="record_accuracy_targets"):
         load_targets("x", unset)
     # The project's configs/llama2-70b/benchmark.yaml (or, without it, the built-ins).

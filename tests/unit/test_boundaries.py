@@ -35,8 +35,13 @@ OTHER_THAN_CONFIG = tuple(f"harness.{p.name}" for p in ROOT.iterdir() if p.name 
         ("config", OTHER_THAN_CONFIG),  # config imports nothing else from the package
         (
             "engine",
-            ("harness.loadgen", "harness.backends", "harness.accuracy", "harness.submission",
-             "mlperf_loadgen"),
+            (
+                "harness.loadgen",
+                "harness.backends",
+                "harness.accuracy",
+                "harness.submission",
+                "mlperf_loadgen",
+            ),
         ),  # fmt: skip
         ("accuracy", ("harness.engine", "harness.backends", "torch")),
         ("submission", ("torch", "harness.engine", "harness.backends")),

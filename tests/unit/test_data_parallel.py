@@ -19,7 +19,6 @@ VOCAB = 128
 EOS = 2
 
 
-
 @pytest.fixture(scope="module")
 def engine_cfg(tmp_path_factory) -> HarnessConfig:
     torch.manual_seed(0)

@@ -111,9 +111,7 @@ def test_a_bad_scheme_is_a_one_line_error_naming_it(tmp_path, capsys):
         assert named in capsys.readouterr().err
 
 
-def test_a_group_that_does_not_divide_the_models_widths_is_refused_before_scoring(
-    tmp_path, capsys
-):
+def test_a_group_that_does_not_divide_the_models_widths_is_refused_before_scoring(tmp_path, capsys):
     import json
 
     import numpy as np

@@ -135,7 +135,6 @@ class FakeServer:
         return resp
 
 
-
 def requests(n: int = 4, max_new: int = 6) -> list[GenerationRequest]:
     return [GenerationRequest(i, [3 + i, 4, 5], max_new, 1, EOS) for i in range(n)]
 

@@ -21,7 +21,6 @@ VOCAB = 128
 EOS = 2
 
 
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
