@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_num_seqs", type=int, action="append", help="repeat to compare")
     p.add_argument("--headroom", type=int, action="append",
                    help="admission_headroom_tokens; repeat to compare")  # fmt: skip
+    p.add_argument("--max_num_batched_tokens", type=int, action="append",
+                   help="tokens a step; repeat to compare")  # fmt: skip
     p.add_argument("--seconds", type=float, default=300.0, help="arrivals over this long")
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="measured engine time / the model's, from a measured run")  # fmt: skip
@@ -160,20 +162,21 @@ def main(argv: list[str] | None = None) -> int:
           "measurement")  # fmt: skip
     all_seqs = a.max_num_seqs or list(knobs["max_num_seqs"])  # type: ignore[call-overload]
     headrooms = a.headroom or list(knobs["headroom"])  # type: ignore[call-overload]
-    for qps, seqs, headroom in itertools.product(a.qps, all_seqs, headrooms):
+    step_tokens = a.max_num_batched_tokens or [int(knobs["max_num_batched_tokens"])]
+    for qps, seqs, headroom, tokens in itertools.product(a.qps, all_seqs, headrooms, step_tokens):
         try:
             config = SchedulerConfig(
-                max_num_seqs=seqs, max_num_batched_tokens=int(knobs["max_num_batched_tokens"]),
+                max_num_seqs=seqs, max_num_batched_tokens=tokens,
                 admission=str(knobs["admission"]), admission_headroom_tokens=headroom,
             )  # fmt: skip
         except ValueError as ex:  # a count below its minimum, named with its value
-            p.error(f"{ex} (--max_num_seqs, --headroom)")
+            p.error(f"{ex} (--max_num_seqs, --headroom, --max_num_batched_tokens)")
         arrivals = poisson_arrivals(qps, a.seconds, a.seed)
         pick = pick_samples(len(data), len(arrivals), a.seed)
         ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
         stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown)
-        print(f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, "
-              f"{len(arrivals)} queries: {stats.line()}", flush=True)  # fmt: skip
+        print(f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, {tokens} tokens a "
+              f"step, {len(arrivals)} queries: {stats.line()}", flush=True)  # fmt: skip
     return 0
 
 

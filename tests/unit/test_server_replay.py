@@ -50,3 +50,32 @@ def test_the_summary_line_gives_the_percentiles_and_one_token_answers_have_no_tp
     stats = ServerStats(ttft_s=[0.1] * 99 + [2.0], tpot_s=[0.05] * 4, output_tokens=100, end_s=10)
     assert stats.line().startswith("p99 TTFT 119 ms, p99 TPOT 50.0 ms (mean 50.0), 10 tok/s")
     assert "no TPOT (1-token answers)" in ServerStats(ttft_s=[0.1], end_s=1).line()
+
+
+def test_step_sizes_compare_in_one_run_and_a_bad_one_is_named(tmp_path, monkeypatch, capsys):
+    import harness.report.server_replay as server_replay
+
+    for name, values in (("input_ids_padded", [[1, 2], [1, 2]]), ("input_lens", [2, 2]),
+                         ("output_lens", [3, 4])):  # fmt: skip
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=np.int32))
+    knobs = server_replay.config_knobs
+    monkeypatch.setattr(
+        server_replay, "config_knobs", lambda p, v: {**knobs(p, v), "preprocessed_dir": tmp_path}
+    )
+    log = tmp_path / "session.log"
+    log.write_text(
+        "CUDA graphs: decode buckets none dropped (a larger bucket replays faster); replays: "
+        "1: 9.00 ms, 8: 9.50 ms\nCUDA graphs: mixed buckets none dropped (a larger bucket "
+        "replays faster); replays: 32: 20.00 ms, 64: 30.00 ms\n"
+    )
+    argv = ["--config=llama2-70b-synthetic:Server:H100-SXM-80GBx1", "--kv_tokens=1024",
+            f"--graph_log={log}", "--qps=1", "--seconds=5"]  # fmt: skip
+    server_replay.main([*argv, "--max_num_batched_tokens=32", "--max_num_batched_tokens=64"])
+    lines = [s for s in capsys.readouterr().out.splitlines() if "queries:" in s]
+    assert [("32 tokens a step" in s, "64 tokens a step" in s) for s in lines] == [
+        (True, False),
+        (False, True),
+    ]
+    with pytest.raises(SystemExit):
+        server_replay.main([*argv, "--max_num_batched_tokens=0"])
+    assert "max_num_batched_tokens=0" in capsys.readouterr().err
