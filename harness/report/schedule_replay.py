@@ -86,11 +86,28 @@ class ReplayStats:
 StepMs = Callable[[int, int, bool], float]
 
 
-def step_shape(step: SchedulerOutput) -> tuple[int, int, int]:
-    """A scheduled step's rows, the KV tokens its rows attend to, and its prompt tokens."""
+def in_mixed_graph(step: SchedulerOutput, graph_tokens: int) -> bool:
+    """Whether a step with prompt chunks runs as a mixed graph of at most graph_tokens rows."""
+    fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
     rows = sum(s.num_tokens for s in step.scheduled)
-    context = sum(s.start_position + s.num_tokens for s in step.scheduled)
+    return bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
+
+
+def step_shape(step: SchedulerOutput, graph_tokens: int = 0) -> tuple[int, int, int]:
+    """A scheduled step's rows, the KV tokens its rows attend to, and its prompt tokens. In a
+    mixed graph of at most graph_tokens rows, each row of a chunk over cached context attends
+    as a decode does and reads its keys itself (cuda_graph.py); eagerly the chunk reads them
+    once."""
+    rows = sum(s.num_tokens for s in step.scheduled)
     prompt = sum(s.num_tokens for s in step.scheduled if s.num_tokens > 1)
+    per_row = in_mixed_graph(step, graph_tokens)
+    context = 0
+    for s in step.scheduled:
+        n, start = s.num_tokens, s.start_position
+        if per_row and n > 1 and start > 0:  # row i attends to start + i + 1 keys
+            context += n * start + n * (n + 1) // 2
+        else:
+            context += start + n
     return rows, context, prompt
 
 
@@ -115,14 +132,13 @@ def replay(
             step, in_flight = in_flight, (None if step.is_empty else step)
             if step is None:
                 continue
-        rows, context, prompt = step_shape(step)
+        rows, context, prompt = step_shape(step, graph_tokens)
         stats.steps += 1
         stats.decode_steps += prompt == 0
         stats.prompt_tokens += prompt
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
         stats.context_tokens += context
-        fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
-        stats.graph_prompt_steps += bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
+        stats.graph_prompt_steps += in_mixed_graph(step, graph_tokens)
         if step_ms is not None:
             ms = step_ms(rows, context, prompt > 0)
             stats.prompt_ms += ms if prompt else 0.0

@@ -77,7 +77,9 @@ def replay_server(
 ) -> ServerStats:  # fmt: skip
     """Request i (input_lens[i] prompt tokens, exactly output_lens[i] outputs) arrives at
     arrivals_s[i]; the scheduler runs whenever work is waiting, each step taking step_ms x
-    slowdown; first tokens and completions are stamped at the end of their step."""
+    slowdown; first tokens and completions are stamped at the end of their step. Every step
+    of at most max_num_batched_tokens is taken as a mixed graph (the H100 Server YAML's
+    cuda_graph_max_tokens equals it)."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     stats = ServerStats()
     first_s: dict[int, float] = {}
@@ -93,7 +95,7 @@ def replay_server(
         step = scheduler.schedule()
         if step.is_empty:
             raise RuntimeError("the scheduler made an empty step with requests waiting")
-        rows, context, prompt = step_shape(step)
+        rows, context, prompt = step_shape(step, config.max_num_batched_tokens)
         clock += step_ms(rows, context, prompt > 0) * slowdown / 1e3
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         for event in scheduler.update_from_output(step, ModelRunnerOutput(sampled)):

@@ -183,3 +183,16 @@ def test_the_measured_model_sums_graph_and_kv_time_by_kind_of_step():
     decode_steps = stats.steps - 1
     decode_context = stats.context_tokens - sum(ins)
     assert stats.decode_ms == pytest.approx(10.0 * decode_steps + decode_context)
+
+
+def test_a_continued_chunk_reads_its_keys_per_row_in_a_mixed_graph_and_once_eagerly():
+    from harness.engine.outputs import ScheduledRequest, SchedulerOutput
+    from harness.report.schedule_replay import step_shape
+
+    def part(rid: int, start: int, n: int) -> ScheduledRequest:
+        return ScheduledRequest(rid, [0] * n, start, [0], True, ())
+
+    step = SchedulerOutput([part(0, 5, 1), part(1, 10, 4), part(2, 0, 3)])  # decode, chunk, new
+    # graph: the chunk's rows attend to 11, 12, 13, 14 keys; the decode 6; the new prompt 3
+    assert step_shape(step, graph_tokens=64) == (8, 6 + 50 + 3, 7)
+    assert step_shape(step, graph_tokens=4) == (8, 6 + 14 + 3, 7)  # over the graph: eager
