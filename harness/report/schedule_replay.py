@@ -34,6 +34,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,29 +87,35 @@ class ReplayStats:
 StepMs = Callable[[int, int, bool], float]
 
 
-def in_mixed_graph(step: SchedulerOutput, graph_tokens: int) -> bool:
-    """Whether a step with prompt chunks runs as a mixed graph of at most graph_tokens rows."""
-    fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
-    rows = sum(s.num_tokens for s in step.scheduled)
-    return bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
+class StepShape(NamedTuple):
+    rows: int
+    context: int  # KV tokens its rows attend to
+    prompt: int  # prompt tokens
+    mixed_graph: bool  # it has prompt tokens and runs as a mixed graph
 
 
-def step_shape(step: SchedulerOutput, graph_tokens: int = 0) -> tuple[int, int, int]:
-    """A scheduled step's rows, the KV tokens its rows attend to, and its prompt tokens. In a
-    mixed graph of at most graph_tokens rows, each row of a chunk over cached context attends
-    as a decode does and reads its keys itself (cuda_graph.py); eagerly the chunk reads them
-    once."""
+def step_shape(step: SchedulerOutput, graph_tokens: int = 0) -> StepShape:
+    """A scheduled step's shape. In a mixed graph of at most graph_tokens rows, each row of a
+    chunk over cached context attends as a decode does and reads its keys itself
+    (cuda_graph.py); eagerly the chunk reads them once."""
     rows = sum(s.num_tokens for s in step.scheduled)
     prompt = sum(s.num_tokens for s in step.scheduled if s.num_tokens > 1)
-    per_row = in_mixed_graph(step, graph_tokens)
+    fresh = [s.start_position == 0 for s in step.scheduled if s.num_tokens > 1]
+    mixed_graph = bool(fresh) and fits_mixed_graph(rows, fresh, graph_tokens)
     context = 0
     for s in step.scheduled:
         n, start = s.num_tokens, s.start_position
-        if per_row and n > 1 and start > 0:  # row i attends to start + i + 1 keys
+        if mixed_graph and n > 1 and start > 0:  # row i attends to start + i + 1 keys
             context += n * start + n * (n + 1) // 2
         else:
             context += start + n
-    return rows, context, prompt
+    return StepShape(rows, context, prompt, mixed_graph)
+
+
+def mixed_graph_tokens(graph_tokens: int, max_num_batched_tokens: int) -> int:
+    """The largest mixed graph, as the engine sizes it (llm_engine.cuda_graph_sizes): no step
+    holds more than max_num_batched_tokens tokens."""
+    return min(graph_tokens, max_num_batched_tokens)
 
 
 def replay(
@@ -117,7 +124,8 @@ def replay(
     step_ms: StepMs | None = None,
 ) -> ReplayStats:  # fmt: skip
     """Schedule every sample to its reference output length; count what the steps did.
-    graph_tokens: a mixed graph's rows (cuda_graph.fits_mixed_graph, as the engine decides).
+    graph_tokens: the largest mixed graph's rows (cuda_graph.fits_mixed_graph, as the engine
+    decides; mixed_graph_tokens).
     async_scheduling: apply each step's tokens after the next step is scheduled (LLMEngine).
     step_ms: sums each step's modeled time into decode_ms / prompt_ms."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
@@ -132,13 +140,13 @@ def replay(
             step, in_flight = in_flight, (None if step.is_empty else step)
             if step is None:
                 continue
-        rows, context, prompt = step_shape(step, graph_tokens)
+        rows, context, prompt, mixed_graph = step_shape(step, graph_tokens)
         stats.steps += 1
         stats.decode_steps += prompt == 0
         stats.prompt_tokens += prompt
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
         stats.context_tokens += context
-        stats.graph_prompt_steps += in_mixed_graph(step, graph_tokens)
+        stats.graph_prompt_steps += mixed_graph
         if step_ms is not None:
             ms = step_ms(rows, context, prompt > 0)
             stats.prompt_ms += ms if prompt else 0.0
@@ -228,7 +236,7 @@ DEFAULT_KNOBS: dict[str, object] = {
     "preset": "llama2-7b", "model_opt": "Dense", "kv_cache_dtype": "auto", "gpu": "H100",
     "preprocessed_dir": "build/preprocessed_data/synthetic-orca",
     "max_num_batched_tokens": 8192, "admission_batch": 1, "admission": "fifo",
-    "max_num_seqs": [512], "headroom": [0], "async_scheduling": False,
+    "max_num_seqs": [512], "headroom": [0], "async_scheduling": False, "graph_tokens": 2048,
 }  # fmt: skip
 
 
@@ -247,6 +255,7 @@ def knobs_from_config(benchmark: str, scenario: str, system: str) -> dict[str, o
         "max_num_batched_tokens": e.max_num_batched_tokens, "admission": e.admission,
         "admission_batch": e.admission_batch, "max_num_seqs": [e.max_num_seqs],
         "headroom": [e.admission_headroom_tokens], "async_scheduling": e.async_scheduling,
+        "graph_tokens": e.cuda_graph_max_tokens if e.use_cuda_graph else 0,
         **({"gpu": gpus[0]} if gpus else {}),
     }  # fmt: skip
 
@@ -298,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admission", choices=ADMISSION_POLICIES)
     p.add_argument("--max_num_seqs", type=int, action="append", help="repeat to compare")
     p.add_argument("--headroom", type=int, action="append", help="admission_headroom_tokens")
-    p.add_argument("--graph_tokens", type=int, default=2048, help="a mixed graph's rows")
+    p.add_argument("--graph_tokens", type=int,
+                   help="cuda_graph_max_tokens: the largest mixed graph's rows")  # fmt: skip
     p.add_argument("--async_scheduling", choices=["true", "false"], help="the engine's knob")
     p.add_argument("--graph_log", type=Path,
                    help="a run's log: model steps at its graphs' replay times too")  # fmt: skip
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--preset={a.preset}: use one of {', '.join(sorted(PRESETS))}")
     if a.graph_tokens < 0:
         p.error(f"--graph_tokens={a.graph_tokens}: use 0 (no mixed graphs) or more")
+    graph_tokens = mixed_graph_tokens(a.graph_tokens, a.max_num_batched_tokens)
     if a.kv_tokens < 16:
         p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of 16 tokens")
     try:
@@ -360,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         seqs, headroom = config.max_num_seqs, config.admission_headroom_tokens
         try:
             stats = replay(
-                ins, outs, a.kv_tokens, config, graph_tokens=a.graph_tokens,
+                ins, outs, a.kv_tokens, config, graph_tokens=graph_tokens,
                 async_scheduling=a.async_scheduling, step_ms=step_ms,
             )  # fmt: skip
         except RequestTooLongError as ex:  # a sample that could never run, even alone
@@ -368,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         s = modeled_seconds(stats, w, PEAKS[a.gpu], fp8)
         print(f"[replay] max_num_seqs={seqs} headroom={headroom}: {stats.line(sum(ins))}; "
               f"model {s:.1f} s = {stats.output_tokens / s:,.0f} tok/s; "
-              f"{stats.graph_line(a.graph_tokens)}", flush=True)  # fmt: skip
+              f"{stats.graph_line(graph_tokens)}", flush=True)  # fmt: skip
         if step_ms is not None:
             total = (stats.decode_ms + stats.prompt_ms) / 1e3
             print(f"[replay]   measured-graph model: decode-only steps {stats.decode_ms / 1e3:.1f} "

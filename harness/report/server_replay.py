@@ -36,6 +36,7 @@ from harness.report.schedule_replay import (
     config_knobs,
     graph_times_from_log,
     measured_step_ms,
+    mixed_graph_tokens,
     pick_samples,
     step_shape,
     workload,
@@ -74,12 +75,12 @@ def poisson_arrivals(qps: float, seconds: float, seed: int) -> np.ndarray:
 def replay_server(
     input_lens: list[int], output_lens: list[int], arrivals_s: np.ndarray, kv_tokens: int,
     config: SchedulerConfig, step_ms: StepMs, slowdown: float = 1.0, block_size: int = 16,
+    graph_tokens: int = 0,
 ) -> ServerStats:  # fmt: skip
     """Request i (input_lens[i] prompt tokens, exactly output_lens[i] outputs) arrives at
     arrivals_s[i]; the scheduler runs whenever work is waiting, each step taking step_ms x
-    slowdown; first tokens and completions are stamped at the end of their step. Every step
-    of at most max_num_batched_tokens is taken as a mixed graph (the H100 Server YAML's
-    cuda_graph_max_tokens equals it)."""
+    slowdown; first tokens and completions are stamped at the end of their step. graph_tokens:
+    the largest mixed graph (schedule_replay.mixed_graph_tokens)."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     stats = ServerStats()
     first_s: dict[int, float] = {}
@@ -95,7 +96,7 @@ def replay_server(
         step = scheduler.schedule()
         if step.is_empty:
             raise RuntimeError("the scheduler made an empty step with requests waiting")
-        rows, context, prompt = step_shape(step, config.max_num_batched_tokens)
+        rows, context, prompt, _ = step_shape(step, graph_tokens)
         clock += step_ms(rows, context, prompt > 0) * slowdown / 1e3
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         for event in scheduler.update_from_output(step, ModelRunnerOutput(sampled)):
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headroom", type=int, action="append",
                    help="admission_headroom_tokens; repeat to compare")  # fmt: skip
     p.add_argument("--max_num_batched_tokens", type=int, action="append",
-                   help="tokens a step; repeat to compare")  # fmt: skip
+                   help="tokens a step (mixed graphs no larger, as in the engine); repeat to "
+                   "compare")  # fmt: skip
     p.add_argument("--seconds", type=float, default=300.0, help="arrivals over this long")
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="measured engine time / the model's, from a measured run")  # fmt: skip
@@ -176,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         arrivals = poisson_arrivals(qps, a.seconds, a.seed)
         pick = pick_samples(len(data), len(arrivals), a.seed)
         ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
-        stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown)
+        graph_tokens = mixed_graph_tokens(int(knobs["graph_tokens"]), tokens)
+        stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown,
+                              graph_tokens=graph_tokens)  # fmt: skip
         print(f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, {tokens} tokens a "
               f"step, {len(arrivals)} queries: {stats.line()}", flush=True)  # fmt: skip
     return 0

@@ -194,5 +194,14 @@ def test_a_continued_chunk_reads_its_keys_per_row_in_a_mixed_graph_and_once_eage
 
     step = SchedulerOutput([part(0, 5, 1), part(1, 10, 4), part(2, 0, 3)])  # decode, chunk, new
     # graph: the chunk's rows attend to 11, 12, 13, 14 keys; the decode 6; the new prompt 3
-    assert step_shape(step, graph_tokens=64) == (8, 6 + 50 + 3, 7)
-    assert step_shape(step, graph_tokens=4) == (8, 6 + 14 + 3, 7)  # over the graph: eager
+    assert step_shape(step, graph_tokens=64) == (8, 6 + 50 + 3, 7, True)
+    assert step_shape(step, graph_tokens=4) == (8, 6 + 14 + 3, 7, False)  # over the graph: eager
+
+
+def test_the_mixed_graph_size_comes_from_the_config_as_the_engine_sizes_it():
+    from harness.report.schedule_replay import knobs_from_config, mixed_graph_tokens
+
+    knobs = knobs_from_config("llama2-70b-synthetic", "Offline", "H100-SXM-80GBx1")
+    assert knobs["graph_tokens"] == 1024  # the H100 YAML's cuda_graph_max_tokens
+    assert mixed_graph_tokens(1024, 512) == 512  # no step, so no graph, above the step budget
+    assert mixed_graph_tokens(256, 1024) == 256
