@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device-tool call: install carried wheels, then the phases named in $@ (see docs/benchmarks.md).
+# One device-tool call: install carried wheels (scripts/device_wheels.sh fetches them), then the
+# phases named in $@ (see docs/benchmarks.md).
 #   tests  : pytest tests/gpu            b7     : llama2-7b SingleStream + Offline
 #   pt:FILES : pytest on those files (commas between them)
 #   ss7    : llama2-7b SingleStream, 64 queries (early stopping's minimum)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Fetch (here, where pip reaches PyPI) the wheels that the GPU machine lacks, into .whl/:
+# tests/gpu/run_session.sh installs them there (carry: [".whl"]; .gitignore keeps them out). That machine has Python 3.12,
+# torch, transformers, numpy, pandas and PyYAML, and no network. omegaconf 2.4 needs no antlr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl mlcommons-loadgen==6.0.17 omegaconf==2.4.0
+ls -l .whl
