@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch (here, where pip reaches PyPI) the wheels that the GPU machine lacks, into .whl/:
-# tests/gpu/run_session.sh installs them there (carry: [".whl"]; .gitignore keeps them out). That machine has Python 3.12,
-# torch, transformers, numpy, pandas and PyYAML, and no network. omegaconf 2.4 needs no antlr.
+# tests/gpu/run_session.sh installs them there (carry: [".whl"]; .gitignore keeps them out).
+# That machine has Python 3.12, torch, transformers, numpy, pandas and PyYAML, and no network.
+# omegaconf 2.4 needs no antlr (2.3's antlr 4.9 comes only as source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
