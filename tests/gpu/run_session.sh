@@ -39,6 +39,9 @@ done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
+python3 -c "import mlperf_loadgen, harness.bench, harness.accuracy" || {
+  echo "run_session: cannot import (above); run scripts/device_wheels.sh here, carry .whl"
+  exit 1; }
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/gpu.txt"
 # SM clock, power and temperature every second of the call: do long runs throttle?
