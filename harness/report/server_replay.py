@@ -140,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="measured engine time / the model's, from a measured run")  # fmt: skip
     p.add_argument("--attention_tbps", type=float, default=2.3, help="KV read rate, TB/s")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        help="the arrival draw and sample pick (default 0); repeat to compare draws",
+    )
     a = p.parse_args(argv)
     knobs = config_knobs(p, a.config)
     positive = {"--qps": min(a.qps), "--seconds": a.seconds, "--slowdown": a.slowdown,
@@ -167,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     all_seqs = a.max_num_seqs or list(knobs["max_num_seqs"])  # type: ignore[call-overload]
     headrooms = a.headroom or list(knobs["headroom"])  # type: ignore[call-overload]
     step_tokens = a.max_num_batched_tokens or [int(knobs["max_num_batched_tokens"])]
-    for qps, seqs, headroom, tokens in itertools.product(a.qps, all_seqs, headrooms, step_tokens):
+    seeds = a.seed or [0]
+    runs = itertools.product(a.qps, all_seqs, headrooms, step_tokens, seeds)
+    for qps, seqs, headroom, tokens, seed in runs:
         try:
             config = SchedulerConfig(
                 max_num_seqs=seqs, max_num_batched_tokens=tokens,
@@ -175,14 +182,17 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         except ValueError as ex:  # a count below its minimum, named with its value
             p.error(f"{ex} (--max_num_seqs, --headroom, --max_num_batched_tokens)")
-        arrivals = poisson_arrivals(qps, a.seconds, a.seed)
-        pick = pick_samples(len(data), len(arrivals), a.seed)
+        arrivals = poisson_arrivals(qps, a.seconds, seed)
+        pick = pick_samples(len(data), len(arrivals), seed)
         ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
         graph_tokens = mixed_graph_tokens(int(knobs["graph_tokens"]), tokens)
         stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown,
                               graph_tokens=graph_tokens)  # fmt: skip
-        print(f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, {tokens} tokens a "
-              f"step, {len(arrivals)} queries: {stats.line()}", flush=True)  # fmt: skip
+        print(
+            f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, {tokens} tokens a "
+            f"step, seed {seed}, {len(arrivals)} queries: {stats.line()}",
+            flush=True,
+        )
     return 0
 
 
