@@ -140,12 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="measured engine time / the model's, from a measured run")  # fmt: skip
     p.add_argument("--attention_tbps", type=float, default=2.3, help="KV read rate, TB/s")
-    p.add_argument(
-        "--seed",
-        type=int,
-        action="append",
-        help="the arrival draw and sample pick (default 0); repeat to compare draws",
-    )
+    p.add_argument("--seed", type=int, action="append",
+                   help="arrival and sample draw (default 0); repeat to compare")  # fmt: skip
     a = p.parse_args(argv)
     knobs = config_knobs(p, a.config)
     positive = {"--qps": min(a.qps), "--seconds": a.seconds, "--slowdown": a.slowdown,

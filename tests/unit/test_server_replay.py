@@ -78,7 +78,7 @@ def test_step_sizes_compare_in_one_run_and_a_bad_one_is_named(tmp_path, monkeypa
     ]
     server_replay.main([*argv, "--seed=1", "--seed=2"])  # two arrival draws, each named
     lines = [s for s in capsys.readouterr().out.splitlines() if "queries:" in s]
-    assert ["seed 1," in lines[0], "seed 2," in lines[1]] == [True, True] and len(lines) == 2
+    assert len(lines) == 2 and "seed 1," in lines[0] and "seed 2," in lines[1]
     with pytest.raises(SystemExit):
         server_replay.main([*argv, "--max_num_batched_tokens=0"])
     assert "max_num_batched_tokens=0" in capsys.readouterr().err
