@@ -15,7 +15,8 @@ to measure, never a measured figure. With `--graph_log` (a bench log with the en
 each step takes the replay time of the graph it pads to (a step the engine runs eagerly, as
 if a graph of its rows), plus the KV its rows attend to read at `--attention_tbps`; that is the
 step's time on a GPU fresh from idle, so a run that ends slower measures what sustained load
-(power, clocks) and the host add.
+(power, clocks) and the host add. That model also splits its time by share of the output
+tokens (first 10%, 10-90%, 90-99%, last 1%): the ramp, the middle and the drain.
 
 Run: python -m harness.report.schedule_replay --config=llama2-7b-synthetic:Offline:H100-SXM-80GBx1 \
     --kv_tokens=244384 --queries=5000 --headroom=0 --headroom=32
@@ -32,7 +33,7 @@ import argparse
 import itertools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -65,6 +66,8 @@ class ReplayStats:
     graph_prompt_steps: int = 0  # steps with prompt tokens that a mixed graph could take
     decode_ms: float = 0.0  # with replay's step_ms: the decode-only steps' modeled time
     prompt_ms: float = 0.0  # and the steps with prompt tokens'
+    # with step_ms: (modeled ms, output tokens) summed up to the end of each step
+    timeline: list[tuple[float, int]] = field(default_factory=list)
 
     def line(self, first_prompts: int) -> str:
         return (
@@ -147,15 +150,33 @@ def replay(
         stats.decode_rows += sum(s.num_tokens == 1 for s in step.scheduled)
         stats.context_tokens += context
         stats.graph_prompt_steps += mixed_graph
+        sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         if step_ms is not None:
             ms = step_ms(rows, context, prompt > 0)
             stats.prompt_ms += ms if prompt else 0.0
             stats.decode_ms += 0.0 if prompt else ms
-        sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
+            done_ms, done_tokens = stats.timeline[-1] if stats.timeline else (0.0, 0)
+            stats.timeline.append((done_ms + ms, done_tokens + len(sampled)))
         scheduler.update_from_output(step, ModelRunnerOutput(sampled))
     stats.preemptions = scheduler.num_preemptions
     stats.output_tokens = scheduler.num_output_tokens
     return stats
+
+
+def token_phases(timeline: list[tuple[float, int]], cuts: tuple[float, ...] = (0.1, 0.9, 0.99)
+                 ) -> str:  # fmt: skip
+    """The modeled time of each share of the output tokens, split at `cuts`: a run's ramp
+    (prompts first), its middle and its drain (the last answers, few rows a step)."""
+    ms = np.array([t for t, _ in timeline])
+    tokens = np.array([n for _, n in timeline])
+    edges, parts, last_ms, last_tokens = [*cuts, 1.0], [], 0.0, 0
+    for lo, hi in zip([0.0, *cuts], edges, strict=True):
+        i = min(int(np.searchsorted(tokens, hi * tokens[-1])), len(tokens) - 1)
+        s = (ms[i] - last_ms) / 1e3
+        rate = (tokens[i] - last_tokens) / s if s > 0 else 0.0
+        parts.append(f"{lo:.0%}-{hi:.0%} {s:.1f} s ({rate:,.0f} tok/s)")
+        last_ms, last_tokens = ms[i], tokens[i]
+    return "time by share of output tokens: " + ", ".join(parts)
 
 
 def modeled_seconds(stats: ReplayStats, w: Workload, peaks: GpuPeaks, fp8_gemm: bool) -> float:
@@ -386,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"s, steps with prompt tokens {stats.prompt_ms / 1e3:.1f} s, {total:.1f} s = "
                   f"{stats.output_tokens / total:,.0f} tok/s (replays from {a.graph_log}, KV "
                   f"at {a.attention_tbps} TB/s; a model)", flush=True)  # fmt: skip
+            print(f"[replay]   {token_phases(stats.timeline)}", flush=True)
     return 0
 
 
