@@ -169,8 +169,8 @@ def token_phases(timeline: list[tuple[float, int]], cuts: tuple[float, ...] = (0
     (prompts first), its middle and its drain (the last answers, few rows a step)."""
     ms = np.array([t for t, _ in timeline])
     tokens = np.array([n for _, n in timeline])
-    edges, parts, last_ms, last_tokens = [*cuts, 1.0], [], 0.0, 0
-    for lo, hi in zip([0.0, *cuts], edges, strict=True):
+    bounds, parts, last_ms, last_tokens = [0.0, *cuts, 1.0], [], 0.0, 0
+    for lo, hi in itertools.pairwise(bounds):
         i = min(int(np.searchsorted(tokens, hi * tokens[-1])), len(tokens) - 1)
         s = (ms[i] - last_ms) / 1e3
         rate = (tokens[i] - last_tokens) / s if s > 0 else 0.0
