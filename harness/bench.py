@@ -38,6 +38,8 @@ ENGINE_LINE = re.compile(
 )
 # ... and its next line: the decode-only steps grouped by how many sequences they ran.
 BY_SEQUENCES_LINE = re.compile(r"engine decode-only steps by sequences: (.+)$")
+# ... how long each share of its tokens took (the ramp, the middle, the drain) ...
+BY_SHARE_LINE = re.compile(r"engine time by share of its tokens: (.+)$")
 # ... and on CUDA how much of the steps' time the GPU worked.
 GPU_TIME_LINE = re.compile(r"engine GPU time \(forward to sampled tokens, CUDA events\): (.+)$")
 ENGINE_FIELDS = (
@@ -67,7 +69,8 @@ class BenchResult:
     valid: bool
     returncode: int
     kv_tokens: int = 0
-    # parse_engine_line per engine copy, with its decode_steps_by_sequences and gpu_time lines
+    # parse_engine_line per engine copy, with its decode_steps_by_sequences,
+    # time_by_token_share and gpu_time lines
     engines: list[dict[str, float | str]] = field(default_factory=list)
     latencies: dict[str, float] = field(default_factory=dict)  # p99 TTFT/TPOT, ms
     roofline: str = ""
@@ -163,6 +166,8 @@ def run_child(
                     engines.append(engine)
                 elif (m := BY_SEQUENCES_LINE.search(line)) and engines:
                     engines[-1]["decode_steps_by_sequences"] = m.group(1)
+                elif (m := BY_SHARE_LINE.search(line)) and engines:
+                    engines[-1]["time_by_token_share"] = m.group(1)
                 elif (m := GPU_TIME_LINE.search(line)) and engines:
                     engines[-1]["gpu_time"] = m.group(1)
         rc = proc.wait()
@@ -311,6 +316,8 @@ def _print_result(r: BenchResult) -> None:
         if "decode_steps_by_sequences" in e:
             print(f"[bench]   decode-only steps by sequences: {e['decode_steps_by_sequences']}",
                   flush=True)  # fmt: skip
+        if "time_by_token_share" in e:
+            print(f"[bench]   time by share of its tokens: {e['time_by_token_share']}", flush=True)
         if "gpu_time" in e:
             print(f"[bench]   GPU time (forward to sampled tokens): {e['gpu_time']}", flush=True)
     if r.load:

@@ -138,6 +138,7 @@ class TorchBackend:
             )  # fmt: skip
             if groups := log.format_decode_steps_by_sequences():  # the ramp and drain show here
                 logger.info("engine decode-only steps by sequences: %s", groups)
+            logger.info("engine time by share of its tokens: %s", log.format_time_by_token_share())
             n_dec, decode_s, n_pre, prompt_s = log.time_split()
             decode_gpu, prompt_gpu = log.gpu_split()
             if decode_gpu or prompt_gpu:  # CUDA: the rest of a step's time the GPU waited

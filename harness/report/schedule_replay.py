@@ -49,6 +49,7 @@ from harness.engine.scheduler import (
     Scheduler,
     SchedulerConfig,
 )
+from harness.engine.stats import time_by_token_share
 from harness.report.roofline import PEAKS, GpuPeaks, Workload
 
 TOKEN = 7  # every prompt and output token; the scheduler never looks at the ids
@@ -161,22 +162,6 @@ def replay(
     stats.preemptions = scheduler.num_preemptions
     stats.output_tokens = scheduler.num_output_tokens
     return stats
-
-
-def token_phases(timeline: list[tuple[float, int]], cuts: tuple[float, ...] = (0.1, 0.9, 0.99)
-                 ) -> str:  # fmt: skip
-    """The modeled time of each share of the output tokens, split at `cuts`: a run's ramp
-    (prompts first), its middle and its drain (the last answers, few rows a step)."""
-    ms = np.array([t for t, _ in timeline])
-    tokens = np.array([n for _, n in timeline])
-    bounds, parts, last_ms, last_tokens = [0.0, *cuts, 1.0], [], 0.0, 0
-    for lo, hi in itertools.pairwise(bounds):
-        i = min(int(np.searchsorted(tokens, hi * tokens[-1])), len(tokens) - 1)
-        s = (ms[i] - last_ms) / 1e3
-        rate = (tokens[i] - last_tokens) / s if s > 0 else 0.0
-        parts.append(f"{lo:.0%}-{hi:.0%} {s:.1f} s ({rate:,.0f} tok/s)")
-        last_ms, last_tokens = ms[i], tokens[i]
-    return "time by share of output tokens: " + ", ".join(parts)
 
 
 def modeled_seconds(stats: ReplayStats, w: Workload, peaks: GpuPeaks, fp8_gemm: bool) -> float:
@@ -407,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"s, steps with prompt tokens {stats.prompt_ms / 1e3:.1f} s, {total:.1f} s = "
                   f"{stats.output_tokens / total:,.0f} tok/s (replays from {a.graph_log}, KV "
                   f"at {a.attention_tbps} TB/s; a model)", flush=True)  # fmt: skip
-            print(f"[replay]   {token_phases(stats.timeline)}", flush=True)
+            ends = [ms / 1e3 for ms, _ in stats.timeline]
+            shares = time_by_token_share(ends, [n for _, n in stats.timeline])
+            print(f"[replay]   time by share of output tokens: {shares}", flush=True)
     return 0
 
 

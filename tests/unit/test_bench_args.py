@@ -55,12 +55,14 @@ def test_the_printed_account_says_tokens_a_step(tmp_path, capsys):
     engine = parse_engine_line(line)
     engine["decode_steps_by_sequences"] = "1-16 sequences: 512 steps, 14.2 s, 4,100 tokens"
     engine["gpu_time"] = "decode-only steps 150.2 of 200.7 s, steps with prompt tokens 60.1 of 73.4"
+    engine["time_by_token_share"] = "0%-10% 60.4 s (1,461 tok/s), 10%-90% 182.8 s (3,861 tok/s)"
     _print_result(BenchResult("llama2-70b Offline", tmp_path, 2137.6, True, 0, 67072, [engine]))
     out = capsys.readouterr().out
     assert "engine time: 123 tokens a step on average; 4061 decode-only steps in 200.7 s" in out
     assert "694 steps with prompt tokens in 73.4 s (105.8 ms each)" in out
     assert "decode-only steps by sequences: 1-16 sequences: 512 steps, 14.2 s" in out
     assert "GPU time (forward to sampled tokens): decode-only steps 150.2 of 200.7 s" in out
+    assert "time by share of its tokens: 0%-10% 60.4 s (1,461 tok/s), 10%-90%" in out
 
 
 def test_server_is_reported_as_a_share_of_the_same_runs_offline(tmp_path, monkeypatch, capsys):

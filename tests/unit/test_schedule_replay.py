@@ -189,18 +189,6 @@ def test_the_measured_model_sums_graph_and_kv_time_by_kind_of_step():
     assert end_ms == pytest.approx(stats.decode_ms + stats.prompt_ms)
 
 
-def test_token_phases_split_the_time_by_share_of_the_output_tokens():
-    from harness.report.schedule_replay import token_phases
-
-    steady = [(10.0 * (i + 1), i + 1) for i in range(100)]  # 10 ms a token throughout
-    assert token_phases(steady) == (
-        "time by share of output tokens: 0%-10% 0.1 s (100 tok/s), 10%-90% 0.8 s (100 tok/s), "
-        "90%-99% 0.1 s (100 tok/s), 99%-100% 0.0 s (100 tok/s)"
-    )
-    drain = [*steady[:99], (990.0 + 1000.0, 100)]  # the last token alone takes a second
-    assert token_phases(drain).endswith("99%-100% 1.0 s (1 tok/s)")
-
-
 def test_a_continued_chunk_reads_its_keys_per_row_in_a_mixed_graph_and_once_eagerly():
     from harness.engine.outputs import ScheduledRequest, SchedulerOutput
     from harness.report.schedule_replay import step_shape

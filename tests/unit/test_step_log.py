@@ -136,3 +136,24 @@ def test_async_steps_keep_their_own_launch_time():
     assert kinds.count(1) == 2 and 0 in kinds[kinds.index(1) + 1 :]
     for prefill, seconds in zip(kinds, log.durations, strict=True):
         assert (seconds >= 0.04) if prefill else (seconds < 0.02), (kinds, list(log.durations))
+
+
+def test_time_by_token_share_splits_a_run_into_its_ramp_middle_and_drain():
+    from harness.engine.stats import time_by_token_share
+
+    ends = [0.01 * (i + 1) for i in range(100)]  # one token every 10 ms
+    tokens = list(range(1, 101))
+    assert time_by_token_share(ends, tokens) == (
+        "0%-10% 0.1 s (100 tok/s), 10%-90% 0.8 s (100 tok/s), 90%-99% 0.1 s (100 tok/s), "
+        "99%-100% 0.0 s (100 tok/s)"
+    )
+    ends[-1] += 1.0  # the last token alone takes a second more
+    assert time_by_token_share(ends, tokens).endswith("99%-100% 1.0 s (1 tok/s)")
+    assert time_by_token_share([], []) == ""
+
+
+def test_the_step_log_counts_from_its_first_steps_start():
+    log = StepLog()
+    for i in range(10):  # steps of 2 s ending at 102, 104, ...: the run starts at 100
+        log.record(10, 2.0, now=100.0 + 2 * (i + 1))
+    assert log.format_time_by_token_share().startswith("0%-10% 2.0 s (5 tok/s)")

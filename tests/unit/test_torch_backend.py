@@ -221,7 +221,7 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     """bench.json's "engines" account comes from these lines: a format change must break here."""
     import logging
 
-    from harness.bench import BY_SEQUENCES_LINE, parse_engine_line
+    from harness.bench import BY_SEQUENCES_LINE, BY_SHARE_LINE, parse_engine_line
 
     path, _ = hf_dir
     cfg = make_cfg(path, tmp_path / "engine")
@@ -230,7 +230,7 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="harness.backends.torch_backend"):
         run_backend(backend, requests(5))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     got = parse_engine_line(lines[0])
     log = backend.engine.step_log
     assert got is not None and got["tokens"] == log.num_tokens > 0
@@ -239,6 +239,8 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     assert parse_engine_line("engine: something else") is None
     groups = BY_SEQUENCES_LINE.search(lines[1])  # 5 requests: every decode step has 1-16 sequences
     assert groups and groups.group(1).startswith(f"1-16 sequences: {got['decode_steps']} steps")
+    shares = BY_SHARE_LINE.search(lines[2])
+    assert shares and shares.group(1).startswith("0%-10% ") and " 99%-100% " in shares.group(1)
 
 
 def test_on_cuda_the_closing_line_says_what_memory_the_run_left(hf_dir, tmp_path, caplog,
