@@ -67,8 +67,9 @@ class ReplayStats:
     graph_prompt_steps: int = 0  # steps with prompt tokens that a mixed graph could take
     decode_ms: float = 0.0  # with replay's step_ms: the decode-only steps' modeled time
     prompt_ms: float = 0.0  # and the steps with prompt tokens'
-    # with step_ms: (modeled ms, output tokens) summed up to the end of each step
-    timeline: list[tuple[float, int]] = field(default_factory=list)
+    # with step_ms, per step: its modeled end (s) and the output tokens up to it
+    step_ends_s: list[float] = field(default_factory=list)
+    cumulative_tokens: list[int] = field(default_factory=list)
 
     def line(self, first_prompts: int) -> str:
         return (
@@ -156,8 +157,9 @@ def replay(
             ms = step_ms(rows, context, prompt > 0)
             stats.prompt_ms += ms if prompt else 0.0
             stats.decode_ms += 0.0 if prompt else ms
-            done_ms, done_tokens = stats.timeline[-1] if stats.timeline else (0.0, 0)
-            stats.timeline.append((done_ms + ms, done_tokens + len(sampled)))
+            stats.step_ends_s.append((stats.decode_ms + stats.prompt_ms) / 1e3)
+            done = stats.cumulative_tokens[-1] if stats.cumulative_tokens else 0
+            stats.cumulative_tokens.append(done + len(sampled))
         scheduler.update_from_output(step, ModelRunnerOutput(sampled))
     stats.preemptions = scheduler.num_preemptions
     stats.output_tokens = scheduler.num_output_tokens
@@ -392,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"s, steps with prompt tokens {stats.prompt_ms / 1e3:.1f} s, {total:.1f} s = "
                   f"{stats.output_tokens / total:,.0f} tok/s (replays from {a.graph_log}, KV "
                   f"at {a.attention_tbps} TB/s; a model)", flush=True)  # fmt: skip
-            ends = [ms / 1e3 for ms, _ in stats.timeline]
-            shares = time_by_token_share(ends, [n for _, n in stats.timeline])
+            shares = time_by_token_share(stats.step_ends_s, stats.cumulative_tokens)
             print(f"[replay]   time by share of output tokens: {shares}", flush=True)
     return 0
 

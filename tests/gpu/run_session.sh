@@ -36,6 +36,8 @@ for spec in "$@"; do  # a misspelt phase or test file fails now, not after the d
     done
   fi
 done
+ls .whl/*.whl > /dev/null 2>&1 || {
+  echo "run_session: no wheels in .whl/; run scripts/device_wheels.sh here, carry .whl"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD

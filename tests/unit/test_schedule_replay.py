@@ -184,9 +184,9 @@ def test_the_measured_model_sums_graph_and_kv_time_by_kind_of_step():
     decode_context = stats.context_tokens - sum(ins)
     assert stats.decode_ms == pytest.approx(10.0 * decode_steps + decode_context)
     # the timeline ends at the modeled total and every output token, one entry a step
-    end_ms, end_tokens = stats.timeline[-1]
-    assert len(stats.timeline) == stats.steps and end_tokens == sum(outs)
-    assert end_ms == pytest.approx(stats.decode_ms + stats.prompt_ms)
+    assert len(stats.step_ends_s) == len(stats.cumulative_tokens) == stats.steps
+    assert stats.cumulative_tokens[-1] == sum(outs)
+    assert stats.step_ends_s[-1] * 1e3 == pytest.approx(stats.decode_ms + stats.prompt_ms)
 
 
 def test_a_continued_chunk_reads_its_keys_per_row_in_a_mixed_graph_and_once_eagerly():
