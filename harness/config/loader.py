@@ -3,7 +3,8 @@
 Fixed merge order (later wins), printed with the resolved config:
   schema defaults -> configs/<benchmark>/benchmark.yaml -> configs/<benchmark>/<scenario>.yaml
   -> systems/<system>.yaml `defaults:` -> its `benchmarks.<benchmark>.<scenario>:` section
-  -> that section's `model_opts.<the resolved engine.model_opt>:` -> --test_run settings
+  -> that section's `backends.<the resolved engine.backend>:` -> its
+  `model_opts.<the resolved engine.model_opt>:` -> --test_run settings
   -> command-line overrides (--<key>=<value>).
 Imports nothing else from the package.
 """
@@ -109,9 +110,10 @@ def benchmark_layers(benchmark: str, scenario: str) -> list[Layer]:
 
 def system_layers(
     system: str, benchmark: str, scenario: str
-) -> tuple[list[Layer], dict[str, Layer]]:
+) -> tuple[list[Layer], dict[str, Layer], dict[str, Layer]]:
     """The system file's layers, and its scenario section's `model_opts` layers by model_opt
-    name (each checked here, whichever model_opt the run resolves to)."""
+    name and `backends` layers by backend name (each checked here, whichever the run resolves
+    to)."""
     path = repo_root() / "systems" / f"{system}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -136,24 +138,32 @@ def system_layers(
     per_bench = (data.get("benchmarks") or {}).get(benchmark) or {}
     section = dict(per_bench.get(scenario) or {})
     where = f"benchmarks.{benchmark}.{scenario}."
-    per_opt = section.pop("model_opts", None) or {}
+    per_opt = section.pop("model_opts", None)
+    per_backend = section.pop("backends", None)
     layers.append(Layer(f"{path} ({where[:-1]})", _check_sections(section, str(path), where)))
-    opts = CHOICES["engine.model_opt"]
-    if not isinstance(per_opt, dict) or set(per_opt) - set(opts):
+    opt_layers = _named_layers(path, f"{where}model_opts", per_opt, "model_opt")
+    backend_layers = _named_layers(path, f"{where}backends", per_backend, "backend")
+    return layers, opt_layers, backend_layers
+
+
+def _named_layers(path: Path, where: str, named: Any, key: str) -> dict[str, Layer]:
+    """A section's `model_opts:` or `backends:` map: one checked layer per engine.<key> value,
+    which that layer itself cannot set."""
+    choices = CHOICES[f"engine.{key}"]
+    named = named or {}
+    if not isinstance(named, dict) or set(named) - set(choices):
         raise ConfigError(
-            f"{path}: '{where}model_opts' must map model_opt names ({', '.join(opts)}) to "
-            f"sections, got {per_opt!r}"
+            f"{path}: '{where}' must map {key} names ({', '.join(choices)}) to "
+            f"sections, got {named!r}"
         )
-    opt_layers = {}
-    for opt, opt_section in per_opt.items():
-        opt_where = f"{where}model_opts.{opt}."
-        values = _check_sections(opt_section or {}, str(path), opt_where)
-        if "model_opt" in (values.get("engine") or {}):
-            raise ConfigError(
-                f"{path}: '{opt_where}engine.model_opt' cannot be set there: remove it"
-            )
-        opt_layers[opt] = Layer(f"{path} ({opt_where[:-1]})", values)
-    return layers, opt_layers
+    layers = {}
+    for name, section in named.items():
+        name_where = f"{where}.{name}."
+        values = _check_sections(section or {}, str(path), name_where)
+        if key in (values.get("engine") or {}):
+            raise ConfigError(f"{path}: '{name_where}engine.{key}' cannot be set there: remove it")
+        layers[name] = Layer(f"{path} ({name_where[:-1]})", values)
+    return layers
 
 
 def parse_overrides(overrides: dict[str, str]) -> Layer:
@@ -256,12 +266,14 @@ def load_config(
     test_run_values = {"scenario": dict(TEST_RUN_SETTINGS), "run": {"test_run": True}}
     late = [Layer("--test_run", test_run_values)] if test_run else []
     late.append(parse_overrides(overrides or {}))
-    layers, opt_layers = system_layers(system, benchmark, scenario)
+    layers, opt_layers, backend_layers = system_layers(system, benchmark, scenario)
     layers = benchmark_layers(benchmark, scenario) + layers
     cfg = merge(layers + late)
-    # The model_opt (command line, or the files) picks the system's model_opts layer, if any.
-    if (opt_layer := opt_layers.get(cfg.engine.model_opt)) is not None:
-        cfg = merge(layers + [opt_layer] + late)
+    # The model_opt and backend (command line, or the files) pick the system's model_opts and
+    # backends layers, if any.
+    picked = [backend_layers.get(cfg.engine.backend), opt_layers.get(cfg.engine.model_opt)]
+    if picked := [layer for layer in picked if layer is not None]:
+        cfg = merge(layers + picked + late)
     OmegaConf.set_readonly(cfg, True)
     return OmegaConf.to_object(cfg)
 

@@ -128,6 +128,17 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
             "{Dense: {engine: {model_opt: FP8}}}}}}\n",
             "'benchmarks.b.Offline.model_opts.Dense.engine.model_opt' cannot be set there",
         ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {backends: {vllm: {}}}}}\n",
+            "'benchmarks.b.Offline.backends' must map backend names",
+        ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {backends: "
+            "{trtllm: {engine: {backend: torch}}}}}}\n",
+            "'benchmarks.b.Offline.backends.trtllm.engine.backend' cannot be set there",
+        ),
         ("benchmark: {name: b}\n", "system: {name: s}\n", "missing required config key"),
         ("benchmark: [1, 2\n", "system: {name: s}\n", "not valid YAML"),
     ],
@@ -147,6 +158,20 @@ def test_model_opt_section_applies_to_its_model_opt_only():
     assert sparse.engine.async_scheduling  # the scenario's own keys still apply
     cli = load_config(bench, "Offline", system, {"model_opt": "Sparse", "max_num_seqs": "300"})
     assert cli.engine.max_num_seqs == 300  # the command line still wins
+
+
+def test_backend_section_applies_to_its_backend_only():
+    # The H100's torch engine chunks prompts into 320-token steps; TensorRT-LLM's steps must
+    # hold a whole prompt, so its backends.trtllm section raises the budget.
+    system = "H100-SXM-80GBx1"
+    assert load_config("llama2-70b", "Offline", system).engine.max_num_batched_tokens == 320
+    trt = load_config("llama2-70b", "Offline", system, {"backend": "trtllm"})
+    assert trt.engine.max_num_batched_tokens == 1024
+    assert trt.engine.max_num_seqs == 256  # the scenario's own keys still apply
+    sparse = load_config("llama2-70b-synthetic", "Offline", system,
+                         {"backend": "trtllm", "model_opt": "Sparse"})  # fmt: skip
+    assert sparse.engine.max_num_seqs == 512  # both layers apply,
+    assert sparse.engine.max_num_batched_tokens == 4096  # the model_opt's, the narrower, last
 
 
 def test_resolved_config_round_trips(tmp_path):

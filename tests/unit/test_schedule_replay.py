@@ -206,6 +206,6 @@ def test_the_mixed_graph_size_comes_from_the_config_as_the_engine_sizes_it():
     from harness.report.schedule_replay import knobs_from_config, mixed_graph_tokens
 
     knobs = knobs_from_config("llama2-70b-synthetic", "Offline", "H100-SXM-80GBx1")
-    assert knobs["graph_tokens"] == 1024  # the H100 YAML's cuda_graph_max_tokens
+    assert knobs["graph_tokens"] == 320  # the H100 YAML's cuda_graph_max_tokens
     assert mixed_graph_tokens(1024, 512) == 512  # no step, so no graph, above the step budget
     assert mixed_graph_tokens(256, 1024) == 256

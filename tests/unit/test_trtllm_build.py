@@ -56,7 +56,8 @@ def world(tmp_path, monkeypatch):
 
 
 def make_cfg(world, **overrides: str):
-    base = {"model_path": str(world.model), "preprocessed_dir": str(world.root / "pre")}
+    base = {"model_path": str(world.model), "preprocessed_dir": str(world.root / "pre"),
+            "backend": "trtllm"}  # fmt: skip
     return load_config("llama2-70b", "Offline", "H100-SXM-80GBx1", {**base, **overrides})
 
 

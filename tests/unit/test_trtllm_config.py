@@ -24,7 +24,9 @@ from harness.config.loader import load_config
 
 
 def make_cfg(**overrides: str):
-    return load_config("llama2-70b", "Offline", "H100-SXM-80GBx1", dict(overrides))
+    return load_config(
+        "llama2-70b", "Offline", "H100-SXM-80GBx1", {"backend": "trtllm", **overrides}
+    )
 
 
 # --- the knob table ----------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_real_sampling_params_and_kv_cache_config_accept_our_keywords():
 
     from harness.config.loader import load_config
 
-    cfg = load_config("llama2-70b", "Offline", "H100-SXM-80GBx1")
+    cfg = load_config("llama2-70b", "Offline", "H100-SXM-80GBx1", {"backend": "trtllm"})
     params = SamplingParams(**sampling_kwargs(req(0), EOS))
     assert params.end_id == EOS and params.top_k == 1
     KvCacheConfig(**llm_kwargs(cfg, "pytorch", model="m")["kv_cache_config"])
