@@ -147,8 +147,8 @@ def system_layers(
 
 
 def _named_layers(path: Path, where: str, named: Any, key: str) -> dict[str, Layer]:
-    """A section's `model_opts:` or `backends:` map: one checked layer per engine.<key> value,
-    which that layer itself cannot set."""
+    """A section's `model_opts:` or `backends:` map: one checked layer per engine.<key> value.
+    No such layer sets engine.model_opt or engine.backend: those pick the layers."""
     choices = CHOICES[f"engine.{key}"]
     named = named or {}
     if not isinstance(named, dict) or set(named) - set(choices):
@@ -160,8 +160,10 @@ def _named_layers(path: Path, where: str, named: Any, key: str) -> dict[str, Lay
     for name, section in named.items():
         name_where = f"{where}.{name}."
         values = _check_sections(section or {}, str(path), name_where)
-        if key in (values.get("engine") or {}):
-            raise ConfigError(f"{path}: '{name_where}engine.{key}' cannot be set there: remove it")
+        if pickers := sorted({"model_opt", "backend"} & set(values.get("engine") or {})):
+            raise ConfigError(
+                f"{path}: '{name_where}engine.{pickers[0]}' cannot be set there: remove it"
+            )
         layers[name] = Layer(f"{path} ({name_where[:-1]})", values)
     return layers
 

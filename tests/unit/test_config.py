@@ -139,6 +139,12 @@ benchmark: {name: b, loadgen_model: b, model_path: m, dataset_path: d, preproces
             "{trtllm: {engine: {backend: torch}}}}}}\n",
             "'benchmarks.b.Offline.backends.trtllm.engine.backend' cannot be set there",
         ),
+        (
+            GOOD_BENCH,
+            "system: {name: s}\nbenchmarks: {b: {Offline: {backends: "
+            "{trtllm: {engine: {model_opt: FP8}}}}}}\n",
+            "'benchmarks.b.Offline.backends.trtllm.engine.model_opt' cannot be set there",
+        ),
         ("benchmark: {name: b}\n", "system: {name: s}\n", "missing required config key"),
         ("benchmark: [1, 2\n", "system: {name: s}\n", "not valid YAML"),
     ],
