@@ -273,8 +273,9 @@ def load_config(
     cfg = merge(layers + late)
     # The model_opt and backend (command line, or the files) pick the system's model_opts and
     # backends layers, if any.
-    picked = [backend_layers.get(cfg.engine.backend), opt_layers.get(cfg.engine.model_opt)]
-    if picked := [layer for layer in picked if layer is not None]:
+    named = (backend_layers.get(cfg.engine.backend), opt_layers.get(cfg.engine.model_opt))
+    picked = [layer for layer in named if layer is not None]
+    if picked:
         cfg = merge(layers + picked + late)
     OmegaConf.set_readonly(cfg, True)
     return OmegaConf.to_object(cfg)
