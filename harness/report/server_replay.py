@@ -1,9 +1,10 @@
 """A Server run replayed on lengths alone: Poisson arrivals, the engine's own scheduler, each
 step timed at the replay time its CUDA graph logged in a measured run (schedule_replay's
 measured-graph model) times a sustained-load factor; prints p99 time to first token, p99 time
-per output token and completed tokens/s for each rate and max_num_seqs. A model for choosing
-which rates and knobs to measure (each Server measurement costs minutes of GPU time), never a
-measured figure.
+per output token and completed tokens/s for each rate and max_num_seqs. Completed tokens/s is
+LoadGen's: every output token over the time at which the last query to arrive is done (not the
+last to finish). A model for choosing which rates and knobs to measure (each Server
+measurement costs minutes of GPU time), never a measured figure.
 
 Steps run one after another (async scheduling, which overlaps the host's work, is not
 modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
@@ -49,6 +50,7 @@ class ServerStats:
     tpot_s: list[float] = field(default_factory=list)  # per request with 2+ tokens
     output_tokens: int = 0
     end_s: float = 0.0  # the last step's end, from the first arrival
+    final_done_s: float = 0.0  # when the last query to arrive finished: LoadGen's divisor
     preemptions: int = 0
 
     def line(self) -> str:
@@ -58,7 +60,8 @@ class ServerStats:
             tpot = f"p99 TPOT {p99:.1f} ms (mean {mean:.1f})"
         return (
             f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms, {tpot}, "
-            f"{self.output_tokens / self.end_s:,.0f} tok/s completed over {self.end_s:.0f} s, "
+            f"{self.output_tokens / self.final_done_s:,.0f} tok/s completed (the last query "
+            f"to arrive done at {self.final_done_s:.0f} s, all at {self.end_s:.0f} s), "
             f"{self.preemptions} preemptions"
         )
 
@@ -106,6 +109,8 @@ def replay_server(
                 stats.ttft_s.append(clock - float(arrivals_s[rid]))
             if event.is_finished and len(event.output_token_ids) > 1:
                 stats.tpot_s.append((clock - first_s[rid]) / (len(event.output_token_ids) - 1))
+            if event.is_finished and rid == len(arrivals_s) - 1:
+                stats.final_done_s = clock
     stats.output_tokens = scheduler.num_output_tokens
     stats.end_s = clock
     stats.preemptions = scheduler.num_preemptions

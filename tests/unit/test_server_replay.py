@@ -26,6 +26,15 @@ def test_first_tokens_and_tokens_per_output_come_from_step_ends():
     assert stats.ttft_s == pytest.approx([0.010, 0.010, 0.015])
     assert stats.tpot_s == pytest.approx([0.010, 0.010])  # requests 0 and 2 (1 has one token)
     assert stats.output_tokens == 6 and stats.end_s == pytest.approx(1.030)
+    assert stats.final_done_s == pytest.approx(1.030)  # request 2, the last to arrive
+
+
+def test_completed_tokens_per_second_divide_by_the_last_arrivals_end_as_loadgen_does():
+    # request 0 (arrives first) has the longest answer and finishes after request 1
+    arrivals = np.array([0.0, 0.001])
+    stats = replay_server([5, 5], [20, 1], arrivals, 1024, SchedulerConfig(), TEN_MS)
+    assert stats.final_done_s == pytest.approx(0.020) and stats.end_s == pytest.approx(0.200)
+    assert "1,050 tok/s completed (the last query to arrive done at 0 s" in stats.line()
 
 
 def test_slowdown_scales_every_step():
@@ -47,9 +56,10 @@ def test_a_bad_rate_is_a_one_line_error_naming_it(capsys):
 def test_the_summary_line_gives_the_percentiles_and_one_token_answers_have_no_tpot():
     from harness.report.server_replay import ServerStats
 
-    stats = ServerStats(ttft_s=[0.1] * 99 + [2.0], tpot_s=[0.05] * 4, output_tokens=100, end_s=10)
+    stats = ServerStats(ttft_s=[0.1] * 99 + [2.0], tpot_s=[0.05] * 4, output_tokens=100,
+                        end_s=12, final_done_s=10)  # fmt: skip
     assert stats.line().startswith("p99 TTFT 119 ms, p99 TPOT 50.0 ms (mean 50.0), 10 tok/s")
-    assert "no TPOT (1-token answers)" in ServerStats(ttft_s=[0.1], end_s=1).line()
+    assert "no TPOT (1-token answers)" in ServerStats(ttft_s=[0.1], final_done_s=1).line()
 
 
 def test_step_sizes_compare_in_one_run_and_a_bad_one_is_named(tmp_path, monkeypatch, capsys):
