@@ -9,7 +9,9 @@ measurement costs minutes of GPU time), never a measured figure.
 Steps run one after another (async scheduling, which overlaps the host's work, is not
 modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
 run's engine time over the model's time for the same run (e.g. an Offline run through
-`schedule_replay --graph_log`), which carries the clock under sustained load and the host.
+`schedule_replay --graph_log`, or a Server run's mean step times, from its bench "engine time"
+line, over those this prints at --slowdown=1), which carries the clock under sustained load
+and the host.
 Near the engine's capacity the p99 first-token time swings by orders of magnitude with a few
 percent of `--slowdown` (1.14 called 256 sequences at 9.13 q/s safe; the H100 measured a 17.8 s
 p99 and 1,463 preemptions, which 1.22 reproduces): there only a LoadGen run decides.
@@ -52,6 +54,11 @@ class ServerStats:
     end_s: float = 0.0  # the last step's end, from the first arrival
     final_done_s: float = 0.0  # when the last query to arrive finished: LoadGen's divisor
     preemptions: int = 0
+    # step counts and summed times (s), as a bench run's "engine time" line gives them
+    decode_steps: int = 0
+    decode_s: float = 0.0
+    prompt_steps: int = 0  # steps with prompt tokens
+    prompt_s: float = 0.0
 
     def line(self) -> str:
         tpot = "no TPOT (1-token answers)"
@@ -62,7 +69,9 @@ class ServerStats:
             f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms, {tpot}, "
             f"{self.output_tokens / self.final_done_s:,.0f} tok/s completed (the last query "
             f"to arrive done at {self.final_done_s:.0f} s, all at {self.end_s:.0f} s), "
-            f"{self.preemptions} preemptions"
+            f"{self.preemptions} preemptions; {self.decode_steps:,} decode-only steps at "
+            f"{self.decode_s * 1e3 / max(self.decode_steps, 1):.1f} ms, {self.prompt_steps:,} "
+            f"with prompt tokens at {self.prompt_s * 1e3 / max(self.prompt_steps, 1):.1f} ms"
         )
 
 
@@ -100,7 +109,12 @@ def replay_server(
         if step.is_empty:
             raise RuntimeError("the scheduler made an empty step with requests waiting")
         rows, context, prompt, _ = step_shape(step, graph_tokens)
-        clock += step_ms(rows, context, prompt > 0) * slowdown / 1e3
+        seconds = step_ms(rows, context, prompt > 0) * slowdown / 1e3
+        clock += seconds
+        if prompt > 0:
+            stats.prompt_steps, stats.prompt_s = stats.prompt_steps + 1, stats.prompt_s + seconds
+        else:
+            stats.decode_steps, stats.decode_s = stats.decode_steps + 1, stats.decode_s + seconds
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         for event in scheduler.update_from_output(step, ModelRunnerOutput(sampled)):
             rid = event.request_id

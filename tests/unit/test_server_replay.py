@@ -27,6 +27,9 @@ def test_first_tokens_and_tokens_per_output_come_from_step_ends():
     assert stats.tpot_s == pytest.approx([0.010, 0.010])  # requests 0 and 2 (1 has one token)
     assert stats.output_tokens == 6 and stats.end_s == pytest.approx(1.030)
     assert stats.final_done_s == pytest.approx(1.030)  # request 2, the last to arrive
+    # a prompt step for each request; decode-only: request 0's two, then request 2's one
+    assert (stats.prompt_steps, stats.decode_steps) == (3, 3)
+    assert stats.prompt_s == pytest.approx(0.030) and stats.decode_s == pytest.approx(0.030)
 
 
 def test_completed_tokens_per_second_divide_by_the_last_arrivals_end_as_loadgen_does():
