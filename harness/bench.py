@@ -185,17 +185,23 @@ def mean_lengths(cfg: HarnessConfig) -> tuple[float, float]:
 
 
 def load_line(scheduled_qps: float, completed_qps: float, mean_out: float = 0.0,
-              steady_tps: float = 0.0) -> str:  # fmt: skip
+              steady_tps: float = 0.0, queries: int = 0) -> str:  # fmt: skip
     """Server / Interactive: the queries LoadGen scheduled and completed a second and, where
     answers have the reference lengths (dummy weights: mean_out > 0), the tokens/s that load
     offered against the engine's steady state. An engine below the offered load falls behind:
-    its queue, and with it TTFT, grows for the rest of the run."""
+    its queue, and with it TTFT, grows for the rest of the run. With the query count, when the
+    last query issued was scheduled and done: LoadGen's completed rates (samples and tokens)
+    divide by the latter, so that one query's latency moves the run's figure."""
     line = f"load: LoadGen scheduled {scheduled_qps:.2f} queries/s, completed {completed_qps:.2f}"
     if mean_out:
         offered = scheduled_qps * mean_out
         line += f"; about {offered:,.0f} tokens/s offered at the mean output of {mean_out:.0f}"
         if steady_tps:
             line += f", engine steady state {steady_tps:,.1f} = {steady_tps / offered:.1%}"
+    if queries > 1 and scheduled_qps > 0 and completed_qps > 0:
+        line += (f"; the last query issued was scheduled at {(queries - 1) / scheduled_qps:.1f} s "
+                 f"and done at {(queries - 1) / completed_qps:.1f} s, the completed rates' "
+                 "divisor")  # fmt: skip
     return line
 
 
@@ -281,7 +287,8 @@ def bench_one(
     if scheduled:
         mean_out = mean_lengths(cfg)[1] if e.dummy_weights else 0.0  # else EOS sets lengths
         completed = float(detail.get("result_completed_samples_per_sec") or 0.0)
-        res.load = load_line(float(scheduled), completed, mean_out, res.engine_steady_tps)
+        queries = int(detail.get("result_query_count") or 0)
+        res.load = load_line(float(scheduled), completed, mean_out, res.engine_steady_tps, queries)
     summary = {
         "label": label, "tokens_per_second": tps, "valid": res.valid, "returncode": rc,
         "kv_tokens": kv_tokens, "engine_steady_tokens_per_second": res.engine_steady_tps,

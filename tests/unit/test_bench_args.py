@@ -98,5 +98,9 @@ def test_a_server_run_says_the_load_offered_against_the_engines_rate(tmp_path, c
     )
     real = load_line(2.0, 1.9)  # real weights: EOS sets the lengths, no token figure
     assert real == "load: LoadGen scheduled 2.00 queries/s, completed 1.90"
+    # the thirtieth session's H100 Server at 9.2 qps: 2,807 queries, the last done 33.7 s late
+    late = load_line(9.35315, 8.40794, queries=2807)
+    assert late.endswith("the last query issued was scheduled at 300.0 s and done at 333.7 s, "
+                         "the completed rates' divisor")  # fmt: skip
     _print_result(BenchResult("x Server", tmp_path, 1979.2, False, 1, load=line))
     assert f"[bench]   {line}" in capsys.readouterr().out
