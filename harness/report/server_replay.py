@@ -112,9 +112,11 @@ def replay_server(
         seconds = step_ms(rows, context, prompt > 0) * slowdown / 1e3
         clock += seconds
         if prompt > 0:
-            stats.prompt_steps, stats.prompt_s = stats.prompt_steps + 1, stats.prompt_s + seconds
+            stats.prompt_steps += 1
+            stats.prompt_s += seconds
         else:
-            stats.decode_steps, stats.decode_s = stats.decode_steps + 1, stats.decode_s + seconds
+            stats.decode_steps += 1
+            stats.decode_s += seconds
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         for event in scheduler.update_from_output(step, ModelRunnerOutput(sampled)):
             rid = event.request_id
