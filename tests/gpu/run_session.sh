@@ -116,6 +116,12 @@ watts = [float(r[2].split()[0]) for r in rows if r[2].strip()[:1].isdigit()]
 if mhz:
     print(f"=== clocks: {len(mhz)} s sampled; SM {min(mhz):.0f} / {statistics.median(mhz):.0f} / "
           f"{max(mhz):.0f} MHz (min / median / max); power up to {max(watts, default=0):.0f} W")
+busy = [(float(r[1].split()[0]), float(r[2].split()[0])) for r in rows
+        if r[2].strip()[:1].isdigit() and float(r[2].split()[0]) > 300]  # under load
+if busy:
+    print(f"=== clocks under load (over 300 W): {len(busy)} s; SM median "
+          f"{statistics.median(m for m, _ in busy):.0f} MHz at a median "
+          f"{statistics.median(w for _, w in busy):.0f} W")
 PY
 tar czf "$OUT/summaries.tgz" build/logs/bench/*/*/mlperf_log_summary.txt \
   build/logs/bench/*/*/mlperf_log_detail.txt 2>/dev/null
