@@ -108,16 +108,17 @@ for spec in "$@"; do
   case $phase in b7|b70|b70s|b70srv|o7|ss7|srv70|int70) cat build/logs/bench/latest/*/bench.json >> "$OUT/bench.jsonl" ;; esac
 done
 kill $SAMPLER 2>/dev/null
-python3 - "$OUT/clocks.csv" <<'PY'  # the call's SM clock and power, one line
+python3 - "$OUT/clocks.csv" <<'PY'  # the call's SM clock and power; and under load
 import csv, statistics, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) == 4 and r[1].strip()[:1].isdigit()]
 mhz = [float(r[1].split()[0]) for r in rows]
-watts = [float(r[2].split()[0]) for r in rows if r[2].strip()[:1].isdigit()]
+pairs = [(float(r[1].split()[0]), float(r[2].split()[0])) for r in rows
+         if r[2].strip()[:1].isdigit()]  # (MHz, W) where the power was read
+watts = [w for _, w in pairs]
 if mhz:
     print(f"=== clocks: {len(mhz)} s sampled; SM {min(mhz):.0f} / {statistics.median(mhz):.0f} / "
           f"{max(mhz):.0f} MHz (min / median / max); power up to {max(watts, default=0):.0f} W")
-busy = [(float(r[1].split()[0]), float(r[2].split()[0])) for r in rows
-        if r[2].strip()[:1].isdigit() and float(r[2].split()[0]) > 300]  # under load
+busy = [(m, w) for m, w in pairs if w > 300]  # under load, not idle or loading
 if busy:
     print(f"=== clocks under load (over 300 W): {len(busy)} s; SM median "
           f"{statistics.median(m for m, _ in busy):.0f} MHz at a median "
