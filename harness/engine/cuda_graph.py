@@ -16,11 +16,10 @@ launches (about 70 ms at any small batch), a replayed one by the GPU. Two kinds:
   (`PagedAttention._prefill_cached`); tests/gpu/test_cuda_graph.py checks the two agree.
 
 With `fastest_buckets`, decode graphs are captured up to the next power of two above the
-largest batch (at least 128 rows), and every graph of either kind is timed: a bucket whose
-replay is slower than a larger one's of its kind is dropped, so a step pads up to the faster
-graph. cuBLAS's FP8 GEMM on the H100 took 0.58 ms per 70B layer at 192 rows and 0.42 ms
-at 256, and the 70B decode graph of 160 rows replayed in 52.5 ms, the one of 256 rows in
-38.5 ms.
+largest batch, and every graph of either kind is timed: a bucket whose replay is slower than a
+larger one's of its kind is dropped, so a step pads up to the faster graph. cuBLAS's FP8 GEMM
+on the H100 took 0.58 ms per 70B layer at 192 rows and 0.42 ms at 256, and the 70B decode
+graph of 160 rows replayed in 52.5 ms, the one of 256 rows in 38.5 ms.
 
 Rows padded up to a bucket write nowhere (slot -1), decode nothing (context 0) and belong to
 no flash sequence; their hidden states are never read.
@@ -51,18 +50,10 @@ def decode_buckets(max_batch: int) -> list[int]:
     return sorted({min(s, max_batch) for s in sizes if s <= max_batch} | {max_batch})
 
 
-MIN_FASTEST_ROWS = 128  # cuBLAS's FP8 GEMM runs 33-64 rows slower than 80-128: 70B decode
-# graphs replayed 64 rows in 31.5 ms and 80 in 29.9 on an H100, 64 in 28.1 and 112 in 22.8 on an
-# H200 (docs/graph_times/), so a 64-sequence engine (Interactive) pads those steps up
-
-
 def graph_batch(max_batch: int, fastest_buckets: bool) -> int:
-    """Rows of the largest decode graph: with fastest_buckets the next power of two and at
-    least MIN_FASTEST_ROWS, so that a batch may pad up to a faster graph (160 -> 256, 64 ->
-    128); else max_batch. One sequence never pads: its one-row step has the GEMV."""
-    if not fastest_buckets or max_batch == 1:
-        return max_batch
-    return max(1 << (max_batch - 1).bit_length(), MIN_FASTEST_ROWS)
+    """Rows of the largest decode graph: with fastest_buckets the next power of two, so that a
+    full batch may pad up to a faster graph (160 -> 256); else max_batch."""
+    return 1 << (max_batch - 1).bit_length() if fastest_buckets else max_batch
 
 
 def keep_fastest(replay_ms: dict[int, float], margin: float = 0.03) -> list[int]:

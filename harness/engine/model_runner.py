@@ -90,7 +90,7 @@ class ModelRunner:
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
         cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only), and
         cuda_graph_max_tokens > 0 graphs of mixed steps up to that many tokens (cuda_graph.py);
-        cuda_graph_fastest_buckets: decode graphs up to cuda_graph.graph_batch, then drop the
+        cuda_graph_fastest_buckets: decode graphs up to the next power of two, then drop the
         graphs that a larger one of their kind replays faster (agree: on every rank's slowest
         replay times);
         cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds

@@ -135,15 +135,15 @@ def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):
 
 
 def test_decode_steps_pad_to_the_buckets_kept():
-    """Decode graphs go up to the next power of two, at least 128 rows (6 sequences: 128), are
-    timed, and some may go (fastest_buckets); a batch then runs the next kept one, padded: same
-    hidden states as the eager step."""
+    """Decode graphs go up to the next power of two (6 sequences: 8 rows), are timed, and some
+    may go (fastest_buckets); a batch then runs the next kept one, padded: same hidden states
+    as the eager step."""
     from harness.engine.cuda_graph import decode_buckets
 
     runner = _runner(max_num_seqs=6)
     graphs = runner.graphs
-    assert set(graphs.decode_sizes) <= set(decode_buckets(128)) and 128 in graphs.decode_sizes
-    graphs.decode_sizes = [128]  # as if every smaller bucket had been slower
+    assert set(graphs.decode_sizes) <= set(decode_buckets(8)) and 8 in graphs.decode_sizes
+    graphs.decode_sizes = [8]  # as if every smaller bucket had been slower
     for n in (1, 3, 6):
         batch = runner._prepare(_step([5 + 9 * i for i in range(n)], []))
         with torch.inference_mode():

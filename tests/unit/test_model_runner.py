@@ -92,7 +92,6 @@ def test_fastest_buckets_drops_a_bucket_that_a_larger_one_beats() -> None:
 
     assert graph_batch(160, True) == 256 and graph_batch(512, True) == 512
     assert graph_batch(160, False) == 160 and graph_batch(1, True) == 1
-    assert graph_batch(64, True) == 128 and graph_batch(64, False) == 64
 
     # cuBLAS FP8 on the H100, one 70B layer (ms): 192 rows slower than 256
     replay = {64: 0.375, 128: 0.358, 160: 0.52, 192: 0.564, 224: 0.5, 256: 0.422, 512: 0.698}
