@@ -22,11 +22,7 @@ on the H100 took 0.58 ms per 70B layer at 192 rows and 0.42 ms at 256, and the 7
 graph of 160 rows replayed in 52.5 ms, the one of 256 rows in 38.5 ms.
 
 Rows padded up to a bucket write nowhere (slot -1), decode nothing (context 0) and belong to
-no flash sequence; their hidden states are never read. A kept decode graph takes the paged
-attention's splits for the fewest rows it serves, not for its size: on an H100 (thirty-first
-session) 33-64 sequences in the 80-row graph, with one split where 64 rows have two, stepped in
-37.6 ms against 36.6 in the 48- and 64-row graphs, though the 80-row graph replayed faster at
-capture (29.5 against 31.1 ms, contexts of one token).
+no flash sequence; their hidden states are never read.
 """
 
 from __future__ import annotations
@@ -69,11 +65,6 @@ def keep_fastest(replay_ms: dict[int, float], margin: float = 0.03) -> list[int]
             kept.append(rows)
         best_above = min(best_above, replay_ms[rows])
     return sorted(kept)
-
-
-def fewest_rows(kept: list[int]) -> dict[int, int]:
-    """Each kept bucket's fewest real rows: one more than the kept bucket below it."""
-    return {rows: (kept[i - 1] if i else 0) + 1 for i, rows in enumerate(kept)}
 
 
 def mixed_buckets(max_tokens: int) -> list[int]:
@@ -139,17 +130,15 @@ class StepGraphs:
         self.mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 
-    def _splits(self, rows: int) -> int:
-        return choose_num_splits(rows, self.num_kv_heads, self.max_context, self.num_sms)
-
-    def _meta(self, rows: int, mixed: bool, split_rows: int = 0) -> AttentionMetadata:
-        """split_rows: the rows the decode attention's splits are chosen for (default rows)."""
+    def _meta(self, rows: int, mixed: bool) -> AttentionMetadata:
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:rows],
             num_decode_tokens=rows,
             decode_block_tables=self.block_tables[:rows],
             decode_context_lens=self.context_lens[:rows],
-            decode_num_splits=self._splits(split_rows or rows),
+            decode_num_splits=choose_num_splits(
+                rows, self.num_kv_heads, self.max_context, self.num_sms
+            ),
         )
         if mixed:
             meta.graph_mixed = True
@@ -172,7 +161,6 @@ class StepGraphs:
         if self.fastest_buckets:
             self.decode_sizes = self._drop_slow_graphs(self.decode_graphs, mixed=False)
             self.mixed_sizes = self._drop_slow_graphs(self.mixed_graphs, mixed=True)
-            self.resplit_decode_graphs()
         torch.cuda.synchronize()
         used = free_before - torch.cuda.mem_get_info(self.input_ids.device)[0]
         logger.info(
@@ -217,24 +205,8 @@ class StepGraphs:
             del graphs[r]
         return kept
 
-    def resplit_decode_graphs(self) -> None:
-        """Recaptures each kept decode graph whose fewest real rows (`fewest_rows`) want more
-        attention splits than its own size: a padded row attends to nothing, so 40 sequences
-        in the 80-row graph would otherwise run one split where 40 unpadded run two."""
-        redone = []
-        self.context_lens.fill_(1)
-        for rows, fewest in fewest_rows(self.decode_sizes).items():
-            if self._splits(fewest) != self._splits(rows):
-                del self.decode_graphs[rows]
-                self.decode_graphs[rows] = self._capture(rows, mixed=False, split_rows=fewest)
-                redone.append(f"{rows} ({self._splits(fewest)} splits)")
-        self.context_lens.zero_()
-        if redone:
-            logger.info("CUDA graphs: decode graphs recaptured with the attention splits of "
-                        "their fewest rows: %s", ", ".join(redone))  # fmt: skip
-
-    def _capture(self, rows: int, mixed: bool, split_rows: int = 0) -> torch.cuda.CUDAGraph:
-        meta = self._meta(rows, mixed, split_rows)
+    def _capture(self, rows: int, mixed: bool) -> torch.cuda.CUDAGraph:
+        meta = self._meta(rows, mixed)
         ids, pos = self.input_ids[:rows], self.positions[:rows]
         for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks its algorithms
             self.model(ids, pos, meta)
