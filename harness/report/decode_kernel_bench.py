@@ -7,7 +7,9 @@ where one call reads over 1 GiB) and replayed; the time per call and the K+V byt
 second are printed for each variant (Triton's software-pipelining depth, keys a tile,
 warps, fp16 products for an FP8 cache). Each of the calls reads other cache blocks (its own
 block table), so that a call finds its K and V in HBM, not in the L2 (50 MB on an H100; the
-7B at batch 1 reads 16 MB), as inside a model step.
+7B at batch 1 reads 16 MB), as inside a model step. Then the 70B's decode as a padded CUDA
+graph runs it (`padded_graphs`): real rows beside rows of no context, in the splits chosen for
+the graph's rows and for the real rows.
 Run: python -m harness.report.decode_kernel_bench [--context=1000]
 """
 
@@ -45,6 +47,10 @@ VARIANTS = [
                             (2, 32, 2, True), (1, 16, 1, True)]
 ]  # fmt: skip
 CALLS = 20  # calls per CUDA graph, each with its own block table
+D, BS = 128, 16  # head dim, keys a cache block
+# (real rows, graph rows): 33-64 rows run the 80-row graph of the H100's 256-sequence engines,
+# 17-112 the 112-row one of the H200's 1,024 (docs/graph_times/); 64 of 64 for comparison
+PADDED = [(40, 80), (60, 80), (64, 64), (40, 64), (20, 112), (60, 112)]
 BIG_CALL_BYTES = 1 << 30  # a call reading this much K+V is far past the L2: 2 tables suffice
 
 
@@ -68,6 +74,44 @@ def time_calls(fns: list[Callable[[], object]], replays: int = 20) -> float:
     return start.elapsed_time(end) * 1e3 / (len(fns) * replays)
 
 
+def _inputs(
+    batch: int, hkv: int, group: int, cache_dtype: torch.dtype, context: int, calls: int,
+    cache_blocks: int,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """(q, k_cache, v_cache) and `calls` block tables of `batch` rows, no block in two."""
+    blocks = -(-context // BS)
+    total = max(cache_blocks, calls * batch * blocks)
+    k_cache = torch.empty(hkv, total, BS, D, device="cuda", dtype=cache_dtype)
+    v_cache = torch.empty(hkv, total, BS, D, device="cuda", dtype=cache_dtype)
+    for cache in (k_cache, v_cache):  # fp8: bytes below 0x38 are values in [0, 1)
+        if cache_dtype == torch.bfloat16:
+            cache.normal_()
+        else:
+            cache.view(torch.uint8).random_(0, 0x38)
+    perm = torch.randperm(total, device="cuda")[: calls * batch * blocks]
+    q = torch.randn(batch, hkv * group, D, device="cuda", dtype=torch.bfloat16)
+    return (q, k_cache, v_cache), list(perm.view(calls, batch, blocks))
+
+
+def padded_graphs(context: int, sms: int) -> None:
+    """The 70B FP8 decode as a padded CUDA graph runs it: `real` rows attend to `context` keys,
+    the rest of the graph's rows to none, in the splits chosen for the graph's rows (the
+    engine) and for the real rows; the time per layer and the real rows' K+V read rate."""
+    hkv, group, dtype = 8, 8, torch.float8_e4m3fn
+    for real, graph in PADDED:
+        args, tables = _inputs(graph, hkv, group, dtype, context, CALLS, 0)
+        ctx = torch.zeros(graph, device="cuda", dtype=torch.int32)
+        ctx[:real] = context
+        nbytes = 2 * real * hkv * context * D * dtype.itemsize
+        engine = choose_num_splits(graph, hkv, 4096, sms)
+        for splits in sorted({engine, choose_num_splits(real, hkv, 4096, sms)}):
+            fns = [functools.partial(paged_decode, *args, t, ctx, D**-0.5, splits) for t in tables]
+            us = time_calls(fns)
+            tag = "graph's rows (engine)" if splits == engine else "real rows"
+            print(f"70b fp8 {real:3d} of {graph:3d} rows splits={splits:2d} ({tag:21s}) "
+                  f"{us:8.1f} us {nbytes / us / 1e6:6.2f} TB/s")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--context", type=int, default=1000, help="keys per request")
@@ -82,32 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error("needs a CUDA GPU (it times Triton kernels); run it on the GPU machine")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs, {a.context} keys per request")
-    d, bs = 128, 16
     for name, batch, hkv, group, cache_dtype in SHAPES:
-        blocks = -(-a.context // bs)
-        nbytes = 2 * batch * hkv * a.context * d * cache_dtype.itemsize
+        nbytes = 2 * batch * hkv * a.context * D * cache_dtype.itemsize
         calls = CALLS if nbytes < BIG_CALL_BYTES else 2
-        total = max(a.cache_blocks, calls * batch * blocks)
-        k_cache = torch.empty(hkv, total, bs, d, device="cuda", dtype=cache_dtype)
-        v_cache = torch.empty(hkv, total, bs, d, device="cuda", dtype=cache_dtype)
-        for cache in (k_cache, v_cache):  # fp8: bytes below 0x38 are values in [0, 1)
-            if cache_dtype == torch.bfloat16:
-                cache.normal_()
-            else:
-                cache.view(torch.uint8).random_(0, 0x38)
-        perm = torch.randperm(total, device="cuda")[: calls * batch * blocks]
-        tables = list(perm.view(calls, batch, blocks))  # no block in two tables
+        args, tables = _inputs(batch, hkv, group, cache_dtype, a.context, calls, a.cache_blocks)
         ctx = torch.full((batch,), a.context, device="cuda", dtype=torch.int32)
-        q = torch.randn(batch, hkv * group, d, device="cuda", dtype=torch.bfloat16)
         splits = choose_num_splits(batch, hkv, 4096, sms)
-        args = (q, k_cache, v_cache)
-        ref = paged_decode(*args, tables[0], ctx, d**-0.5, splits)
+        ref = paged_decode(*args, tables[0], ctx, D**-0.5, splits)
         engine = decode_tiling(cache_dtype)
         for tile in [engine] + [v for v in VARIANTS if v != engine]:
             if tile.fp16_dot and cache_dtype.itemsize != 1:
                 continue
             calls = [
-                functools.partial(paged_decode, *args, t, ctx, d**-0.5, splits, tiling=tile)
+                functools.partial(paged_decode, *args, t, ctx, D**-0.5, splits, tiling=tile)
                 for t in tables
             ]
             err = ((calls[0]().float() - ref.float()).norm() / ref.float().norm()).item()
@@ -119,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:14s} splits={splits:2d} {label:46s} {us:8.1f} us "
                 f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs engine {err:.1e}"
             )
+    padded_graphs(a.context, sms)
     return 0
 
 
