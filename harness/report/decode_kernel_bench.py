@@ -96,18 +96,20 @@ def _inputs(
 def padded_graphs(context: int, sms: int) -> None:
     """The 70B FP8 decode as a padded CUDA graph runs it: `real` rows attend to `context` keys,
     the rest of the graph's rows to none, in the splits chosen for the graph's rows (the
-    engine) and for the real rows; the time per layer and the real rows' K+V read rate."""
+    engine), for the real rows, and 1 to 8; the time per layer and the real rows' K+V read
+    rate."""
     hkv, group, dtype = 8, 8, torch.float8_e4m3fn
     for real, graph in PADDED:
         args, tables = _inputs(graph, hkv, group, dtype, context, CALLS, 0)
         ctx = torch.zeros(graph, device="cuda", dtype=torch.int32)
         ctx[:real] = context
         nbytes = 2 * real * hkv * context * D * dtype.itemsize
-        engine = choose_num_splits(graph, hkv, 4096, sms)
-        for splits in sorted({engine, choose_num_splits(real, hkv, 4096, sms)}):
+        engine, for_real = (choose_num_splits(r, hkv, 4096, sms) for r in (graph, real))
+        for splits in sorted({engine, for_real, 1, 2, 4, 8}):
             fns = [functools.partial(paged_decode, *args, t, ctx, D**-0.5, splits) for t in tables]
             us = time_calls(fns)
-            tag = "graph's rows (engine)" if splits == engine else "real rows"
+            tag = "graph's rows (engine)" if splits == engine else ""
+            tag = tag or ("real rows'" if splits == for_real else "")
             print(f"70b fp8 {real:3d} of {graph:3d} rows splits={splits:2d} ({tag:21s}) "
                   f"{us:8.1f} us {nbytes / us / 1e6:6.2f} TB/s")  # fmt: skip
 
