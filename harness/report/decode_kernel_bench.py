@@ -9,7 +9,7 @@ warps, fp16 products for an FP8 cache). Each of the calls reads other cache bloc
 block table), so that a call finds its K and V in HBM, not in the L2 (50 MB on an H100; the
 7B at batch 1 reads 16 MB), as inside a model step. Then the 70B's decode as a padded CUDA
 graph runs it (`padded_graphs`): real rows beside rows of no context, in the splits chosen for
-the graph's rows and for the real rows.
+the graph's rows, for the real rows, and 1 to 8.
 Run: python -m harness.report.decode_kernel_bench [--context=1000]
 """
 
