@@ -57,6 +57,7 @@ IGNORED_KNOBS = (
     "use_cuda_graph",
     "cuda_graph_max_tokens",
     "cuda_graph_fastest_buckets",
+    "decode_split_keys",
     "fused_kernels",
     "fp8_triton_max_rows",
     "sparse_triton_max_rows",

@@ -106,6 +106,10 @@ class EngineConfig:
     # CUDA graphs: time each graph after capture and drop those a larger one of their kind
     # (decode, mixed) beats (a step then pads up to it); false keeps every bucket
     cuda_graph_fastest_buckets: bool = True
+    # CUDA paged decode attention: each request's keys in splits of this many keys, as many
+    # as its context needs, so that every program does about the same work (0: in equal
+    # parts, their number chosen per batch: a batch then waits on its longest request)
+    decode_split_keys: int = 0
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     # CUDA FP8 linears, with fused_kernels: steps of up to this many rows run the Triton GEMM
     # (engine/kernels/fp8_gemm.py), larger ones cuBLAS; 0: cuBLAS always
@@ -188,6 +192,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
 AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
     "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows", "engine.dense_triton_max_rows",
+    "engine.decode_split_keys",
 )  # fmt: skip
 
 # engine.fp8_dense_layers: decoder layer indices separated by commas, or nothing.

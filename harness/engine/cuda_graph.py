@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from harness.engine.kernels.paged_attention import choose_num_splits
+from harness.engine.kernels.paged_attention import decode_splits
 from harness.engine.kv_plan import Agree
 from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
 from harness.engine.model.llama import LlamaForCausalLM
@@ -96,19 +96,20 @@ class StepGraphs:
     def __init__(
         self, model: LlamaForCausalLM, max_batch: int, max_tokens: int, max_blocks_per_seq: int,
         block_size: int, device: torch.device, fastest_buckets: bool = False,
-        agree: Agree | None = None,
+        agree: Agree | None = None, split_keys: int = 0,
     ) -> None:  # fmt: skip
         """max_batch: the largest decode batch; max_tokens: the largest mixed graph (0: none;
         only for models whose dtype the flash kernel takes); fastest_buckets: capture decode
         graphs up to graph_batch(max_batch), then keep the fastest (module docstring); agree
-        (tensor parallel): the replay times every rank decides on, so that all keep the same."""
+        (tensor parallel): the replay times every rank decides on, so that all keep the same;
+        split_keys: the paged decode's keys a split (`decode_splits`; 0: equal parts)."""
         self.model = model
         dtype = model.model.embed_tokens.weight.dtype
         if max_tokens and dtype not in FLASH_DTYPES:
             logger.info("CUDA graphs: no mixed graphs for %s (the flash kernel takes bf16/fp16)",
                         dtype)  # fmt: skip
             max_tokens = 0
-        self.fastest_buckets, self.agree = fastest_buckets, agree
+        self.fastest_buckets, self.agree, self.split_keys = fastest_buckets, agree, split_keys
         max_batch = graph_batch(max_batch, fastest_buckets)
         self.decode_sizes = decode_buckets(max_batch)
         self.mixed_sizes = mixed_buckets(max_tokens)
@@ -131,14 +132,16 @@ class StepGraphs:
         self.pool = None
 
     def _meta(self, rows: int, mixed: bool) -> AttentionMetadata:
+        splits, split_keys = decode_splits(
+            rows, self.num_kv_heads, self.max_context, self.num_sms, self.split_keys
+        )
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:rows],
             num_decode_tokens=rows,
             decode_block_tables=self.block_tables[:rows],
             decode_context_lens=self.context_lens[:rows],
-            decode_num_splits=choose_num_splits(
-                rows, self.num_kv_heads, self.max_context, self.num_sms
-            ),
+            decode_num_splits=splits,
+            decode_split_keys=split_keys,
         )
         if mixed:
             meta.graph_mixed = True

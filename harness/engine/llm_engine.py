@@ -56,6 +56,7 @@ class EngineArgs:
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
     cuda_graph_fastest_buckets: bool = True  # drop graphs a larger one replays faster
+    decode_split_keys: int = 0  # CUDA paged decode: splits of this many keys (0: equal parts)
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
@@ -136,6 +137,7 @@ def build_runner(
     runner = ModelRunner(
         model, kv, device, kv_dtype, graph_rows, max_model_len, args.cpu_attention_kernel,
         args.cpu_kv_commit_gib, graph_tokens, args.cuda_graph_fastest_buckets, agree,
+        args.decode_split_keys,
     )  # fmt: skip
     if device.type == "cuda":
         runner.warm_up(args.max_num_batched_tokens)

@@ -86,6 +86,7 @@ class ModelRunner:
         max_model_len: int = 0, cpu_attention_kernel: bool = True,
         cpu_kv_commit_gib: float = 0.0, cuda_graph_max_tokens: int = 0,
         cuda_graph_fastest_buckets: bool = False, agree: Agree | None = None,
+        decode_split_keys: int = 0,
     ) -> None:  # fmt: skip
         """kv_dtype: None = the model dtype (torch.float8_e4m3fn: FP8 KV, CUDA only);
         cuda_graph_max_batch > 0 captures decode graphs up to that batch (CUDA only), and
@@ -94,10 +95,12 @@ class ModelRunner:
         graphs that a larger one of their kind replays faster (agree: on every rank's slowest
         replay times);
         cpu_attention_kernel: fp32 CPU decodes use kernels/cpu_attention.py where it builds
-        (False: the plain-torch gather + SDPA); cpu_kv_commit_gib: see _commit_kv."""
+        (False: the plain-torch gather + SDPA); cpu_kv_commit_gib: see _commit_kv;
+        decode_split_keys: CUDA paged decode in splits of this many keys (0: equal parts)."""
         self.model = model
         self.kv = kv
         self.device = device
+        self.decode_split_keys = decode_split_keys
         self.sampler = Sampler()
         # The last launched step's sampled tokens ([S] on the device) and each request's row:
         # a pending token in the next step (async scheduling) is read from there.
@@ -140,7 +143,7 @@ class ModelRunner:
 
             self.graphs = StepGraphs(
                 model, cuda_graph_max_batch, cuda_graph_max_tokens, self.block_tables.width,
-                kv.block_size, device, cuda_graph_fastest_buckets, agree,
+                kv.block_size, device, cuda_graph_fastest_buckets, agree, decode_split_keys,
             )  # fmt: skip
             try:
                 self.graphs.capture()
@@ -271,11 +274,11 @@ class ModelRunner:
                 ctx_lens, torch.int32 if self.is_cuda else torch.int64, self.device
             )  # [num_decodes]
             if self.is_cuda:
-                from harness.engine.kernels.paged_attention import choose_num_splits
+                from harness.engine.kernels.paged_attention import decode_splits
 
-                meta.decode_num_splits = choose_num_splits(
+                meta.decode_num_splits, meta.decode_split_keys = decode_splits(
                     len(decodes), self.model.config.num_key_value_heads, max(ctx_lens),
-                    self.num_sms,
+                    self.num_sms, self.decode_split_keys,
                 )  # fmt: skip
 
         logits_indices, sampled_ids, rows, cols = [], [], [], []

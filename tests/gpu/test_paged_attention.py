@@ -33,28 +33,58 @@ def test_write_kv_cache_matches_reference(cache_dtype: torch.dtype) -> None:
         assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8))
 
 
-@pytest.mark.parametrize("group,num_splits", [(1, 1), (8, 1), (8, 4), (4, 7), (1, 9), (8, 32)])
-@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
-def test_paged_decode_matches_reference(
-    group: int, num_splits: int, cache_dtype: torch.dtype
-) -> None:
-    from harness.engine.kernels.paged_attention import paged_decode, paged_decode_reference
-
-    torch.manual_seed(group * 100 + num_splits)
+def _decode_inputs(seed: int, group: int, cache_dtype: torch.dtype) -> tuple:
+    """q, K and V caches, block tables and contexts of 9 requests: one key, a full table, a
+    context of 0 (zeros out) and six random lengths."""
+    torch.manual_seed(seed)
     b, hkv, d, bs, max_blocks = 9, 4, 128, 16, 40
-    h = hkv * group
     num_blocks = b * max_blocks
     k_cache = torch.randn(hkv, num_blocks, bs, d, device="cuda").to(cache_dtype)
     v_cache = torch.randn(hkv, num_blocks, bs, d, device="cuda").to(cache_dtype)
     tables = torch.randperm(num_blocks, device="cuda").view(b, max_blocks)
     ctx = torch.randint(1, max_blocks * bs, (b,), device="cuda", dtype=torch.int32)
-    ctx[0], ctx[1] = 1, max_blocks * bs  # one key; a full table
-    q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16)
-    scale = d**-0.5
-    out = paged_decode(q, k_cache, v_cache, tables, ctx, scale, num_splits, 0.5, 0.5)
-    ref = paged_decode_reference(q, k_cache, v_cache, tables, ctx, scale, 0.5, 0.5)
-    assert torch.isfinite(out).all()
-    assert _rel(out, ref) < 1e-2
+    ctx[0], ctx[1], ctx[2] = 1, max_blocks * bs, 0
+    q = torch.randn(b, hkv * group, d, device="cuda", dtype=torch.bfloat16)
+    return q, k_cache, v_cache, tables, ctx
+
+
+def _check_decode(inputs: tuple, out: torch.Tensor) -> None:
+    from harness.engine.kernels.paged_attention import paged_decode_reference
+
+    q, k_cache, v_cache, tables, ctx = inputs
+    ref = paged_decode_reference(q, k_cache, v_cache, tables, ctx, q.shape[-1] ** -0.5, 0.5, 0.5)
+    assert torch.isfinite(out).all() and torch.equal(out[2], torch.zeros_like(out[2]))
+    keep = ctx > 0
+    assert _rel(out[keep], ref[keep]) < 1e-2
+
+
+@pytest.mark.parametrize("group,num_splits", [(1, 1), (8, 1), (8, 4), (4, 7), (1, 9), (8, 32)])
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_paged_decode_matches_reference(
+    group: int, num_splits: int, cache_dtype: torch.dtype
+) -> None:
+    from harness.engine.kernels.paged_attention import paged_decode
+
+    inputs = _decode_inputs(group * 100 + num_splits, group, cache_dtype)
+    d = inputs[0].shape[-1]
+    _check_decode(inputs, paged_decode(*inputs, d**-0.5, num_splits, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("split_keys", [32, 256, 1024])
+@pytest.mark.parametrize("group", [1, 8])
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_paged_decode_fixed_splits_match_reference(
+    split_keys: int, group: int, cache_dtype: torch.dtype
+) -> None:
+    """Splits of a fixed number of keys (decode_splits), a request running only those its
+    keys reach: 640-key tables in 10, 3 or 1 split (32 keys round up to 64)."""
+    from harness.engine.kernels.paged_attention import decode_splits, paged_decode
+
+    inputs = _decode_inputs(group + split_keys, group, cache_dtype)
+    splits, keys = decode_splits(9, 4, 40 * 16, 132, split_keys)
+    assert (splits, keys) == {32: (10, 64), 256: (3, 256), 1024: (1, 1024)}[split_keys]
+    d = inputs[0].shape[-1]
+    _check_decode(inputs, paged_decode(*inputs, d**-0.5, splits, 0.5, 0.5, None, keys))
 
 
 @pytest.mark.parametrize(

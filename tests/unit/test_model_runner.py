@@ -101,6 +101,18 @@ def test_fastest_buckets_drops_a_bucket_that_a_larger_one_beats() -> None:
     assert keep_fastest({1: 5.0}) == [1]
 
 
+def test_decode_splits_fixed_size_cover_the_longest_context() -> None:
+    """decode_split_keys 0: the batch's choice of equal parts; > 0: splits of that many keys
+    (whole 64-key tiles), enough for the longest context, at most 32 of them."""
+    from harness.engine.kernels.paged_attention import decode_splits
+
+    assert decode_splits(40, 8, 4096, 132) == (2, 0)  # 4 programs an SM: 640 x 2 >= 528
+    assert decode_splits(40, 8, 4096, 132, 256) == (16, 256)
+    assert decode_splits(40, 8, 1000, 132, 300) == (4, 320)
+    assert decode_splits(40, 8, 100_000, 132, 256) == (32, 3136)
+    assert decode_splits(1, 8, 100, 132, 256) == (1, 256)
+
+
 class _RecordingGraph:
     """Stands in for a captured CUDA graph: replay() keeps a copy of the static buffers."""
 

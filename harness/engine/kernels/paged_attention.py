@@ -21,6 +21,7 @@ except ImportError:  # CPU-only installs: references only
 
 FP8_MAX = 448.0
 BLOCK_N = 64  # keys a tile on bf16 caches (FP8: FP8_TILING); also the shortest split
+MAX_SPLITS = 32  # splits of one request's keys at most
 
 
 @dataclass(frozen=True)
@@ -124,23 +125,30 @@ if triton is not None:
         stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk, qk_scale, v_scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-        PRECISION: tl.constexpr, FP16_DOT: tl.constexpr = False,
+        PRECISION: tl.constexpr, FP16_DOT: tl.constexpr = False, SPLIT_KEYS: tl.constexpr = 0,
     ):  # fmt: skip
         b = tl.program_id(0)
         kvh = tl.program_id(1).to(tl.int64)  # kvh x stride_ch passes 2^31 in caches over 4 GiB
         s = tl.program_id(2)
         ctx = tl.load(ctx_ptr + b)
-        # Each request's own keys split evenly (graph-safe: sized here, from its length).
-        per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
-        start = s * per_split
-        end = tl.minimum(start + per_split, ctx)
+        if SPLIT_KEYS > 0:  # splits of SPLIT_KEYS keys: every program the same work at most
+            start = s * SPLIT_KEYS
+            end = tl.minimum(start + SPLIT_KEYS, ctx)
+        else:  # each request's own keys split evenly (graph-safe: sized here, from its length)
+            per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
+            start = s * per_split
+            end = tl.minimum(start + per_split, ctx)
         offs_g = tl.arange(0, G_PAD)
         offs_d = tl.arange(0, D)
         heads = kvh * G + offs_g
         g_mask = offs_g < G
+        live = g_mask  # heads of this program that load q and write
+        if SPLIT_KEYS > 0:  # a split past its request's keys writes nothing (the combine reads
+            # only those that hold keys); split 0 always does, empty for a row of context 0
+            live = live & (offs_g * 0 + start < tl.maximum(ctx, 1))
         q = tl.load(
             q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-            mask=g_mask[:, None],
+            mask=live[:, None],
             other=0.0,
         )  # [G_PAD, D]
         if FP16_DOT:  # FP8 K and V widen to fp16 one instruction a pair, to bf16 one a value
@@ -171,21 +179,26 @@ if triton is not None:
             return
         # Partials: acc [B, H, S, D] fp32 (unnormalized, V scale applied), ml [2, B, H, S].
         part = (b * (tl.num_programs(1) * G) + heads) * NUM_SPLITS + s
-        tl.store(acc_ptr + part[:, None] * D + offs_d[None, :], acc * v_scale, mask=g_mask[:, None])
+        tl.store(acc_ptr + part[:, None] * D + offs_d[None, :], acc * v_scale, mask=live[:, None])
         plane = tl.num_programs(0) * tl.num_programs(1) * G * NUM_SPLITS
-        tl.store(ml_ptr + part, m_i, mask=g_mask)
-        tl.store(ml_ptr + plane + part, l_i, mask=g_mask)
+        tl.store(ml_ptr + part, m_i, mask=live)
+        tl.store(ml_ptr + plane + part, l_i, mask=live)
 
     @triton.jit
     def _combine_splits_kernel(
-        acc_ptr, ml_ptr, out_ptr, plane,
+        acc_ptr, ml_ptr, out_ptr, ctx_ptr, plane, num_heads,
         NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr, D: tl.constexpr,
+        SPLIT_KEYS: tl.constexpr = 0,
     ):  # fmt: skip
         # One (request, head) per program: its NUM_SPLITS partials, weighted by exp(m_s - max).
         # Empty splits (m = -inf, l = 0) and rows of context 0 weigh 0 / give 0.
         row = tl.program_id(0).to(tl.int64)
         offs_s = tl.arange(0, S_PAD)
-        s_mask = offs_s < NUM_SPLITS
+        if SPLIT_KEYS > 0:  # only the splits that hold keys wrote (split 0 always)
+            ctx = tl.load(ctx_ptr + row // num_heads)
+            s_mask = offs_s < tl.maximum(tl.cdiv(ctx, SPLIT_KEYS), 1)
+        else:
+            s_mask = offs_s < NUM_SPLITS
         m = tl.load(ml_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
         l_s = tl.load(ml_ptr + plane + row * NUM_SPLITS + offs_s, mask=s_mask, other=0.0)
         w = tl.exp(m - tl.maximum(tl.max(m, 0), -1e30))
@@ -217,17 +230,35 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, num_sms: 
     BLOCK_N tile where every context is at most max_context. (Two per SM and 256-key splits
     left the 7B batch-1 step's decode at 0.6 TB/s on an H100: 27 us a layer at 1,000 keys.)"""
     want = -(-4 * num_sms // max(batch * num_kv_heads, 1))
-    return max(1, min(want, -(-max_context // BLOCK_N), 32))
+    return max(1, min(want, -(-max_context // BLOCK_N), MAX_SPLITS))
+
+
+def decode_splits(
+    batch: int, num_kv_heads: int, max_context: int, num_sms: int, split_keys: int = 0
+) -> tuple[int, int]:
+    """(splits, keys a split) for paged_decode. split_keys 0: choose_num_splits, each request's
+    keys in that many equal parts, so a batch of unequal contexts waits on its longest
+    request's programs. split_keys > 0: splits of that many keys (more, in whole BLOCK_N tiles,
+    where max_context needs over MAX_SPLITS of them), as many as max_context needs; a request
+    runs only the splits its keys reach, all of about the same work."""
+    if split_keys <= 0:
+        return choose_num_splits(batch, num_kv_heads, max_context, num_sms), 0
+    keys = max(split_keys, -(-max_context // MAX_SPLITS))
+    keys = -(-keys // BLOCK_N) * BLOCK_N
+    return max(1, -(-max_context // keys)), keys
 
 
 def paged_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0, tiling: DecodeTiling | None = None,
+    split_keys: int = 0,
 ) -> torch.Tensor:  # fmt: skip
-    """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length
-    (graph-safe: no host sync). Rows with context_lens 0 give zeros. tiling: the cache
-    dtype's (decode_tiling) unless given, as harness.report.decode_kernel_bench gives others.
+    """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length, or
+    with split_keys > 0 in parts of that many keys, num_splits x split_keys covering every
+    context (`decode_splits`; graph-safe either way: no host sync). Rows with context_lens 0
+    give zeros. tiling: the cache dtype's (decode_tiling) unless given, as
+    harness.report.decode_kernel_bench gives others.
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
@@ -247,14 +278,15 @@ def paged_decode(
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,
         BLOCK_N=tile.block_n, NUM_SPLITS=num_splits, num_warps=tile.num_warps,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 models: exact
-        FP16_DOT=tile.fp16_dot and k_cache.dtype.itemsize == 1,
+        FP16_DOT=tile.fp16_dot and k_cache.dtype.itemsize == 1, SPLIT_KEYS=split_keys,
         **stages,
     )  # fmt: skip
     if num_splits == 1:
         return acc.view(b, h, d)
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
     _combine_splits_kernel[(b * h,)](
-        acc, ml, out, ml[0].numel(),
-        NUM_SPLITS=num_splits, S_PAD=triton.next_power_of_2(num_splits), D=d, num_warps=4,
+        acc, ml, out, context_lens, ml[0].numel(), h,
+        NUM_SPLITS=num_splits, S_PAD=triton.next_power_of_2(num_splits), D=d,
+        SPLIT_KEYS=split_keys, num_warps=4,
     )  # fmt: skip
     return out

@@ -66,6 +66,7 @@ class AttentionMetadata:
     # lengths bound the reads instead. Rows are sorted by context length, ascending.
     decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32 (CUDA), int64 (CPU)
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
+    decode_split_keys: int = 0  # keys a partition (0: each request's keys in equal parts)
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
     # A mixed step replayed as a CUDA graph (cuda_graph.py): every row goes through the decode
     # kernel (a continued chunk's rows with their contexts, new prompts' rows with context 0)
@@ -208,6 +209,7 @@ class PagedAttention(nn.Module):
         o = paged_decode(
             q, self.k_cache, self.v_cache, meta.decode_block_tables, meta.decode_context_lens,
             self.scale, meta.decode_num_splits, self.kv_scale, self.kv_scale,
+            split_keys=meta.decode_split_keys,
         )  # fmt: skip
         return o.view(q.shape[0], -1)
 
