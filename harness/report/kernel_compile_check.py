@@ -131,21 +131,24 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
           "stride_v": "i32", "stride_m": "i32", "stride_out": "i32"},
          {"BLOCK_N": 32, "BLOCK_K": 256, "EVEN_K": True}),
     ]  # fmt: skip
-    for cache, splits, group in (("bf16", 1, 8), ("bf16", 9, 8), ("fp8e4nv", 32, 8),
-                                 ("bf16", 17, 1), ("fp8e4nv", 1, 1)):  # fmt: skip
+    for cache, splits, group, keys in (("bf16", 1, 8, 0), ("bf16", 9, 8, 0), ("fp8e4nv", 32, 8, 0),
+                                       ("bf16", 17, 1, 0), ("fp8e4nv", 1, 1, 0),
+                                       ("fp8e4nv", 16, 8, 256)):  # fmt: skip
         tile = paged_attention.decode_tiling(
             torch.float8_e4m3fn if cache == "fp8e4nv" else torch.bfloat16
         )  # the engine's tiling for this cache
         cases.append((
             f"paged_decode cache={cache} NUM_SPLITS={splits} G={group} BLOCK_N={tile.block_n} "
-            f"num_warps={tile.num_warps} num_stages={tile.num_stages} fp16_dot={tile.fp16_dot}",
+            f"num_warps={tile.num_warps} num_stages={tile.num_stages} fp16_dot={tile.fp16_dot}"
+            f" SPLIT_KEYS={keys}",
             paged_attention._paged_decode_kernel,
             {"q_ptr": "*bf16", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
              "tables_ptr": "*i64", "ctx_ptr": "*i32", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
              "stride_qb": "i32", "stride_qh": "i32", "stride_tb": "i32", "stride_ch": "i32",
              "stride_cblk": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
             {"G": group, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16, "BLOCK_N": tile.block_n,
-             "NUM_SPLITS": splits, "PRECISION": "tf32", "FP16_DOT": tile.fp16_dot},
+             "NUM_SPLITS": splits, "PRECISION": "tf32", "FP16_DOT": tile.fp16_dot,
+             "SPLIT_KEYS": keys},
             {"num_warps": tile.num_warps}
             | ({} if tile.num_stages is None else {"num_stages": tile.num_stages}),
         ))  # fmt: skip
@@ -161,11 +164,14 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
             {"HALF": 64, "BLOCK_H": 128, "WRITE_KV": write_kv, "KV_BLOCK_H": 8,
              "IS_FP8": cache == "fp8e4nv", "SCALED": scaled},
         ))  # fmt: skip
-    for splits in (2, 9, 32):
+    for splits, keys in ((2, 0), (9, 0), (32, 0), (16, 256)):
         cases.append((
-            f"combine_splits NUM_SPLITS={splits}", paged_attention._combine_splits_kernel,
-            {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*bf16", "plane": "i32"},
-            {"NUM_SPLITS": splits, "S_PAD": 1 << (splits - 1).bit_length(), "D": 128},
+            f"combine_splits NUM_SPLITS={splits} SPLIT_KEYS={keys}",
+            paged_attention._combine_splits_kernel,
+            {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*bf16", "ctx_ptr": "*i32",
+             "plane": "i32", "num_heads": "i32"},
+            {"NUM_SPLITS": splits, "S_PAD": 1 << (splits - 1).bit_length(), "D": 128,
+             "SPLIT_KEYS": keys},
         ))  # fmt: skip
     for fp8 in (False, True):
         cases.append((
