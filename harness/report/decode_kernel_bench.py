@@ -9,7 +9,8 @@ warps, fp16 products for an FP8 cache). Each of the calls reads other cache bloc
 block table), so that a call finds its K and V in HBM, not in the L2 (50 MB on an H100; the
 7B at batch 1 reads 16 MB), as inside a model step. Then the 70B's decode as a padded CUDA
 graph runs it (`padded_graphs`): real rows beside rows of no context, in the splits chosen for
-the graph's rows, for the real rows, and 1 to 8.
+the graph's rows, for the real rows, and 1 to 8; then over unequal contexts, the engine's
+equal parts of each request against splits of a fixed number of keys (`unequal_contexts`).
 Run: python -m harness.report.decode_kernel_bench [--context=1000]
 """
 
@@ -24,6 +25,7 @@ import torch
 from harness.engine.kernels.paged_attention import (
     DecodeTiling,
     choose_num_splits,
+    decode_splits,
     decode_tiling,
     paged_decode,
 )
@@ -114,6 +116,31 @@ def padded_graphs(context: int, sms: int) -> None:
                   f"{us:8.1f} us {nbytes / us / 1e6:6.2f} TB/s")  # fmt: skip
 
 
+def unequal_contexts(sms: int) -> None:
+    """The 70B FP8 decode over contexts of 16-2,048 keys (one seeded draw), as a graph of the
+    engine's 4,096-key maximum runs it: the engine's equal parts of each request against
+    splits of a fixed number of keys (engine.decode_split_keys); the rows' K+V read rate."""
+    hkv, group, dtype = 8, 8, torch.float8_e4m3fn
+    gen = torch.Generator().manual_seed(0)
+    for rows in (16, 40, 64, 160):
+        lens = torch.randint(16, 2049, (rows,), generator=gen, dtype=torch.int32)
+        args, tables = _inputs(rows, hkv, group, dtype, 2048, CALLS, 0)
+        ctx = lens.to("cuda")
+        nbytes = 2 * int(lens.sum()) * hkv * D * dtype.itemsize
+        for keys in (0, 128, 256, 512):
+            splits, split_keys = decode_splits(rows, hkv, 4096, sms, keys)
+            fns = [
+                functools.partial(
+                    paged_decode, *args, t, ctx, D**-0.5, splits, split_keys=split_keys
+                )
+                for t in tables
+            ]
+            us = time_calls(fns)
+            label = f"splits of {split_keys} keys" if split_keys else "equal parts (engine)"
+            print(f"70b fp8 {rows:3d} rows of 16-2048 keys, {splits:2d} splits, {label:22s} "
+                  f"{us:8.1f} us {nbytes / us / 1e6:6.2f} TB/s")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--context", type=int, default=1000, help="keys per request")
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs engine {err:.1e}"
             )
     padded_graphs(a.context, sms)
+    unequal_contexts(sms)
     return 0
 
 
