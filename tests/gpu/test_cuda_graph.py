@@ -15,7 +15,10 @@ pytestmark = [
 BLOCK = 16
 
 
-def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto", max_num_seqs: int = 8):
+def _runner(
+    model_opt: str = "Dense", kv_cache_dtype: str = "auto", max_num_seqs: int = 8,
+    decode_split_keys: int = 0,
+):  # fmt: skip
     from harness.engine.llm_engine import EngineArgs, LLMEngine
     from harness.engine.model.llama import LlamaConfig
 
@@ -24,7 +27,7 @@ def _runner(model_opt: str = "Dense", kv_cache_dtype: str = "auto", max_num_seqs
         model_config=config, weights="dummy", model_opt=model_opt, dtype="bfloat16",
         device="cuda", kv_cache_dtype=kv_cache_dtype, num_kv_blocks=128, block_size=BLOCK,
         max_num_seqs=max_num_seqs, max_num_batched_tokens=160, use_cuda_graph=True,
-        cuda_graph_max_tokens=160,
+        cuda_graph_max_tokens=160, decode_split_keys=decode_split_keys,
     )  # fmt: skip
     runner = LLMEngine.from_args(args).model_runner
     torch.manual_seed(0)
@@ -136,18 +139,23 @@ def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):
         _runner()
 
 
-def test_decode_steps_pad_to_the_buckets_kept():
+@pytest.mark.parametrize("split_keys", [0, 64])
+def test_decode_steps_pad_to_the_buckets_kept(split_keys: int):
     """Decode graphs go up to the next power of two (6 sequences: 8 rows), are timed, and some
     may go (fastest_buckets); a batch then runs the next kept one, padded: same hidden states
-    as the eager step."""
+    as the eager step, with the paged decode in equal parts or (decode_split_keys) in splits
+    of 64 keys, 8 of them in the graph for its 512-key maximum."""
     from harness.engine.cuda_graph import decode_buckets
 
-    runner = _runner(max_num_seqs=6)
+    runner = _runner(max_num_seqs=6, decode_split_keys=split_keys)
     graphs = runner.graphs
     assert set(graphs.decode_sizes) <= set(decode_buckets(8)) and 8 in graphs.decode_sizes
     graphs.decode_sizes = [8]  # as if every smaller bucket had been slower
+    if split_keys:
+        assert (graphs._meta(8, False).decode_num_splits, graphs.split_keys) == (8, 64)
     for n in (1, 3, 6):
-        batch = runner._prepare(_step([5 + 9 * i for i in range(n)], []))
+        batch = runner._prepare(_step([5 + 40 * i for i in range(n)], []))
+        assert batch.meta.decode_split_keys == split_keys
         with torch.inference_mode():
             eager = runner.model(batch.input_ids, batch.positions, batch.meta).float()
             graph = graphs.run(batch.input_ids, batch.positions, batch.meta).float()
