@@ -95,7 +95,7 @@ for spec in "$@"; do
     sweep) timeout ${TSW:-240} python3 -m harness.report.fp8_gemm_sweep --preset=llama2-70b $flags ;;
     gemv) timeout ${TGV:-300} python3 -m harness.report.gemv_sweep $flags ;;
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
-    dk) timeout 200 python3 -m harness.report.decode_kernel_bench $flags ;;
+    dk) timeout ${TDK:-300} python3 -m harness.report.decode_kernel_bench $flags ;;
     base) [ -d .carry/base ] || { echo "base: no .carry/base (carry it)"; exit 3; }
           cp -rv --backup=numbered .carry/base/. . ;;  # a replaced file stays as FILE.~1~
     host) timeout 120 python3 -m harness.report.host_step --device=cuda --batch=1 --batch=64 \
