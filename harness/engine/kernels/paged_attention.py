@@ -145,7 +145,7 @@ if triton is not None:
         live = g_mask  # heads of this program that load q and write
         if SPLIT_KEYS > 0:  # a split past its request's keys writes nothing (the combine reads
             # only those that hold keys); split 0 always does, empty for a row of context 0
-            live = live & (offs_g * 0 + start < tl.maximum(ctx, 1))
+            live = live & (tl.full([G_PAD], start, tl.int32) < tl.maximum(ctx, 1))
         q = tl.load(
             q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
             mask=live[:, None],
