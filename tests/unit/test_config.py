@@ -42,6 +42,7 @@ def test_llama2_70b_keeps_reference_targets():
         ({"backend": "vllm"}, "choose one of: hf, torch, trtllm"),
         ({"name": "x"}, "ambiguous"),
         ({"fp8_dense_layers": "first"}, "command line: engine.fp8_dense_layers = 'first'; give"),
+        ({"decode_split_keys": "-64"}, r"engine.decode_split_keys = -64; .* set it to 0 or more"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
