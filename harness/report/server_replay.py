@@ -59,6 +59,11 @@ class ServerStats:
     decode_s: float = 0.0
     prompt_steps: int = 0  # steps with prompt tokens
     prompt_s: float = 0.0
+    # decode-only steps' longest and mean context (keys), summed: the paged decode splits each
+    # request's keys in equal parts, so a launch waits on its longest request (longest / mean
+    # over 1 if the keys were spread evenly over the programs)
+    decode_longest_keys: int = 0
+    decode_mean_keys: float = 0.0
 
     def line(self) -> str:
         tpot = "no TPOT (1-token answers)"
@@ -71,8 +76,13 @@ class ServerStats:
             f"to arrive done at {self.final_done_s:.0f} s, all at {self.end_s:.0f} s), "
             f"{self.preemptions} preemptions; {self.decode_steps:,} decode-only steps at "
             f"{self.decode_s * 1e3 / max(self.decode_steps, 1):.1f} ms, {self.prompt_steps:,} "
-            f"with prompt tokens at {self.prompt_s * 1e3 / max(self.prompt_steps, 1):.1f} ms"
+            f"with prompt tokens at {self.prompt_s * 1e3 / max(self.prompt_steps, 1):.1f} ms; "
+            f"their longest context {self.key_spread():.2f}x the mean"
         )
+
+    def key_spread(self) -> float:
+        """Decode-only steps' longest context over their mean context, summed over steps."""
+        return self.decode_longest_keys / max(self.decode_mean_keys, 1e-9)
 
 
 def poisson_arrivals(qps: float, seconds: float, seed: int) -> np.ndarray:
@@ -117,6 +127,9 @@ def replay_server(
         else:
             stats.decode_steps += 1
             stats.decode_s += seconds
+            keys = [s.start_position + s.num_tokens for s in step.scheduled]
+            stats.decode_longest_keys += max(keys)
+            stats.decode_mean_keys += sum(keys) / len(keys)
         sampled = {s.request_id: TOKEN for s in step.scheduled if s.needs_sample}
         for event in scheduler.update_from_output(step, ModelRunnerOutput(sampled)):
             rid = event.request_id

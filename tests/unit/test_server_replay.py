@@ -30,6 +30,17 @@ def test_first_tokens_and_tokens_per_output_come_from_step_ends():
     # a prompt step for each request; decode-only: request 0's two, then request 2's one
     assert (stats.prompt_steps, stats.decode_steps) == (3, 3)
     assert stats.prompt_s == pytest.approx(0.030) and stats.decode_s == pytest.approx(0.030)
+    # decode-only steps: contexts 6 and 7 (request 0 alone), then 6 (request 2 alone)
+    assert stats.decode_longest_keys == 19 and stats.key_spread() == pytest.approx(1.0)
+
+
+def test_a_decode_step_of_unequal_contexts_waits_on_its_longest():
+    # both decode together once request 1's prompt is in: contexts 5 + 1 + k and 1 + k ...
+    arrivals = np.array([0.0, 0.0])
+    stats = replay_server([20, 4], [3, 3], arrivals, 1024, SchedulerConfig(), TEN_MS)
+    assert stats.decode_steps == 2  # both prompts in one step, then two decode steps
+    # contexts (21, 5) then (22, 6): longest 43 over mean 13 + 14
+    assert stats.key_spread() == pytest.approx(43 / 27)
 
 
 def test_completed_tokens_per_second_divide_by_the_last_arrivals_end_as_loadgen_does():
