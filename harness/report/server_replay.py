@@ -1,10 +1,11 @@
 """A Server run replayed on lengths alone: Poisson arrivals, the engine's own scheduler, each
 step timed at the replay time its CUDA graph logged in a measured run (schedule_replay's
 measured-graph model) times a sustained-load factor; prints p99 time to first token, p99 time
-per output token and completed tokens/s for each rate and max_num_seqs. Completed tokens/s is
-LoadGen's: every output token over the time at which the last query to arrive is done (not the
-last to finish). A model for choosing which rates and knobs to measure (each Server
-measurement costs minutes of GPU time), never a measured figure.
+per output token and completed tokens/s for each rate and max_num_seqs, and how much longer the
+decode-only steps' longest context is than their mean. Completed tokens/s is LoadGen's: every
+output token over the time at which the last query to arrive is done (not the last to finish).
+A model for choosing which rates and knobs to measure (each Server measurement costs minutes of
+GPU time), never a measured figure.
 
 Steps run one after another (async scheduling, which overlaps the host's work, is not
 modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
@@ -59,9 +60,9 @@ class ServerStats:
     decode_s: float = 0.0
     prompt_steps: int = 0  # steps with prompt tokens
     prompt_s: float = 0.0
-    # decode-only steps' longest and mean context (keys), summed: the paged decode splits each
-    # request's keys in equal parts, so a launch waits on its longest request (longest / mean
-    # over 1 if the keys were spread evenly over the programs)
+    # decode-only steps' longest and mean context (keys), summed over the steps: with each
+    # request's keys in equal parts a launch waits on its longest request, longest / mean times
+    # an even spread's time (engine.decode_split_keys caps every part instead)
     decode_longest_keys: int = 0
     decode_mean_keys: float = 0.0
 

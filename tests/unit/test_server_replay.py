@@ -35,7 +35,7 @@ def test_first_tokens_and_tokens_per_output_come_from_step_ends():
 
 
 def test_a_decode_step_of_unequal_contexts_waits_on_its_longest():
-    # both decode together once request 1's prompt is in: contexts 5 + 1 + k and 1 + k ...
+    # both prompts run in one step, then both requests decode together: unequal contexts
     arrivals = np.array([0.0, 0.0])
     stats = replay_server([20, 4], [3, 3], arrivals, 1024, SchedulerConfig(), TEN_MS)
     assert stats.decode_steps == 2  # both prompts in one step, then two decode steps
