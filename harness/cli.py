@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.accuracy.errors import AccuracyInputError
 from harness.backends.base import BackendError
@@ -20,6 +21,9 @@ from harness.config.loader import ConfigError, load_config
 from harness.config.schema import HarnessConfig
 from harness.config.system_detect import detect_system
 from harness.run_args import RunArgs, parse_run_args
+
+if TYPE_CHECKING:
+    from harness.dataset import Dataset
 
 logger = logging.getLogger("harness")
 ACTIONS = (
@@ -156,11 +160,25 @@ def make_backend(cfg: HarnessConfig):  # -> Backend
     return TrtllmBackend.from_config(cfg, engine_dir(cfg))
 
 
+def check_model_len(cfg: HarnessConfig, data: Dataset) -> None:
+    """engine.max_model_len (when set) holds the dataset's longest prompt + max_new_tokens."""
+    limit = cfg.engine.max_model_len
+    need = int(data.input_lens.max()) + cfg.benchmark.max_new_tokens if len(data) else 0
+    if limit and need > limit:
+        raise UserError(
+            f"engine.max_model_len = {limit}: {cfg.benchmark.preprocessed_dir} has a prompt of "
+            f"{need - cfg.benchmark.max_new_tokens} tokens, + benchmark.max_new_tokens "
+            f"{cfg.benchmark.max_new_tokens} = {need}; set --max_model_len={need} or more, or 0 "
+            "(the model's positions)"
+        )
+
+
 def preflight(cfg: HarnessConfig) -> None:
     """Missing inputs fail here, in seconds, not at minute nine of a run."""
     from harness.dataset import Dataset
 
-    Dataset.load(Path(cfg.benchmark.preprocessed_dir))  # raises with the fix
+    data = Dataset.load(Path(cfg.benchmark.preprocessed_dir))  # raises with the fix
+    check_model_len(cfg, data)
     if (
         not cfg.engine.dummy_weights
         and not (Path(cfg.benchmark.model_path) / "config.json").is_file()
@@ -218,6 +236,7 @@ def run_one(run_dir: Path, command: str) -> int:
 
     cfg = load_resolved(run_dir / "config.yaml")
     dataset = Dataset.load(Path(cfg.benchmark.preprocessed_dir), cfg.run.sample_limit)
+    check_model_len(cfg, dataset)  # bench comes here without preflight
     backend = make_backend(cfg)
     start = time.perf_counter()
     result = run_loadgen(cfg, backend, dataset, run_dir, command)

@@ -72,6 +72,7 @@ class TorchBackend:
             cuda_graph_max_tokens=e.cuda_graph_max_tokens,
             cuda_graph_fastest_buckets=e.cuda_graph_fastest_buckets,
             decode_split_keys=e.decode_split_keys,
+            max_model_len=e.max_model_len,
             fused_kernels=e.fused_kernels,
             fp8_triton_max_rows=e.fp8_triton_max_rows,
             sparse_triton_max_rows=e.sparse_triton_max_rows,

@@ -58,6 +58,7 @@ IGNORED_KNOBS = (
     "cuda_graph_max_tokens",
     "cuda_graph_fastest_buckets",
     "decode_split_keys",
+    "max_model_len",  # its engines hold max_seq_len (below)
     "fused_kernels",
     "fp8_triton_max_rows",
     "sparse_triton_max_rows",

@@ -110,6 +110,10 @@ class EngineConfig:
     # as its context needs, so that every program does about the same work (0: in equal
     # parts, their number chosen per batch: a batch then waits on its longest request)
     decode_split_keys: int = 0
+    # Prompt + output tokens a request may hold (0: the model's positions, 4,096 for Llama-2):
+    # sizes the block tables, the CUDA graphs' decode grid and the KV pool's useful cap. The
+    # run refuses a dataset whose longest prompt plus max_new_tokens exceeds it
+    max_model_len: int = 0
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); false: torch
     # CUDA FP8 linears, with fused_kernels: steps of up to this many rows run the Triton GEMM
     # (engine/kernels/fp8_gemm.py), larger ones cuBLAS; 0: cuBLAS always
@@ -192,7 +196,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
 AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
     "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows", "engine.dense_triton_max_rows",
-    "engine.decode_split_keys",
+    "engine.decode_split_keys", "engine.max_model_len",
 )  # fmt: skip
 
 # engine.fp8_dense_layers: decoder layer indices separated by commas, or nothing.

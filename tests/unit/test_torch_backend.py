@@ -164,6 +164,31 @@ def test_dummy_weights_fixed_output_len_ignores_eos(hf_dir, tmp_path):
     assert len(sink.first) == 4
 
 
+def test_max_model_len_sizes_the_engine_and_a_longer_dataset_is_refused(hf_dir, tmp_path):
+    """engine.max_model_len reaches the engine (block tables, the scheduler's limit) and the
+    run's preflight refuses a dataset whose longest prompt + max_new_tokens exceeds it."""
+    import numpy as np
+
+    from harness.cli import UserError, check_model_len
+    from harness.dataset import Dataset
+
+    cfg = make_cfg(hf_dir[0], tmp_path / "e", max_model_len=40)
+    build_engine(cfg, tmp_path / "e")
+    engine = TorchBackend.from_config(cfg).engine
+    assert engine.model_runner.block_tables.width == 10  # 40 tokens in blocks of 4 (positions: 128)
+    assert engine.scheduler.config.max_model_len == 40
+    lens = np.array([5, 12], dtype=np.int32)
+    data = Dataset(np.zeros((2, 12), np.int32), lens, lens, tmp_path)
+    cfg.benchmark.max_new_tokens = 28
+    check_model_len(cfg, data)  # 12 + 28 = 40: fits
+    cfg.benchmark.max_new_tokens = 29
+    with pytest.raises(UserError, match=r"engine.max_model_len = 40: .* prompt of 12 tokens, "
+                       r"\+ benchmark.max_new_tokens 29 = 41; set --max_model_len=41"):  # fmt: skip
+        check_model_len(cfg, data)
+    cfg.engine.max_model_len = 0  # the model's positions: no dataset check
+    check_model_len(cfg, data)
+
+
 class SlowQueue(queue.SimpleQueue):
     """Each put takes a while, so a worker could wake up between the items of one submit."""
 
