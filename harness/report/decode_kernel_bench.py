@@ -11,7 +11,7 @@ block table), so that a call finds its K and V in HBM, not in the L2 (50 MB on a
 graph runs it (`padded_graphs`): real rows beside rows of no context, in the splits chosen for
 the graph's rows, for the real rows, and 1 to 8; then over unequal contexts, the engine's
 equal parts of each request against splits of a fixed number of keys (`unequal_contexts`).
-Run: python -m harness.report.decode_kernel_bench [--context=1000]
+Run: python -m harness.report.decode_kernel_bench [--context=1000] [--part=unequal]
 """
 
 from __future__ import annotations
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "--cache_blocks", type=int, default=0,
         help="blocks in each cache (default: enough for 20 disjoint tables)",
     )  # fmt: skip
+    p.add_argument("--part", choices=("all", "tilings", "padded", "unequal"), default="all",
+                   help="time only the tilings, padded_graphs or unequal_contexts")  # fmt: skip
     a = p.parse_args(argv)
     if a.context < 1 or a.cache_blocks < 0:
         p.error(f"--context={a.context} --cache_blocks={a.cache_blocks}: use >= 1 and >= 0")
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("needs a CUDA GPU (it times Triton kernels); run it on the GPU machine")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs, {a.context} keys per request")
-    for name, batch, hkv, group, cache_dtype in SHAPES:
+    shapes = SHAPES if a.part in ("all", "tilings") else []
+    for name, batch, hkv, group, cache_dtype in shapes:
         nbytes = 2 * batch * hkv * a.context * D * cache_dtype.itemsize
         calls = CALLS if nbytes < BIG_CALL_BYTES else 2
         args, tables = _inputs(batch, hkv, group, cache_dtype, a.context, calls, a.cache_blocks)
@@ -185,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:14s} splits={splits:2d} {label:46s} {us:8.1f} us "
                 f"{nbytes / us / 1e6:6.2f} TB/s  rel.err vs engine {err:.1e}"
             )
-    padded_graphs(a.context, sms)
-    unequal_contexts(sms)
+    if a.part in ("all", "padded"):
+        padded_graphs(a.context, sms)
+    if a.part in ("all", "unequal"):
+        unequal_contexts(sms)
     return 0
 
 
