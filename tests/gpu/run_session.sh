@@ -12,7 +12,7 @@
 #   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
 #   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--m=2)
 #   sparse : .carry/probe_sparse.py if carried
-#   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N)
+#   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N,--part=unequal)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)
 #   base   : copy the files under .carry/base/ (carried) over the tree (each replaced file kept
 #            as FILE.~1~), so that later phases of the call run them: a same-call baseline for
