@@ -72,7 +72,9 @@ class ServerStats:
             p99, mean = np.percentile(self.tpot_s, 99) * 1e3, np.mean(self.tpot_s) * 1e3
             tpot = f"p99 TPOT {p99:.1f} ms (mean {mean:.1f})"
         return (
-            f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms, {tpot}, "
+            f"p99 TTFT {np.percentile(self.ttft_s, 99) * 1e3:,.0f} ms (p99.9 "
+            f"{np.percentile(self.ttft_s, 99.9) * 1e3:,.0f}: LoadGen's early stopping counts the "
+            f"tail), {tpot}, "
             f"{self.output_tokens / self.final_done_s:,.0f} tok/s completed (the last query "
             f"to arrive done at {self.final_done_s:.0f} s, all at {self.end_s:.0f} s), "
             f"{self.preemptions} preemptions; {self.decode_steps:,} decode-only steps at "
