@@ -72,8 +72,10 @@ def test_the_summary_line_gives_the_percentiles_and_one_token_answers_have_no_tp
 
     stats = ServerStats(ttft_s=[0.1] * 99 + [2.0], tpot_s=[0.05] * 4, output_tokens=100,
                         end_s=12, final_done_s=10)  # fmt: skip
-    assert stats.line().startswith("p99 TTFT 119 ms (p99.9 1,812: LoadGen's early stopping "
-                                   "counts the tail), p99 TPOT 50.0 ms (mean 50.0), 10 tok/s")
+    assert stats.line().startswith(
+        "p99 TTFT 119 ms (p99.9 1,812: LoadGen's early stopping "
+        "counts the tail), p99 TPOT 50.0 ms (mean 50.0), 10 tok/s"
+    )
     assert "no TPOT (1-token answers)" in ServerStats(ttft_s=[0.1], final_done_s=1).line()
 
 
