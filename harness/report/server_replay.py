@@ -1,11 +1,11 @@
 """A Server run replayed on lengths alone: Poisson arrivals, the engine's own scheduler, each
 step timed at the replay time its CUDA graph logged in a measured run (schedule_replay's
-measured-graph model) times a sustained-load factor; prints p99 time to first token, p99 time
-per output token and completed tokens/s for each rate and max_num_seqs, and how much longer the
-decode-only steps' longest context is than their mean. Completed tokens/s is LoadGen's: every
-output token over the time at which the last query to arrive is done (not the last to finish).
-A model for choosing which rates and knobs to measure (each Server measurement costs minutes of
-GPU time), never a measured figure.
+measured-graph model) times a sustained-load factor; prints p99 (and p99.9) time to first
+token, p99 time per output token and completed tokens/s for each rate and max_num_seqs, and how
+much longer the decode-only steps' longest context is than their mean. Completed tokens/s is
+LoadGen's: every output token over the time at which the last query to arrive is done (not the
+last to finish). A model for choosing which rates and knobs to measure (each Server measurement
+costs minutes of GPU time), never a measured figure.
 
 Steps run one after another (async scheduling, which overlaps the host's work, is not
 modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
@@ -80,7 +80,7 @@ class ServerStats:
             f"{self.preemptions} preemptions; {self.decode_steps:,} decode-only steps at "
             f"{self.decode_s * 1e3 / max(self.decode_steps, 1):.1f} ms, {self.prompt_steps:,} "
             f"with prompt tokens at {self.prompt_s * 1e3 / max(self.prompt_steps, 1):.1f} ms; "
-            f"their longest context {self.key_spread():.2f}x the mean"
+            f"decode-only steps' longest context {self.key_spread():.2f}x their mean"
         )
 
     def key_spread(self) -> float:
