@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.backends.base import BackendError, GenerationRequest
 from harness.backends.trtllm_version import RUNTIME_ENGINE, RUNTIME_PYTORCH, RUNTIMES
-from harness.config.schema import HarnessConfig
+from harness.config.schema import EngineConfig, HarnessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ FIXED_KV_CACHE: dict[str, Any] = {"enable_block_reuse": False}
 # temperature, so temperature stays unset (older C++ samplers reject temperature=0).
 GREEDY: dict[str, Any] = {"top_k": 1, "top_p": None, "n": 1, "use_beam_search": False,
                           "detokenize": False}  # fmt: skip
-# Knobs of ours with no TensorRT-LLM counterpart: TensorRT-LLM schedules on its own.
+# Knobs of ours with no TensorRT-LLM counterpart: TensorRT-LLM schedules on its own. `validate`
+# names those a config sets away from their defaults.
 IGNORED_KNOBS = (
     "admission",
     "admission_batch",
@@ -190,9 +191,14 @@ def validate(cfg: HarnessConfig, runtime: str) -> None:
             f"max_num_batched_tokens={e.max_num_batched_tokens} is below the longest prompt "
             f"({MAX_INPUT_LEN}); pass --max_num_batched_tokens={MAX_INPUT_LEN} or more"
         )
-    if e.admission != "fifo":
+    default = EngineConfig()
+    ignored = [
+        f"{k}={getattr(e, k)!r}" for k in IGNORED_KNOBS if getattr(e, k) != getattr(default, k)
+    ]
+    if ignored:  # e.g. the torch engine's tuning in a system YAML: said once, not an error
         logger.warning(
-            "admission=%s has no TensorRT-LLM counterpart; its own scheduler decides", e.admission
+            "no TensorRT-LLM counterpart, ignored (its own scheduler and kernels decide): %s",
+            ", ".join(ignored),
         )
 
 

@@ -124,6 +124,17 @@ def test_validate_refuses_with_the_fix(overrides, runtime, needle):
         validate(make_cfg(**overrides), runtime)
 
 
+def test_validate_names_the_knobs_trtllm_ignores(caplog):
+    cfg = make_cfg(decode_split_keys="256", admission="longest_first")
+    with caplog.at_level("WARNING", logger="harness.backends.trtllm_config"):
+        validate(cfg, "pytorch")
+    (line,) = [
+        r.getMessage() for r in caplog.records if "no TensorRT-LLM counterpart" in r.getMessage()
+    ]
+    assert "decode_split_keys=256" in line and "admission='longest_first'" in line
+    assert "cpu_gemm" not in line  # at its default: not named
+
+
 # --- greedy sampling ---------------------------------------------------------------------
 
 
