@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from harness.backends.base import BackendError, GenerationRequest
 
 TOKEN_ID_RE = re.compile(r"^token_id:(\d+)$")  # vLLM's return_tokens_as_token_ids format
-TOKEN_SOURCES = ("token_ids", "logprobs", "retokenize")
 
 
 class Tokenizer(Protocol):

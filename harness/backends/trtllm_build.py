@@ -97,10 +97,6 @@ def engine_base_dir(cfg: HarnessConfig) -> Path:
     return default_engine_dir(cfg)
 
 
-def default_trtllm_engine_dir(cfg: HarnessConfig) -> Path:
-    return trtllm_engine_dir(engine_base_dir(cfg))
-
-
 def calibration_dir(cfg: HarnessConfig) -> Path:
     return Path(cfg.benchmark.preprocessed_dir) / "calibration"
 

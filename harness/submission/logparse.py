@@ -57,16 +57,6 @@ class DetailLog:
         return [text for key, text in names.items() if self.values.get(key) is False]
 
 
-def summary_validity(path: Path) -> str | None:
-    """ "VALID"/"INVALID" from the summary's `Result is :` line, None when absent."""
-    if not path.is_file():
-        return None
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("Result is"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
 RUN_INFO_KEYS = ("benchmark", "scenario", "system", "test_mode", "config_ver", "model_opt")
 
 
