@@ -126,8 +126,10 @@ def _configs(
 
 
 def ensure_inputs(cfg: HarnessConfig) -> None:
-    """Dataset (the synthetic set for dummy-weight runs without one) and engine dir."""
-    from harness.cli import generate_engine, preprocess_data
+    """Dataset (the synthetic set for dummy-weight runs without one), checked against
+    engine.max_model_len before the engine dir is built."""
+    from harness.cli import check_model_len, generate_engine, preprocess_data
+    from harness.dataset import Dataset
 
     b = cfg.benchmark
     if not (Path(b.preprocessed_dir) / "input_lens.npy").is_file():
@@ -137,6 +139,7 @@ def ensure_inputs(cfg: HarnessConfig) -> None:
             build(Path(b.dataset_path), Path(b.preprocessed_dir))
         else:
             preprocess_data(cfg, force=False)
+    check_model_len(cfg, Dataset.load(Path(b.preprocessed_dir)))
     if cfg.engine.backend == "torch":
         generate_engine(cfg, force=False)
 

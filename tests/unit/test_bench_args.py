@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from harness.bench import _configs, _parse
 
 
@@ -104,3 +107,27 @@ def test_a_server_run_says_the_load_offered_against_the_engines_rate(tmp_path, c
                          "the completed rates' divisor")  # fmt: skip
     _print_result(BenchResult("x Server", tmp_path, 1979.2, False, 1, load=line))
     assert f"[bench]   {line}" in capsys.readouterr().out
+
+
+def test_a_dataset_longer_than_max_model_len_stops_bench_before_the_engine_build(
+    tmp_path, monkeypatch
+):
+    import harness.cli
+    from harness.bench import ensure_inputs
+    from harness.cli import UserError
+    from harness.config.schema import HarnessConfig
+
+    for name, values in (("input_ids_padded", np.zeros((2, 12))), ("input_lens", [5, 12]),
+                         ("output_lens", [3, 3])):  # fmt: skip
+        np.save(tmp_path / f"{name}.npy", np.asarray(values, dtype=np.int32))
+    cfg = HarnessConfig()
+    cfg.benchmark.preprocessed_dir, cfg.benchmark.max_new_tokens = str(tmp_path), 30
+    cfg.engine.backend, cfg.engine.max_model_len = "torch", 40
+    built = []
+    monkeypatch.setattr(harness.cli, "generate_engine", lambda c, force: built.append(c))
+    with pytest.raises(UserError, match="max_model_len = 40: .* = 42; set --max_model_len=42"):
+        ensure_inputs(cfg)
+    assert not built  # refused before any engine work
+    cfg.engine.max_model_len = 42
+    ensure_inputs(cfg)
+    assert built == [cfg]
