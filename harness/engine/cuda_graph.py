@@ -212,10 +212,12 @@ class StepGraphs:
         meta = self._meta(rows, mixed)
         ids, pos = self.input_ids[:rows], self.positions[:rows]
         for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks its algorithms
+            meta.make_decode_work()
             self.model(ids, pos, meta)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
+            meta.make_decode_work()  # each replay's work list, from its context lengths
             self.hidden[:rows].copy_(self.model(ids, pos, meta))
         if self.pool is None:
             self.pool = graph.pool()

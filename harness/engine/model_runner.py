@@ -280,6 +280,7 @@ class ModelRunner:
                     len(decodes), self.model.config.num_key_value_heads, max(ctx_lens),
                     self.num_sms, self.decode_split_keys,
                 )  # fmt: skip
+                meta.make_decode_work()
 
         logits_indices, sampled_ids, rows, cols = [], [], [], []
         row_end = 0

@@ -28,6 +28,7 @@ from harness.engine.kernels.paged_attention import (
     decode_splits,
     decode_tiling,
     paged_decode,
+    split_work,
 )
 
 # (name, batch, kv heads, query heads per kv head, cache dtype)
@@ -119,8 +120,9 @@ def padded_graphs(context: int, sms: int) -> None:
 def unequal_contexts(sms: int) -> None:
     """The 70B FP8 decode over contexts of 16-2,048 keys (one seeded draw), as a graph runs it:
     the engine's equal parts of each request against splits of a fixed number of keys
-    (engine.decode_split_keys) for a graph sized to 4,096 positions (the model's) or 2,048
-    (engine.max_model_len at MLPerf's lengths); the last case has 320 rows of which 150 decode,
+    (engine.decode_split_keys; only those holding keys run, from a work list made once a step)
+    for a graph sized to 4,096 positions (the model's) or 2,048 (engine.max_model_len at
+    MLPerf's lengths); the last case has 320 rows of which 150 decode,
     as a mixed graph whose other rows (prompts, padding) have no cached keys. The decoding rows'
     K+V read rate."""
     hkv, group, dtype = 8, 8, torch.float8_e4m3fn
@@ -134,9 +136,10 @@ def unequal_contexts(sms: int) -> None:
         runs = [(0, 4096)] + [(k, m) for k in (128, 256, 512) for m in (4096, 2048)]
         for keys, max_context in runs:
             splits, split_keys = decode_splits(rows, hkv, max_context, sms, keys)
+            work = split_work(ctx, split_keys, splits) if split_keys else None  # once a step
             fns = [
                 functools.partial(
-                    paged_decode, *args, t, ctx, D**-0.5, splits, split_keys=split_keys
+                    paged_decode, *args, t, ctx, D**-0.5, splits, split_keys=split_keys, work=work
                 )
                 for t in tables
             ]

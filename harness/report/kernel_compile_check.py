@@ -133,7 +133,7 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
     ]  # fmt: skip
     for cache, splits, group, keys in (("bf16", 1, 8, 0), ("bf16", 9, 8, 0), ("fp8e4nv", 32, 8, 0),
                                        ("bf16", 17, 1, 0), ("fp8e4nv", 1, 1, 0),
-                                       ("fp8e4nv", 16, 8, 256)):  # fmt: skip
+                                       ("fp8e4nv", 16, 8, 256), ("bf16", 8, 8, 512)):  # fmt: skip
         tile = paged_attention.decode_tiling(
             torch.float8_e4m3fn if cache == "fp8e4nv" else torch.bfloat16
         )  # the engine's tiling for this cache
@@ -143,9 +143,10 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
             f" SPLIT_KEYS={keys}",
             paged_attention._paged_decode_kernel,
             {"q_ptr": "*bf16", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
-             "tables_ptr": "*i64", "ctx_ptr": "*i32", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
-             "stride_qb": "i32", "stride_qh": "i32", "stride_tb": "i32", "stride_ch": "i32",
-             "stride_cblk": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
+             "tables_ptr": "*i64", "ctx_ptr": "*i32", "work_ptr": "*i32", "acc_ptr": "*fp32",
+             "ml_ptr": "*fp32", "plane": "i32", "stride_qb": "i32", "stride_qh": "i32",
+             "stride_tb": "i32", "stride_ch": "i32", "stride_cblk": "i32", "qk_scale": "fp32",
+             "v_scale": "fp32"},
             {"G": group, "G_PAD": 16, "D": 128, "BLOCK_SIZE": 16, "BLOCK_N": tile.block_n,
              "NUM_SPLITS": splits, "PRECISION": "tf32", "FP16_DOT": tile.fp16_dot,
              "SPLIT_KEYS": keys},

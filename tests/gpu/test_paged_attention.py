@@ -87,6 +87,21 @@ def test_paged_decode_fixed_splits_match_reference(
     _check_decode(inputs, paged_decode(*inputs, d**-0.5, splits, 0.5, 0.5, None, keys))
 
 
+@pytest.mark.parametrize("programs", [1, 2])
+def test_paged_decode_fixed_splits_loop_over_the_work_list(
+    programs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fewer programs than splits: each runs every programs-th split of the list (the engine
+    launches up to 32 an SM, so the tests' small batches never loop otherwise)."""
+    from harness.engine.kernels import paged_attention
+
+    monkeypatch.setattr(paged_attention, "work_programs", lambda *args: programs)
+    inputs = _decode_inputs(programs, 8, torch.float8_e4m3fn)
+    d = inputs[0].shape[-1]
+    out = paged_attention.paged_decode(*inputs, d**-0.5, 10, 0.5, 0.5, None, 64)
+    _check_decode(inputs, out)
+
+
 @pytest.mark.parametrize(
     "block_n,num_warps,num_stages", [(64, 4, 1), (32, 2, 1), (128, 8, None), (16, 1, 1)]
 )

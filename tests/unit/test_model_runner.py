@@ -113,6 +113,21 @@ def test_decode_splits_fixed_size_cover_the_longest_context() -> None:
     assert decode_splits(1, 8, 100, 132, 256) == (1, 256)
 
 
+def test_split_work_lists_only_the_splits_that_hold_keys() -> None:
+    """The fixed-split decode's work list (plain torch, so checked here): how many, then each
+    split holding keys as row x splits + split, row by row; a row of context 0 has none."""
+    from harness.engine.kernels.paged_attention import split_work, work_programs
+
+    ctx = torch.tensor([300, 0, 1, 1024, 256, 257], dtype=torch.int32)
+    work = split_work(ctx, 256, 4)
+    assert work.shape == (6 * 4 + 2,) and work.dtype == torch.int32
+    held = [0, 1] + [8] + [12, 13, 14, 15] + [16] + [20, 21]
+    assert int(work[0]) == len(held) and work[1 : 1 + len(held)].tolist() == held
+    assert int(split_work(torch.zeros(3, dtype=torch.int32), 256, 4)[0]) == 0
+    assert work_programs(10, 8, 132) == 10  # one a split where they are few
+    assert work_programs(5000, 8, 132) == 528  # 32 an SM over the KV heads
+
+
 class _RecordingGraph:
     """Stands in for a captured CUDA graph: replay() keeps a copy of the static buffers."""
 

@@ -8,6 +8,7 @@ compares them. Importable without Triton (the references still work).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -119,33 +120,20 @@ if triton is not None:
             tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty))
 
     @triton.jit
-    def _paged_decode_kernel(
-        q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, ctx_ptr,
-        acc_ptr, ml_ptr,
-        stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk, qk_scale, v_scale,
+    def _attend_part(
+        q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, acc_ptr, ml_ptr,
+        b, kvh, s, start, end, plane, stride_qb, stride_qh, stride_tb, stride_ch,
+        stride_cblk, qk_scale, v_scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-        PRECISION: tl.constexpr, FP16_DOT: tl.constexpr = False, SPLIT_KEYS: tl.constexpr = 0,
+        PRECISION: tl.constexpr, FP16_DOT: tl.constexpr,
     ):  # fmt: skip
-        b = tl.program_id(0)
-        kvh = tl.program_id(1).to(tl.int64)  # kvh x stride_ch passes 2^31 in caches over 4 GiB
-        s = tl.program_id(2)
-        ctx = tl.load(ctx_ptr + b)
-        if SPLIT_KEYS > 0:  # splits of SPLIT_KEYS keys: every program the same work at most
-            start = s * SPLIT_KEYS
-            end = tl.minimum(start + SPLIT_KEYS, ctx)
-        else:  # each request's own keys split evenly (graph-safe: sized here, from its length)
-            per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
-            start = s * per_split
-            end = tl.minimum(start + per_split, ctx)
+        """Keys [start, end) of request b for KV head kvh's G query heads: the final output if
+        NUM_SPLITS is 1, else partial s."""
         offs_g = tl.arange(0, G_PAD)
         offs_d = tl.arange(0, D)
         heads = kvh * G + offs_g
-        g_mask = offs_g < G
-        live = g_mask  # heads of this program that load q and write
-        if SPLIT_KEYS > 0:  # a split past its request's keys writes nothing (the combine reads
-            # only those that hold keys); split 0 always does, empty for a row of context 0
-            live = live & (tl.full([G_PAD], start, tl.int32) < tl.maximum(ctx, 1))
+        live = offs_g < G  # heads of this program that load q and write
         q = tl.load(
             q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
             mask=live[:, None],
@@ -172,17 +160,55 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
             m_i = m_new
+        num_heads = tl.num_programs(1) * G
         if NUM_SPLITS == 1:  # no partials: normalize here, write [B, H, D] in q's dtype
             o = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
-            o_ptrs = acc_ptr + (b * (tl.num_programs(1) * G) + heads)[:, None] * D + offs_d[None, :]
-            tl.store(o_ptrs, o.to(acc_ptr.dtype.element_ty), mask=g_mask[:, None])
-            return
-        # Partials: acc [B, H, S, D] fp32 (unnormalized, V scale applied), ml [2, B, H, S].
-        part = (b * (tl.num_programs(1) * G) + heads) * NUM_SPLITS + s
-        tl.store(acc_ptr + part[:, None] * D + offs_d[None, :], acc * v_scale, mask=live[:, None])
-        plane = tl.num_programs(0) * tl.num_programs(1) * G * NUM_SPLITS
-        tl.store(ml_ptr + part, m_i, mask=live)
-        tl.store(ml_ptr + plane + part, l_i, mask=live)
+            o_ptrs = acc_ptr + (b * num_heads + heads)[:, None] * D + offs_d[None, :]
+            tl.store(o_ptrs, o.to(acc_ptr.dtype.element_ty), mask=live[:, None])
+        else:  # partials: acc [B, H, S, D] fp32 (unnormalized, V scale applied), ml [2, B, H, S]
+            part = (b * num_heads + heads) * NUM_SPLITS + s
+            dst = acc_ptr + part[:, None] * D + offs_d[None, :]
+            tl.store(dst, acc * v_scale, mask=live[:, None])
+            tl.store(ml_ptr + part, m_i, mask=live)
+            tl.store(ml_ptr + plane + part, l_i, mask=live)
+
+    @triton.jit
+    def _paged_decode_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, ctx_ptr, work_ptr,
+        acc_ptr, ml_ptr, plane,
+        stride_qb, stride_qh, stride_tb, stride_ch, stride_cblk, qk_scale, v_scale,
+        G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        PRECISION: tl.constexpr, FP16_DOT: tl.constexpr = False, SPLIT_KEYS: tl.constexpr = 0,
+    ):  # fmt: skip
+        kvh = tl.program_id(1).to(tl.int64)  # kvh x stride_ch passes 2^31 in caches over 4 GiB
+        if SPLIT_KEYS > 0:  # grid (programs, Hkv): the work list's splits, round robin
+            for i in range(tl.program_id(0), tl.load(work_ptr), tl.num_programs(0)):
+                item = tl.load(work_ptr + 1 + i)  # row x NUM_SPLITS + split
+                b = item // NUM_SPLITS
+                s = item % NUM_SPLITS
+                start = s * SPLIT_KEYS
+                end = tl.minimum(start + SPLIT_KEYS, tl.load(ctx_ptr + b))
+                _attend_part(
+                    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, acc_ptr, ml_ptr,
+                    b, kvh, s, start, end, plane, stride_qb, stride_qh, stride_tb,
+                    stride_ch, stride_cblk, qk_scale, v_scale, G, G_PAD, D, BLOCK_SIZE,
+                    BLOCK_N, NUM_SPLITS, PRECISION, FP16_DOT,
+                )  # fmt: skip
+        else:  # grid (B, Hkv, splits): each request's keys in equal parts (graph-safe: sized
+            # here, from its length; a part past them writes m = -inf, l = 0)
+            b = tl.program_id(0)
+            s = tl.program_id(2)
+            ctx = tl.load(ctx_ptr + b)
+            per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
+            start = s * per_split
+            end = tl.minimum(start + per_split, ctx)
+            _attend_part(
+                q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, acc_ptr, ml_ptr,
+                b, kvh, s, start, end, plane, stride_qb, stride_qh, stride_tb,
+                stride_ch, stride_cblk, qk_scale, v_scale, G, G_PAD, D, BLOCK_SIZE,
+                BLOCK_N, NUM_SPLITS, PRECISION, FP16_DOT,
+            )  # fmt: skip
 
     @triton.jit
     def _combine_splits_kernel(
@@ -194,9 +220,9 @@ if triton is not None:
         # Empty splits (m = -inf, l = 0) and rows of context 0 weigh 0 / give 0.
         row = tl.program_id(0).to(tl.int64)
         offs_s = tl.arange(0, S_PAD)
-        if SPLIT_KEYS > 0:  # only the splits that hold keys wrote (split 0 always)
+        if SPLIT_KEYS > 0:  # only the splits that hold keys wrote (none: a row of context 0)
             ctx = tl.load(ctx_ptr + row // num_heads)
-            s_mask = offs_s < tl.maximum(tl.cdiv(ctx, SPLIT_KEYS), 1)
+            s_mask = offs_s < tl.cdiv(ctx, SPLIT_KEYS)
         else:
             s_mask = offs_s < NUM_SPLITS
         m = tl.load(ml_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
@@ -248,16 +274,44 @@ def decode_splits(
     return max(1, -(-max_context // keys)), keys
 
 
+def split_work(context_lens: torch.Tensor, split_keys: int, num_splits: int) -> torch.Tensor:
+    """The work list of the decode in splits of split_keys keys, made on context_lens' device
+    without a host sync (a CUDA graph recomputes it each replay; one per step, for every layer):
+    int32 [B x num_splits + 2]: [0] how many splits hold keys, then their ids (row x num_splits
+    + split) row by row, then unused slots (the last one takes the empty splits' writes)."""
+    cap = context_lens.shape[0] * num_splits
+    kw = dict(dtype=torch.int32, device=context_lens.device)
+    held = torch.arange(num_splits, **kw) < ((context_lens + split_keys - 1) // split_keys)[:, None]
+    slot = torch.cumsum(held.flatten(), 0, dtype=torch.int32)  # 1 + its index where held
+    work = torch.zeros(cap + 2, **kw)
+    work.scatter_(0, torch.where(held.flatten(), slot, cap + 1).long(), torch.arange(cap, **kw))
+    work[:1].copy_(slot[-1:])
+    return work
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def work_programs(num_items: int, num_kv_heads: int, num_sms: int) -> int:
+    """Programs a KV head for the work list: up to 32 an SM (all of them, one warp each, as
+    many as an SM holds; the FP8 tiling's), at most one a split; each runs every such
+    program-th split of the list."""
+    return max(1, min(num_items, 32 * num_sms // num_kv_heads))
+
+
 def paged_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0, tiling: DecodeTiling | None = None,
-    split_keys: int = 0,
+    split_keys: int = 0, work: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length, or
     with split_keys > 0 in parts of that many keys, num_splits x split_keys covering every
-    context (`decode_splits`; graph-safe either way: no host sync). Rows with context_lens 0
-    give zeros. tiling: the cache dtype's (decode_tiling) unless given, as
+    context (`decode_splits`), only the parts holding keys run (`split_work`; work: made once
+    a step, else here). Graph-safe either way: no host sync. Rows with context_lens 0 give
+    zeros. tiling: the cache dtype's (decode_tiling) unless given, as
     harness.report.decode_kernel_bench gives others.
     """
     b, h, d = q.shape
@@ -265,14 +319,21 @@ def paged_decode(
     group = h // hkv
     tile = tiling or decode_tiling(k_cache.dtype)
     stages = {} if tile.num_stages is None else {"num_stages": tile.num_stages}
-    if num_splits == 1:  # the kernel writes the final output
+    if num_splits == 1:  # the kernel writes the final output; one part holds all keys
+        split_keys = 0
         acc = torch.empty(b, h, 1, d, dtype=q.dtype, device=q.device)
         ml = acc  # unused
     else:
         acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
-    _paged_decode_kernel[(b, hkv, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, acc, ml,
+    if split_keys > 0:
+        if work is None:
+            work = split_work(context_lens, split_keys, num_splits)
+        grid = (work_programs(b * num_splits, hkv, _num_sms(q.device)), hkv, 1)
+    else:
+        work, grid = context_lens, (b, hkv, num_splits)  # work: unused
+    _paged_decode_kernel[grid](
+        q, k_cache, v_cache, block_tables, context_lens, work, acc, ml, ml[0].numel(),
         q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
         scale * k_scale, v_scale,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_SIZE=bs,

@@ -67,12 +67,24 @@ class AttentionMetadata:
     decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32 (CUDA), int64 (CPU)
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
     decode_split_keys: int = 0  # keys a partition (0: each request's keys in equal parts)
+    decode_work: torch.Tensor | None = None  # split_keys > 0: the partitions holding keys
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
     # A mixed step replayed as a CUDA graph (cuda_graph.py): every row goes through the decode
     # kernel (a continued chunk's rows with their contexts, new prompts' rows with context 0)
     # and fresh_prefills' flash call (decode and continued rows are its first sequence); rows
     # with a context keep the decode result.
     graph_mixed: bool = False
+
+    def make_decode_work(self) -> None:
+        """CUDA: the decode's work list from decode_context_lens where it runs in splits of
+        decode_split_keys keys (`split_work`); graph-safe, so a graph captured after this call
+        remakes it from each replay's lengths."""
+        if self.decode_split_keys > 0 and self.decode_num_splits > 1:
+            from harness.engine.kernels.paged_attention import split_work
+
+            self.decode_work = split_work(
+                self.decode_context_lens, self.decode_split_keys, self.decode_num_splits
+            )
 
 
 class PagedAttention(nn.Module):
@@ -209,7 +221,7 @@ class PagedAttention(nn.Module):
         o = paged_decode(
             q, self.k_cache, self.v_cache, meta.decode_block_tables, meta.decode_context_lens,
             self.scale, meta.decode_num_splits, self.kv_scale, self.kv_scale,
-            split_keys=meta.decode_split_keys,
+            split_keys=meta.decode_split_keys, work=meta.decode_work,
         )  # fmt: skip
         return o.view(q.shape[0], -1)
 
