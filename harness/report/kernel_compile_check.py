@@ -165,14 +165,16 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
             {"HALF": 64, "BLOCK_H": 128, "WRITE_KV": write_kv, "KV_BLOCK_H": 8,
              "IS_FP8": cache == "fp8e4nv", "SCALED": scaled},
         ))  # fmt: skip
-    for splits, keys in ((2, 0), (9, 0), (32, 0), (16, 256)):
+    for splits, keys, group in ((2, 0, 8), (9, 0, 1), (32, 0, 8), (16, 256, 8), (4, 0, 4)):
+        s_pad = 1 << (splits - 1).bit_length()
+        heads = paged_attention.combine_heads(group, s_pad)
         cases.append((
-            f"combine_splits NUM_SPLITS={splits} SPLIT_KEYS={keys}",
+            f"combine_splits NUM_SPLITS={splits} SPLIT_KEYS={keys} HEADS={heads}",
             paged_attention._combine_splits_kernel,
             {"acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*bf16", "ctx_ptr": "*i32",
              "plane": "i32", "num_heads": "i32"},
-            {"NUM_SPLITS": splits, "S_PAD": 1 << (splits - 1).bit_length(), "D": 128,
-             "SPLIT_KEYS": keys},
+            {"NUM_SPLITS": splits, "S_PAD": s_pad, "D": 128, "HEADS": heads, "SPLIT_KEYS": keys},
+            {"num_warps": 8 if heads * s_pad >= 64 else 4},  # as paged_decode launches it
         ))  # fmt: skip
     for fp8 in (False, True):
         cases.append((

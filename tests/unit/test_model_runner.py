@@ -116,7 +116,7 @@ def test_decode_splits_fixed_size_cover_the_longest_context() -> None:
 def test_split_work_lists_only_the_splits_that_hold_keys() -> None:
     """The fixed-split decode's work list (plain torch, so checked here): how many, then each
     split holding keys as row x splits + split, row by row; a row of context 0 has none."""
-    from harness.engine.kernels.paged_attention import split_work, work_programs
+    from harness.engine.kernels.paged_attention import combine_heads, split_work, work_programs
 
     ctx = torch.tensor([300, 0, 1, 1024, 256, 257], dtype=torch.int32)
     work = split_work(ctx, 256, 4)
@@ -126,6 +126,8 @@ def test_split_work_lists_only_the_splits_that_hold_keys() -> None:
     assert int(split_work(torch.zeros(3, dtype=torch.int32), 256, 4)[0]) == 0
     assert work_programs(10, 8, 132) == 10  # one a split where they are few
     assert work_programs(5000, 8, 132) == 528  # 32 an SM over the KV heads
+    # the combine: a power of two of a group's heads a program, up to 128 partials
+    assert [combine_heads(8, 16), combine_heads(8, 32), combine_heads(5, 4)] == [8, 4, 1]
 
 
 class _RecordingGraph:

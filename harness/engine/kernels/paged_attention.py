@@ -213,26 +213,36 @@ if triton is not None:
     @triton.jit
     def _combine_splits_kernel(
         acc_ptr, ml_ptr, out_ptr, ctx_ptr, plane, num_heads,
-        NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr, D: tl.constexpr,
+        NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
         SPLIT_KEYS: tl.constexpr = 0,
     ):  # fmt: skip
-        # One (request, head) per program: its NUM_SPLITS partials, weighted by exp(m_s - max).
-        # Empty splits (m = -inf, l = 0) and rows of context 0 weigh 0 / give 0.
-        row = tl.program_id(0).to(tl.int64)
+        # HEADS heads of one request a program (HEADS divides a KV head's group): each head's
+        # NUM_SPLITS partials, weighted by exp(m_s - max). Empty splits (m = -inf, l = 0) and
+        # rows of context 0 weigh 0 / give 0.
+        first = tl.program_id(0).to(tl.int64) * HEADS  # row x num_heads + head
         offs_s = tl.arange(0, S_PAD)
         if SPLIT_KEYS > 0:  # only the splits that hold keys wrote (none: a row of context 0)
-            ctx = tl.load(ctx_ptr + row // num_heads)
+            ctx = tl.load(ctx_ptr + first // num_heads)
             s_mask = offs_s < tl.cdiv(ctx, SPLIT_KEYS)
         else:
             s_mask = offs_s < NUM_SPLITS
-        m = tl.load(ml_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
-        l_s = tl.load(ml_ptr + plane + row * NUM_SPLITS + offs_s, mask=s_mask, other=0.0)
-        w = tl.exp(m - tl.maximum(tl.max(m, 0), -1e30))
+        heads = first + tl.arange(0, HEADS)
+        part = heads[:, None] * NUM_SPLITS + offs_s[None, :]  # [HEADS, S_PAD]
+        mask = (heads[:, None] >= 0) & s_mask[None, :]
+        m = tl.load(ml_ptr + part, mask=mask, other=float("-inf"))
+        l_s = tl.load(ml_ptr + plane + part, mask=mask, other=0.0)
+        w = tl.exp(m - tl.maximum(tl.max(m, 1), -1e30)[:, None])
         offs_d = tl.arange(0, D)
-        parts = (row * NUM_SPLITS + offs_s)[:, None] * D + offs_d[None, :]
-        acc = tl.load(acc_ptr + parts, mask=s_mask[:, None], other=0.0)  # [S_PAD, D]
-        o = tl.sum(acc * w[:, None], 0) / tl.maximum(tl.sum(l_s * w, 0), 1e-30)
-        tl.store(out_ptr + row * D + offs_d, o.to(out_ptr.dtype.element_ty))
+        parts = part[:, :, None] * D + offs_d[None, None, :]
+        acc = tl.load(acc_ptr + parts, mask=mask[:, :, None], other=0.0)  # [HEADS, S_PAD, D]
+        o = tl.sum(acc * w[:, :, None], 1) / tl.maximum(tl.sum(l_s * w, 1), 1e-30)[:, None]
+        tl.store(out_ptr + heads[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty))
+
+
+def combine_heads(group: int, splits_pad: int) -> int:
+    """Heads a combine program: the largest power of two dividing the group, at most 128
+    partials (8 heads of 16 splits: 64 KiB of fp32), at least 1."""
+    return max(1, min(group & -group, 128 // splits_pad))
 
 
 def write_kv_cache(
@@ -345,9 +355,11 @@ def paged_decode(
     if num_splits == 1:
         return acc.view(b, h, d)
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
-    _combine_splits_kernel[(b * h,)](
+    s_pad = triton.next_power_of_2(num_splits)
+    heads = combine_heads(group, s_pad)
+    _combine_splits_kernel[(b * h // heads,)](
         acc, ml, out, context_lens, ml[0].numel(), h,
-        NUM_SPLITS=num_splits, S_PAD=triton.next_power_of_2(num_splits), D=d,
-        SPLIT_KEYS=split_keys, num_warps=4,
+        NUM_SPLITS=num_splits, S_PAD=s_pad, D=d, HEADS=heads, SPLIT_KEYS=split_keys,
+        num_warps=8 if heads * s_pad >= 64 else 4,
     )  # fmt: skip
     return out
