@@ -107,8 +107,9 @@ class EngineConfig:
     # (decode, mixed) beats (a step then pads up to it); false keeps every bucket
     cuda_graph_fastest_buckets: bool = True
     # CUDA paged decode attention: each request's keys in splits of this many keys, as many
-    # as its context needs, so that every program does about the same work (0: in equal
-    # parts, their number chosen per batch: a batch then waits on its longest request)
+    # as its context needs, only those launched (a work list a step), so that every program
+    # does about the same work (0: in equal parts, their number chosen per batch: a batch then
+    # waits on its longest request)
     decode_split_keys: int = 0
     # Prompt + output tokens a request may hold (0: the model's positions, 4,096 for Llama-2):
     # sizes the block tables, the CUDA graphs' decode grid and the KV pool's useful cap. The
