@@ -183,26 +183,24 @@ if triton is not None:
     ):  # fmt: skip
         kvh = tl.program_id(1).to(tl.int64)  # kvh x stride_ch passes 2^31 in caches over 4 GiB
         if SPLIT_KEYS > 0:  # grid (programs, Hkv): the work list's splits, round robin
-            for i in range(tl.program_id(0), tl.load(work_ptr), tl.num_programs(0)):
+            first, count, step = tl.program_id(0), tl.load(work_ptr), tl.num_programs(0)
+        else:  # grid (B, Hkv, splits): one part a program
+            first, count, step = 0, 1, 1
+        for i in range(first, count, step):
+            if SPLIT_KEYS > 0:
                 item = tl.load(work_ptr + 1 + i)  # row x NUM_SPLITS + split
                 b = item // NUM_SPLITS
                 s = item % NUM_SPLITS
                 start = s * SPLIT_KEYS
                 end = tl.minimum(start + SPLIT_KEYS, tl.load(ctx_ptr + b))
-                _attend_part(
-                    q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, acc_ptr, ml_ptr,
-                    b, kvh, s, start, end, plane, stride_qb, stride_qh, stride_tb,
-                    stride_ch, stride_cblk, qk_scale, v_scale, G, G_PAD, D, BLOCK_SIZE,
-                    BLOCK_N, NUM_SPLITS, PRECISION, FP16_DOT,
-                )  # fmt: skip
-        else:  # grid (B, Hkv, splits): each request's keys in equal parts (graph-safe: sized
-            # here, from its length; a part past them writes m = -inf, l = 0)
-            b = tl.program_id(0)
-            s = tl.program_id(2)
-            ctx = tl.load(ctx_ptr + b)
-            per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
-            start = s * per_split
-            end = tl.minimum(start + per_split, ctx)
+            else:  # each request's keys in equal parts (graph-safe: sized here, from its
+                # length; a part past them writes m = -inf, l = 0)
+                b = tl.program_id(0)
+                s = tl.program_id(2)
+                ctx = tl.load(ctx_ptr + b)
+                per_split = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
+                start = s * per_split
+                end = tl.minimum(start + per_split, ctx)
             _attend_part(
                 q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, acc_ptr, ml_ptr,
                 b, kvh, s, start, end, plane, stride_qb, stride_qh, stride_tb,
