@@ -10,7 +10,8 @@ block table), so that a call finds its K and V in HBM, not in the L2 (50 MB on a
 7B at batch 1 reads 16 MB), as inside a model step. Then the 70B's decode as a padded CUDA
 graph runs it (`padded_graphs`): real rows beside rows of no context, in the splits chosen for
 the graph's rows, for the real rows, and 1 to 8; then over unequal contexts, the engine's
-equal parts of each request against splits of a fixed number of keys (`unequal_contexts`).
+equal parts of each request against splits of a fixed number of keys (`unequal_contexts`);
+and the tilings of the FP8 cache in those splits (`split_tilings`).
 Run: python -m harness.report.decode_kernel_bench [--context=1000] [--part=unequal]
 """
 
@@ -117,6 +118,47 @@ def padded_graphs(context: int, sms: int) -> None:
                   f"{us:8.1f} us {nbytes / us / 1e6:6.2f} TB/s")  # fmt: skip
 
 
+# (graph rows, decoding rows, shortest context) over contexts of up to 2,048 keys: the tail
+# cases last, so that the others draw the contexts they drew before them
+UNEQUAL = [(16, 16, 16), (40, 40, 16), (64, 64, 16), (160, 160, 16), (320, 150, 16),
+           (4, 4, 1024), (8, 8, 1024)]  # fmt: skip
+# FP8 tilings for the fixed splits (`split_tilings`), the engine's first
+SPLIT_VARIANTS = [
+    DecodeTiling(block_n=bn, num_warps=w, num_stages=st, fp16_dot=True)
+    for st, bn, w in [(1, 32, 1), (2, 32, 1), (3, 32, 1), (1, 16, 1), (2, 16, 1), (1, 64, 1),
+                      (2, 64, 1), (1, 32, 2), (2, 32, 2), (1, 64, 2), (2, 64, 2), (3, 64, 4)]
+]  # fmt: skip
+
+
+def _unequal_cases():  # noqa: ANN202 (a generator)
+    """For each UNEQUAL case of the 70B's FP8 cache: (rows, real, shortest, ctx, args, tables,
+    K+V bytes), the contexts from one seeded draw."""
+    hkv, group, dtype = 8, 8, torch.float8_e4m3fn
+    gen = torch.Generator().manual_seed(0)
+    for rows, real, shortest in UNEQUAL:
+        lens = torch.zeros(rows, dtype=torch.int32)
+        lens[:real] = torch.randint(shortest, 2049, (real,), generator=gen, dtype=torch.int32)
+        args, tables = _inputs(rows, hkv, group, dtype, 2048, CALLS, 0)
+        nbytes = 2 * int(lens.sum()) * hkv * D * dtype.itemsize
+        yield rows, real, shortest, lens.to("cuda"), args, tables, nbytes
+
+
+def _time_decode(
+    args: tuple[torch.Tensor, ...], tables: list[torch.Tensor], ctx: torch.Tensor, splits: int,
+    split_keys: int, tiling: DecodeTiling | None = None,
+) -> float:  # fmt: skip
+    """Microseconds a call of paged_decode over the tables, the work list made once (a step)."""
+    work = split_work(ctx, split_keys, splits) if split_keys else None
+    fns = [
+        functools.partial(
+            paged_decode, *args, t, ctx, D**-0.5, splits, split_keys=split_keys, work=work,
+            tiling=tiling,
+        )
+        for t in tables
+    ]  # fmt: skip
+    return time_calls(fns)
+
+
 def unequal_contexts(sms: int) -> None:
     """The 70B FP8 decode over contexts of 16-2,048 keys (one seeded draw), as a graph runs it:
     the engine's equal parts of each request against splits of a fixed number of keys
@@ -125,37 +167,38 @@ def unequal_contexts(sms: int) -> None:
     MLPerf's lengths). The fifth case has 320 rows of which 150 decode, as a mixed graph whose
     other rows (prompts, padding) have no cached keys; the last two are an Offline run's tail (a
     few long requests left: 1,024-2,048 keys). The decoding rows' K+V read rate."""
-    hkv, group, dtype = 8, 8, torch.float8_e4m3fn
-    gen = torch.Generator().manual_seed(0)
-    # (graph rows, decoding rows, shortest context); the tail cases last, so that the others
-    # draw the contexts they drew before them
-    cases = [(16, 16, 16), (40, 40, 16), (64, 64, 16), (160, 160, 16), (320, 150, 16),
-             (4, 4, 1024), (8, 8, 1024)]  # fmt: skip
-    for rows, real, shortest in cases:
-        lens = torch.zeros(rows, dtype=torch.int32)
-        lens[:real] = torch.randint(shortest, 2049, (real,), generator=gen, dtype=torch.int32)
-        args, tables = _inputs(rows, hkv, group, dtype, 2048, CALLS, 0)
-        ctx = lens.to("cuda")
-        nbytes = 2 * int(lens.sum()) * hkv * D * dtype.itemsize
+    for rows, real, shortest, ctx, args, tables, nbytes in _unequal_cases():
         runs = [(0, 4096)] + [(k, m) for k in (64, 128, 256, 512) for m in (4096, 2048)]
         timed = set()
         for keys, max_context in runs:
-            splits, split_keys = decode_splits(rows, hkv, max_context, sms, keys)
+            splits, split_keys = decode_splits(rows, 8, max_context, sms, keys)
             if (splits, split_keys) in timed:  # 64 keys in 4,096 positions: 128 (32 splits)
                 continue
             timed.add((splits, split_keys))
-            work = split_work(ctx, split_keys, splits) if split_keys else None  # once a step
-            fns = [
-                functools.partial(
-                    paged_decode, *args, t, ctx, D**-0.5, splits, split_keys=split_keys, work=work
-                )
-                for t in tables
-            ]
-            us = time_calls(fns)
+            us = _time_decode(args, tables, ctx, splits, split_keys)
             label = f"splits of {split_keys} keys" if split_keys else "equal parts (engine)"
             print(f"70b fp8 {real:3d} of {rows:3d} rows of {shortest}-2048 keys, graph of "
                   f"{max_context} keys, {splits:2d} splits, {label:22s} {us:8.1f} us "
                   f"{nbytes / us / 1e6:6.2f} TB/s")  # fmt: skip
+
+
+def split_tilings(sms: int, split_keys: int = 256) -> None:
+    """The FP8 tilings (keys a tile, warps, pipelining depth) for the 70B's decode in splits of
+    split_keys keys from the work list, over the unequal contexts of `unequal_contexts`, in a
+    graph sized to 4,096 positions; each against the engine's tiling in the same process."""
+    engine = decode_tiling(torch.float8_e4m3fn)
+    for rows, real, shortest, ctx, args, tables, nbytes in _unequal_cases():
+        splits, keys = decode_splits(rows, 8, 4096, sms, split_keys)
+        ref = paged_decode(*args, tables[0], ctx, D**-0.5, splits, split_keys=keys).float()
+        for tile in SPLIT_VARIANTS:
+            out = paged_decode(*args, tables[0], ctx, D**-0.5, splits, split_keys=keys, tiling=tile)
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            us = _time_decode(args, tables, ctx, splits, keys, tile)
+            label = f"stages={tile.num_stages} keys={tile.block_n} warps={tile.num_warps}"
+            label += " (engine)" if tile == engine else ""
+            print(f"70b fp8 {real:3d} of {rows:3d} rows of {shortest}-2048 keys, {keys}-key "
+                  f"splits, {label:34s} {us:8.1f} us {nbytes / us / 1e6:6.2f} TB/s "
+                  f"rel.err vs engine {err:.1e}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "--cache_blocks", type=int, default=0,
         help="blocks in each cache (default: enough for 20 disjoint tables)",
     )  # fmt: skip
-    p.add_argument("--part", choices=("all", "tilings", "padded", "unequal"), default="all",
-                   help="time only the tilings, padded_graphs or unequal_contexts")  # fmt: skip
+    p.add_argument("--part", choices=("all", "tilings", "padded", "unequal", "split_tilings"),
+                   default="all", help="time only that part (see above)")  # fmt: skip
     a = p.parse_args(argv)
     if a.context < 1 or a.cache_blocks < 0:
         p.error(f"--context={a.context} --cache_blocks={a.cache_blocks}: use >= 1 and >= 0")
@@ -203,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         padded_graphs(a.context, sms)
     if a.part in ("all", "unequal"):
         unequal_contexts(sms)
+    if a.part in ("all", "split_tilings"):
+        split_tilings(sms)
     return 0
 
 
