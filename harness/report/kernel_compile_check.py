@@ -135,8 +135,8 @@ def check_other_kernels(arch: int = 90) -> list[tuple[str, dict | str]]:
                                        ("bf16", 17, 1, 0), ("fp8e4nv", 1, 1, 0),
                                        ("fp8e4nv", 16, 8, 256), ("bf16", 8, 8, 512)):  # fmt: skip
         tile = paged_attention.decode_tiling(
-            torch.float8_e4m3fn if cache == "fp8e4nv" else torch.bfloat16
-        )  # the engine's tiling for this cache
+            torch.float8_e4m3fn if cache == "fp8e4nv" else torch.bfloat16, fixed_splits=keys > 0
+        )  # the engine's tiling for this cache and splits
         cases.append((
             f"paged_decode cache={cache} NUM_SPLITS={splits} G={group} BLOCK_N={tile.block_n} "
             f"num_warps={tile.num_warps} num_stages={tile.num_stages} fp16_dot={tile.fp16_dot}"

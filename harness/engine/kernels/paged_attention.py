@@ -43,11 +43,20 @@ class DecodeTiling:
 # against 7.3 and 29.5. Through LoadGen (7B Offline, 5,000 queries, the same H100): 11,394.4
 # tok/s against 11,019.7 (2 warps) and 9,537.9 (bf16 tiling). bf16 caches: 32 keys tied there.
 FP8_TILING = DecodeTiling(block_n=32, num_warps=1, num_stages=1, fp16_dot=True)
+# FP8 caches in fixed splits from the work list (decode_kernel_bench --part=split_tilings, 256-key
+# splits over 16-2,048-key contexts, one H100, thirty-fourth session): 64 keys a tile, pipelined
+# two deep, the fastest of 12 tilings at every row count; against FP8_TILING 159.2 against 172.1
+# us a layer at 160 rows, 162.5 against 179.3 at 150 of a 320-row mixed step, 71.8 against 74.7
+# at 64, 23.9 against 31.2 at 16, 18.2 against 26.4 at an Offline tail's 4 rows.
+FP8_SPLIT_TILING = DecodeTiling(block_n=64, num_warps=1, num_stages=2, fp16_dot=True)
 
 
-def decode_tiling(cache_dtype: torch.dtype) -> DecodeTiling:
-    """The tiling the engine runs for a cache of this dtype."""
-    return FP8_TILING if cache_dtype.itemsize == 1 else DecodeTiling()
+def decode_tiling(cache_dtype: torch.dtype, fixed_splits: bool = False) -> DecodeTiling:
+    """The tiling the engine runs for a cache of this dtype, in equal parts of each request's
+    keys or (fixed_splits) in splits of a fixed number of keys (`decode_splits`)."""
+    if cache_dtype.itemsize != 1:
+        return DecodeTiling()
+    return FP8_SPLIT_TILING if fixed_splits else FP8_TILING
 
 
 # ------------------------------------------------------------------ references (plain torch)
@@ -319,14 +328,12 @@ def paged_decode(
     with split_keys > 0 in parts of that many keys, num_splits x split_keys covering every
     context (`decode_splits`), only the parts holding keys run (`split_work`; work: made once
     a step, else here). Graph-safe either way: no host sync. Rows with context_lens 0 give
-    zeros. tiling: the cache dtype's (decode_tiling) unless given, as
+    zeros. tiling: the engine's for the cache dtype and splits (decode_tiling) unless given, as
     harness.report.decode_kernel_bench gives others.
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
     group = h // hkv
-    tile = tiling or decode_tiling(k_cache.dtype)
-    stages = {} if tile.num_stages is None else {"num_stages": tile.num_stages}
     if num_splits == 1:  # the kernel writes the final output; one part holds all keys
         split_keys = 0
         acc = torch.empty(b, h, 1, d, dtype=q.dtype, device=q.device)
@@ -334,6 +341,8 @@ def paged_decode(
     else:
         acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
+    tile = tiling or decode_tiling(k_cache.dtype, fixed_splits=split_keys > 0)
+    stages = {} if tile.num_stages is None else {"num_stages": tile.num_stages}
     if split_keys > 0:
         if work is None:
             work = split_work(context_lens, split_keys, num_splits)
