@@ -71,6 +71,7 @@ class TorchBackend:
             use_cuda_graph=e.use_cuda_graph,
             cuda_graph_max_tokens=e.cuda_graph_max_tokens,
             cuda_graph_fastest_buckets=e.cuda_graph_fastest_buckets,
+            cuda_graph_min_decode_rows=e.cuda_graph_min_decode_rows,
             decode_split_keys=e.decode_split_keys,
             max_model_len=e.max_model_len,
             fused_kernels=e.fused_kernels,

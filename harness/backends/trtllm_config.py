@@ -58,6 +58,7 @@ IGNORED_KNOBS = (
     "use_cuda_graph",
     "cuda_graph_max_tokens",
     "cuda_graph_fastest_buckets",
+    "cuda_graph_min_decode_rows",
     "decode_split_keys",
     "max_model_len",  # its engines hold max_seq_len (below)
     "fused_kernels",

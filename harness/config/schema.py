@@ -106,6 +106,11 @@ class EngineConfig:
     # CUDA graphs: time each graph after capture and drop those a larger one of their kind
     # (decode, mixed) beats (a step then pads up to it); false keeps every bucket
     cuda_graph_fastest_buckets: bool = True
+    # CUDA graphs: decode graphs reach at least this many rows (0: max_num_seqs), so that with
+    # cuda_graph_fastest_buckets a batch may pad up to a larger graph that replays faster (the
+    # 70B FP8's 48- and 64-row decode graphs replayed in 31.0-31.9 ms on an H100, its 80-128-row
+    # ones in 29.3-29.9: docs/graph_times/); costs capture time and graph memory at start
+    cuda_graph_min_decode_rows: int = 0
     # CUDA paged decode attention: each request's keys in splits of this many keys, as many
     # as its context needs, only those launched (a work list a step), so that every program
     # does about the same work (0: in equal parts, their number chosen per batch: a batch then
@@ -197,7 +202,7 @@ AT_LEAST_ONE: tuple[str, ...] = (
 AT_LEAST_ZERO: tuple[str, ...] = (
     "engine.admission_headroom_tokens", "engine.cpu_kv_commit_gib", "engine.cuda_graph_max_tokens",
     "engine.fp8_triton_max_rows", "engine.sparse_triton_max_rows", "engine.dense_triton_max_rows",
-    "engine.decode_split_keys", "engine.max_model_len",
+    "engine.decode_split_keys", "engine.max_model_len", "engine.cuda_graph_min_decode_rows",
 )  # fmt: skip
 
 # engine.fp8_dense_layers: decoder layer indices separated by commas, or nothing.

@@ -56,6 +56,7 @@ class EngineArgs:
     use_cuda_graph: bool = False  # CUDA: replay captured graphs for decode-only steps
     cuda_graph_max_tokens: int = 0  # ... and for mixed steps of up to this many tokens (0: not)
     cuda_graph_fastest_buckets: bool = True  # drop graphs a larger one replays faster
+    cuda_graph_min_decode_rows: int = 0  # decode graphs reach at least this many rows (0: off)
     decode_split_keys: int = 0  # CUDA paged decode: splits of this many keys (0: equal parts)
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
@@ -101,12 +102,14 @@ def check_device(args: EngineArgs) -> None:
 
 
 def cuda_graph_sizes(args: EngineArgs, device: torch.device) -> tuple[int, int]:
-    """(largest decode graph in rows, largest mixed graph in tokens) to capture; 0: none. Off
-    CUDA or without use_cuda_graph there are none; no step holds more than
+    """(largest decode batch the graphs cover in rows, largest mixed graph in tokens) to
+    capture; 0: none. Off CUDA or without use_cuda_graph there are none; decode graphs cover
+    max_num_seqs or cuda_graph_min_decode_rows, the larger; no step holds more than
     max_num_batched_tokens tokens, so no mixed graph is larger."""
     if not args.use_cuda_graph or device.type != "cuda":
         return 0, 0
-    return args.max_num_seqs, min(args.cuda_graph_max_tokens, args.max_num_batched_tokens)
+    rows = max(args.max_num_seqs, args.cuda_graph_min_decode_rows)
+    return rows, min(args.cuda_graph_max_tokens, args.max_num_batched_tokens)
 
 
 def build_runner(

@@ -152,7 +152,8 @@ class ModelRunner:
                     f"CUDA graph capture ran out of memory after the KV cache took "
                     f"{kv.gib:.2f} GiB: lower gpu_memory_utilization (or set num_kv_blocks), "
                     f"or capture smaller graphs: cuda_graph_max_tokens (now "
-                    f"{cuda_graph_max_tokens}), max_num_seqs (now {cuda_graph_max_batch})"
+                    f"{cuda_graph_max_tokens}), max_num_seqs or cuda_graph_min_decode_rows "
+                    f"(decode graphs up to {cuda_graph_max_batch} rows)"
                 ) from e
 
     @torch.inference_mode()

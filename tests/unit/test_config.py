@@ -44,6 +44,7 @@ def test_llama2_70b_keeps_reference_targets():
         ({"fp8_dense_layers": "first"}, "command line: engine.fp8_dense_layers = 'first'; give"),
         ({"decode_split_keys": "-64"}, r"engine.decode_split_keys = -64; .* set it to 0 or more"),
         ({"max_model_len": "-1"}, r"engine.max_model_len = -1; .* set it to 0 or more"),
+        ({"cuda_graph_min_decode_rows": "-8"}, r"cuda_graph_min_decode_rows = -8; .* 0 or more"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

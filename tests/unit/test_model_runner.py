@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from harness.engine.model.attention import PrefillChunk
@@ -82,6 +84,10 @@ def test_cuda_graph_sizes_follow_the_knobs_and_the_step_budget():
                       cuda_graph_max_tokens=4096)  # fmt: skip
     assert cuda_graph_sizes(args, cuda) == (64, 1280)  # no step is larger than its budget
     assert cuda_graph_sizes(EngineArgs(use_cuda_graph=True, max_num_seqs=8), cuda) == (8, 0)
+    # decode graphs beyond max_num_seqs, for batches to pad up to (never below it)
+    for least, rows in ((128, 128), (32, 64)):
+        padded = dataclasses.replace(args, cuda_graph_min_decode_rows=least)
+        assert cuda_graph_sizes(padded, cuda) == (rows, 1280)
     assert cuda_graph_sizes(args, cpu) == (0, 0)
     no_graphs = EngineArgs(use_cuda_graph=False, cuda_graph_max_tokens=64)
     assert cuda_graph_sizes(no_graphs, cuda) == (0, 0)
