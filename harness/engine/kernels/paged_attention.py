@@ -45,9 +45,11 @@ class DecodeTiling:
 FP8_TILING = DecodeTiling(block_n=32, num_warps=1, num_stages=1, fp16_dot=True)
 # FP8 caches in fixed splits from the work list (decode_kernel_bench --part=split_tilings, 256-key
 # splits over 16-2,048-key contexts, one H100, thirty-fourth session): 64 keys a tile, pipelined
-# two deep, the fastest of 12 tilings at every row count; against FP8_TILING 159.2 against 172.1
-# us a layer at 160 rows, 162.5 against 179.3 at 150 of a 320-row mixed step, 71.8 against 74.7
-# at 64, 23.9 against 31.2 at 16, 18.2 against 26.4 at an Offline tail's 4 rows.
+# two deep, the fastest of 12 tilings at 64-320 rows (the Offline's steps) and within 0.1-3.1 us
+# of the fastest at 4-40; against FP8_TILING 159.2 against 172.1 us a layer at 160 rows, 162.5
+# against 179.3 at 150 of a 320-row mixed step, 71.8 against 74.7 at 64, 23.9 against 31.2 at
+# 16, 18.2 against 26.4 at an Offline tail's 4 rows. Through LoadGen (70B Offline, 1,024
+# queries, one H100): 2,642.3 tok/s against 2,626.9.
 FP8_SPLIT_TILING = DecodeTiling(block_n=64, num_warps=1, num_stages=2, fp16_dot=True)
 
 
