@@ -177,14 +177,20 @@ def run_child(
     return rc, kv_tokens, engines
 
 
-def mean_lengths(cfg: HarnessConfig) -> tuple[float, float]:
-    """Mean input and reference output tokens of the samples the run may draw."""
+def sample_lengths(cfg: HarnessConfig) -> tuple[list[int], list[int]]:
+    """Input and reference output tokens of the samples the run may draw."""
     import numpy as np
 
     pre = Path(cfg.benchmark.preprocessed_dir)
     n = cfg.run.sample_limit or None
-    mean_in = float(np.load(pre / "input_lens.npy")[:n].mean())
-    return mean_in, float(np.load(pre / "output_lens.npy")[:n].mean())
+    ins = np.load(pre / "input_lens.npy")[:n].tolist()
+    return ins, np.load(pre / "output_lens.npy")[:n].tolist()
+
+
+def mean_lengths(cfg: HarnessConfig) -> tuple[float, float]:
+    """Mean input and reference output tokens of the samples the run may draw."""
+    ins, outs = sample_lengths(cfg)
+    return sum(ins) / len(ins), sum(outs) / len(outs)
 
 
 def load_line(scheduled_qps: float, completed_qps: float, mean_out: float = 0.0,
@@ -212,7 +218,7 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
     """The Roofline of this config on this GPU, or None (CPU, unknown GPU or model)."""
     from harness.engine.llm_engine import EngineArgs, resolve_model_config
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT
-    from harness.report.roofline import Workload, peaks_for, roofline
+    from harness.report.roofline import Workload, decode_context, peaks_for, roofline
 
     try:
         import torch
@@ -228,7 +234,9 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
 
     args = EngineArgs(model_path=str(default_engine_dir(cfg)), weights="dummy")
     m = resolve_model_config(args, preset=cfg.benchmark.name)
-    mean_in, mean_out = mean_lengths(cfg)
+    ins, outs = sample_lengths(cfg)
+    mean_in, mean_out = sum(ins) / len(ins), sum(outs) / len(outs)
+    context = decode_context(ins, outs)  # what a resident request holds, on average
     fp8 = cfg.engine.model_opt in ("FP8", "Sparse")
     act_bytes = 2 if cfg.engine.dtype in ("bfloat16", "float16") else 4
     weight_b = (
@@ -237,13 +245,13 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
     kv_b = 1 if cfg.engine.kv_cache_dtype == "fp8" else act_bytes
     seqs = cfg.engine.max_num_seqs
     if kv_tokens:
-        seqs = min(seqs, kv_tokens / (mean_in + mean_out / 2))
+        seqs = min(seqs, kv_tokens / context)
     if concurrency_cap:
         seqs = min(seqs, concurrency_cap)
     w = Workload(
         m.num_hidden_layers, m.hidden_size, m.intermediate_size, m.num_attention_heads,
         m.num_key_value_heads, m.head_dim, m.vocab_size, weight_b, kv_b,
-        mean_in, mean_out, max(seqs, 1.0),
+        mean_in, mean_out, max(seqs, 1.0), context,
     )  # fmt: skip
     return roofline(w, peaks, fp8_gemm=fp8)
 

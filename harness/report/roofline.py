@@ -1,12 +1,14 @@
 """Roofline of an LLM serving workload on one GPU: compute and memory bounds in tokens/s.
 
 Peaks are the figures measured on this workplace's machines (not datasheets); the workload
-is a Llama config, weight/KV bytes per element, mean input/output lengths and concurrency.
+is a Llama config, weight/KV bytes per element, mean input/output lengths, the mean context an
+output token is decoded at, and concurrency.
 Imports no torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -47,6 +49,9 @@ class Workload:
     mean_input: float
     mean_output: float
     concurrency: float  # sequences decoding together (KV capacity / max_num_seqs bound)
+    # the context an output token is decoded at, averaged over output tokens (decode_context);
+    # 0: mean_input + mean_output / 2, as if every answer had the mean length
+    mean_context: float = 0.0
 
     @property
     def linear_params(self) -> float:
@@ -55,21 +60,23 @@ class Workload:
         return self.num_layers * per_layer
 
     @property
+    def context(self) -> float:
+        return self.mean_context or self.mean_input + self.mean_output / 2
+
+    @property
     def kv_bytes_per_token(self) -> float:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
 
     def flops_per_output_token(self) -> float:
         """Prefill of the prompt amortized over the outputs, plus decode, plus attention."""
-        ctx = self.mean_input + self.mean_output / 2  # mean context of a decode step
-        attn = 4 * self.num_layers * self.num_heads * self.head_dim * ctx
+        attn = 4 * self.num_layers * self.num_heads * self.head_dim * self.context
         head = 2 * self.hidden * self.vocab
         dense = 2 * self.linear_params
         return dense * (1 + self.mean_input / self.mean_output) + attn + head
 
     def bytes_per_decode_step(self) -> float:
         weights = self.linear_params * self.weight_bytes + self.hidden * self.vocab * 2
-        ctx = self.mean_input + self.mean_output / 2
-        return weights + self.concurrency * ctx * self.kv_bytes_per_token
+        return weights + self.concurrency * self.context * self.kv_bytes_per_token
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,19 @@ class Roofline:
             f"concurrent sequences -> {self.limiter}-bound {self.bound_tps:,.0f} tok/s; "
             f"measured {measured_tps:,.1f} tok/s = {100 * self.fraction(measured_tps):.1f}%"
         )
+
+
+def decode_context(input_lens: Sequence[int], output_lens: Sequence[int]) -> float:
+    """The context an output token is decoded at, averaged over all output tokens: sum over
+    requests of in x out + out x (out - 1) / 2, over the output tokens. Long answers weigh as
+    many tokens as they make, so this exceeds mean input + mean output / 2 where answers'
+    lengths spread; it is also the mean context of the requests resident in a full KV cache
+    (each resides for as many steps as it makes tokens), so KV tokens / this is how many fit."""
+    tokens = sum(output_lens)
+    if tokens == 0:
+        return float(sum(input_lens)) / max(len(input_lens), 1)
+    total = sum(i * o + o * (o - 1) / 2 for i, o in zip(input_lens, output_lens, strict=True))
+    return total / tokens
 
 
 def roofline(w: Workload, peaks: GpuPeaks, fp8_gemm: bool) -> Roofline:
