@@ -229,6 +229,15 @@ def merge(layers: list[Layer]) -> DictConfig:
                 f"{_source_of(key, layers)}: {key} = {value!r}; it must be >= 0 (0: off): "
                 "set it to 0 or more"
             )
+    rows = OmegaConf.select(cfg, "engine.cuda_graph_min_decode_rows")
+    budget = OmegaConf.select(cfg, "engine.max_num_batched_tokens")
+    if rows > budget:
+        raise ConfigError(
+            f"{_source_of('engine.cuda_graph_min_decode_rows', layers)}: "
+            f"engine.cuda_graph_min_decode_rows = {rows} exceeds engine.max_num_batched_tokens = "
+            f"{budget}: a decode graph holds a token a row, and no step holds more than the "
+            "budget; set it to at most max_num_batched_tokens (0: off)"
+        )
     util = OmegaConf.select(cfg, "engine.gpu_memory_utilization")
     if not 0 < util <= 1:
         raise ConfigError(

@@ -45,6 +45,11 @@ def test_llama2_70b_keeps_reference_targets():
         ({"decode_split_keys": "-64"}, r"engine.decode_split_keys = -64; .* set it to 0 or more"),
         ({"max_model_len": "-1"}, r"engine.max_model_len = -1; .* set it to 0 or more"),
         ({"cuda_graph_min_decode_rows": "-8"}, r"cuda_graph_min_decode_rows = -8; .* 0 or more"),
+        (
+            {"cuda_graph_min_decode_rows": "4096", "max_num_batched_tokens": "256"},
+            r"command line: engine.cuda_graph_min_decode_rows = 4096 exceeds "
+            r"engine.max_num_batched_tokens = 256: .* at most max_num_batched_tokens",
+        ),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
