@@ -315,8 +315,9 @@ def _num_sms(device: torch.device) -> int:
 
 def work_programs(num_items: int, num_kv_heads: int, num_sms: int) -> int:
     """Programs a KV head for the work list: at most one a split and 32 an SM over the KV
-    heads (528 for the 70B on 132 SMs; an SM holds about 12 of the FP8 tiling's at once, the
-    rest queue as a larger grid's would); each runs every programs-th split of the list."""
+    heads (528 for the 70B on 132 SMs; an SM holds about 8 of FP8_SPLIT_TILING's at once, 254
+    registers a thread for sm_90, the rest queue as a larger grid's would); each runs every
+    programs-th split of the list."""
     return max(1, min(num_items, 32 * num_sms // num_kv_heads))
 
 
