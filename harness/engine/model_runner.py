@@ -170,7 +170,8 @@ class ModelRunner:
         if graphs is not None and graphs.can_run(meta, batch.input_ids.shape[0]):
             hidden = graphs.run(batch.input_ids, batch.positions, meta)
             self.graph_replays[bool(meta.prefills)] += 1
-        else:
+        else:  # a graph makes its own work list; an eager step makes it here, once
+            meta.make_decode_work()
             hidden = self.model(batch.input_ids, batch.positions, meta)  # [N, hidden]
         logits = self.model.compute_logits(hidden[batch.logits_indices])  # [S, vocab] fp32
         tokens = self.sampler(logits, batch.suppress_rows, batch.suppress_cols)  # [S]
@@ -281,7 +282,6 @@ class ModelRunner:
                     len(decodes), self.model.config.num_key_value_heads, max(ctx_lens),
                     self.num_sms, self.decode_split_keys,
                 )  # fmt: skip
-                meta.make_decode_work()
 
         logits_indices, sampled_ids, rows, cols = [], [], [], []
         row_end = 0

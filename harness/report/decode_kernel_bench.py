@@ -55,6 +55,7 @@ D, BS = 128, 16  # head dim, keys a cache block
 # (real rows, graph rows): 33-64 rows run the 80-row graph of the H100's 256-sequence engines,
 # 17-112 the 112-row one of the H200's 1,024 (docs/graph_times/); 64 of 64 for comparison
 PADDED = [(40, 80), (60, 80), (64, 64), (40, 64), (20, 112), (60, 112)]
+HKV_70B, GROUP_70B, FP8 = 8, 8, torch.float8_e4m3fn  # the 70B's KV heads, query heads each, cache
 BIG_CALL_BYTES = 1 << 30  # a call reading this much K+V is far past the L2: 2 tables suffice
 
 
@@ -102,7 +103,7 @@ def padded_graphs(context: int, sms: int) -> None:
     the rest of the graph's rows to none, in the splits chosen for the graph's rows (the
     engine), for the real rows, and 1 to 8; the time per layer and the real rows' K+V read
     rate."""
-    hkv, group, dtype = 8, 8, torch.float8_e4m3fn
+    hkv, group, dtype = HKV_70B, GROUP_70B, FP8
     for real, graph in PADDED:
         args, tables = _inputs(graph, hkv, group, dtype, context, CALLS, 0)
         ctx = torch.zeros(graph, device="cuda", dtype=torch.int32)
@@ -133,7 +134,7 @@ SPLIT_VARIANTS = [
 def _unequal_cases():  # noqa: ANN202 (a generator)
     """For each UNEQUAL case of the 70B's FP8 cache: (rows, real, shortest, ctx, args, tables,
     K+V bytes), the contexts from one seeded draw."""
-    hkv, group, dtype = 8, 8, torch.float8_e4m3fn
+    hkv, group, dtype = HKV_70B, GROUP_70B, FP8
     gen = torch.Generator().manual_seed(0)
     for rows, real, shortest in UNEQUAL:
         lens = torch.zeros(rows, dtype=torch.int32)
@@ -171,7 +172,7 @@ def unequal_contexts(sms: int) -> None:
         runs = [(0, 4096)] + [(k, m) for k in (64, 128, 256, 512) for m in (4096, 2048)]
         timed = set()
         for keys, max_context in runs:
-            splits, split_keys = decode_splits(rows, 8, max_context, sms, keys)
+            splits, split_keys = decode_splits(rows, HKV_70B, max_context, sms, keys)
             if (splits, split_keys) in timed:  # 64 keys in 4,096 positions: 128 (32 splits)
                 continue
             timed.add((splits, split_keys))
@@ -186,9 +187,9 @@ def split_tilings(sms: int, split_keys: int = 256) -> None:
     """The FP8 tilings (keys a tile, warps, pipelining depth) for the 70B's decode in splits of
     split_keys keys from the work list, over the unequal contexts of `unequal_contexts`, in a
     graph sized to 4,096 positions; each against the engine's tiling in the same process."""
-    engine = decode_tiling(torch.float8_e4m3fn, fixed_splits=True)
+    engine = decode_tiling(FP8, fixed_splits=True)
     for rows, real, shortest, ctx, args, tables, nbytes in _unequal_cases():
-        splits, keys = decode_splits(rows, 8, 4096, sms, split_keys)
+        splits, keys = decode_splits(rows, HKV_70B, 4096, sms, split_keys)
         ref = paged_decode(*args, tables[0], ctx, D**-0.5, splits, split_keys=keys).float()
         for tile in [engine] + [v for v in SPLIT_VARIANTS if v != engine]:
             out = paged_decode(*args, tables[0], ctx, D**-0.5, splits, split_keys=keys, tiling=tile)
