@@ -34,7 +34,8 @@ ENGINE_LINE = re.compile(
     r"([\d.]+) tokens/s; (\d+) preemptions; decode-only steps (\d+) \(([\d.]+) s\), steps with "
     r"prompt tokens (\d+) \(([\d.]+) s\); per step: queue ([\d.]+) ms, wait for tokens "
     r"([\d.]+) ms, apply ([\d.]+) ms(?: \(async scheduling\))?"
-    r"(?:; GPU memory at the end: ([\d.]+) GiB free of ([\d.]+) GiB)?"
+    r"(?:; GPU memory at the end: ([\d.]+) GiB free of ([\d.]+) GiB"
+    r"(?:, ([\d.]+) GiB at the lowest)?)?"
 )
 # ... and its next line: the decode-only steps grouped by how many sequences they ran.
 BY_SEQUENCES_LINE = re.compile(r"engine decode-only steps by sequences: (.+)$")
@@ -45,7 +46,7 @@ GPU_TIME_LINE = re.compile(r"engine GPU time \(forward to sampled tokens, CUDA e
 ENGINE_FIELDS = (
     "tokens", "steps", "span_s", "steady_tokens_per_second", "preemptions", "decode_steps",
     "decode_s", "prompt_steps", "prompt_s", "queue_ms", "wait_ms", "apply_ms",
-    "gpu_free_gib_at_end", "gpu_total_gib",
+    "gpu_free_gib_at_end", "gpu_total_gib", "gpu_lowest_free_gib",
 )  # fmt: skip
 
 
@@ -59,6 +60,13 @@ def parse_engine_line(line: str) -> dict[str, float] | None:
         for k, v in zip(ENGINE_FIELDS, m.groups(), strict=True)
         if v is not None  # GPU memory: CUDA runs only
     }
+
+
+def _never_used(engine: dict[str, float]) -> str:
+    """The GPU memory an engine copy never used: its lowest free, the graphs' capture included,
+    where its line has it (older logs: the free memory at the end)."""
+    gib = engine.get("gpu_lowest_free_gib", engine.get("gpu_free_gib_at_end"))
+    return "" if gib is None else f"; {gib:.2f} GiB of GPU memory never used"
 
 
 @dataclass
@@ -328,8 +336,7 @@ def _print_result(r: BenchResult) -> None:
               f"each); per step the host queues {e['queue_ms']:.2f} ms, waits "
               f"{e['wait_ms']:.2f} ms for tokens, applies {e['apply_ms']:.2f} ms; "
               f"{e['preemptions']:.0f} preemptions"
-              + (f"; {e['gpu_free_gib_at_end']:.2f} GiB of GPU memory never used"
-                 if "gpu_free_gib_at_end" in e else ""), flush=True)  # fmt: skip
+              + _never_used(e), flush=True)  # fmt: skip
         if "decode_steps_by_sequences" in e:
             print(f"[bench]   decode-only steps by sequences: {e['decode_steps_by_sequences']}",
                   flush=True)  # fmt: skip

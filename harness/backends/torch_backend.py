@@ -162,16 +162,19 @@ class TorchBackend:
                 )  # fmt: skip
 
     def _gpu_memory(self) -> str:
-        """CUDA: what the run left unused, which the KV cache could have had (the caching
-        allocator keeps its peak reserved, so free memory now is the run's minimum)."""
-        device = self.engine.model_runner.device
-        if device.type != "cuda":
+        """CUDA: the memory free at the end and at its lowest since the graphs' capture (a
+        graph's warm-up beside the pool may need more than the run), which the KV cache could
+        have had."""
+        runner = self.engine.model_runner
+        if runner.device.type != "cuda":
             return ""
         import torch
 
-        free, total = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(runner.device)
+        low = runner.lowest_free_gpu_bytes()
         return (f"; GPU memory at the end: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} "
-                f"GiB (gpu_memory_utilization could rise by about {free / total:.3f})")  # fmt: skip
+                f"GiB, {low / 2**30:.2f} GiB at the lowest (graph capture included: "
+                f"gpu_memory_utilization could rise by about {low / total:.3f})")  # fmt: skip
 
     # --- worker ------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ import time
 import torch
 
 from harness.engine.kernels.paged_attention import decode_splits
-from harness.engine.kv_plan import Agree
+from harness.engine.kv_plan import Agree, lowest_free_bytes
 from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
 from harness.engine.model.llama import LlamaForCausalLM
 from harness.engine.model_runner import to_device
@@ -130,6 +130,7 @@ class StepGraphs:
         self.decode_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
+        self.lowest_free = 0  # bytes: the least free GPU memory while capturing (`capture`)
 
     def _meta(self, rows: int, mixed: bool) -> AttentionMetadata:
         splits, split_keys = decode_splits(
@@ -151,9 +152,13 @@ class StepGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         """Mixed graphs, then decode graphs, each largest first (later ones reuse its pool);
-        with fastest_buckets, then drops the decode graphs that a larger one replays faster."""
+        with fastest_buckets, then drops the decode graphs that a larger one replays faster.
+        Records the least free memory meanwhile (lowest_free): each graph's eager warm-up runs
+        beside the pool of those captured before it, a peak the memory free after it hides."""
         start = time.perf_counter()
-        free_before = torch.cuda.mem_get_info(self.input_ids.device)[0]
+        device = self.input_ids.device
+        torch.cuda.reset_peak_memory_stats(device)
+        free_before = torch.cuda.mem_get_info(device)[0]
         for rows in reversed(self.mixed_sizes):  # warm-up and capture: one prompt of all rows
             self.cu_seqlens.copy_(torch.tensor(mixed_cu_seqlens(0, [rows]), dtype=torch.int32))
             self.mixed_graphs[rows] = self._capture(rows, mixed=True)
@@ -165,13 +170,14 @@ class StepGraphs:
             self.decode_sizes = self._drop_slow_graphs(self.decode_graphs, mixed=False)
             self.mixed_sizes = self._drop_slow_graphs(self.mixed_graphs, mixed=True)
         torch.cuda.synchronize()
-        used = free_before - torch.cuda.mem_get_info(self.input_ids.device)[0]
+        used = free_before - torch.cuda.mem_get_info(device)[0]
+        self.lowest_free = lowest_free_bytes(device)
         logger.info(
             "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s, "
-            "%.2f GiB of GPU memory (warm-up activations and graph pools)",
-            len(self.decode_sizes), self.max_batch, len(self.mixed_sizes),
+            "%.2f GiB of GPU memory (warm-up activations and graph pools); %.2f GiB free at the "
+            "lowest meanwhile", len(self.decode_sizes), self.max_batch, len(self.mixed_sizes),
             f"{self.mixed_sizes[0]}..{self.max_tokens}" if self.mixed_sizes else "no",
-            time.perf_counter() - start, used / 2**30,
+            time.perf_counter() - start, used / 2**30, self.lowest_free / 2**30,
         )  # fmt: skip
 
     def _drop_slow_graphs(self, graphs: dict[int, torch.cuda.CUDAGraph], mixed: bool) -> list[int]:

@@ -93,6 +93,20 @@ def plan_kv_cache(
     return spec
 
 
+def lowest_free_bytes(device: torch.device) -> int:
+    """CUDA: the least free memory since the caching allocator's peak statistics were last
+    reset: free now plus what the allocator holds now less its peak. Memory outside the
+    allocator (the CUDA context, lazily loaded kernels) only grows, so this never overstates."""
+    free = torch.cuda.mem_get_info(device)[0]
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.max_memory_reserved(device)
+
+
+def oom_detail(err: BaseException) -> str:
+    """The first line of a torch out-of-memory message (what it tried to allocate, what was
+    free), for an error that names the knobs."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def _cpu_available_bytes() -> int:
     with open("/proc/meminfo") as f:
         for line in f:

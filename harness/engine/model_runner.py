@@ -17,7 +17,14 @@ import torch
 from harness.engine import host_memory
 from harness.engine.block_table import BlockTables
 from harness.engine.kernels import cpu_attention
-from harness.engine.kv_plan import GIB, Agree, KVCacheCapacityError, KVCacheSpec
+from harness.engine.kv_plan import (
+    GIB,
+    Agree,
+    KVCacheCapacityError,
+    KVCacheSpec,
+    lowest_free_bytes,
+    oom_detail,
+)
 from harness.engine.model.attention import (
     AttentionMetadata,
     DecodeGroup,
@@ -153,7 +160,7 @@ class ModelRunner:
                     f"{kv.gib:.2f} GiB: lower gpu_memory_utilization (or set num_kv_blocks), "
                     f"or capture smaller graphs: cuda_graph_max_tokens (now "
                     f"{cuda_graph_max_tokens}), max_num_seqs or cuda_graph_min_decode_rows "
-                    f"(decode graphs up to {cuda_graph_max_batch} rows)"
+                    f"(decode graphs up to {cuda_graph_max_batch} rows). {oom_detail(e)}"
                 ) from e
 
     @torch.inference_mode()
@@ -217,7 +224,8 @@ class ModelRunner:
             raise KVCacheCapacityError(
                 f"a step of max_num_batched_tokens={max_tokens} prompt tokens ran out of GPU "
                 f"memory after the KV cache took {self.kv.gib:.2f} GiB: lower "
-                f"gpu_memory_utilization (or set num_kv_blocks) or max_num_batched_tokens"
+                f"gpu_memory_utilization (or set num_kv_blocks) or max_num_batched_tokens. "
+                f"{oom_detail(e)}"
             ) from e
         finally:
             self._last_tokens, self._last_rows = None, {}
@@ -227,6 +235,12 @@ class ModelRunner:
             "of GPU memory free after it", max_tokens, peak / GIB,
             torch.cuda.mem_get_info(self.device)[0] / GIB,
         )  # fmt: skip
+
+    def lowest_free_gpu_bytes(self) -> int:
+        """CUDA: the least free memory since the graphs' capture began (its low point, or the
+        run's since warm_up, the lower): what the KV cache could have had besides."""
+        low = lowest_free_bytes(self.device)
+        return min(low, self.graphs.lowest_free) if self.graphs is not None else low
 
     # --- input preparation -------------------------------------------------------------
 

@@ -108,10 +108,13 @@ def test_graph_capture_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.kv_plan import KVCacheCapacityError
 
     def no_memory(self) -> None:
-        raise torch.OutOfMemoryError("CUDA out of memory")
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nmore")
 
     monkeypatch.setattr(StepGraphs, "capture", no_memory)
-    with pytest.raises(KVCacheCapacityError, match="gpu_memory_utilization.*cuda_graph_max_tokens"):
+    with pytest.raises(
+        KVCacheCapacityError,
+        match=r"gpu_memory_utilization.*cuda_graph_max_tokens.*Tried to allocate 2\.00 GiB\.$",
+    ):
         _runner()
 
 
@@ -123,6 +126,9 @@ def test_the_largest_step_runs_once_before_any_query(caplog):
     assert "warm-up: a step of 160 prompt tokens peaked at" in caplog.text
     assert runner.graphs is not None and runner._last_rows == {} and runner._last_tokens is None
     assert runner.graph_replays == [0, 0]  # the warm-up step ran eagerly
+    # the least free memory since the capture began: recorded, and never above the capture's
+    assert 0 < runner.lowest_free_gpu_bytes() <= runner.graphs.lowest_free
+    assert runner.graphs.lowest_free <= torch.cuda.mem_get_info()[1]
 
 
 def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):

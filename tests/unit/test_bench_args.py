@@ -66,6 +66,11 @@ def test_the_printed_account_says_tokens_a_step(tmp_path, capsys):
     assert "decode-only steps by sequences: 1-16 sequences: 512 steps, 14.2 s" in out
     assert "GPU time (forward to sampled tokens): decode-only steps 150.2 of 200.7 s" in out
     assert "time by share of its tokens: 0%-10% 60.4 s (1,461 tok/s), 10%-90%" in out
+    assert "6 preemptions; 1.63 GiB of GPU memory never used" in out  # an older line: at the end
+    # a line with the lowest free memory (the graphs' capture included) reports that instead
+    low = parse_engine_line(line + ", 0.12 GiB at the lowest (graph capture included: ...)")
+    _print_result(BenchResult("llama2-70b Offline", tmp_path, 2137.6, True, 0, 67072, [low]))
+    assert "6 preemptions; 0.12 GiB of GPU memory never used" in capsys.readouterr().out
 
 
 def test_server_is_reported_as_a_share_of_the_same_runs_offline(tmp_path, monkeypatch, capsys):
