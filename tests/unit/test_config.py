@@ -206,3 +206,38 @@ def test_system_matching(tmp_path):
 def test_fp8_dense_layers_take_indices_from_either_end():
     cfg = load_config("smollm2-135m", "Offline", "cpu-default", {"fp8_dense_layers": "0, -1"})
     assert cfg.engine.fp8_dense_layers == "0, -1"
+
+
+def _engine(cfg) -> dict:  # noqa: ANN001
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg.engine))
+
+
+@pytest.mark.parametrize("system", ["H100-SXM-80GBx1", "H200-SXM-141GBx1"])
+@pytest.mark.parametrize("scenario", ["Offline", "Server", "Interactive"])
+@pytest.mark.parametrize("overrides", [{}, {"model_opt": "Sparse"}, {"backend": "trtllm"}])
+def test_the_real_70b_runs_the_knobs_measured_on_the_synthetic_set(system, scenario, overrides):
+    """The synthetic set's dummy-weight runs are where a GPU's knobs and rates are measured;
+    the real benchmark on that GPU takes the same ones (only the weights differ)."""
+    real = load_config("llama2-70b", scenario, system, dict(overrides))
+    synthetic = load_config("llama2-70b-synthetic", scenario, system, dict(overrides))
+    a, b = _engine(real), _engine(synthetic)
+    assert (a.pop("dummy_weights"), b.pop("dummy_weights")) == (False, True)
+    assert a == b
+    assert real.scenario.target_qps == synthetic.scenario.target_qps
+
+
+@pytest.mark.parametrize("one, eight", [("H100-SXM-80GBx1", "H100-SXM-80GBx8"),
+                                        ("H200-SXM-141GBx1", "H200-SXM-141GBx8")])  # fmt: skip
+@pytest.mark.parametrize("scenario", ["Offline", "Server", "Interactive"])
+@pytest.mark.parametrize("overrides", [{}, {"model_opt": "Sparse"}])
+def test_eight_gpus_run_one_gpus_knobs_per_copy_at_eight_times_its_rate(
+    one, eight, scenario, overrides
+):  # fmt: skip
+    single = load_config("llama2-70b", scenario, one, dict(overrides))
+    dgx = load_config("llama2-70b", scenario, eight, dict(overrides))
+    a, b = _engine(single), _engine(dgx)
+    assert (a.pop("data_parallelism"), b.pop("data_parallelism")) == (1, 8)
+    assert a == b
+    assert dgx.scenario.target_qps == pytest.approx(8 * single.scenario.target_qps)
