@@ -151,21 +151,24 @@ class StepGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Mixed graphs, then decode graphs, each largest first (later ones reuse its pool);
-        with fastest_buckets, then drops the decode graphs that a larger one replays faster.
-        Records the least free memory meanwhile (lowest_free): each graph's eager warm-up runs
-        beside the pool of those captured before it, a peak the memory free after it hides."""
+        """Every graph's eager warm-up, then the captures: mixed graphs, then decode graphs,
+        each largest first (later ones reuse its pool); with fastest_buckets, then drops the
+        decode graphs that a larger one replays faster. The warm-ups all run before the pool
+        exists, so none adds its activations to the pool's (the peak is the larger of the
+        two, not their sum); lowest_free records the least free memory meanwhile."""
         start = time.perf_counter()
         device = self.input_ids.device
         torch.cuda.reset_peak_memory_stats(device)
         free_before = torch.cuda.mem_get_info(device)[0]
-        for rows in reversed(self.mixed_sizes):  # warm-up and capture: one prompt of all rows
-            self.cu_seqlens.copy_(torch.tensor(mixed_cu_seqlens(0, [rows]), dtype=torch.int32))
-            self.mixed_graphs[rows] = self._capture(rows, mixed=True)
-        self.context_lens.fill_(1)  # decode warm-up reads block 0 only; never written (slot -1)
-        for rows in reversed(self.decode_sizes):
-            self.decode_graphs[rows] = self._capture(rows, mixed=False)
-        self.context_lens.zero_()
+        for capture in (False, True):  # warm-ups, then captures in the same order
+            for rows in reversed(self.mixed_sizes):  # one prompt of all rows
+                cu = mixed_cu_seqlens(0, [rows])
+                self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
+                self._warm_up_or_capture(rows, mixed=True, capture=capture)
+            self.context_lens.fill_(1)  # decode warm-up reads block 0 only; never written
+            for rows in reversed(self.decode_sizes):
+                self._warm_up_or_capture(rows, mixed=False, capture=capture)
+            self.context_lens.zero_()
         if self.fastest_buckets:
             self.decode_sizes = self._drop_slow_graphs(self.decode_graphs, mixed=False)
             self.mixed_sizes = self._drop_slow_graphs(self.mixed_graphs, mixed=True)
@@ -214,20 +217,25 @@ class StepGraphs:
             del graphs[r]
         return kept
 
-    def _capture(self, rows: int, mixed: bool) -> torch.cuda.CUDAGraph:
+    def _warm_up_or_capture(self, rows: int, mixed: bool, capture: bool) -> None:
+        """Warm-up: the step run eagerly twice (Triton compiles, cuBLAS picks its algorithms).
+        Capture: its graph, into the shared pool (graph capture first frees the warm-ups'
+        cached blocks)."""
         meta = self._meta(rows, mixed)
         ids, pos = self.input_ids[:rows], self.positions[:rows]
-        for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks its algorithms
-            meta.make_decode_work()
-            self.model(ids, pos, meta)
-        torch.cuda.synchronize()
+        if not capture:
+            for _ in range(2):
+                meta.make_decode_work()
+                self.model(ids, pos, meta)
+            torch.cuda.synchronize()
+            return
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             meta.make_decode_work()  # each replay's work list, from its context lengths
             self.hidden[:rows].copy_(self.model(ids, pos, meta))
         if self.pool is None:
             self.pool = graph.pool()
-        return graph
+        (self.mixed_graphs if mixed else self.decode_graphs)[rows] = graph
 
     def can_run(self, meta: AttentionMetadata, num_rows: int) -> bool:
         """Whether a step's metadata (from the model runner) has a graph."""
