@@ -7,8 +7,10 @@ LoadGen's: every output token over the time at which the last query to arrive is
 last to finish). A model for choosing which rates and knobs to measure (each Server measurement
 costs minutes of GPU time), never a measured figure.
 
-Steps run one after another (async scheduling, which overlaps the host's work, is not
-modeled); a first token counts when its step ends. `--slowdown` scales every step: a measured
+Steps run one after another; a first token counts when its step ends. With the config's
+async scheduling the engine schedules each step while the one before it runs, so a step sees
+only the requests that arrived before that one began (a request waits one step longer; the
+host's work it overlaps is carried by `--slowdown`). `--slowdown` scales every step: a measured
 run's engine time over the model's time for the same run (e.g. an Offline run through
 `schedule_replay --graph_log`, or a Server run's mean step times, from its bench "engine time"
 line, over those this prints at --slowdown=1), which carries the clock under sustained load
@@ -100,20 +102,24 @@ def poisson_arrivals(qps: float, seconds: float, seed: int) -> np.ndarray:
 def replay_server(
     input_lens: list[int], output_lens: list[int], arrivals_s: np.ndarray, kv_tokens: int,
     config: SchedulerConfig, step_ms: StepMs, slowdown: float = 1.0, block_size: int = 16,
-    graph_tokens: int = 0,
+    graph_tokens: int = 0, async_scheduling: bool = False,
 ) -> ServerStats:  # fmt: skip
     """Request i (input_lens[i] prompt tokens, exactly output_lens[i] outputs) arrives at
     arrivals_s[i]; the scheduler runs whenever work is waiting, each step taking step_ms x
     slowdown; first tokens and completions are stamped at the end of their step. graph_tokens:
-    the largest mixed graph (schedule_replay.mixed_graph_tokens)."""
+    the largest mixed graph (schedule_replay.mixed_graph_tokens). async_scheduling: a busy
+    engine schedules each step when the one before it begins, seeing the arrivals until then."""
     scheduler = Scheduler(config, BlockManager(kv_tokens // block_size, block_size))
     stats = ServerStats()
     first_s: dict[int, float] = {}
     clock, arrived = 0.0, 0
+    previous_start: float | None = None  # the step before this one, while the engine is busy
     while arrived < len(arrivals_s) or scheduler.has_unfinished():
         if not scheduler.has_unfinished():
             clock = max(clock, float(arrivals_s[arrived]))  # idle until the next arrival
-        while arrived < len(arrivals_s) and arrivals_s[arrived] <= clock:
+            previous_start = None  # an idle engine schedules at once
+        seen = clock if previous_start is None or not async_scheduling else previous_start
+        while arrived < len(arrivals_s) and arrivals_s[arrived] <= seen:
             n_out = output_lens[arrived]
             sampling = SamplingParams(max_new_tokens=n_out, min_new_tokens=n_out, ignore_eos=True)
             scheduler.add_request(Request(arrived, [TOKEN] * input_lens[arrived], sampling))
@@ -123,6 +129,7 @@ def replay_server(
             raise RuntimeError("the scheduler made an empty step with requests waiting")
         rows, context, prompt, _ = step_shape(step, graph_tokens)
         seconds = step_ms(rows, context, prompt > 0) * slowdown / 1e3
+        previous_start = clock
         clock += seconds
         if prompt > 0:
             stats.prompt_steps += 1
@@ -200,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                  data.input_lens.tolist(), data.output_lens.tolist())  # fmt: skip
     step_ms = measured_step_ms(times, w.kv_bytes_per_token, a.attention_tbps)
     print(f"[server] {a.config}: KV {a.kv_tokens:,} tokens, steps at the graph replays of "
-          f"{a.graph_log} x {a.slowdown}, KV at {a.attention_tbps} TB/s; a model, not a "
+          f"{a.graph_log} x {a.slowdown}, KV at {a.attention_tbps} TB/s"
+          f"{', async scheduling' if knobs['async_scheduling'] else ''}; a model, not a "
           "measurement")  # fmt: skip
     all_seqs = a.max_num_seqs or list(knobs["max_num_seqs"])  # type: ignore[call-overload]
     headrooms = a.headroom or list(knobs["headroom"])  # type: ignore[call-overload]
@@ -220,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
         graph_tokens = mixed_graph_tokens(int(knobs["graph_tokens"]), tokens)
         stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown,
-                              graph_tokens=graph_tokens)  # fmt: skip
+                              graph_tokens=graph_tokens,
+                              async_scheduling=bool(knobs["async_scheduling"]))  # fmt: skip
         print(
             f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, {tokens} tokens a "
             f"step, seed {seed}, {len(arrivals)} queries: {stats.line()}",

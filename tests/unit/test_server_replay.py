@@ -34,6 +34,18 @@ def test_first_tokens_and_tokens_per_output_come_from_step_ends():
     assert stats.decode_longest_keys == 19 and stats.key_spread() == pytest.approx(1.0)
 
 
+def test_with_async_scheduling_a_busy_engine_sees_an_arrival_one_step_later():
+    """Request 1 arrives at 15 ms, during request 0's first decode step (10-20 ms). Without
+    async scheduling the 20-30 ms step takes it; with it, that step was scheduled when the
+    10-20 ms one began, so request 1's prompt runs 30-40 ms. An idle engine schedules at once."""
+    arrivals = np.array([0.0, 0.015])
+    sync = replay_server([5, 5], [3, 2], arrivals, 1024, SchedulerConfig(), TEN_MS)
+    pipelined = replay_server([5, 5], [3, 2], arrivals, 1024, SchedulerConfig(), TEN_MS,
+                              async_scheduling=True)  # fmt: skip
+    assert sync.ttft_s == pytest.approx([0.010, 0.015])
+    assert pipelined.ttft_s == pytest.approx([0.010, 0.025])
+
+
 def test_a_decode_step_of_unequal_contexts_waits_on_its_longest():
     # both prompts run in one step, then both requests decode together: unequal contexts
     arrivals = np.array([0.0, 0.0])
