@@ -162,9 +162,8 @@ class TorchBackend:
                 )  # fmt: skip
 
     def _gpu_memory(self) -> str:
-        """CUDA: the memory free at the end and at its lowest since the graphs' capture (a
-        graph's warm-up beside the pool may need more than the run), which the KV cache could
-        have had."""
+        """CUDA: the memory free at the end and at its lowest since the graphs' capture began
+        (the capture may peak above the run), which the KV cache could have had."""
         runner = self.engine.model_runner
         if runner.device.type != "cuda":
             return ""
