@@ -32,6 +32,7 @@ class TorchBackend:
         self._error: BaseException | None = None
         self.num_submitted = 0
         self.num_finished = 0
+        self._gc = None  # host_memory.GcPauses from start() to stop()
 
     @classmethod
     def from_config(
@@ -106,7 +107,10 @@ class TorchBackend:
     # --- Backend protocol --------------------------------------------------------------
 
     def start(self, sink: OutputSink) -> None:
+        from harness.engine.host_memory import GcPauses
+
         self.sink = sink
+        self._gc = GcPauses.begin()  # the heap as loaded, frozen: full collections stay short
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="torch-engine", daemon=True)
         self._thread.start()
@@ -127,6 +131,8 @@ class TorchBackend:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        gc_account = self._gc.end() if self._gc is not None else ""
+        self._gc = None
         self._raise_if_failed()
         log = self.engine.step_log
         if log.num_tokens:
@@ -142,6 +148,8 @@ class TorchBackend:
             if groups := log.format_decode_steps_by_sequences():  # the ramp and drain show here
                 logger.info("engine decode-only steps by sequences: %s", groups)
             logger.info("engine time by share of its tokens: %s", log.format_time_by_token_share())
+            if gc_account:
+                logger.info("engine host: %s", gc_account)
             n_dec, decode_s, n_pre, prompt_s = log.time_split()
             decode_gpu, prompt_gpu = log.gpu_split()
             if decode_gpu or prompt_gpu:  # CUDA: the rest of a step's time the GPU waited

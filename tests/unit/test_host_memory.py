@@ -45,3 +45,23 @@ def test_freed_activations_are_reused_without_page_faults():
 
     assert faults("0") > 10_000  # glibc's defaults: 28,738 on the dev VM
     assert faults("1") < 1_000  # kept: 0 there
+
+
+def test_a_run_freezes_its_starting_heap_and_counts_its_full_collections():
+    import gc
+
+    from harness.engine.host_memory import GcPauses
+
+    pauses = GcPauses.begin()
+    try:
+        assert pauses.frozen == gc.get_freeze_count() > 1000  # the modules, at least
+        gc.collect(0)  # a young collection is not counted
+        gc.collect()  # a full one is
+        assert pauses.count == 1 and pauses.total_s > 0 and pauses.longest_s <= pauses.total_s
+    finally:
+        account = pauses.end()
+    assert gc.get_freeze_count() == 0 and pauses._on_gc not in gc.callbacks
+    gc.collect()
+    assert pauses.count == 1  # no longer counting
+    assert account.startswith("1 full garbage collections during the run, ")
+    assert f"the starting heap of {pauses.frozen:,} objects frozen" in account

@@ -255,7 +255,8 @@ def test_bench_parses_the_engines_closing_line(hf_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="harness.backends.torch_backend"):
         run_backend(backend, requests(5))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine")]
-    assert len(lines) == 3
+    assert len(lines) == 4
+    assert lines[3].startswith("engine host: ") and " full garbage collections " in lines[3]
     got = parse_engine_line(lines[0])
     log = backend.engine.step_log
     assert got is not None and got["tokens"] == log.num_tokens > 0
