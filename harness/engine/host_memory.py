@@ -10,9 +10,10 @@ instead of returning it to the system, which an engine process, at its peak ever
 anyway.
 
 Garbage collector: a full collection scans every tracked object and stops every thread that
-holds the GIL, the engine's loop and LoadGen's callbacks alike. With torch, the engine and
-LoadGen imported that is ~170k objects, 58 ms on the 2-core dev VM, once every ~42k objects that
-outlive two younger collections: requests that stay for seconds in a Server run do. So a run
+holds the GIL, the engine's loop and LoadGen's callbacks alike. A run's process holds ~360k
+(the default model's Server run on the 2-core dev VM: 361,702, a full collection 166.9 ms), and
+one comes due once a quarter as many again have outlived two younger collections: requests
+that stay for seconds in a Server run do. So a run
 freezes the heap it starts with (`GcPauses.begin`: later full collections scan only what the run
 made), counts the full collections it still sees, and unfreezes it at the end (`end`), so that
 cycles among the frozen objects are collected once the run is over.
