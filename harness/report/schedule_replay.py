@@ -245,6 +245,7 @@ DEFAULT_KNOBS: dict[str, object] = {
     "preprocessed_dir": "build/preprocessed_data/synthetic-orca",
     "max_num_batched_tokens": 8192, "admission_batch": 1, "admission": "fifo",
     "max_num_seqs": [512], "headroom": [0], "async_scheduling": False, "graph_tokens": 2048,
+    "block_size": 16,
 }  # fmt: skip
 
 
@@ -264,7 +265,7 @@ def knobs_from_config(benchmark: str, scenario: str, system: str) -> dict[str, o
         "admission_batch": e.admission_batch, "max_num_seqs": [e.max_num_seqs],
         "headroom": [e.admission_headroom_tokens], "async_scheduling": e.async_scheduling,
         "graph_tokens": e.cuda_graph_max_tokens if e.use_cuda_graph else 0,
-        **({"gpu": gpus[0]} if gpus else {}),
+        "block_size": e.block_size, **({"gpu": gpus[0]} if gpus else {}),
     }  # fmt: skip
 
 
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph_tokens", type=int,
                    help="cuda_graph_max_tokens: the largest mixed graph's rows")  # fmt: skip
     p.add_argument("--async_scheduling", choices=["true", "false"], help="the engine's knob")
+    p.add_argument("--block_size", type=int, help="KV tokens a block (the engine's knob)")
     p.add_argument("--graph_log", type=Path,
                    help="a run's log: model steps at its graphs' replay times too")  # fmt: skip
     p.add_argument("--attention_tbps", type=float, default=2.3,
@@ -336,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.graph_tokens < 0:
         p.error(f"--graph_tokens={a.graph_tokens}: use 0 (no mixed graphs) or more")
     graph_tokens = mixed_graph_tokens(a.graph_tokens, a.max_num_batched_tokens)
-    if a.kv_tokens < 16:
-        p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of 16 tokens")
+    if a.block_size < 1:
+        p.error(f"--block_size={a.block_size}: use 1 or more")
+    if a.kv_tokens < a.block_size:
+        p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of {a.block_size} tokens")
     try:
         data = Dataset.load(Path(a.preprocessed_dir))
     except DatasetMissingError as ex:  # the synthetic set: python -m preprocess.synthetic
@@ -359,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[replay] {a.preset} {a.model_opt}, KV {a.kv_cache_dtype} {a.kv_tokens:,} tokens, "
           f"{a.queries} samples (input mean {w.mean_input:.0f}, output mean "
           f"{w.mean_output:.0f}); {a.admission} admission in groups of {a.admission_batch}, "
-          f"{a.max_num_batched_tokens:,} tokens a step, async scheduling "
+          f"{a.max_num_batched_tokens:,} tokens a step, blocks of {a.block_size}, async "
+          "scheduling "
           f"{'on' if a.async_scheduling else 'off'}; time: a bandwidth / GEMM-peak model on "
           f"{a.gpu}, not a measurement")  # fmt: skip
     try:  # every row's config before any row runs
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         seqs, headroom = config.max_num_seqs, config.admission_headroom_tokens
         try:
             stats = replay(
-                ins, outs, a.kv_tokens, config, graph_tokens=graph_tokens,
+                ins, outs, a.kv_tokens, config, a.block_size, graph_tokens=graph_tokens,
                 async_scheduling=a.async_scheduling, step_ms=step_ms,
             )  # fmt: skip
         except RequestTooLongError as ex:  # a sample that could never run, even alone

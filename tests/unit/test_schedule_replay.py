@@ -56,6 +56,13 @@ def test_a_pool_too_small_for_a_sample_is_a_one_line_error(tmp_path, capsys):
         main([f"--preprocessed_dir={tmp_path}", "--queries=2", "--kv_tokens=32"])
     err = capsys.readouterr().err
     assert "--kv_tokens=32 is too small" in err and "needs 3 KV blocks, the pool has 2" in err
+    # the same 32 tokens in blocks of 8: the 42-token sample needs 6 of its 4 blocks
+    with pytest.raises(SystemExit):
+        main([f"--preprocessed_dir={tmp_path}", "--queries=2", "--kv_tokens=32", "--block_size=8"])
+    assert "needs 6 KV blocks, the pool has 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([f"--preprocessed_dir={tmp_path}", "--kv_tokens=32", "--block_size=0"])
+    assert "--block_size=0: use 1 or more" in capsys.readouterr().err
 
 
 def test_mixed_graph_steps_hold_few_fresh_prompts_within_the_graph_rows():
