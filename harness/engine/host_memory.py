@@ -13,10 +13,10 @@ Garbage collector: a full collection scans every tracked object and stops every 
 holds the GIL, the engine's loop and LoadGen's callbacks alike. A run's process holds ~360k
 (the default model's Server run on the 2-core dev VM: 361,702, a full collection 166.9 ms), and
 one comes due once a quarter as many again have outlived two younger collections: requests
-that stay for seconds in a Server run do. So a run
-freezes the heap it starts with (`GcPauses.begin`: later full collections scan only what the run
-made), counts the full collections it still sees, and unfreezes it at the end (`end`), so that
-cycles among the frozen objects are collected once the run is over.
+that stay for seconds in a Server run do. So a run freezes the heap it starts with
+(`GcPauses.begin`: later full collections scan only what the run made), counts the full
+collections it still sees, and unfreezes it at the end (`end`), so that cycles among the
+frozen objects are collected once the run is over.
 """
 
 from __future__ import annotations

@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in positive.items():
         if value <= 0:
             p.error(f"{name}={value}: use a value above 0")
-    if a.kv_tokens < 16:
-        p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of 16 tokens")
+    if a.kv_tokens < int(knobs["block_size"]):
+        p.error(f"--kv_tokens={a.kv_tokens}: use at least one block of {knobs['block_size']} "
+                "tokens")  # fmt: skip
     try:
         times = graph_times_from_log(a.graph_log)
     except (OSError, ValueError) as ex:
@@ -228,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         ins, outs = data.input_lens[pick].tolist(), data.output_lens[pick].tolist()
         graph_tokens = mixed_graph_tokens(int(knobs["graph_tokens"]), tokens)
         stats = replay_server(ins, outs, arrivals, a.kv_tokens, config, step_ms, a.slowdown,
-                              graph_tokens=graph_tokens,
-                              async_scheduling=bool(knobs["async_scheduling"]))  # fmt: skip
+                              int(knobs["block_size"]), graph_tokens,
+                              bool(knobs["async_scheduling"]))  # fmt: skip
         print(
             f"[server] {qps} qps, max_num_seqs={seqs}, headroom={headroom}, {tokens} tokens a "
             f"step, seed {seed}, {len(arrivals)} queries: {stats.line()}",
