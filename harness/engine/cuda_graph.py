@@ -131,6 +131,7 @@ class StepGraphs:
         self.mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
         self.lowest_free = 0  # bytes: the least free GPU memory while capturing (`capture`)
+        self.pool_bytes = 0  # bytes the graphs' shared pool holds after capture
 
     def _meta(self, rows: int, mixed: bool) -> AttentionMetadata:
         splits, split_keys = decode_splits(
@@ -175,12 +176,18 @@ class StepGraphs:
         torch.cuda.synchronize()
         used = free_before - torch.cuda.mem_get_info(device)[0]
         self.lowest_free = lowest_free_bytes(device)
+        self.pool_bytes = sum(
+            seg["total_size"] for seg in torch.cuda.memory_snapshot()
+            if tuple(seg.get("segment_pool_id", ())) == tuple(self.pool or (-1,))
+        )  # fmt: skip
         logger.info(
             "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s, "
-            "%.2f GiB of GPU memory (warm-up activations and graph pools); %.2f GiB free at the "
-            "lowest meanwhile", len(self.decode_sizes), self.max_batch, len(self.mixed_sizes),
+            "%.2f GiB of GPU memory (%.2f GiB of it the graphs' pool; the rest outside it: "
+            "graph executables, workspaces); %.2f GiB free at the lowest meanwhile",
+            len(self.decode_sizes), self.max_batch, len(self.mixed_sizes),
             f"{self.mixed_sizes[0]}..{self.max_tokens}" if self.mixed_sizes else "no",
-            time.perf_counter() - start, used / 2**30, self.lowest_free / 2**30,
+            time.perf_counter() - start, used / 2**30, self.pool_bytes / 2**30,
+            self.lowest_free / 2**30,
         )  # fmt: skip
 
     def _drop_slow_graphs(self, graphs: dict[int, torch.cuda.CUDAGraph], mixed: bool) -> list[int]:

@@ -129,6 +129,7 @@ def test_the_largest_step_runs_once_before_any_query(caplog):
     # the least free memory since the capture began: recorded, and never above the capture's
     assert 0 < runner.lowest_free_gpu_bytes() <= runner.graphs.lowest_free
     assert runner.graphs.lowest_free <= torch.cuda.mem_get_info()[1]
+    assert 0 < runner.graphs.pool_bytes <= torch.cuda.memory_reserved()  # the graphs' own pool
 
 
 def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):
