@@ -242,8 +242,9 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
 
     args = EngineArgs(model_path=str(default_engine_dir(cfg)), weights="dummy")
     m = resolve_model_config(args, preset=cfg.benchmark.name)
-    mean_in, mean_out = mean_lengths(cfg)
-    context = decode_context(*sample_lengths(cfg))  # what a resident request holds, on average
+    ins, outs = sample_lengths(cfg)
+    mean_in, mean_out = sum(ins) / len(ins), sum(outs) / len(outs)
+    context = decode_context(ins, outs)  # what a resident request holds, on average
     fp8 = cfg.engine.model_opt in ("FP8", "Sparse")
     act_bytes = 2 if cfg.engine.dtype in ("bfloat16", "float16") else 4
     weight_b = (

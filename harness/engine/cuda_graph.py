@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -161,15 +162,8 @@ class StepGraphs:
         device = self.input_ids.device
         torch.cuda.reset_peak_memory_stats(device)
         free_before = torch.cuda.mem_get_info(device)[0]
-        for capture in (False, True):  # warm-ups, then captures in the same order
-            for rows in reversed(self.mixed_sizes):  # one prompt of all rows
-                cu = mixed_cu_seqlens(0, [rows])
-                self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
-                self._warm_up_or_capture(rows, mixed=True, capture=capture)
-            self.context_lens.fill_(1)  # decode warm-up reads block 0 only; never written
-            for rows in reversed(self.decode_sizes):
-                self._warm_up_or_capture(rows, mixed=False, capture=capture)
-            self.context_lens.zero_()
+        self._each_size(self._warm_up)
+        self._each_size(self._capture)
         if self.fastest_buckets:
             self.decode_sizes = self._drop_slow_graphs(self.decode_graphs, mixed=False)
             self.mixed_sizes = self._drop_slow_graphs(self.mixed_graphs, mixed=True)
@@ -224,18 +218,32 @@ class StepGraphs:
             del graphs[r]
         return kept
 
-    def _warm_up_or_capture(self, rows: int, mixed: bool, capture: bool) -> None:
-        """Warm-up: the step run eagerly twice (Triton compiles, cuBLAS picks its algorithms).
-        Capture: its graph, into the shared pool (graph capture first frees the warm-ups'
+    def _each_size(self, step: Callable[[int, bool], None]) -> None:
+        """step(rows, mixed) for every mixed graph (one prompt of all rows), then every decode
+        graph, each largest first."""
+        for rows in reversed(self.mixed_sizes):
+            cu = mixed_cu_seqlens(0, [rows])
+            self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
+            step(rows, True)
+        self.context_lens.fill_(1)  # decode warm-up reads block 0 only; never written (slot -1)
+        for rows in reversed(self.decode_sizes):
+            step(rows, False)
+        self.context_lens.zero_()
+
+    def _warm_up(self, rows: int, mixed: bool) -> None:
+        """The step run eagerly twice: Triton compiles, cuBLAS picks its algorithms."""
+        meta = self._meta(rows, mixed)
+        ids, pos = self.input_ids[:rows], self.positions[:rows]
+        for _ in range(2):
+            meta.make_decode_work()
+            self.model(ids, pos, meta)
+        torch.cuda.synchronize()
+
+    def _capture(self, rows: int, mixed: bool) -> None:
+        """The step's graph, into the shared pool (graph capture first frees the warm-ups'
         cached blocks)."""
         meta = self._meta(rows, mixed)
         ids, pos = self.input_ids[:rows], self.positions[:rows]
-        if not capture:
-            for _ in range(2):
-                meta.make_decode_work()
-                self.model(ids, pos, meta)
-            torch.cuda.synchronize()
-            return
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             meta.make_decode_work()  # each replay's work list, from its context lengths
