@@ -51,6 +51,24 @@ def test_cpu_pool_commits_its_first_blocks_at_start():
     assert engine(1.0).model_runner._is_block_zeroed == bytearray([1] * 40)
 
 
+def test_the_kv_pool_is_one_allocation_of_the_planned_bytes():
+    """Every layer's K and V are views of one tensor (the CUDA allocator rounds each allocation
+    up to 2 MiB: one a layer's K or V wasted up to 2 MiB each)."""
+    from harness.engine.kv_plan import kv_bytes_per_block
+    from harness.engine.llm_engine import EngineArgs, LLMEngine
+    from harness.engine.model.llama import LlamaConfig
+
+    config = LlamaConfig(64, 32, 48, 3, 4, 2, max_position_embeddings=64)
+    args = EngineArgs(model_config=config, weights="dummy", num_kv_blocks=10, max_num_seqs=2)
+    runner = LLMEngine.from_args(args).model_runner
+    pool = runner.kv_pool
+    assert pool.untyped_storage().nbytes() == 10 * kv_bytes_per_block(config, 16, pool.dtype)
+    views = [t for kv in runner.kv_caches for t in kv]
+    assert len(views) == 6 and all(t.is_contiguous() for t in views)
+    assert all(t.untyped_storage().data_ptr() == pool.data_ptr() for t in views)
+    assert {t.data_ptr() for t in views} == {t.data_ptr() for t in pool.flatten(0, 1)}
+
+
 def test_mixed_graph_buckets_and_sequence_bounds():
     from harness.engine.cuda_graph import MAX_PROMPTS, mixed_buckets, mixed_cu_seqlens
 
