@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from harness.engine import pool_trace
 from harness.engine.kernels.paged_attention import decode_splits
 from harness.engine.kv_plan import Agree, lowest_free_bytes
 from harness.engine.model.attention import FLASH_DTYPES, AttentionMetadata, FreshPrefills
@@ -163,6 +164,8 @@ class StepGraphs:
         torch.cuda.reset_peak_memory_stats(device)
         free_before = torch.cuda.mem_get_info(device)[0]
         self._each_size(self._warm_up)
+        if pool_trace.wanted():  # a diagnosis: which allocations make the pool
+            pool_trace.start()
         self._each_size(self._capture)
         if self.fastest_buckets:
             self.decode_sizes = self._drop_slow_graphs(self.decode_graphs, mixed=False)
@@ -174,6 +177,8 @@ class StepGraphs:
             seg["total_size"] for seg in torch.cuda.memory_snapshot()
             if tuple(seg.get("segment_pool_id", ())) == tuple(self.pool or (-1,))
         )  # fmt: skip
+        if pool_trace.wanted():
+            pool_trace.stop_and_log(self.pool, device)
         logger.info(
             "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s, "
             "%.2f GiB of GPU memory (%.2f GiB of it the graphs' pool; the rest outside it: "

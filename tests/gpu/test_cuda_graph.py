@@ -132,6 +132,28 @@ def test_the_largest_step_runs_once_before_any_query(caplog):
     assert 0 < runner.graphs.pool_bytes <= torch.cuda.memory_reserved()  # the graphs' own pool
 
 
+def test_the_pool_trace_accounts_for_the_whole_pool(monkeypatch, caplog):
+    """HARNESS_GRAPH_POOL_TRACE=1: the capture logs the pool's cudaMallocs by caller; on
+    torch's real snapshot format they add up to the pool's bytes."""
+    from harness.engine import pool_trace
+
+    found: list[list[tuple[str, int, int]]] = []
+    real = pool_trace.pool_mallocs
+
+    def keep(snapshot, pool, device):  # noqa: ANN001, ANN202
+        found.append(real(snapshot, pool, device))
+        return found[-1]
+
+    monkeypatch.setenv(pool_trace.ENV, "1")
+    monkeypatch.setattr(pool_trace, "pool_mallocs", keep)
+    with caplog.at_level("INFO", logger="harness.engine.pool_trace"):
+        runner = _runner()
+    assert "CUDA graphs' pool, HARNESS_GRAPH_POOL_TRACE:" in caplog.text
+    assert len(found) == 1 and found[0]
+    assert sum(b for _, _, b in found[0]) == runner.graphs.pool_bytes
+    assert any(".py:" in caller for caller, _, _ in found[0])
+
+
 def test_a_largest_step_out_of_memory_names_the_knobs(monkeypatch):
     from harness.engine.kv_plan import KVCacheCapacityError
     from harness.engine.model_runner import ModelRunner
