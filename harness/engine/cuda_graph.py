@@ -164,7 +164,8 @@ class StepGraphs:
         torch.cuda.reset_peak_memory_stats(device)
         free_before = torch.cuda.mem_get_info(device)[0]
         self._each_size(self._warm_up)
-        if pool_trace.wanted():  # a diagnosis: which allocations make the pool
+        trace = pool_trace.wanted()  # a diagnosis: which allocations make the pool
+        if trace:
             pool_trace.start()
         self._each_size(self._capture)
         if self.fastest_buckets:
@@ -177,7 +178,7 @@ class StepGraphs:
             seg["total_size"] for seg in torch.cuda.memory_snapshot()
             if tuple(seg.get("segment_pool_id", ())) == tuple(self.pool or (-1,))
         )  # fmt: skip
-        if pool_trace.wanted():
+        if trace:
             pool_trace.stop_and_log(self.pool, device)
         logger.info(
             "CUDA graphs: %d decode (1..%d rows), %d mixed (%s rows) captured in %.1f s, "
