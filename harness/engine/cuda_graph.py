@@ -174,10 +174,9 @@ class StepGraphs:
         torch.cuda.synchronize()
         used = free_before - torch.cuda.mem_get_info(device)[0]
         self.lowest_free = lowest_free_bytes(device)
-        self.pool_bytes = sum(
-            seg["total_size"] for seg in torch.cuda.memory_snapshot()
-            if tuple(seg.get("segment_pool_id", ())) == tuple(self.pool or (-1,))
-        )  # fmt: skip
+        index = pool_trace.device_index(device)
+        segments = pool_trace.pool_segments(torch.cuda.memory_snapshot(), self.pool, index)
+        self.pool_bytes = sum(hi - lo for lo, hi in segments)
         if trace:
             pool_trace.stop_and_log(self.pool, device)
         logger.info(

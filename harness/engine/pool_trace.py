@@ -21,6 +21,10 @@ def wanted() -> bool:
     return os.environ.get(ENV, "") not in ("", "0")
 
 
+def device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def start() -> None:
     torch.cuda.memory._record_memory_history(stacks="python", max_entries=1_000_000)
 
@@ -28,12 +32,23 @@ def start() -> None:
 def stop_and_log(pool: tuple[int, int] | None, device: torch.device) -> None:
     snapshot = torch.cuda.memory._snapshot(device)
     torch.cuda.memory._record_memory_history(enabled=None)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    rows = pool_mallocs(snapshot, pool, index)
+    rows = pool_mallocs(snapshot, pool, device_index(device))
     logger.info(
         "CUDA graphs' pool, %s: %s", ENV,
         "; ".join(f"{b / 2**20:.1f} MiB in {n} from {caller}" for caller, n, b in rows) or "none",
     )  # fmt: skip
+
+
+def pool_segments(
+    segments: list[dict[str, Any]], pool: tuple[int, int] | None, device: int
+) -> list[tuple[int, int]]:
+    """(start, end) addresses of the segments that `pool` holds on `device` (entries of
+    torch.cuda.memory_snapshot())."""
+    return [
+        (s["address"], s["address"] + s["total_size"]) for s in segments
+        if pool is not None and tuple(s.get("segment_pool_id", ())) == tuple(pool)
+        and s.get("device", device) == device
+    ]  # fmt: skip
 
 
 def pool_mallocs(
@@ -44,10 +59,7 @@ def pool_mallocs(
     ("file:line function"), or the innermost frame if none is."""
     if pool is None:
         return []
-    held = [
-        (s["address"], s["address"] + s["total_size"]) for s in snapshot["segments"]
-        if tuple(s.get("segment_pool_id", ())) == tuple(pool) and s.get("device", device) == device
-    ]  # fmt: skip
+    held = pool_segments(snapshot["segments"], pool, device)
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for entry in snapshot["device_traces"][device]:
         if entry["action"] != "segment_alloc":

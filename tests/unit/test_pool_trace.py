@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.engine.pool_trace import pool_mallocs
+from harness.engine.pool_trace import pool_mallocs, pool_segments
 
 
 def _frame(path: str, line: int, name: str) -> dict[str, object]:
@@ -28,6 +28,8 @@ def test_pool_mallocs_groups_the_pools_segments_by_their_innermost_harness_calle
             {"action": "segment_alloc", "addr": 5000, "size": 1000, "frames": decode},
         ]],
     }  # fmt: skip
+    assert pool_segments(snapshot["segments"], (1, 2), 0) == [(1000, 4000), (9000, 9500)]
+    assert pool_segments(snapshot["segments"], None, 0) == []
     assert pool_mallocs(snapshot, (1, 2), 0) == [
         ("paged_attention.py:340 paged_decode", 2, 3000),
         ("linear.py:5 forward", 1, 500),
