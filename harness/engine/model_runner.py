@@ -382,7 +382,7 @@ class ModelRunner:
         for SmolLM2): a 100-sample query of the default took ~1.5-3 s of its ~30 s in these
         faults. The block manager hands out the lowest free ids first, so these blocks are the
         ones used; a pool larger than `gib` commits the rest on first use."""
-        per_block = self.kv_pool[:, :, :, 0].nbytes
+        per_block = self.kv.bytes_per_block
         n = min(self.kv.num_blocks, int(gib * GIB) // per_block)
         if n <= 0:
             return
