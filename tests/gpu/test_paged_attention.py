@@ -87,6 +87,28 @@ def test_paged_decode_fixed_splits_match_reference(
     _check_decode(inputs, paged_decode(*inputs, d**-0.5, splits, 0.5, 0.5, None, keys))
 
 
+@pytest.mark.parametrize("split_keys", [0, 64])
+def test_paged_decode_reuses_given_partials(split_keys: int) -> None:
+    """The engine hands every layer of a step the same partials (split_partials): NaN left in
+    them before must not reach the output, with splits a short request's keys do not reach
+    (10 splits of 64 keys, or 32 equal parts, of contexts from 0 to 640 keys), and a second
+    call with other inputs gets its own result. Partials of another shape are refused."""
+    from harness.engine.kernels.paged_attention import paged_decode, split_partials
+
+    splits, partials = (10 if split_keys else 32), None
+    for seed in (1, 2):
+        inputs = _decode_inputs(seed, 8, torch.float8_e4m3fn)
+        if partials is None:
+            partials = split_partials(inputs[0], splits)
+            for t in partials:
+                t.fill_(float("nan"))
+        scale = inputs[0].shape[-1] ** -0.5
+        out = paged_decode(*inputs, scale, splits, 0.5, 0.5, None, split_keys, None, partials)
+        _check_decode(inputs, out)
+    with pytest.raises(ValueError, match="partials for"):
+        paged_decode(*inputs, scale, splits + 1, 0.5, 0.5, None, split_keys, None, partials)
+
+
 @pytest.mark.parametrize("programs", [1, 2])
 def test_paged_decode_fixed_splits_loop_over_the_work_list(
     programs: int, monkeypatch: pytest.MonkeyPatch

@@ -321,18 +321,31 @@ def work_programs(num_items: int, num_kv_heads: int, num_sms: int) -> int:
     return max(1, min(num_items, 32 * num_sms // num_kv_heads))
 
 
+def split_partials(q: torch.Tensor, num_splits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """paged_decode's fp32 partial results of q [B, H, D] in num_splits > 1 parts: each
+    part's output [B, H, splits, D], and its running max and sum [2, B, H, splits]. The
+    engine makes them once a step for every layer (AttentionMetadata.decode_partials): the
+    70B's 320-row graph step needs 160 MiB of them, and one a layer let the graphs' shared pool
+    hold this twice (thirty-seventh session)."""
+    b, h, d = q.shape
+    acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
+    return acc, torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
+
+
 def paged_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, num_splits: int,
     k_scale: float = 1.0, v_scale: float = 1.0, tiling: DecodeTiling | None = None,
     split_keys: int = 0, work: torch.Tensor | None = None,
+    partials: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """q: [B, H, D] -> [B, H, D]; each request's keys in num_splits parts of equal length, or
     with split_keys > 0 in parts of that many keys, num_splits x split_keys covering every
     context (`decode_splits`), only the parts holding keys run (`split_work`; work: made once
     a step, else here). Graph-safe either way: no host sync. Rows with context_lens 0 give
     zeros. tiling: the engine's for the cache dtype and splits (decode_tiling) unless given, as
-    harness.report.decode_kernel_bench gives others.
+    harness.report.decode_kernel_bench gives others. partials: `split_partials` for these
+    q and num_splits (made here if not given; unused with one split).
     """
     b, h, d = q.shape
     hkv, _, bs, _ = k_cache.shape
@@ -342,8 +355,9 @@ def paged_decode(
         acc = torch.empty(b, h, 1, d, dtype=q.dtype, device=q.device)
         ml = acc  # unused
     else:
-        acc = torch.empty(b, h, num_splits, d, dtype=torch.float32, device=q.device)
-        ml = torch.empty(2, b, h, num_splits, dtype=torch.float32, device=q.device)
+        acc, ml = partials or split_partials(q, num_splits)
+        if acc.shape != (b, h, num_splits, d):
+            raise ValueError(f"partials for {tuple(acc.shape)}, not {(b, h, num_splits, d)}")
     tile = tiling or decode_tiling(k_cache.dtype, fixed_splits=split_keys > 0)
     stages = {} if tile.num_stages is None else {"num_stages": tile.num_stages}
     if split_keys > 0:

@@ -68,6 +68,9 @@ class AttentionMetadata:
     decode_num_splits: int = 1  # split-K partitions of the decode kernel
     decode_split_keys: int = 0  # keys a partition (0: each request's keys in equal parts)
     decode_work: torch.Tensor | None = None  # split_keys > 0: the partitions holding keys
+    # CUDA, splits > 1: the decode's partial results (kernels.paged_attention.split_partials),
+    # made by the step's first layer and reused by the others
+    decode_partials: tuple[torch.Tensor, torch.Tensor] | None = None
     fresh_prefills: FreshPrefills | None = None  # CUDA path: chunks with no cached context
     # A mixed step replayed as a CUDA graph (cuda_graph.py): every row goes through the decode
     # kernel (a continued chunk's rows with their contexts, new prompts' rows with context 0)
@@ -216,12 +219,15 @@ class PagedAttention(nn.Module):
 
     def _decode_cuda(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """q [B, H, D] of one-token decodes -> [B, H * D] (rows of context 0: zeros)."""
-        from harness.engine.kernels.paged_attention import paged_decode
+        from harness.engine.kernels.paged_attention import paged_decode, split_partials
 
+        if meta.decode_num_splits > 1 and meta.decode_partials is None:
+            meta.decode_partials = split_partials(q, meta.decode_num_splits)
         o = paged_decode(
             q, self.k_cache, self.v_cache, meta.decode_block_tables, meta.decode_context_lens,
             self.scale, meta.decode_num_splits, self.kv_scale, self.kv_scale,
             split_keys=meta.decode_split_keys, work=meta.decode_work,
+            partials=meta.decode_partials,
         )  # fmt: skip
         return o.view(q.shape[0], -1)
 
