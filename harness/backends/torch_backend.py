@@ -84,6 +84,7 @@ class TorchBackend:
             cpu_kv_commit_gib=e.cpu_kv_commit_gib,
             cpu_gemm=e.cpu_gemm,
             async_scheduling=e.async_scheduling,
+            embedding_on_host=e.embedding_on_host,
         )
         try:
             if e.tensor_parallelism > 1:  # one process per rank (harness.engine.parallel)

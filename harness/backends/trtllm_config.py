@@ -69,6 +69,7 @@ IGNORED_KNOBS = (
     "cpu_gemm",
     "cpu_kv_commit_gib",
     "async_scheduling",
+    "embedding_on_host",
 )
 
 MAX_INPUT_LEN = 1024  # NVIDIA's llama2-70b engines: --max_input_len 1024 --max_seq_len 2048

@@ -69,6 +69,7 @@ class EngineArgs:
     # Queue step n+1 before applying step n's tokens (its decode inputs are read on the device):
     # the host's scheduling and input preparation overlap the device's work.
     async_scheduling: bool = False
+    embedding_on_host: bool = False  # CUDA: the input embedding in pinned host memory
 
 
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores and Triton's e4m3: Ada (8.9), Hopper (9.0), later
@@ -86,6 +87,11 @@ def check_device(args: EngineArgs) -> None:
     if args.kv_cache_dtype == "fp8" and device.type != "cuda":
         raise NotImplementedError(
             f"kv_cache_dtype='fp8' needs the CUDA kernels; on {device} use kv_cache_dtype=auto"
+        )
+    if args.embedding_on_host and device.type != "cuda":
+        raise NotImplementedError(
+            f"embedding_on_host=true has the GPU read the embedding from pinned host memory; on "
+            f"{device} the embedding is in host memory already: set embedding_on_host=false"
         )
     if device.type != "cuda":
         return
@@ -129,6 +135,9 @@ def build_runner(
         args.dense_triton_max_rows,
     )
     logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
+    if args.embedding_on_host:  # before the KV plan, which takes the memory it frees
+        gib = model.move_embedding_to_host()
+        logger.info("input embedding: %.2f GiB moved to pinned host memory (for the KV cache)", gib)
     max_model_len = model_len_limit(args, model.config)
     max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)
     kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else DTYPES[args.dtype]

@@ -50,6 +50,29 @@ def test_cuda_matches_cpu_reference(tiny_dir, model_opt, dense_layers):
     assert outs["cuda"] == outs["cpu"]
 
 
+def test_the_embedding_in_host_memory_gives_the_same_tokens(tiny_dir):
+    """embedding_on_host: the GPU reads the table from pinned host memory, in eager steps and
+    in CUDA graphs (decode-only; mixed where a step fits one), and the tokens stay those of the
+    table on the GPU."""
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 160, (int(n),), generator=g).tolist() for n in (1, 5, 17, 30, 9)]
+    sp = SamplingParams(max_new_tokens=12)
+    outs = {}
+    for on_host in (False, True):
+        args = EngineArgs(
+            model_path=tiny_dir, device="cuda", dtype="bfloat16", num_kv_blocks=40, block_size=4,
+            max_num_batched_tokens=32, use_cuda_graph=True, cuda_graph_max_tokens=32,
+            embedding_on_host=on_host,
+        )  # fmt: skip
+        engine = LLMEngine.from_args(args)
+        weight = engine.model_runner.model.model.embed_tokens.weight
+        assert (weight.device.type, weight.is_pinned()) == (("cpu", True) if on_host else
+                                                            ("cuda", False))  # fmt: skip
+        outs[on_host] = engine.generate(prompts, sp)
+        assert engine.model_runner.graph_replays[0] > 0  # decode-only steps as graphs
+    assert outs[True] == outs[False]
+
+
 def test_sparse_bf16_on_cuda_stores_compressed_weights_and_generates(tiny_dir):
     from harness.engine.model.llama import Linear
 

@@ -14,6 +14,12 @@ def test_fp8_kv_cache_on_cpu_is_refused_before_the_checkpoint_is_read():
         LLMEngine.from_args(args)  # not FileNotFoundError: nothing was read yet
 
 
+def test_the_embedding_on_host_on_cpu_is_refused_naming_the_knob():
+    args = EngineArgs(device="cpu", embedding_on_host=True, model_path="/nonexistent/checkpoint")
+    with pytest.raises(NotImplementedError, match="set embedding_on_host=false"):
+        LLMEngine.from_args(args)
+
+
 @pytest.fixture
 def gpu(monkeypatch):  # noqa: ANN201
     """A pretend GPU of a given compute capability (no CUDA is touched)."""

@@ -19,6 +19,7 @@ from torch import nn
 from harness.engine.kernels import cpu_elementwise
 from harness.engine.kernels.activation import silu_mul_reference, silu_mul_triton
 from harness.engine.kernels.cpu_elementwise import rms_norm_cpu, rope_cpu_, silu_mul_cpu
+from harness.engine.kernels.embedding import gather_rows
 from harness.engine.kernels.rms_norm import (
     rms_norm_quant_triton,
     rms_norm_reference,
@@ -333,12 +334,16 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.rotary = RotaryEmbedding(config)
+        self.host_embedding = False  # embed_tokens in pinned host memory (move_embedding_to_host)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         """input_ids, positions: [N] int64 -> hidden states [N, hidden_size]."""
-        x: Unscaled = (self.embed_tokens(input_ids), None, None)
+        if self.host_embedding:
+            x: Unscaled = (gather_rows(input_ids, self.embed_tokens.weight), None, None)
+        else:
+            x = (self.embed_tokens(input_ids), None, None)
         rope = self.rotary(positions)
         residual = None
         for layer in self.layers:
@@ -377,6 +382,15 @@ class LlamaForCausalLM(nn.Module):
         embed = self.model.embed_tokens.weight
         self.lm_head.method.load_dense(self.lm_head, embed, slice(0, embed.shape[0]))
 
+    def move_embedding_to_host(self) -> float:
+        """CUDA: the input embedding into pinned host memory, read a step's rows at a time
+        over PCIe (kernels/embedding.py); returns the GiB it frees on the GPU."""
+        embed = self.model.embed_tokens
+        host = embed.weight.detach().cpu().pin_memory()
+        embed.weight = nn.Parameter(host, requires_grad=False)
+        self.model.host_embedding = True
+        return host.nbytes / 2**30
+
     def process_weights_after_loading(self) -> None:
         for module in self.modules():
             if isinstance(module, Linear):
@@ -404,7 +418,7 @@ class LlamaForCausalLM(nn.Module):
         dense_triton_max_rows for bf16 / fp16 ones, the head included), C for fp32 on the CPU
         where a compiler builds them. Returns what runs now: "triton", "c" or "torch" (the
         plain-torch references)."""
-        weight = self.model.embed_tokens.weight
+        weight = self.model.norm.weight  # on the model's device (the embedding may not be)
         kind = "torch"
         if enabled and weight.is_cuda and triton is not None:
             kind = "triton"
