@@ -195,9 +195,12 @@ def sample_lengths(cfg: HarnessConfig) -> tuple[list[int], list[int]]:
     return ins, np.load(pre / "output_lens.npy")[:n].tolist()
 
 
-def mean_lengths(cfg: HarnessConfig) -> tuple[float, float]:
-    """Mean input and reference output tokens of the samples the run may draw."""
-    ins, outs = sample_lengths(cfg)
+def mean_lengths(
+    cfg: HarnessConfig, lengths: tuple[list[int], list[int]] | None = None
+) -> tuple[float, float]:
+    """Mean input and reference output tokens of the samples the run may draw (lengths: what
+    sample_lengths(cfg) gave, if the caller has them)."""
+    ins, outs = lengths or sample_lengths(cfg)
     return sum(ins) / len(ins), sum(outs) / len(outs)
 
 
@@ -242,9 +245,9 @@ def workload_roofline(cfg: HarnessConfig, kv_tokens: int, concurrency_cap: int =
 
     args = EngineArgs(model_path=str(default_engine_dir(cfg)), weights="dummy")
     m = resolve_model_config(args, preset=cfg.benchmark.name)
-    ins, outs = sample_lengths(cfg)
-    mean_in, mean_out = sum(ins) / len(ins), sum(outs) / len(outs)
-    context = decode_context(ins, outs)  # what a resident request holds, on average
+    lengths = sample_lengths(cfg)
+    mean_in, mean_out = mean_lengths(cfg, lengths)
+    context = decode_context(*lengths)  # what a resident request holds, on average
     fp8 = cfg.engine.model_opt in ("FP8", "Sparse")
     act_bytes = 2 if cfg.engine.dtype in ("bfloat16", "float16") else 4
     weight_b = (

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from harness.engine.kv_cache import BlockManager
-from harness.engine.kv_plan import Agree, plan_kv_cache
+from harness.engine.kv_plan import GIB, Agree, plan_kv_cache
 from harness.engine.loader import build_model
 from harness.engine.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
 from harness.engine.model_runner import LaunchedStep, ModelRunner
@@ -136,7 +136,7 @@ def build_runner(
     )
     logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
     if args.embedding_on_host:  # before the KV plan, which takes the memory it frees
-        gib = model.move_embedding_to_host()
+        gib = model.move_embedding_to_host() / GIB
         logger.info("input embedding: %.2f GiB moved to pinned host memory (for the KV cache)", gib)
     max_model_len = model_len_limit(args, model.config)
     max_blocks_useful = args.max_num_seqs * -(-max_model_len // args.block_size)

@@ -382,14 +382,14 @@ class LlamaForCausalLM(nn.Module):
         embed = self.model.embed_tokens.weight
         self.lm_head.method.load_dense(self.lm_head, embed, slice(0, embed.shape[0]))
 
-    def move_embedding_to_host(self) -> float:
+    def move_embedding_to_host(self) -> int:
         """CUDA: the input embedding into pinned host memory, read a step's rows at a time
-        over PCIe (kernels/embedding.py); returns the GiB it frees on the GPU."""
+        over PCIe (kernels/embedding.py); returns the bytes it frees on the GPU."""
         embed = self.model.embed_tokens
         host = embed.weight.detach().cpu().pin_memory()
         embed.weight = nn.Parameter(host, requires_grad=False)
         self.model.host_embedding = True
-        return host.nbytes / 2**30
+        return host.nbytes
 
     def process_weights_after_loading(self) -> None:
         for module in self.modules():
