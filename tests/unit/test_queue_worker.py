@@ -5,6 +5,8 @@ from __future__ import annotations
 import queue
 import time
 
+import pytest
+
 from harness.backends.base import GenerationRequest, QueueWorkerBackend
 from tests.unit.sinks import RecordingSink
 
@@ -37,9 +39,9 @@ def test_batches_do_not_depend_on_when_the_worker_wakes():
     assert backend.batches == [[0, 1, 2, 3], [4, 5]]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_worker_failure_is_reported_to_the_sink_and_raised():
-    import pytest
-
+    # the worker re-raises after reporting (its traceback on stderr); that thread death is the point
     from harness.backends.base import BackendError
 
     class Dying(QueueWorkerBackend):
