@@ -12,7 +12,10 @@ may not share), alone and with the per-token and per-channel scales applied afte
 Each time is a CUDA-graph replay of the call, as the engine runs its steps (--eager: calls
 from the host, launch time included; sessions before the twenty-second timed eagerly).
 
-Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse]
+With --sparse --mma, the sparse-MMA kernel (kernels/sparse24_mma.cu) beside them: the GEMM
+alone on f16 activations, and with their scaling and the scales applied.
+
+Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
 """
 
 from __future__ import annotations
@@ -104,6 +107,11 @@ def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
     from harness.engine.kernels.sparse24_gemm import decompress_24_triton
+    from harness.engine.kernels.sparse24_mma import (
+        pack_for_mma,
+        sparse24_mma_gemm,
+        sparse24_mma_linear,
+    )
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
     from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm, unscaled_mm
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT, compress_24
@@ -115,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparse", action="store_true", help=sparse_help)
     swap_help = "try the swapped-operand configs (weights x activations^T) instead"
     p.add_argument("--swap", action="store_true", help=swap_help)
+    mma_help = (
+        "with --sparse: also the sparse-MMA kernel (kernels/sparse24_mma.cu; needs nvcc); "
+        "of the Triton configs, only the engine's current one"
+    )
+    p.add_argument("--mma", action="store_true", help=mma_help)
     p.add_argument("--top", type=int, default=3, help="configs printed for each M, fastest first")
     eager_help = "time eager calls (host launches included) instead of CUDA-graph replays"
     p.add_argument("--eager", action="store_true", help=eager_help)
@@ -125,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=parse_config, action="append", default=[], help=config_help)
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
-    weights, compressed = {}, {}
+    weights, compressed, packed = {}, {}, {}
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         w, s = quantize_per_channel(prune_2_of_4(w) if a.sparse else w)
         weights[name] = (w, s.view(1, -1).contiguous())
         if a.sparse:
             compressed[name] = compress_24(w)
+            if a.mma:
+                packed[name] = pack_for_mma(*compressed[name])
     scratch = torch.empty(max(n * k for n, k in shapes.values()), dtype=torch.float8_e4m3fn,
                           device="cuda") if a.sparse else None  # fmt: skip
     layer_bytes = sum(n * k for n, k in shapes.values())
@@ -162,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         (values, meta), (w, ws) = compressed[name], weights[name]
         dense = decompress_24_triton(values, meta, scratch[: w.numel()].view(w.shape))
         return rowwise_mm(xq, xsc, dense, ws, torch.bfloat16)
+
+    def mma_linear(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        x = (xq.float() * xsc).to(torch.bfloat16)  # the same activations, unquantized
+        return sparse24_mma_linear(x, *packed[name], weights[name][1])
+
+    def mma_gemm_alone(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        return sparse24_mma_gemm(x16[name], *packed[name])
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]
@@ -215,9 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         if a.sparse:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
+        if a.sparse and a.mma:  # the GEMM alone on f16 X; then with X's scaling and the scales
+            x16 = {name: xs[name][0].to(torch.float16) for name in shapes}
+            t, err = sum(shape_ms(mma_gemm_alone).values()), largest_error(mma_linear)
+            t_linear = sum(shape_ms(mma_linear).values())
+            print(f"[fp8_gemm]   sparse MMA {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
+                  f"({total / t:.2f}x cuBLAS); with X to f16 and the scales {t_linear:.3f} ms "
+                  f"({total / t_linear:.2f}x); largest error {err:.1e} of the output's range",
+                  flush=True)  # fmt: skip
         results = []
         current = config_for(m, a.sparse)
-        tried = a.config or candidate_configs(m, a.swap, a.sparse)
+        tried = a.config or ([] if a.mma else candidate_configs(m, a.swap, a.sparse))
         for cfg in [current] + [c for c in tried if c != current]:
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate

@@ -9,7 +9,8 @@
 #   prof70u / prof7u : the same profiles with torch ops instead of the fused Triton kernels
 #   cap70  : 70B FP8 CUDA-graph capture only: each decode and mixed graph's replay time (~25 s)
 #   o7     : llama2-7b Offline, Q7 queries   srv70 / int70 : 70B Server / Interactive at QPS70 / QPSI (the YAML's rate if unset)
-#   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4)
+#   sweep  : FP8 GEMM up to M=512, cuBLAS vs Triton configs (sweep:--sparse: compressed 2:4;
+#            sweep:--sparse,--mma: and the sparse-MMA kernel, Triton at its current config)
 #   gemv   : bf16 GEMV sweep, one decode row on the 7B's shapes (gemv:--m=2)
 #   sparse : .carry/probe_sparse.py if carried
 #   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N,--part=unequal)

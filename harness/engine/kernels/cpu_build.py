@@ -2,7 +2,8 @@
 with the system's C compiler, once per source and CPU, and loads it through ctypes.
 
 The wrappers live in cpu_attention.py and cpu_elementwise.py. Where no compiler works the
-engine keeps its plain-torch ops and logs why, once.
+engine keeps its plain-torch ops and logs why, once. `compile_into` and `cache_dir` also build
+the CUDA kernel of sparse24_mma.py.
 """
 
 from __future__ import annotations
@@ -59,23 +60,30 @@ def build(compiler: str = "") -> Path:
     text = b"".join(p.read_bytes() for p in [*SOURCES, *HEADERS])
     key = hashlib.sha256(text + " ".join([cc, *CFLAGS, _cpu_signature()]).encode()).hexdigest()
     lib = cache_dir() / f"cpu_kernels-{key[:16]}.so"
-    if lib.exists():
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)  # concurrent builders: rename
+    if not lib.exists():
+        cmd = [cc, *CFLAGS, f"-I{HERE}", *map(str, SOURCES), "-o", "{out}", "-lm"]
+        compile_into(lib, cmd, timeout_s=120)
+        logger.info("built the CPU kernels: %s", lib)
+    return lib
+
+
+def compile_into(target: Path, cmd: list[str], timeout_s: int = 300) -> None:
+    """Run a compiler command whose "{out}" argument is the output file, writing a temporary
+    file beside target and renaming it (concurrent builders each finish whole). Raises
+    RuntimeError with the compiler's message when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=target.suffix, dir=target.parent)
     os.close(fd)
-    cmd = [cc, *CFLAGS, f"-I{HERE}", *map(str, SOURCES), "-o", tmp, "-lm"]
+    cmd = [tmp if arg == "{out}" else arg for arg in cmd]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         os.unlink(tmp)
         raise RuntimeError(f"{' '.join(cmd)}: {e}") from e
     if proc.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
-    os.replace(tmp, lib)
-    logger.info("built the CPU kernels: %s", lib)
-    return lib
+    os.replace(tmp, target)
 
 
 @functools.cache

@@ -1,0 +1,201 @@
+// 2:4-sparse FP8 weights on the sparse tensor cores (mma.sp), for the decode regime:
+// out[T, N] += X[T, K] . W[N, K]^T with T up to a few hundred rows.
+//
+// Triton emits no sparse MMA, so its 2:4 kernel (sparse24_gemm.py) expands the weights and
+// multiplies them densely. Here W is the sparse A operand (16 output rows a tile: "swap AB")
+// and X the B operand (8 tokens a tile). On sm_90 the FP8 form of warp-level mma.sp
+// (m16n8k64 e4m3) compiles to two f16 HMMA.SP.16832 and byte-unpacking of both operands
+// (the SASS, read with cuobjdump); so this kernel unpacks only the weights (e4m3 -> f16, exact)
+// and runs the f16 form, m16n8k32, on X in f16: the weights stay 62.5% of dense FP8's bytes.
+//
+// W comes packed by sparse24_mma.py (pack_for_mma): for every 16-row x 64-input tile (two
+// mma.sp of 32 inputs), lane l reads its A registers for both as one 16-byte word of e4m3
+// values and their metadata as one 32-bit word (selector 0 for the first 32 inputs, threads
+// 0-1 of each quad; selector 1 for the next, threads 2-3), so a warp's loads of a tile are
+// 512 + 128 contiguous bytes. X tiles go through shared memory (cp.async, double-buffered),
+// shared by the 8 warps of a block (128 output rows), and reach the B registers by ldmatrix.
+//
+// Grid: (ceil(N / 128), ceil(T / 64), splits); each block sums its share of K's 64-input steps
+// into fp32 `out` with atomic adds (out zeroed by the caller, scales applied by the caller).
+// N % 16 == 0, K % 64 == 0, X rows 16-byte aligned.
+//
+// mma_sp_f16_probe runs one mma.sp on registers given per lane: the GPU test checks the
+// fragment and metadata layouts that pack_for_mma assumes against it.
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kWarps = 8;          // output-row tiles of 16 per block
+constexpr int kTokens = 64;        // tokens per block: 8 tiles of 8
+constexpr int kStepsPerStage = 2;  // 64-input steps per shared-memory stage
+constexpr int kStageBytes = 64 * 2 * kStepsPerStage;  // one token's f16 inputs per stage: 256
+constexpr int kRowStride = kStageBytes + 16;          // ldmatrix's 8 rows on 8 bank groups
+constexpr int kStageSize = kTokens * kRowStride;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  int src_bytes = valid ? 16 : 0;  // 0: fill with zeros (tokens past T, inputs past K)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes));
+}
+
+// Two e4m3 (low byte first) -> f16x2 (low half first).
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
+  uint32_t out;
+  asm("{\n .reg .b16 lo;\n mov.b32 {lo, _}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}\n"
+      : "=r"(out)
+      : "r"(two));
+  return out;
+}
+
+template <int kSelector>
+__device__ __forceinline__ void mma_sp(float (&c)[4], const uint32_t (&a)[4],
+                                       const uint32_t (&b)[4], uint32_t meta) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, %13;\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]),
+        "r"(b[3]), "r"(meta), "n"(kSelector));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// A registers of the two mma.sp of a 64-input step from the lane's 16 packed e4m3 bytes.
+__device__ __forceinline__ void unpack_a(const uint4& v, uint32_t (&a0)[4], uint32_t (&a1)[4]) {
+  a0[0] = e4m3x2_to_f16x2(v.x);
+  a0[1] = e4m3x2_to_f16x2(v.x >> 16);
+  a0[2] = e4m3x2_to_f16x2(v.y);
+  a0[3] = e4m3x2_to_f16x2(v.y >> 16);
+  a1[0] = e4m3x2_to_f16x2(v.z);
+  a1[1] = e4m3x2_to_f16x2(v.z >> 16);
+  a1[2] = e4m3x2_to_f16x2(v.w);
+  a1[3] = e4m3x2_to_f16x2(v.w >> 16);
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(kWarps * 32)
+    sparse24_mma_gemm(const uint4* __restrict__ w_vals,     // [N/16][K/64][32] packed values
+                      const uint32_t* __restrict__ w_meta,  // [N/16][K/64][32] packed meta
+                      const uint16_t* __restrict__ x,       // [T][ldx] f16
+                      float* __restrict__ out,              // [T][N] fp32, accumulated into
+                      int T, int N, int K, int ldx, int steps_per_split) {
+  __shared__ __align__(128) uint8_t xs[2][kStageSize];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int tile = blockIdx.x * kWarps + warp;  // this warp's 16 output rows
+  const bool has_rows = tile * 16 < N;
+  const int tok0 = blockIdx.y * kTokens;
+  const int ksteps = K / 64;
+  const int step0 = blockIdx.z * steps_per_split;
+  const int step1 = min(step0 + steps_per_split, ksteps);
+  if (step0 >= step1) return;  // uniform over the block
+  const int stages = (step1 - step0 + kStepsPerStage - 1) / kStepsPerStage;
+  const int tokens_here = min(kTokens, T - tok0);
+
+  // One stage: kTokens rows x kStageBytes of X in 16-byte chunks over the block's threads.
+  auto load_stage = [&](int stage, int buf) {
+    const int k0 = (step0 + stage * kStepsPerStage) * 64;  // in f16 elements
+    constexpr int chunks_per_row = kStageBytes / 16;
+    for (int c = threadIdx.x; c < kTokens * chunks_per_row; c += kWarps * 32) {
+      const int row = c / chunks_per_row, col = (c % chunks_per_row) * 8;  // f16 elements
+      const bool valid = row < tokens_here && k0 + col < step1 * 64;
+      const uint16_t* src = valid ? x + static_cast<int64_t>(tok0 + row) * ldx + k0 + col : x;
+      cp_async16(&xs[buf][row * kRowStride + col * 2], src, valid);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+
+  float acc[kTokens / 8][4] = {};
+  const int64_t tile_base = static_cast<int64_t>(tile) * ksteps * 32 + lane;
+  uint4 v_cur[kStepsPerStage], v_next[kStepsPerStage];
+  uint32_t m_cur[kStepsPerStage], m_next[kStepsPerStage];
+  auto load_a = [&](int stage, uint4 (&v)[kStepsPerStage], uint32_t (&m)[kStepsPerStage]) {
+#pragma unroll
+    for (int j = 0; j < kStepsPerStage; ++j) {
+      const int step = step0 + stage * kStepsPerStage + j;
+      if (has_rows && step < step1) {
+        v[j] = w_vals[tile_base + static_cast<int64_t>(step) * 32];
+        m[j] = w_meta[tile_base + static_cast<int64_t>(step) * 32];
+      }
+    }
+  };
+
+  // ldmatrix: lanes 8i..8i+7 address rows 0-7 of matrix i, inputs 8i..8i+7 of 32.
+  const int lm_row = lane % 8, lm_col = (lane / 8) * 8;
+  load_stage(0, 0);
+  load_a(0, v_cur, m_cur);
+  for (int s = 0; s < stages; ++s) {
+    const int buf = s & 1;
+    if (s + 1 < stages) {
+      load_stage(s + 1, buf ^ 1);
+      load_a(s + 1, v_next, m_next);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
+    __syncthreads();
+    if (has_rows) {
+#pragma unroll
+      for (int j = 0; j < kStepsPerStage; ++j) {
+        if (step0 + s * kStepsPerStage + j >= step1) break;
+        uint32_t a0[4], a1[4];
+        unpack_a(v_cur[j], a0, a1);
+#pragma unroll
+        for (int nt = 0; nt < kTokens / 8; ++nt) {
+          if (nt * 8 >= tokens_here) break;
+          const uint8_t* row = &xs[buf][(nt * 8 + lm_row) * kRowStride + j * 128];
+          uint32_t b0[4], b1[4];
+          ldmatrix_x4(b0, row + lm_col * 2);
+          ldmatrix_x4(b1, row + 64 + lm_col * 2);
+          mma_sp<0>(acc[nt], a0, b0, m_cur[j]);
+          mma_sp<1>(acc[nt], a1, b1, m_cur[j]);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration's cp.async overwrites this buffer
+#pragma unroll
+    for (int j = 0; j < kStepsPerStage; ++j) {
+      v_cur[j] = v_next[j];
+      m_cur[j] = m_next[j];
+    }
+  }
+
+  if (!has_rows) return;
+  // C fragment: c0, c1 at output row g, tokens 2t, 2t+1; c2, c3 at row g + 8.
+  const int row = tile * 16 + g;
+#pragma unroll
+  for (int nt = 0; nt < kTokens / 8; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int tk = tok0 + nt * 8 + 2 * t + (i & 1), r = row + (i >> 1) * 8;
+      if (tk < T) atomicAdd(&out[static_cast<int64_t>(tk) * N + r], acc[nt][i]);
+    }
+  }
+}
+
+// One warp, one mma.sp m16n8k32 f16 with selector 0 or 1: a, b [32 lanes][4], meta [32],
+// d [32 lanes][4]; registers exactly as given.
+extern "C" __global__ void mma_sp_f16_probe(const uint32_t* a, const uint32_t* b,
+                                            const uint32_t* meta, int selector, float* d) {
+  const int lane = threadIdx.x % 32;
+  uint32_t ra[4], rb[4];
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int i = 0; i < 4; ++i) {
+    ra[i] = a[lane * 4 + i];
+    rb[i] = b[lane * 4 + i];
+  }
+  if (selector == 0) {
+    mma_sp<0>(c, ra, rb, meta[lane]);
+  } else {
+    mma_sp<1>(c, ra, rb, meta[lane]);
+  }
+  for (int i = 0; i < 4; ++i) d[lane * 4 + i] = c[i];
+}

@@ -1,0 +1,254 @@
+"""Compressed 2:4 FP8 weights on the sparse tensor cores: sparse24_mma.cu's kernel, its
+weight packing and its launch (experimental: not yet wired into the engine).
+
+Packing (`pack_for_mma`): the compressed weight of quant/sparse24.py (values [N, K/2] e4m3,
+meta [N, K/8] uint8, both in row order) is cut into tiles of 16 rows x 64 inputs, each the A
+operand of two mma.sp m16n8k32 (inputs 0-31 and 32-63 of the tile, "halves"). For each tile,
+lane l = 4 * g + t of a warp gets 16 value bytes and one 32-bit metadata word:
+
+* value byte 8 * h + 2 * r + e (half h, register r, element e) holds the kept value e of row
+  g + 8 * (r % 2), group t + 4 * (r // 2) of half h: the f16 m16n8k16 A fragment layout, on the
+  compressed row (a group of 4 inputs is 2 compressed columns);
+* the metadata word of lane (g, t) belongs to half t // 2 (mma selector 0 for lanes t = 0, 1,
+  1 for t = 2, 3): its low 16 bits hold the positions of row g's groups 4 * (t % 2) ... + 3
+  (one nibble a group, i0 | i1 << 2, as quant/sparse24.py stores them), its high 16 bits
+  those of row g + 8.
+
+These layouts are the PTX ISA's for mma.sp (tests/gpu/test_sparse24_mma.py checks them
+against the hardware one register at a time, with `mma_sp_f16_probe`). `unpack_from_mma`
+reads the packed tiles back by the same rules; the unit tests check the round trip.
+
+The kernel is built with the CUDA compiler (nvcc) once per source and GPU, cached beside the
+CPU kernels (cpu_build.cache_dir()), and launched through the CUDA driver API on torch's
+current stream, so a CUDA graph captures it like any torch op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from harness.engine.kernels.cpu_build import cache_dir, compile_into
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("sparse24_mma.cu")
+TILE_ROWS, TILE_INPUTS = 16, 64
+BLOCK_ROWS, BLOCK_TOKENS, STEPS_PER_STAGE = 128, 64, 2  # as in sparse24_mma.cu
+ROW_TILES_PER_CHUNK = 256  # pack this many row tiles at a time (bounded temporaries)
+
+
+@functools.cache
+def lane_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each packed byte and nibble of a tile comes from (see the module's docstring):
+    value_row, value_col [32 lanes, 16 bytes]: the tile's row (0-15) and compressed column
+    (0-31); meta_row, meta_group [32 lanes, 8 nibbles]: the row and group (0-15)."""
+    value_row = torch.empty(32, 16, dtype=torch.long)
+    value_col = torch.empty(32, 16, dtype=torch.long)
+    meta_row = torch.empty(32, 8, dtype=torch.long)
+    meta_group = torch.empty(32, 8, dtype=torch.long)
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        for h in range(2):
+            for r in range(4):
+                for e in range(2):
+                    group = 8 * h + t + 4 * (r // 2)
+                    value_row[lane, 8 * h + 2 * r + e] = g + 8 * (r % 2)
+                    value_col[lane, 8 * h + 2 * r + e] = 2 * group + e
+        h, quarter = divmod(t, 2)
+        for i in range(4):
+            group = 8 * h + 4 * quarter + i
+            meta_row[lane, i], meta_group[lane, i] = g, group
+            meta_row[lane, 4 + i], meta_group[lane, 4 + i] = g + 8, group
+    return value_row, value_col, meta_row, meta_group
+
+
+def _tiles(a: torch.Tensor, width: int) -> torch.Tensor:
+    """[R*16, S*width] -> [R, S, 16 * width]: each 16-row x width tile's elements, row-major."""
+    n, cols = a.shape
+    return (
+        a.view(n // TILE_ROWS, TILE_ROWS, cols // width, width)
+        .permute(0, 2, 1, 3)
+        .reshape(n // TILE_ROWS, cols // width, TILE_ROWS * width)
+    )
+
+
+def _check_shape(n: int, k: int) -> None:
+    if n % TILE_ROWS or k % TILE_INPUTS:
+        raise ValueError(
+            f"the sparse-MMA kernel needs out_features % {TILE_ROWS} == 0 and in_features % "
+            f"{TILE_INPUTS} == 0; got [{n}, {k}]: use the Triton 2:4 kernel for this layer"
+        )
+
+
+def pack_for_mma(values: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [N, K/2] e4m3, meta [N, K/8] uint8) -> (packed values [N/16, K/64, 32, 16]
+    uint8, packed meta [N/16, K/64, 32] int32), on the tensors' device."""
+    n, k = values.shape[0], values.shape[1] * 2
+    _check_shape(n, k)
+    value_row, value_col, meta_row, meta_group = (x.to(values.device) for x in lane_tables())
+    value_index = (value_row * 32 + value_col).view(-1)  # into a tile's 16 x 32 values
+    meta_index = (meta_row * 16 + meta_group).view(-1)  # into a tile's 16 x 16 nibbles
+    weights = torch.tensor([1, 16], dtype=torch.uint8, device=values.device)
+    packed_v = torch.empty(n // 16, k // 64, 32, 16, dtype=torch.uint8, device=values.device)
+    packed_m = torch.empty(n // 16, k // 64, 32, 4, dtype=torch.uint8, device=values.device)
+    rows = ROW_TILES_PER_CHUNK * TILE_ROWS
+    for r0 in range(0, n, rows):
+        v = _tiles(values[r0 : r0 + rows].view(torch.uint8), 32)
+        packed_v[r0 // 16 : (r0 + rows) // 16] = v[..., value_index].view(*v.shape[:2], 32, 16)
+        m = meta[r0 : r0 + rows]
+        nibbles = torch.stack((m & 15, m >> 4), dim=-1).view(m.shape[0], -1)  # [rows, K/4]
+        nib = _tiles(nibbles, 16)[..., meta_index].view(*v.shape[:2], 32, 4, 2)
+        packed_m[r0 // 16 : (r0 + rows) // 16] = (nib * weights).sum(-1, dtype=torch.uint8)
+    return packed_v, packed_m.view(torch.int32).squeeze(-1)
+
+
+def unpack_from_mma(
+    packed_v: torch.Tensor, packed_m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of pack_for_mma, read lane by lane through lane_tables (for tests)."""
+    rt, steps = packed_v.shape[:2]
+    value_row, value_col, meta_row, meta_group = lane_tables()
+    values = torch.empty(rt * 16, steps * 32, dtype=torch.uint8)
+    nibbles = torch.empty(rt * 16, steps * 16, dtype=torch.uint8)
+    mbytes = packed_m.cpu().unsqueeze(-1).view(torch.uint8).view(rt, steps, 32, 4)
+    pv = packed_v.cpu()
+    for lane in range(32):
+        for b in range(16):
+            rows = torch.arange(rt)[:, None] * 16 + value_row[lane, b]
+            cols = torch.arange(steps)[None, :] * 32 + value_col[lane, b]
+            values[rows, cols] = pv[:, :, lane, b]
+        for i in range(8):
+            rows = torch.arange(rt)[:, None] * 16 + meta_row[lane, i]
+            cols = torch.arange(steps)[None, :] * 16 + meta_group[lane, i]
+            nibbles[rows, cols] = mbytes[:, :, lane, i // 2] >> (4 * (i % 2)) & 15
+    meta = nibbles[:, 0::2] | nibbles[:, 1::2] << 4
+    return values.view(torch.float8_e4m3fn), meta
+
+
+def splits_for(n: int, k: int, tokens: int, sms: int) -> int:
+    """K splits for at least two blocks an SM (the kernel streams the weights: more blocks,
+    more loads in flight), each split a whole number of shared-memory stages."""
+    blocks = -(-n // BLOCK_ROWS) * -(-tokens // BLOCK_TOKENS)
+    stages = -(-k // (TILE_INPUTS * STEPS_PER_STAGE))
+    return max(1, min(stages, -(-2 * sms // blocks)))
+
+
+def nvcc() -> str:
+    """The CUDA compiler: $NVCC, nvcc on PATH, or under $CUDA_HOME / /usr/local/cuda."""
+    for c in (os.environ.get("NVCC"), shutil.which("nvcc")):
+        if c:
+            return c
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    raise RuntimeError("no CUDA compiler (nvcc) found: set NVCC or CUDA_HOME, or add it to PATH")
+
+
+def build(arch: str) -> Path:
+    """Compile sparse24_mma.cu for arch (e.g. sm_90a), or find it built; returns the cubin."""
+    cc = nvcc()
+    flags = ["-cubin", f"-arch={arch}", "-O3", "-std=c++17"]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()
+    cubin = cache_dir() / f"sparse24_mma-{arch}-{key[:16]}.cubin"
+    if not cubin.exists():
+        compile_into(cubin, [cc, *flags, str(SOURCE), "-o", "{out}"])
+        logger.info("built the sparse-MMA kernel: %s", cubin)
+    return cubin
+
+
+class _Module:
+    """The built cubin loaded in the current CUDA context, its functions by name."""
+
+    def __init__(self, cubin: Path, device: int) -> None:
+        self.cuda = ctypes.CDLL("libcuda.so.1")
+        self.device = device
+        self._check(self.cuda.cuInit(0), "init")
+        self._use_context()
+        self.image = cubin.read_bytes()  # the driver reads it during the load only
+        self.module = ctypes.c_void_p()
+        self._check(self.cuda.cuModuleLoadData(ctypes.byref(self.module), self.image), "load")
+        self.functions: dict[str, ctypes.c_void_p] = {}
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"CUDA driver error {status} in sparse24_mma ({what})")
+
+    def _use_context(self) -> None:
+        """The device's primary context (torch's) current on this thread, if none is."""
+        ctx = ctypes.c_void_p()
+        self._check(self.cuda.cuCtxGetCurrent(ctypes.byref(ctx)), "current context")
+        if not ctx.value:
+            self._check(
+                self.cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), self.device), "context"
+            )
+            self._check(self.cuda.cuCtxSetCurrent(ctx), "set context")
+
+    def launch(self, name: str, grid: tuple[int, int, int], block: int, *args: object) -> None:
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = ctypes.c_void_p()
+            status = self.cuda.cuModuleGetFunction(ctypes.byref(fn), self.module, name.encode())
+            self._check(status, name)
+            self.functions[name] = fn
+        holders = [
+            ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a)
+            for a in args
+        ]
+        params = (ctypes.c_void_p * len(holders))(*(ctypes.addressof(h) for h in holders))
+        self._use_context()
+        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        status = self.cuda.cuLaunchKernel(fn, *grid, block, 1, 1, 0, stream, params, None)
+        self._check(status, f"launch {name}")
+
+
+@functools.cache
+def module(device: int = 0) -> _Module:
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 0):
+        raise RuntimeError(f"mma.sp needs compute capability 8.0 or newer, not {major}.{minor}")
+    torch.cuda.init()
+    return _Module(build(f"sm_{major}{minor}{'a' if major == 9 else ''}"), device)
+
+
+def sparse24_mma_gemm(
+    x16: torch.Tensor,
+    packed_v: torch.Tensor,
+    packed_m: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x16 [T, K] f16 (rows contiguous) . W^T for W packed by pack_for_mma -> [T, N] fp32."""
+    t, k = x16.shape
+    n = packed_v.shape[0] * TILE_ROWS
+    if packed_v.shape[1] * TILE_INPUTS != k or x16.dtype != torch.float16 or x16.stride(1) != 1:
+        raise ValueError(f"x16 must be [T, {packed_v.shape[1] * 64}] f16 with unit stride")
+    out = torch.zeros(t, n, dtype=torch.float32, device=x16.device) if out is None else out.zero_()
+    sms = torch.cuda.get_device_properties(x16.device).multi_processor_count
+    splits = splits_for(n, k, t, sms)
+    stages = -(-k // (TILE_INPUTS * STEPS_PER_STAGE))
+    steps_per_split = -(-stages // splits) * STEPS_PER_STAGE
+    splits = -(-(k // TILE_INPUTS) // steps_per_split)
+    grid = (-(-n // BLOCK_ROWS), -(-t // BLOCK_TOKENS), splits)
+    module(x16.device.index or 0).launch(
+        "sparse24_mma_gemm", grid, 256, packed_v, packed_m, x16, out, t, n, k, x16.stride(0),
+        steps_per_split,
+    )  # fmt: skip
+    return out
+
+
+def sparse24_mma_linear(
+    x: torch.Tensor, packed_v: torch.Tensor, packed_m: torch.Tensor, w_scale: torch.Tensor
+) -> torch.Tensor:
+    """x [T, K] bf16 . (W * w_scale)^T -> [T, N] in x's dtype. X goes to f16 scaled per row
+    to an absolute maximum of 2**10 (no overflow, f16's precision kept), the scale back after."""
+    x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / 1024.0
+    x16 = (x.float() / x_scale).to(torch.float16)
+    out = sparse24_mma_gemm(x16, packed_v, packed_m)
+    return (out * x_scale * w_scale.view(1, -1)).to(x.dtype)

@@ -1,0 +1,119 @@
+"""The sparse-MMA kernel (kernels/sparse24_mma.cu): the register layouts pack_for_mma assumes,
+checked against the hardware one mma.sp at a time, then the whole GEMM against the dense
+product of the same weights, eagerly and replayed from a CUDA graph. Needs nvcc."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+SHAPES = [(10240, 8192), (8192, 28672), (128, 64), (48, 192)]  # 70B qkv, 70B down, small
+
+
+def _probe_operands(selector: int, seed: int = 0, meta_per_row: bool = False):  # noqa: ANN202
+    """A 2:4-sparse 16 x 32 A and a 32 x 8 B of small integers (exact in f16 and fp32), packed
+    into lane registers as pack_for_mma lays out half `selector` of a tile; the expected D.
+    meta_per_row: the other metadata layout a reading of the PTX ISA allows (the selected
+    lanes hold row g's 8 groups, then row g + 8's), tried when the packed one fails."""
+    from harness.engine.kernels.sparse24_mma import lane_tables
+    from harness.engine.quant.fp8 import prune_2_of_4
+
+    g = torch.Generator().manual_seed(seed)
+    a = prune_2_of_4(torch.randint(1, 8, (16, 32), generator=g).float())
+    b = torch.randint(-4, 5, (32, 8), generator=g).float()
+    groups = a.view(16, 8, 4)
+    kept = (groups != 0).nonzero()[:, 2].view(16, 8, 2)  # positions i0 < i1 of each group
+    vals = groups.gather(-1, kept).view(16, 16)  # compressed row: 2 values a group
+    nibble = kept[..., 0] | kept[..., 1] << 2  # [16, 8]
+    value_row, value_col, meta_row, meta_group = lane_tables()
+    h = selector
+    regs = vals[value_row[:, 8 * h : 8 * h + 8], value_col[:, 8 * h : 8 * h + 8] - 16 * h]
+    a_regs = regs.half().view(32, 4, 2).view(torch.int32).view(32, 4)  # element e=0 low half
+    meta = torch.zeros(32, dtype=torch.int64)
+    for lane in range(32):
+        if meta_group[lane, 0] // 8 != h:
+            continue  # the other selector's lanes: not read
+        for i in range(8):
+            row, group = meta_row[lane, i], meta_group[lane, i] - 8 * h
+            if meta_per_row:
+                row, group = lane // 4 + 8 * (lane % 2), i
+            meta[lane] |= int(nibble[row, group]) << (4 * i)
+    # B fragment: lane (g, t) register j holds rows 2t + 8j, +1 of column g (low half first)
+    lanes = torch.arange(32)
+    rows = (2 * (lanes % 4))[:, None, None] + 8 * torch.arange(4)[None, :, None]
+    rows = rows + torch.arange(2)[None, None, :]
+    b_regs = b[rows, (lanes // 4)[:, None, None]].half().view(torch.int32).view(32, 4)
+    meta = torch.where(meta >= 2**31, meta - 2**32, meta)  # as the int32 the lane reads
+    return a_regs, b_regs, meta.to(torch.int32), a @ b
+
+
+def _probe(selector: int, meta_per_row: bool = False) -> bool:
+    """Whether one mma.sp on _probe_operands' registers gives their product."""
+    from harness.engine.kernels.sparse24_mma import module
+
+    a_regs, b_regs, meta, expected = _probe_operands(selector, meta_per_row=meta_per_row)
+    d = torch.empty(32, 4, device="cuda")
+    dev = [x.cuda().contiguous() for x in (a_regs, b_regs, meta)]
+    module().launch("mma_sp_f16_probe", (1, 1, 1), 32, *dev, selector, d)
+    torch.cuda.synchronize()
+    # D fragment: lane (g, t): c0, c1 at row g, columns 2t, 2t+1; c2, c3 at row g + 8
+    lanes = torch.arange(32)
+    rows = (lanes // 4)[:, None] + 8 * (torch.arange(4) // 2)[None, :]
+    cols = (2 * (lanes % 4))[:, None] + (torch.arange(4) % 2)[None, :]
+    return torch.equal(d.cpu(), expected[rows, cols])
+
+
+@pytest.mark.parametrize("selector", [0, 1])
+def test_one_mma_sp_reads_the_registers_as_packed(selector: int) -> None:
+    if not _probe(selector):
+        other = _probe(selector, meta_per_row=True)
+        pytest.fail(
+            f"mma.sp (selector {selector}) disagrees with pack_for_mma's layout; the "
+            f"one-row-a-lane metadata layout {'matches' if other else 'fails too'}"
+        )
+
+
+def _packed(n: int, k: int):  # noqa: ANN202
+    from harness.engine.kernels.sparse24_mma import pack_for_mma
+    from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
+    from harness.engine.quant.sparse24 import compress_24
+
+    torch.manual_seed(n + k)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    q, s = quantize_per_channel(prune_2_of_4(w))
+    return q, s, *pack_for_mma(*compress_24(q))
+
+
+@pytest.mark.parametrize("t", [1, 7, 64, 100, 320])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
+    from harness.engine.kernels.sparse24_mma import sparse24_mma_gemm
+
+    q, _, packed_v, packed_m = _packed(n, k)
+    x16 = torch.randn(t, k, device="cuda").clamp(-4, 4).half()
+    out = sparse24_mma_gemm(x16, packed_v, packed_m)
+    ref = x16.float() @ q.float().t()
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("n,k", SHAPES[:1])
+def test_linear_with_scales_in_a_cuda_graph(n: int, k: int) -> None:
+    from harness.engine.kernels.sparse24_mma import sparse24_mma_linear
+
+    q, s, packed_v, packed_m = _packed(n, k)
+    x = torch.randn(200, k, device="cuda", dtype=torch.bfloat16)
+    eager = sparse24_mma_linear(x, packed_v, packed_m, s)
+    ref = (x.float() @ (q.float() * s.view(-1, 1)).t()).to(torch.bfloat16)
+    atol = 2e-2 * ref.abs().max().item()
+    torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=atol)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = sparse24_mma_linear(x, packed_v, packed_m, s)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, eager)

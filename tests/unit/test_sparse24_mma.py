@@ -1,0 +1,93 @@
+"""The sparse-MMA kernel's weight packing (kernels/sparse24_mma.py) on CPU: every value and
+position lands in exactly one lane's registers and reads back unchanged; bad shapes are
+refused by name. The kernel itself runs in tests/gpu/test_sparse24_mma.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.engine.kernels import sparse24_mma
+from harness.engine.kernels.sparse24_mma import (
+    lane_tables,
+    pack_for_mma,
+    splits_for,
+    unpack_from_mma,
+)
+from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
+from harness.engine.quant.sparse24 import compress_24
+
+
+def test_each_lane_register_holds_a_distinct_value_and_position_of_the_tile():
+    value_row, value_col, meta_row, meta_group = lane_tables()
+    values = set(zip(value_row.view(-1).tolist(), value_col.view(-1).tolist(), strict=True))
+    nibbles = set(zip(meta_row.view(-1).tolist(), meta_group.view(-1).tolist(), strict=True))
+    assert values == {(r, c) for r in range(16) for c in range(32)}  # 512 bytes, once each
+    assert nibbles == {(r, q) for r in range(16) for q in range(16)}  # 256 nibbles, once each
+
+
+def test_lane_layout_follows_the_mma_fragment_rules():
+    value_row, value_col, meta_row, meta_group = lane_tables()
+    # lane 4 * g + t, register 0 of the first half: row g, group t's two kept values
+    assert value_row[4 * 3 + 2, :2].tolist() == [3, 3]
+    assert value_col[4 * 3 + 2, :2].tolist() == [4, 5]
+    # register 1: row g + 8; register 2: group t + 4; second half: groups 8 and up
+    assert value_row[4 * 3 + 2, 2].item() == 11
+    assert value_col[4 * 3 + 2, 4].item() == 2 * 6
+    assert value_col[4 * 3 + 2, 8].item() == 2 * 10
+    # metadata: lane t = 1 holds half 0's groups 4-7, rows g (low 16 bits) and g + 8 (high)
+    assert meta_row[4 * 5 + 1].tolist() == [5] * 4 + [13] * 4
+    assert meta_group[4 * 5 + 1].tolist() == [4, 5, 6, 7] * 2
+    assert meta_group[4 * 5 + 3].tolist() == [12, 13, 14, 15] * 2  # half 1, selector 1
+
+
+@pytest.mark.parametrize("n,k", [(16, 64), (48, 192)])
+def test_pack_then_unpack_is_the_compressed_weight(n: int, k: int, monkeypatch):
+    monkeypatch.setattr(sparse24_mma, "ROW_TILES_PER_CHUNK", 2)  # 48 rows: two chunks
+    torch.manual_seed(0)
+    w, _ = quantize_per_channel(prune_2_of_4(torch.randn(n, k)))
+    values, meta = compress_24(w)
+    packed_v, packed_m = pack_for_mma(values, meta)
+    assert packed_v.shape == (n // 16, k // 64, 32, 16) and packed_v.dtype == torch.uint8
+    assert packed_m.shape == (n // 16, k // 64, 32) and packed_m.dtype == torch.int32
+    assert packed_v.nbytes + packed_m.nbytes == values.nbytes + meta.nbytes
+    back_v, back_m = unpack_from_mma(packed_v, packed_m)
+    assert torch.equal(back_v.view(torch.uint8), values.view(torch.uint8))
+    assert torch.equal(back_m, meta)
+
+
+def test_a_metadata_word_packs_nibbles_low_first():
+    # one tile whose every group keeps positions 0 and 1 (nibble 0b0100), row 0's group 4
+    # keeps 2 and 3 (0b1110): lane 1's low nibble is row 0's group 4
+    meta = torch.full((16, 8), 0x44, dtype=torch.uint8)
+    meta[0, 2] = 0x4E  # groups 4 (low nibble) and 5
+    values = torch.zeros(16, 32, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    _, packed_m = pack_for_mma(values, meta)
+    assert packed_m[0, 0, 1].item() == 0x4444444E
+    assert packed_m[0, 0, 0].item() == 0x44444444
+
+
+def test_shapes_off_the_tiles_are_refused_naming_the_fallback():
+    values = torch.zeros(24, 32, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"out_features % 16 == 0.*\[24, 64\].*Triton 2:4"):
+        pack_for_mma(values, torch.zeros(24, 8, dtype=torch.uint8))
+
+
+def test_splits_fill_the_gpu_and_keep_whole_stages():
+    assert splits_for(8192, 8192, 1, 132) == 5  # 64 blocks: 5 splits for 264
+    assert splits_for(8192, 8192, 256, 132) == 2  # 64 x 4 blocks
+    assert splits_for(57344, 8192, 256, 132) == 1  # 448 x 4 blocks already fill it
+    assert splits_for(128, 128, 1, 132) == 1  # one stage: nothing to split
+
+
+def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):
+    try:
+        sparse24_mma.nvcc()
+    except RuntimeError:
+        pytest.skip("no nvcc here")
+    monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path))
+    cubin = sparse24_mma.build("sm_90a")
+    assert cubin.parent == tmp_path and cubin.stat().st_size > 0
+    image = cubin.read_bytes()
+    assert b"sparse24_mma_gemm" in image and b"mma_sp_f16_probe" in image
+    assert sparse24_mma.build("sm_90a") == cubin  # cached: the same file, not rebuilt
