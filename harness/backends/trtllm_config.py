@@ -64,6 +64,7 @@ IGNORED_KNOBS = (
     "fused_kernels",
     "fp8_triton_max_rows",
     "sparse_triton_max_rows",
+    "sparse_mma",
     "dense_triton_max_rows",
     "cpu_attention_kernel",
     "cpu_gemm",

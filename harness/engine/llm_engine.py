@@ -61,6 +61,7 @@ class EngineArgs:
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
+    sparse_mma: bool = False  # ... those steps on the sparse tensor cores (sparse24_mma.cu)
     fp8_dense_layers: str = ""  # FP8 / Sparse: decoder layers kept dense, e.g. "0,-1"
     dense_triton_max_rows: int = 1  # CUDA bf16 / fp16 linears: Triton GEMV up to this many rows
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
@@ -92,6 +93,11 @@ def check_device(args: EngineArgs) -> None:
         raise NotImplementedError(
             f"embedding_on_host=true has the GPU read the embedding from pinned host memory; on "
             f"{device} the embedding is in host memory already: set embedding_on_host=false"
+        )
+    if args.sparse_mma and (device.type != "cuda" or args.model_opt != "Sparse"):
+        raise NotImplementedError(
+            f"sparse_mma=true runs 2:4 weights on CUDA's sparse tensor cores; this engine is "
+            f"model_opt={args.model_opt} on {device}: set sparse_mma=false"
         )
     if device.type != "cuda":
         return
@@ -133,6 +139,7 @@ def build_runner(
         args.fp8_triton_max_rows,
         args.sparse_triton_max_rows,
         args.dense_triton_max_rows,
+        args.sparse_mma,
     )
     logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
     if args.embedding_on_host:  # before the KV plan, which takes the memory it frees

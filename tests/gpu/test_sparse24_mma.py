@@ -117,3 +117,35 @@ def test_linear_with_scales_in_a_cuda_graph(n: int, k: int) -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(replayed, eager)
+
+
+def test_expand_gives_back_the_dense_weight() -> None:
+    from harness.engine.kernels.sparse24_mma import expand_from_mma
+
+    q, _, packed_v, packed_m = _packed(512, 1024)
+    out = expand_from_mma(packed_v, packed_m, torch.empty_like(q))
+    assert torch.equal(out.view(torch.uint8), q.view(torch.uint8))
+
+
+@pytest.mark.parametrize("m", [1, 48, 300])
+def test_sparse_linear_on_the_sparse_tensor_cores_agrees_with_triton(m: int) -> None:
+    """use_mma repacks the layer; its small steps (mma.sp) and large ones (expand + cuBLAS)
+    agree with the Triton kernel's output of the same layer."""
+    from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
+    from tests.linears import loaded_linear
+
+    torch.manual_seed(m)
+    k, sizes = 1024, [512, 256]
+    w = torch.randn(sum(sizes), k, device="cuda", dtype=torch.bfloat16) * 0.05
+    method = Sparse24GpuLinearMethod(ScratchWeight())
+    layer = loaded_linear(method, w, sizes)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    layer.triton_max_rows = 1 << 20
+    triton = layer(x)
+    method.use_mma(layer)
+    assert hasattr(layer, "weight_mma_values") and not hasattr(layer, "weight_values")
+    for max_rows in (1 << 20, 0):  # the sparse tensor cores, then expand + cuBLAS
+        layer.triton_max_rows = max_rows
+        out = layer(x)
+        err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()
+        assert err < 2e-2, (max_rows, err)  # e4m3 activations for Triton, bf16 -> f16 here

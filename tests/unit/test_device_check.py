@@ -20,6 +20,15 @@ def test_the_embedding_on_host_on_cpu_is_refused_naming_the_knob():
         LLMEngine.from_args(args)
 
 
+@pytest.mark.parametrize("device,model_opt", [("cpu", "Sparse"), ("cuda", "FP8")])
+def test_sparse_mma_off_a_cuda_sparse_engine_is_refused_naming_the_knob(device, model_opt):
+    args = EngineArgs(device=device, model_opt=model_opt, sparse_mma=True, model_path="/none")
+    with pytest.raises(
+        NotImplementedError, match=f"model_opt={model_opt} on {device}.*sparse_mma=false"
+    ):
+        check_device(args)
+
+
 @pytest.fixture
 def gpu(monkeypatch):  # noqa: ANN201
     """A pretend GPU of a given compute capability (no CUDA is touched)."""

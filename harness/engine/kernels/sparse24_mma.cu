@@ -15,12 +15,14 @@
 // 512 + 128 contiguous bytes. X tiles go through shared memory (cp.async, double-buffered),
 // shared by the 8 warps of a block (128 output rows), and reach the B registers by ldmatrix.
 //
-// Grid: (ceil(N / 128), ceil(T / 64), splits); each block sums its share of K's 64-input steps
-// into fp32 `out` with atomic adds (out zeroed by the caller, scales applied by the caller).
-// N % 16 == 0, K % 64 == 0, X rows 16-byte aligned.
+// Grid: (ceil(T / 64), ceil(N / 128), splits): the blocks of one weight tile's token blocks
+// are neighbours, so they run together and read it once from memory, then from L2. Each block
+// sums its share of K's 64-input steps into fp32 `out` with atomic adds (out zeroed by the
+// caller, scales applied by the caller). N % 16 == 0, K % 64 == 0, X rows 16-byte aligned.
 //
-// mma_sp_f16_probe runs one mma.sp on registers given per lane: the GPU test checks the
-// fragment and metadata layouts that pack_for_mma assumes against it.
+// sparse24_mma_expand writes the packed weight back as the dense [N, K] e4m3 matrix (for
+// steps large enough for the dense GEMM); mma_sp_f16_probe runs one mma.sp on registers given
+// per lane: the GPU test checks the layouts pack_for_mma assumes against it.
 
 #include <cstdint>
 
@@ -90,9 +92,9 @@ extern "C" __global__ void __launch_bounds__(kWarps * 32)
   __shared__ __align__(128) uint8_t xs[2][kStageSize];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int tile = blockIdx.x * kWarps + warp;  // this warp's 16 output rows
+  const int tile = blockIdx.y * kWarps + warp;  // this warp's 16 output rows
   const bool has_rows = tile * 16 < N;
-  const int tok0 = blockIdx.y * kTokens;
+  const int tok0 = blockIdx.x * kTokens;
   const int ksteps = K / 64;
   const int step0 = blockIdx.z * steps_per_split;
   const int step1 = min(step0 + steps_per_split, ksteps);
@@ -177,6 +179,35 @@ extern "C" __global__ void __launch_bounds__(kWarps * 32)
     for (int i = 0; i < 4; ++i) {
       const int tk = tok0 + nt * 8 + 2 * t + (i & 1), r = row + (i >> 1) * 8;
       if (tk < T) atomicAdd(&out[static_cast<int64_t>(tk) * N + r], acc[nt][i]);
+    }
+  }
+}
+
+// One warp a 16 x 64 tile (8 a block): lane (g, t) holds, for each half h and register r, the
+// two kept values of row g + 8 (r % 2), group 8h + t + 4 (r / 2); their positions are in the
+// metadata word of lane 4g + 2h + (group % 8) / 4, nibble group % 4 of the half for the row.
+extern "C" __global__ void __launch_bounds__(256)
+    sparse24_mma_expand(const uint4* __restrict__ w_vals, const uint32_t* __restrict__ w_meta,
+                        uint32_t* __restrict__ dense,  // [N][K / 4]: one word a group
+                        int N, int K) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  const int ksteps = K / 64;
+  if (tile >= static_cast<int64_t>(N / 16) * ksteps) return;  // whole warps
+  const int row_tile = static_cast<int>(tile / ksteps), step = static_cast<int>(tile % ksteps);
+  const uint4 v = w_vals[tile * 32 + lane];
+  const uint32_t meta = w_meta[tile * 32 + lane];
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + 8 * (r % 2), group = 8 * h + t + 4 * (r / 2);
+      const uint32_t m = __shfl_sync(0xffffffffu, meta, 4 * g + 2 * h + (group % 8) / 4);
+      const uint32_t nibble = m >> (16 * (r % 2) + 4 * (group % 4)) & 15u;
+      const uint32_t two = words[2 * h + r / 2] >> (16 * (r % 2)) & 0xffffu;
+      const uint32_t word = (two & 0xffu) << (8 * (nibble & 3u)) | (two >> 8) << (8 * (nibble >> 2));
+      dense[(static_cast<int64_t>(row_tile) * 16 + row) * (K / 4) + step * 16 + group] = word;
     }
   }
 }

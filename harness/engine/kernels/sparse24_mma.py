@@ -235,7 +235,7 @@ def sparse24_mma_gemm(
     stages = -(-k // (TILE_INPUTS * STEPS_PER_STAGE))
     steps_per_split = -(-stages // splits) * STEPS_PER_STAGE
     splits = -(-(k // TILE_INPUTS) // steps_per_split)
-    grid = (-(-n // BLOCK_ROWS), -(-t // BLOCK_TOKENS), splits)
+    grid = (-(-t // BLOCK_TOKENS), -(-n // BLOCK_ROWS), splits)
     module(x16.device.index or 0).launch(
         "sparse24_mma_gemm", grid, 256, packed_v, packed_m, x16, out, t, n, k, x16.stride(0),
         steps_per_split,
@@ -243,12 +243,35 @@ def sparse24_mma_gemm(
     return out
 
 
-def sparse24_mma_linear(
-    x: torch.Tensor, packed_v: torch.Tensor, packed_m: torch.Tensor, w_scale: torch.Tensor
+def expand_from_mma(
+    packed_v: torch.Tensor, packed_m: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
-    """x [T, K] bf16 . (W * w_scale)^T -> [T, N] in x's dtype. X goes to f16 scaled per row
-    to an absolute maximum of 2**10 (no overflow, f16's precision kept), the scale back after."""
-    x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / 1024.0
-    x16 = (x.float() / x_scale).to(torch.float16)
+    """The packed weight as the dense [N, K] e4m3 matrix, written into out and returned."""
+    n, k = out.shape
+    if packed_v.shape[:2] != (n // TILE_ROWS, k // TILE_INPUTS) or out.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"out must be [{packed_v.shape[0] * 16}, {packed_v.shape[1] * 64}] e4m3")
+    tiles = packed_v.shape[0] * packed_v.shape[1]
+    module(out.device.index or 0).launch(
+        "sparse24_mma_expand", (-(-tiles // 8), 1, 1), 256, packed_v, packed_m, out, n, k
+    )
+    return out
+
+
+def sparse24_mma_linear(
+    x: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    packed_v: torch.Tensor,
+    packed_m: torch.Tensor,
+    w_scale: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """x [T, K] bf16 / fp16, or (e4m3 [T, K], [T, 1] scales) as a fused norm quantized it, .
+    (W * w_scale)^T -> [T, N] out_dtype. e4m3 goes to f16 exactly; bf16 to f16 scaled per row to an
+    absolute maximum of 2**10 (no overflow, f16's precision kept), the scale back after."""
+    if isinstance(x, tuple):
+        xq, x_scale = x
+        x16 = xq.to(torch.float16)
+    else:
+        x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / 1024.0
+        x16 = (x.float() / x_scale).to(torch.float16)
     out = sparse24_mma_gemm(x16, packed_v, packed_m)
-    return (out * x_scale * w_scale.view(1, -1)).to(x.dtype)
+    return (out * x_scale * w_scale.view(1, -1)).to(out_dtype)

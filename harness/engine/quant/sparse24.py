@@ -8,7 +8,9 @@ and, where a step streams the weights (decode), reads fewer bytes.
 
 A step of up to `triton_max_rows` rows multiplies the compressed weight directly (the Triton
 FP8 GEMM expands each tile in registers: kernels/fp8_gemm.py, sparse24_gemm.py); a larger one
-expands it into a shared scratch buffer and runs cuBLAS's dense FP8 GEMM. compress_24 and
+expands it into a shared scratch buffer and runs cuBLAS's dense FP8 GEMM. With sparse_mma
+(`use_mma`), the same bytes are repacked for the sparse tensor cores (kernels/sparse24_mma.py),
+which then take those steps, and larger ones expand from that layout. compress_24 and
 decompress_24 here are the plain-torch reference of the layout.
 """
 
@@ -19,6 +21,13 @@ from torch import nn
 
 from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
 from harness.engine.kernels.sparse24_gemm import decompress_24_triton
+from harness.engine.kernels.sparse24_mma import (
+    TILE_INPUTS,
+    TILE_ROWS,
+    expand_from_mma,
+    pack_for_mma,
+    sparse24_mma_linear,
+)
 from harness.engine.quant.base import Quantized, Unscaled
 from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
 from harness.engine.quant.fp8_gpu import (
@@ -129,9 +138,39 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         layer.register_parameter("weight_meta", nn.Parameter(meta, requires_grad=False))
         self.scratch.reserve(n * k, values.device)
 
+    def use_mma(self, layer: nn.Module) -> None:
+        """Repack the layer's compressed weight for the sparse tensor cores (same bytes), where
+        its shape allows (tiles of 16 x 64); else it keeps the Triton kernel."""
+        if not hasattr(layer, "weight_values"):
+            return
+        values, meta = layer.weight_values.data, layer.weight_meta.data
+        n, k = values.shape[0], values.shape[1] * 2
+        if n % TILE_ROWS or k % TILE_INPUTS:
+            return
+        packed_v, packed_m = pack_for_mma(values, meta)
+        del layer.weight_values, layer.weight_meta, values, meta
+        layer.register_parameter("weight_mma_values", nn.Parameter(packed_v, requires_grad=False))
+        layer.register_parameter("weight_mma_meta", nn.Parameter(packed_m, requires_grad=False))
+
+    def _apply_mma(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
+        packed = layer.weight_mma_values, layer.weight_mma_meta
+        n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
+        rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
+        if output_dtype(x) != torch.float32 and rows <= layer.triton_max_rows:
+            out = sparse24_mma_linear(x, *packed, layer.weight_scale_row, output_dtype(x))
+            return out, None, None
+        if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
+            weight = expand_from_mma(*packed, torch.empty(n, k, dtype=FP8_DTYPE, device=x.device))
+            return reference_fp8_linear(x, weight, layer.weight_scale), None, None
+        weight = expand_from_mma(*packed, self.scratch.view(n, k))
+        xq, x_scale = as_quantized(x)
+        return scaled_mm_unscaled(xq, x_scale, weight, layer.weight_scale_row, output_dtype(x))
+
     def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         """FP8's contract (apply is FP8's: this with its scales applied); compressed weights
         multiply as stored or expanded for cuBLAS, whose scales are left as FP8's are."""
+        if hasattr(layer, "weight_mma_values"):  # repacked by use_mma
+            return self._apply_mma(layer, x)
         if not hasattr(layer, "weight_values"):  # the dense layout: FP8's method
             return super().apply_unscaled(layer, x)
         values, meta, scale_row = layer.weight_values, layer.weight_meta, layer.weight_scale_row
