@@ -16,13 +16,18 @@
 // shared by the 8 warps of a block (128 output rows), and reach the B registers by ldmatrix.
 //
 // Grid: (ceil(T / 64), ceil(N / 128), splits): the blocks of one weight tile's token blocks
-// are neighbours, so they run together and read it once from memory, then from L2. Each block
-// sums its share of K's 64-input steps into fp32 `out` with atomic adds (out zeroed by the
-// caller, scales applied by the caller). N % 16 == 0, K % 64 == 0, X rows 16-byte aligned.
+// are neighbours, so they run together and read it once from memory, then from L2. With one
+// split, each output is written once, times its token's and row's scales, as fp32, bf16 or
+// f16 (out_kind 0, 1, 2); with more, each block adds its share of K's 64-input steps into fp32
+// `out` (zeroed by the caller, who applies the scales after). N % 16 == 0, K % 64 == 0, X rows
+// 16-byte aligned.
 //
 // sparse24_mma_expand writes the packed weight back as the dense [N, K] e4m3 matrix (for
 // steps large enough for the dense GEMM); mma_sp_f16_probe runs one mma.sp on registers given
 // per lane: the GPU test checks the layouts pack_for_mma assumes against it.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -87,8 +92,10 @@ extern "C" __global__ void __launch_bounds__(kWarps * 32)
     sparse24_mma_gemm(const uint4* __restrict__ w_vals,     // [N/16][K/64][32] packed values
                       const uint32_t* __restrict__ w_meta,  // [N/16][K/64][32] packed meta
                       const uint16_t* __restrict__ x,       // [T][ldx] f16
-                      float* __restrict__ out,              // [T][N] fp32, accumulated into
-                      int T, int N, int K, int ldx, int steps_per_split) {
+                      const float* __restrict__ x_scale,    // [T] (one split only)
+                      const float* __restrict__ w_scale,    // [N] (one split only)
+                      void* __restrict__ out,               // [T][N]: out_kind, or fp32 sums
+                      int out_kind, int T, int N, int K, int ldx, int steps_per_split) {
   __shared__ __align__(128) uint8_t xs[2][kStageSize];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -173,12 +180,27 @@ extern "C" __global__ void __launch_bounds__(kWarps * 32)
   if (!has_rows) return;
   // C fragment: c0, c1 at output row g, tokens 2t, 2t+1; c2, c3 at row g + 8.
   const int row = tile * 16 + g;
+  const bool summed = gridDim.z > 1;
+  const float ws[2] = {summed ? 1.f : w_scale[row], summed ? 1.f : w_scale[row + 8]};
 #pragma unroll
   for (int nt = 0; nt < kTokens / 8; ++nt) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int tk = tok0 + nt * 8 + 2 * t + (i & 1), r = row + (i >> 1) * 8;
-      if (tk < T) atomicAdd(&out[static_cast<int64_t>(tk) * N + r], acc[nt][i]);
+      if (tk >= T) continue;
+      const int64_t at = static_cast<int64_t>(tk) * N + r;
+      if (summed) {
+        atomicAdd(static_cast<float*>(out) + at, acc[nt][i]);
+        continue;
+      }
+      const float v = acc[nt][i] * x_scale[tk] * ws[i >> 1];
+      if (out_kind == 1) {
+        static_cast<__nv_bfloat16*>(out)[at] = __float2bfloat16(v);
+      } else if (out_kind == 2) {
+        static_cast<__half*>(out)[at] = __float2half(v);
+      } else {
+        static_cast<float*>(out)[at] = v;
+      }
     }
   }
 }

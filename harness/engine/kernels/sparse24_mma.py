@@ -218,29 +218,46 @@ def module(device: int = 0) -> _Module:
     return _Module(build(f"sm_{major}{minor}{'a' if major == 9 else ''}"), device)
 
 
+OUT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # sparse24_mma.cu's
+
+
 def sparse24_mma_gemm(
     x16: torch.Tensor,
     packed_v: torch.Tensor,
     packed_m: torch.Tensor,
-    out: torch.Tensor | None = None,
+    x_scale: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """x16 [T, K] f16 (rows contiguous) . W^T for W packed by pack_for_mma -> [T, N] fp32."""
+    """x16 [T, K] f16 (rows contiguous) . W^T for W packed by pack_for_mma, times x_scale [T]
+    and w_scale [N] where given -> [T, N] out_dtype (fp32, bf16 or f16). One K split: the
+    kernel writes that; more: fp32 sums, scaled and cast after."""
     t, k = x16.shape
     n = packed_v.shape[0] * TILE_ROWS
     if packed_v.shape[1] * TILE_INPUTS != k or x16.dtype != torch.float16 or x16.stride(1) != 1:
         raise ValueError(f"x16 must be [T, {packed_v.shape[1] * 64}] f16 with unit stride")
-    out = torch.zeros(t, n, dtype=torch.float32, device=x16.device) if out is None else out.zero_()
+    ones = None
+    if x_scale is None or w_scale is None:
+        ones = torch.ones(max(t, n), dtype=torch.float32, device=x16.device)
+    xs = (ones[:t] if x_scale is None else x_scale.reshape(t)).float().contiguous()
+    ws = (ones[:n] if w_scale is None else w_scale.reshape(n)).float().contiguous()
     sms = torch.cuda.get_device_properties(x16.device).multi_processor_count
     splits = splits_for(n, k, t, sms)
     stages = -(-k // (TILE_INPUTS * STEPS_PER_STAGE))
     steps_per_split = -(-stages // splits) * STEPS_PER_STAGE
     splits = -(-(k // TILE_INPUTS) // steps_per_split)
+    if splits == 1:
+        out = torch.empty(t, n, dtype=out_dtype, device=x16.device)
+    else:
+        out = torch.zeros(t, n, dtype=torch.float32, device=x16.device)
     grid = (-(-t // BLOCK_TOKENS), -(-n // BLOCK_ROWS), splits)
     module(x16.device.index or 0).launch(
-        "sparse24_mma_gemm", grid, 256, packed_v, packed_m, x16, out, t, n, k, x16.stride(0),
-        steps_per_split,
+        "sparse24_mma_gemm", grid, 256, packed_v, packed_m, x16, xs, ws, out,
+        OUT_KINDS[out_dtype], t, n, k, x16.stride(0), steps_per_split,
     )  # fmt: skip
-    return out
+    if splits == 1:
+        return out
+    return (out * xs.view(t, 1) * ws.view(1, n)).to(out_dtype)
 
 
 def expand_from_mma(
@@ -273,5 +290,4 @@ def sparse24_mma_linear(
     else:
         x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / 1024.0
         x16 = (x.float() / x_scale).to(torch.float16)
-    out = sparse24_mma_gemm(x16, packed_v, packed_m)
-    return (out * x_scale * w_scale.view(1, -1)).to(out_dtype)
+    return sparse24_mma_gemm(x16, packed_v, packed_m, x_scale, w_scale, out_dtype)
