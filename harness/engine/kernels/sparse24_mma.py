@@ -1,5 +1,5 @@
 """Compressed 2:4 FP8 weights on the sparse tensor cores: sparse24_mma.cu's kernel, its
-weight packing and its launch (experimental: not yet wired into the engine).
+weight packing and its launch (experimental: the engine's `sparse_mma`, off by default).
 
 Packing (`pack_for_mma`): the compressed weight of quant/sparse24.py (values [N, K/2] e4m3,
 meta [N, K/8] uint8, both in row order) is cut into tiles of 16 rows x 64 inputs, each the A
@@ -281,9 +281,9 @@ def sparse24_mma_linear(
     w_scale: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """x [T, K] bf16 / fp16, or (e4m3 [T, K], [T, 1] scales) as a fused norm quantized it, .
-    (W * w_scale)^T -> [T, N] out_dtype. e4m3 goes to f16 exactly; bf16 to f16 scaled per row to an
-    absolute maximum of 2**10 (no overflow, f16's precision kept), the scale back after."""
+    """x [T, K] bf16 / fp16, or (e4m3 [T, K], [T, 1] scales) as a fused norm quantized it,
+    . (W * w_scale)^T -> [T, N] out_dtype. e4m3 goes to f16 exactly; bf16 to f16 scaled per
+    row to an absolute maximum of 2**10 (no overflow, f16's precision kept), scaled back after."""
     if isinstance(x, tuple):
         xq, x_scale = x
         x16 = xq.to(torch.float16)

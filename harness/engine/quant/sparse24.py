@@ -155,13 +155,13 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
     def _apply_mma(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         packed = layer.weight_mma_values, layer.weight_mma_meta
         n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
-        rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
-        if output_dtype(x) != torch.float32 and rows <= layer.triton_max_rows:
-            out = sparse24_mma_linear(x, *packed, layer.weight_scale_row, output_dtype(x))
-            return out, None, None
         if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
             weight = expand_from_mma(*packed, torch.empty(n, k, dtype=FP8_DTYPE, device=x.device))
             return reference_fp8_linear(x, weight, layer.weight_scale), None, None
+        rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
+        if rows <= layer.triton_max_rows:
+            out = sparse24_mma_linear(x, *packed, layer.weight_scale_row, output_dtype(x))
+            return out, None, None
         weight = expand_from_mma(*packed, self.scratch.view(n, k))
         xq, x_scale = as_quantized(x)
         return scaled_mm_unscaled(xq, x_scale, weight, layer.weight_scale_row, output_dtype(x))
