@@ -4,6 +4,8 @@ product of the same weights, eagerly and replayed from a CUDA graph. Needs nvcc.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -78,6 +80,7 @@ def test_one_mma_sp_reads_the_registers_as_packed(selector: int) -> None:
         )
 
 
+@functools.cache  # one weight a shape for all the row counts
 def _packed(n: int, k: int):  # noqa: ANN202
     from harness.engine.kernels.sparse24_mma import pack_for_mma
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
