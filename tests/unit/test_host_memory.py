@@ -61,7 +61,10 @@ def test_a_run_freezes_its_starting_heap_and_counts_its_full_collections():
 
     pauses = GcPauses.begin()
     try:
-        assert pauses.frozen == gc.get_freeze_count() > 1000  # the modules, at least
+        assert pauses.frozen > 1000  # the modules, at least
+        # frozen objects still die by reference count (another thread's, meanwhile): a few may
+        # be gone already, none added
+        assert 0 <= pauses.frozen - gc.get_freeze_count() < 100
         gc.collect(0)  # a young collection is not counted
         gc.collect()  # a full one is
         assert pauses.count == 1 and pauses.total_s > 0 and pauses.longest_s <= pauses.total_s
