@@ -111,6 +111,16 @@ def check_device(args: EngineArgs) -> None:
             f"later: Ada, Hopper); {torch.cuda.get_device_name(device)} is {major}.{minor}: "
             "use model_opt=Dense and kv_cache_dtype=auto"
         )
+    if args.sparse_mma:  # its kernel is built now: no nvcc or a compile error shows before loading
+        from harness.engine.kernels.sparse24_mma import arch_for, build
+
+        try:
+            build(arch_for((major, minor)))
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"sparse_mma=true needs its CUDA kernel, which did not build: {e}. Install the "
+                "CUDA compiler (or set NVCC / CUDA_HOME), or set sparse_mma=false"
+            ) from e
 
 
 def cuda_graph_sizes(args: EngineArgs, device: torch.device) -> tuple[int, int]:

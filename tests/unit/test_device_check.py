@@ -29,6 +29,27 @@ def test_sparse_mma_off_a_cuda_sparse_engine_is_refused_naming_the_knob(device, 
         check_device(args)
 
 
+def test_sparse_mma_without_a_cuda_compiler_is_refused_before_loading(gpu, monkeypatch):
+    gpu((9, 0), "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("NVCC", "/nonexistent/nvcc")
+    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_mma=True, model_path="/none")
+    with pytest.raises(RuntimeError, match="sparse_mma=true needs its CUDA kernel.*nonexistent"):
+        check_device(args)
+
+
+def test_sparse_mma_builds_its_kernel_in_the_check(gpu, monkeypatch, tmp_path):
+    from harness.engine.kernels import sparse24_mma
+
+    try:
+        sparse24_mma.nvcc()
+    except RuntimeError:
+        pytest.skip("no nvcc here")
+    gpu((9, 0), "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path))
+    check_device(EngineArgs(device="cuda", model_opt="Sparse", sparse_mma=True))
+    assert [p.name.split("-")[1] for p in tmp_path.glob("sparse24_mma-*.cubin")] == ["sm_90a"]
+
+
 @pytest.fixture
 def gpu(monkeypatch):  # noqa: ANN201
     """A pretend GPU of a given compute capability (no CUDA is touched)."""

@@ -209,13 +209,19 @@ class _Module:
         self._check(status, f"launch {name}")
 
 
-@functools.cache
-def module(device: int = 0) -> _Module:
-    major, minor = torch.cuda.get_device_capability(device)
+def arch_for(capability: tuple[int, int]) -> str:
+    """nvcc's -arch for a GPU of this compute capability (sm_90a on Hopper)."""
+    major, minor = capability
     if (major, minor) < (8, 0):
         raise RuntimeError(f"mma.sp needs compute capability 8.0 or newer, not {major}.{minor}")
+    return f"sm_{major}{minor}{'a' if major == 9 else ''}"
+
+
+@functools.cache
+def module(device: int = 0) -> _Module:
+    arch = arch_for(torch.cuda.get_device_capability(device))
     torch.cuda.init()
-    return _Module(build(f"sm_{major}{minor}{'a' if major == 9 else ''}"), device)
+    return _Module(build(arch), device)
 
 
 OUT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # sparse24_mma.cu's
