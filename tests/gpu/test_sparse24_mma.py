@@ -1,6 +1,7 @@
 """The sparse-MMA kernel (kernels/sparse24_mma.cu): the register layouts pack_for_mma assumes,
-checked against the hardware one mma.sp at a time, then the whole GEMM against the dense
-product of the same weights, eagerly and replayed from a CUDA graph. Needs nvcc."""
+checked against the hardware one mma.sp at a time, and the weights' e4m3 -> f16 byte order;
+then the whole GEMM against the dense product of the same weights, the expansion, the engine's
+linear, eagerly and replayed from a CUDA graph. Needs nvcc."""
 
 from __future__ import annotations
 
@@ -78,6 +79,19 @@ def test_one_mma_sp_reads_the_registers_as_packed(selector: int) -> None:
             f"mma.sp (selector {selector}) disagrees with pack_for_mma's layout; the "
             f"one-row-a-lane metadata layout {'matches' if other else 'fails too'}"
         )
+
+
+def test_weights_unpack_low_byte_to_low_half() -> None:
+    from harness.engine.kernels.sparse24_mma import module
+
+    codes = torch.arange(256, dtype=torch.int32)
+    codes = codes[(codes & 0x7F) != 0x7F]  # e4m3's NaNs left out
+    pairs = codes | codes.flip(0) << 8  # every code in the low byte, another in the high
+    out = torch.empty_like(pairs, device="cuda")
+    module().launch("e4m3x2_probe", (1, 1, 1), 256, pairs.cuda(), out, pairs.numel())
+    halves = out.cpu().view(torch.float16).view(-1, 2).float()
+    e4m3 = lambda b: b.to(torch.uint8).view(torch.float8_e4m3fn).float()  # noqa: E731
+    assert torch.equal(halves[:, 0], e4m3(codes)) and torch.equal(halves[:, 1], e4m3(codes.flip(0)))
 
 
 @functools.cache  # one weight a shape for all the row counts

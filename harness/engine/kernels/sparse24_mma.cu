@@ -24,7 +24,8 @@
 //
 // sparse24_mma_expand writes the packed weight back as the dense [N, K] e4m3 matrix (for
 // steps large enough for the dense GEMM); mma_sp_f16_probe runs one mma.sp on registers given
-// per lane: the GPU test checks the layouts pack_for_mma assumes against it.
+// per lane: the GPU test checks the layouts pack_for_mma assumes against it (and
+// e4m3x2_probe the unpacking's byte order).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -251,4 +252,10 @@ extern "C" __global__ void mma_sp_f16_probe(const uint32_t* a, const uint32_t* b
     mma_sp<1>(c, ra, rb, meta[lane]);
   }
   for (int i = 0; i < 4; ++i) d[lane * 4 + i] = c[i];
+}
+
+// Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.
+extern "C" __global__ void e4m3x2_probe(const uint32_t* in, uint32_t* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = e4m3x2_to_f16x2(in[i]);
 }
