@@ -186,9 +186,9 @@ class _Module:
         ctx = ctypes.c_void_p()
         self._check(self.cuda.cuCtxGetCurrent(ctypes.byref(ctx)), "current context")
         if not ctx.value:
-            self._check(
-                self.cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), self.device), "context"
-            )
+            dev = ctypes.c_int()
+            self._check(self.cuda.cuDeviceGet(ctypes.byref(dev), self.device), "device")
+            self._check(self.cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "context")
             self._check(self.cuda.cuCtxSetCurrent(ctx), "set context")
 
     def launch(self, name: str, grid: tuple[int, int, int], block: int, *args: object) -> None:
