@@ -25,12 +25,14 @@ current stream, so a CUDA graph captures it like any torch op.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -165,47 +167,55 @@ def build(arch: str) -> Path:
 
 
 class _Module:
-    """The built cubin loaded in the current CUDA context, its functions by name."""
+    """The built cubin loaded in the device's primary context (torch's), its functions by
+    name; launches on torch's current stream of that device."""
 
     def __init__(self, cubin: Path, device: int) -> None:
         self.cuda = ctypes.CDLL("libcuda.so.1")
         self.device = device
         self._check(self.cuda.cuInit(0), "init")
-        self._use_context()
+        dev, self.context = ctypes.c_int(), ctypes.c_void_p()
+        self._check(self.cuda.cuDeviceGet(ctypes.byref(dev), device), "device")
+        self._check(self.cuda.cuDevicePrimaryCtxRetain(ctypes.byref(self.context), dev), "context")
         self.image = cubin.read_bytes()  # the driver reads it during the load only
         self.module = ctypes.c_void_p()
-        self._check(self.cuda.cuModuleLoadData(ctypes.byref(self.module), self.image), "load")
+        with self._current():
+            self._check(self.cuda.cuModuleLoadData(ctypes.byref(self.module), self.image), "load")
         self.functions: dict[str, ctypes.c_void_p] = {}
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
             raise RuntimeError(f"CUDA driver error {status} in sparse24_mma ({what})")
 
-    def _use_context(self) -> None:
-        """The device's primary context (torch's) current on this thread, if none is."""
-        ctx = ctypes.c_void_p()
-        self._check(self.cuda.cuCtxGetCurrent(ctypes.byref(ctx)), "current context")
-        if not ctx.value:
-            dev = ctypes.c_int()
-            self._check(self.cuda.cuDeviceGet(ctypes.byref(dev), self.device), "device")
-            self._check(self.cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "context")
-            self._check(self.cuda.cuCtxSetCurrent(ctx), "set context")
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
+        """The module's context current on this thread meanwhile (pushed only if another is)."""
+        current = ctypes.c_void_p()
+        self._check(self.cuda.cuCtxGetCurrent(ctypes.byref(current)), "current context")
+        switch = current.value != self.context.value
+        if switch:
+            self._check(self.cuda.cuCtxPushCurrent_v2(self.context), "push context")
+        try:
+            yield
+        finally:
+            if switch:
+                self._check(self.cuda.cuCtxPopCurrent_v2(ctypes.byref(current)), "pop context")
 
     def launch(self, name: str, grid: tuple[int, int, int], block: int, *args: object) -> None:
-        fn = self.functions.get(name)
-        if fn is None:
-            fn = ctypes.c_void_p()
-            status = self.cuda.cuModuleGetFunction(ctypes.byref(fn), self.module, name.encode())
-            self._check(status, name)
-            self.functions[name] = fn
         holders = [
             ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a)
             for a in args
         ]
         params = (ctypes.c_void_p * len(holders))(*(ctypes.addressof(h) for h in holders))
-        self._use_context()
-        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-        status = self.cuda.cuLaunchKernel(fn, *grid, block, 1, 1, 0, stream, params, None)
+        stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
+        with self._current():
+            fn = self.functions.get(name)
+            if fn is None:
+                fn = ctypes.c_void_p()
+                status = self.cuda.cuModuleGetFunction(ctypes.byref(fn), self.module, name.encode())
+                self._check(status, name)
+                self.functions[name] = fn
+            status = self.cuda.cuLaunchKernel(fn, *grid, block, 1, 1, 0, stream, params, None)
         self._check(status, f"launch {name}")
 
 
