@@ -189,7 +189,7 @@ class _Module:
 
     @contextlib.contextmanager
     def _current(self) -> Iterator[None]:
-        """The module's context current on this thread meanwhile (pushed only if another is)."""
+        """The module's context current on this thread meanwhile (pushed where it is not)."""
         current = ctypes.c_void_p()
         self._check(self.cuda.cuCtxGetCurrent(ctypes.byref(current)), "current context")
         switch = current.value != self.context.value
