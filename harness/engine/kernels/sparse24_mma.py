@@ -82,8 +82,13 @@ def _tiles(a: torch.Tensor, width: int) -> torch.Tensor:
     )
 
 
+def fits_tiles(n: int, k: int) -> bool:
+    """Whether an [n, k] weight cuts into the kernel's 16 x 64 tiles."""
+    return n % TILE_ROWS == 0 and k % TILE_INPUTS == 0
+
+
 def _check_shape(n: int, k: int) -> None:
-    if n % TILE_ROWS or k % TILE_INPUTS:
+    if not fits_tiles(n, k):
         raise ValueError(
             f"the sparse-MMA kernel needs out_features % {TILE_ROWS} == 0 and in_features % "
             f"{TILE_INPUTS} == 0; got [{n}, {k}]: use the Triton 2:4 kernel for this layer"

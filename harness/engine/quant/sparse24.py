@@ -25,6 +25,7 @@ from harness.engine.kernels.sparse24_mma import (
     TILE_INPUTS,
     TILE_ROWS,
     expand_from_mma,
+    fits_tiles,
     pack_for_mma,
     sparse24_mma_linear,
 )
@@ -144,42 +145,51 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         if not hasattr(layer, "weight_values"):
             return
         values, meta = layer.weight_values.data, layer.weight_meta.data
-        n, k = values.shape[0], values.shape[1] * 2
-        if n % TILE_ROWS or k % TILE_INPUTS:
+        if not fits_tiles(values.shape[0], values.shape[1] * 2):
             return
         packed_v, packed_m = pack_for_mma(values, meta)
         del layer.weight_values, layer.weight_meta, values, meta
         layer.register_parameter("weight_mma_values", nn.Parameter(packed_v, requires_grad=False))
         layer.register_parameter("weight_mma_meta", nn.Parameter(packed_m, requires_grad=False))
 
-    def _apply_mma(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
-        packed = layer.weight_mma_values, layer.weight_mma_meta
-        n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
-        if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
-            weight = expand_from_mma(*packed, torch.empty(n, k, dtype=FP8_DTYPE, device=x.device))
-            return reference_fp8_linear(x, weight, layer.weight_scale), None, None
-        rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
-        if rows <= layer.triton_max_rows:
-            out = sparse24_mma_linear(x, *packed, layer.weight_scale_row, output_dtype(x))
-            return out, None, None
-        weight = expand_from_mma(*packed, self.scratch.view(n, k))
+    def _expanded(self, layer: nn.Module, into_scratch: bool) -> torch.Tensor:
+        """The dense [N, K] e4m3 weight from either stored layout: into the shared scratch
+        buffer (for cuBLAS), or else fresh (for the fp32 reference: the plain-torch expansion
+        of the row-order layout)."""
+        if hasattr(layer, "weight_mma_values"):
+            packed = layer.weight_mma_values, layer.weight_mma_meta
+            n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
+            if into_scratch:
+                return expand_from_mma(*packed, self.scratch.view(n, k))
+            out = torch.empty(n, k, dtype=FP8_DTYPE, device=packed[0].device)
+            return expand_from_mma(*packed, out)
+        values, meta = layer.weight_values, layer.weight_meta
+        if not into_scratch:
+            return decompress_24(values, meta)
+        n, k = values.shape[0], values.shape[1] * 2
+        return decompress_24_triton(values, meta, self.scratch.view(n, k))
+
+    def _small_step(self, layer: nn.Module, x: torch.Tensor | Quantized) -> torch.Tensor:
+        """A step of up to triton_max_rows rows on the stored weight, its scales applied."""
+        scale_row = layer.weight_scale_row
+        if hasattr(layer, "weight_mma_values"):  # repacked by use_mma
+            packed = layer.weight_mma_values, layer.weight_mma_meta
+            return sparse24_mma_linear(x, *packed, scale_row, output_dtype(x))
         xq, x_scale = as_quantized(x)
-        return scaled_mm_unscaled(xq, x_scale, weight, layer.weight_scale_row, output_dtype(x))
+        return fp8_gemm_triton(xq, x_scale, layer.weight_values, scale_row, meta=layer.weight_meta)
 
     def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         """FP8's contract (apply is FP8's: this with its scales applied); compressed weights
-        multiply as stored or expanded for cuBLAS, whose scales are left as FP8's are."""
-        if hasattr(layer, "weight_mma_values"):  # repacked by use_mma
-            return self._apply_mma(layer, x)
-        if not hasattr(layer, "weight_values"):  # the dense layout: FP8's method
-            return super().apply_unscaled(layer, x)
-        values, meta, scale_row = layer.weight_values, layer.weight_meta, layer.weight_scale_row
+        (row order, or packed by use_mma) multiply as stored or expanded for cuBLAS, whose
+        scales are left as FP8's are."""
+        if not hasattr(layer, "weight_values") and not hasattr(layer, "weight_mma_values"):
+            return super().apply_unscaled(layer, x)  # the dense layout: FP8's method
         if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
-            ref = reference_fp8_linear(x, decompress_24(values, meta), layer.weight_scale)
+            ref = reference_fp8_linear(x, self._expanded(layer, False), layer.weight_scale)
             return ref, None, None
+        rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
+        if rows <= layer.triton_max_rows:
+            return self._small_step(layer, x), None, None
+        weight = self._expanded(layer, True)
         xq, x_scale = as_quantized(x)
-        if xq.shape[0] <= layer.triton_max_rows:
-            return fp8_gemm_triton(xq, x_scale, values, scale_row, meta=meta), None, None
-        n, k = values.shape[0], values.shape[1] * 2
-        weight = decompress_24_triton(values, meta, self.scratch.view(n, k))
-        return scaled_mm_unscaled(xq, x_scale, weight, scale_row, output_dtype(x))
+        return scaled_mm_unscaled(xq, x_scale, weight, layer.weight_scale_row, output_dtype(x))
