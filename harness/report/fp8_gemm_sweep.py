@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)  # fmt: skip
         results = []
         current = config_for(m, a.sparse)
-        tried = a.config or ([] if a.mma else candidate_configs(m, a.swap, a.sparse))
+        tried = a.config or ([] if a.sparse and a.mma else candidate_configs(m, a.swap, a.sparse))
         for cfg in [current] + [c for c in tried if c != current]:
             try:
                 for name in shapes:  # a config that computes wrong is not a candidate
