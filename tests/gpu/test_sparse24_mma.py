@@ -106,7 +106,7 @@ def _packed(n: int, k: int):  # noqa: ANN202
     return q, s, *pack_for_mma(*compress_24(q))
 
 
-@pytest.mark.parametrize("t", [1, 7, 64, 100, 320])
+@pytest.mark.parametrize("t", [1, 7, 16, 17, 64, 100, 320])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
     from harness.engine.kernels.sparse24_mma import sparse24_mma_gemm
@@ -141,7 +141,7 @@ def test_expand_gives_back_the_dense_weight() -> None:
 
     q, _, packed_v, packed_m = _packed(512, 1024)
     out = expand_from_mma(packed_v, packed_m, torch.empty_like(q))
-    assert torch.equal(out.view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(out.float(), q.float())  # pruned -0.0 comes back as 0.0: no sign kept
 
 
 @pytest.mark.parametrize("m", [1, 48, 300])

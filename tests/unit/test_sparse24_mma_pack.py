@@ -9,6 +9,7 @@ import torch
 
 from harness.engine.kernels import sparse24_mma
 from harness.engine.kernels.sparse24_mma import (
+    form_for,
     lane_tables,
     pack_for_mma,
     splits_for,
@@ -80,6 +81,10 @@ def test_splits_fill_the_gpu_and_keep_whole_stages():
     assert splits_for(128, 128, 1, 132) == 1  # one stage: nothing to split
 
 
+def test_few_tokens_take_the_narrow_deep_form():
+    assert [form_for(t)[1] for t in (1, 16, 17, 64, 300)] == [16, 16, 64, 64, 64]
+
+
 def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):
     try:
         sparse24_mma.nvcc()
@@ -89,5 +94,6 @@ def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):
     cubin = sparse24_mma.build("sm_90a")
     assert cubin.parent == tmp_path and cubin.stat().st_size > 0
     image = cubin.read_bytes()
-    assert b"sparse24_mma_gemm" in image and b"mma_sp_f16_probe" in image
+    assert all(name.encode() in image for name, _, _ in sparse24_mma.FORMS)
+    assert b"mma_sp_f16_probe" in image
     assert sparse24_mma.build("sm_90a") == cubin  # cached: the same file, not rebuilt

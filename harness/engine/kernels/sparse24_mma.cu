@@ -15,7 +15,9 @@
 // 512 + 128 contiguous bytes. X tiles go through shared memory (cp.async, double-buffered),
 // shared by the 8 warps of a block (128 output rows), and reach the B registers by ldmatrix.
 //
-// Grid: (ceil(T / 64), ceil(N / 128), splits): the blocks of one weight tile's token blocks
+// Two forms: _t16 (16 tokens a block, 4 steps of weights in flight a warp: T <= 16, where the
+// weights' streaming is all) and _t64 (64 tokens, 2 steps). Grid: (ceil(T / tokens),
+// ceil(N / 128), splits): the blocks of one weight tile's token blocks
 // are neighbours, so they run together and read it once from memory, then from L2. With one
 // split, each output is written once, times its token's and row's scales, as fp32, bf16 or
 // f16 (out_kind 0, 1, 2); with more, each block adds its share of K's 64-input steps into fp32
@@ -34,12 +36,7 @@
 
 namespace {
 
-constexpr int kWarps = 8;          // output-row tiles of 16 per block
-constexpr int kTokens = 64;        // tokens per block: 8 tiles of 8
-constexpr int kStepsPerStage = 2;  // 64-input steps per shared-memory stage
-constexpr int kStageBytes = 64 * 2 * kStepsPerStage;  // one token's f16 inputs per stage: 256
-constexpr int kRowStride = kStageBytes + 16;          // ldmatrix's 8 rows on 8 bank groups
-constexpr int kStageSize = kTokens * kRowStride;
+constexpr int kWarps = 8;  // output-row tiles of 16 per block
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -89,15 +86,21 @@ __device__ __forceinline__ void unpack_a(const uint4& v, uint32_t (&a0)[4], uint
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kWarps * 32)
-    sparse24_mma_gemm(const uint4* __restrict__ w_vals,     // [N/16][K/64][32] packed values
-                      const uint32_t* __restrict__ w_meta,  // [N/16][K/64][32] packed meta
-                      const uint16_t* __restrict__ x,       // [T][ldx] f16
-                      const float* __restrict__ x_scale,    // [T] (one split only)
-                      const float* __restrict__ w_scale,    // [N] (one split only)
-                      void* __restrict__ out,               // [T][N]: out_kind, or fp32 sums
-                      int out_kind, int T, int N, int K, int ldx, int steps_per_split) {
-  __shared__ __align__(128) uint8_t xs[2][kStageSize];
+// kTokens tokens a block (8 a tile); kStepsPerStage 64-input steps a shared-memory stage, and
+// the depth of the weights' prefetch into registers (loads in flight: the decode regime is
+// memory-bound).
+template <int kTokens, int kStepsPerStage>
+__device__ __forceinline__ void gemm(const uint4* __restrict__ w_vals,     // [N/16][K/64][32]
+                                     const uint32_t* __restrict__ w_meta,  // [N/16][K/64][32]
+                                     const uint16_t* __restrict__ x,       // [T][ldx] f16
+                                     const float* __restrict__ x_scale,    // [T] (one split)
+                                     const float* __restrict__ w_scale,    // [N] (one split)
+                                     void* __restrict__ out,  // [T][N]: out_kind, or fp32 sums
+                                     int out_kind, int T, int N, int K, int ldx,
+                                     int steps_per_split) {
+  constexpr int kStageBytes = 64 * 2 * kStepsPerStage;  // one token's f16 inputs a stage
+  constexpr int kRowStride = kStageBytes + 16;          // ldmatrix's 8 rows on 8 bank groups
+  __shared__ __align__(128) uint8_t xs[2][kTokens * kRowStride];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int tile = blockIdx.y * kWarps + warp;  // this warp's 16 output rows
@@ -204,6 +207,21 @@ extern "C" __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   }
+}
+
+// Few tokens (T <= 16, decode at small batch): 16-token blocks, 4 steps of weights in flight.
+extern "C" __global__ void __launch_bounds__(kWarps * 32, 2)
+    sparse24_mma_gemm_t16(const uint4* w_vals, const uint32_t* w_meta, const uint16_t* x,
+                          const float* x_scale, const float* w_scale, void* out, int out_kind,
+                          int T, int N, int K, int ldx, int steps_per_split) {
+  gemm<16, 4>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx, steps_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(kWarps * 32, 2)
+    sparse24_mma_gemm_t64(const uint4* w_vals, const uint32_t* w_meta, const uint16_t* x,
+                          const float* x_scale, const float* w_scale, void* out, int out_kind,
+                          int T, int N, int K, int ldx, int steps_per_split) {
+  gemm<64, 2>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx, steps_per_split);
 }
 
 // One warp a 16 x 64 tile (8 a block): lane (g, t) holds, for each half h and register r, the

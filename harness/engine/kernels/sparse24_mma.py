@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("sparse24_mma.cu")
 TILE_ROWS, TILE_INPUTS = 16, 64
-BLOCK_ROWS, BLOCK_TOKENS, STEPS_PER_STAGE = 128, 64, 2  # as in sparse24_mma.cu
+BLOCK_ROWS = 128  # output rows a block, as in sparse24_mma.cu
+# The kernel's forms: (name, tokens a block, 64-input steps a stage), the first whose tokens
+# cover T, else the last.
+FORMS = (("sparse24_mma_gemm_t16", 16, 4), ("sparse24_mma_gemm_t64", 64, 2))
 ROW_TILES_PER_CHUNK = 256  # pack this many row tiles at a time (bounded temporaries)
 
 
@@ -140,11 +143,17 @@ def unpack_from_mma(
     return values.view(torch.float8_e4m3fn), meta
 
 
+def form_for(tokens: int) -> tuple[str, int, int]:
+    """The kernel's form for a GEMM of this many tokens: (name, block tokens, steps a stage)."""
+    return next((f for f in FORMS if tokens <= f[1]), FORMS[-1])
+
+
 def splits_for(n: int, k: int, tokens: int, sms: int) -> int:
     """K splits for at least two blocks an SM (the kernel streams the weights: more blocks,
     more loads in flight), each split a whole number of shared-memory stages."""
-    blocks = -(-n // BLOCK_ROWS) * -(-tokens // BLOCK_TOKENS)
-    stages = -(-k // (TILE_INPUTS * STEPS_PER_STAGE))
+    _, block_tokens, steps_per_stage = form_for(tokens)
+    blocks = -(-n // BLOCK_ROWS) * -(-tokens // block_tokens)
+    stages = -(-k // (TILE_INPUTS * steps_per_stage))
     return max(1, min(stages, -(-2 * sms // blocks)))
 
 
@@ -263,17 +272,18 @@ def sparse24_mma_gemm(
     xs = (ones[:t] if x_scale is None else x_scale.reshape(t)).float().contiguous()
     ws = (ones[:n] if w_scale is None else w_scale.reshape(n)).float().contiguous()
     sms = torch.cuda.get_device_properties(x16.device).multi_processor_count
+    name, block_tokens, steps_per_stage = form_for(t)
     splits = splits_for(n, k, t, sms)
-    stages = -(-k // (TILE_INPUTS * STEPS_PER_STAGE))
-    steps_per_split = -(-stages // splits) * STEPS_PER_STAGE
+    stages = -(-k // (TILE_INPUTS * steps_per_stage))
+    steps_per_split = -(-stages // splits) * steps_per_stage
     splits = -(-(k // TILE_INPUTS) // steps_per_split)
     if splits == 1:
         out = torch.empty(t, n, dtype=out_dtype, device=x16.device)
     else:
         out = torch.zeros(t, n, dtype=torch.float32, device=x16.device)
-    grid = (-(-t // BLOCK_TOKENS), -(-n // BLOCK_ROWS), splits)
+    grid = (-(-t // block_tokens), -(-n // BLOCK_ROWS), splits)
     module(x16.device.index or 0).launch(
-        "sparse24_mma_gemm", grid, 256, packed_v, packed_m, x16, xs, ws, out,
+        name, grid, 256, packed_v, packed_m, x16, xs, ws, out,
         OUT_KINDS[out_dtype], t, n, k, x16.stride(0), steps_per_split,
     )  # fmt: skip
     if splits == 1:
