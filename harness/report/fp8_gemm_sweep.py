@@ -13,7 +13,8 @@ Each time is a CUDA-graph replay of the call, as the engine runs its steps (--ea
 from the host, launch time included; sessions before the twenty-second timed eagerly).
 
 With --sparse --mma, the sparse-MMA kernel (kernels/sparse24_mma.cu) beside them: the GEMM
-alone on f16 activations, and with their scaling and the scales applied.
+alone on f16 activations, and the whole linear on the Triton kernel's input (e4m3 activations
+and their scales: to f16, the GEMM, the K splits' sums, the scales applied).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
 """
@@ -179,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return rowwise_mm(xq, xsc, dense, ws, torch.bfloat16)
 
     def mma_linear(name: str, xq, xsc):  # noqa: ANN001, ANN202
-        x = (xq.float() * xsc).to(torch.bfloat16)  # the same activations, unquantized
-        return sparse24_mma_linear(x, *packed[name], weights[name][1])
+        return sparse24_mma_linear((xq, xsc), *packed[name], weights[name][1])
 
     def mma_gemm_alone(name: str, xq, xsc):  # noqa: ANN001, ANN202
         return sparse24_mma_gemm(x16[name], *packed[name])
@@ -237,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.sparse:
             t = sum(shape_ms(expand_cublas).values())
             print(f"[fp8_gemm]   expand + cuBLAS {t:.3f} ms ({total / t:.2f}x cuBLAS)")
-        if a.sparse and a.mma:  # the GEMM alone on f16 X; then with X's scaling and the scales
+        if a.sparse and a.mma:  # the GEMM alone on f16 X; then the linear on the Triton
+            # kernel's input, e4m3 X and its scales (X to f16, the GEMM, the splits' sums)
             x16 = {name: xs[name][0].to(torch.float16) for name in shapes}
             t, err = sum(shape_ms(mma_gemm_alone).values()), largest_error(mma_linear)
             t_linear = sum(shape_ms(mma_linear).values())
             print(f"[fp8_gemm]   sparse MMA {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
-                  f"({total / t:.2f}x cuBLAS); with X to f16 and the scales {t_linear:.3f} ms "
+                  f"({total / t:.2f}x cuBLAS); the linear on e4m3 X {t_linear:.3f} ms "
                   f"({total / t_linear:.2f}x); largest error {err:.1e} of the output's range",
                   flush=True)  # fmt: skip
         results = []

@@ -106,7 +106,7 @@ def _packed(n: int, k: int):  # noqa: ANN202
     return q, s, *pack_for_mma(*compress_24(q))
 
 
-@pytest.mark.parametrize("t", [1, 7, 16, 17, 64, 100, 320])
+@pytest.mark.parametrize("t", [1, 7, 16, 17, 32, 33, 64, 100, 320])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
     from harness.engine.kernels.sparse24_mma import sparse24_mma_gemm
@@ -115,6 +115,20 @@ def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
     x16 = torch.randn(t, k, device="cuda").clamp(-4, 4).half()
     out = sparse24_mma_gemm(x16, packed_v, packed_m)
     ref = x16.float() @ q.float().t()
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("t", [1, 20, 100])
+def test_linear_takes_e4m3_activations_with_their_scales(t: int) -> None:
+    """A fused norm's output (e4m3 and a scale a token) goes to f16 exactly in x_to_f16."""
+    from harness.engine.kernels.sparse24_mma import sparse24_mma_linear
+
+    q, s, packed_v, packed_m = _packed(*SHAPES[0])
+    x = torch.randn(t, q.shape[1], device="cuda")
+    x_scale = x.abs().amax(dim=1, keepdim=True) / 448.0
+    xq = (x / x_scale).to(torch.float8_e4m3fn)
+    out = sparse24_mma_linear((xq, x_scale), packed_v, packed_m, s, torch.float32)
+    ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
 
 

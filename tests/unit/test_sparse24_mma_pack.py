@@ -82,7 +82,7 @@ def test_splits_fill_the_gpu_and_keep_whole_stages():
 
 
 def test_few_tokens_take_the_narrow_deep_form():
-    assert [form_for(t)[1] for t in (1, 16, 17, 64, 300)] == [16, 16, 64, 64, 64]
+    assert [form_for(t)[1] for t in (1, 16, 17, 32, 33, 300)] == [16, 16, 32, 32, 64, 64]
 
 
 def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):

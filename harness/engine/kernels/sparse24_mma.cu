@@ -86,6 +86,17 @@ __device__ __forceinline__ void unpack_a(const uint4& v, uint32_t (&a0)[4], uint
 
 }  // namespace
 
+// out[at] = v as fp32, bf16 or f16 (out_kind 0, 1, 2).
+__device__ __forceinline__ void store(void* out, int out_kind, int64_t at, float v) {
+  if (out_kind == 1) {
+    static_cast<__nv_bfloat16*>(out)[at] = __float2bfloat16(v);
+  } else if (out_kind == 2) {
+    static_cast<__half*>(out)[at] = __float2half(v);
+  } else {
+    static_cast<float*>(out)[at] = v;
+  }
+}
+
 // kTokens tokens a block (8 a tile); kStepsPerStage 64-input steps a shared-memory stage, and
 // the depth of the weights' prefetch into registers (loads in flight: the decode regime is
 // memory-bound).
@@ -193,17 +204,10 @@ __device__ __forceinline__ void gemm(const uint4* __restrict__ w_vals,     // [N
       const int tk = tok0 + nt * 8 + 2 * t + (i & 1), r = row + (i >> 1) * 8;
       if (tk >= T) continue;
       const int64_t at = static_cast<int64_t>(tk) * N + r;
-      if (summed) {
-        atomicAdd(static_cast<float*>(out) + at, acc[nt][i]);
-        continue;
-      }
-      const float v = acc[nt][i] * x_scale[tk] * ws[i >> 1];
-      if (out_kind == 1) {
-        static_cast<__nv_bfloat16*>(out)[at] = __float2bfloat16(v);
-      } else if (out_kind == 2) {
-        static_cast<__half*>(out)[at] = __float2half(v);
+      if (summed) {  // this split's partial sums: [split][T][N]
+        static_cast<float*>(out)[blockIdx.z * static_cast<int64_t>(T) * N + at] = acc[nt][i];
       } else {
-        static_cast<float*>(out)[at] = v;
+        store(out, out_kind, at, acc[nt][i] * x_scale[tk] * ws[i >> 1]);
       }
     }
   }
@@ -218,10 +222,72 @@ extern "C" __global__ void __launch_bounds__(kWarps * 32, 2)
 }
 
 extern "C" __global__ void __launch_bounds__(kWarps * 32, 2)
+    sparse24_mma_gemm_t32(const uint4* w_vals, const uint32_t* w_meta, const uint16_t* x,
+                          const float* x_scale, const float* w_scale, void* out, int out_kind,
+                          int T, int N, int K, int ldx, int steps_per_split) {
+  gemm<32, 4>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx, steps_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(kWarps * 32, 2)
     sparse24_mma_gemm_t64(const uint4* w_vals, const uint32_t* w_meta, const uint16_t* x,
                           const float* x_scale, const float* w_scale, void* out, int out_kind,
                           int T, int N, int K, int ldx, int steps_per_split) {
   gemm<64, 2>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx, steps_per_split);
+}
+
+// The K splits' partial sums [splits][T][N] fp32 -> out [T][N] (out_kind), times the token's
+// and the row's scales. One thread an output.
+extern "C" __global__ void sparse24_mma_reduce(const float* __restrict__ partials, int splits,
+                                               const float* __restrict__ x_scale,
+                                               const float* __restrict__ w_scale, void* out,
+                                               int out_kind, int T, int N) {
+  const int64_t at = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t size = static_cast<int64_t>(T) * N;
+  if (at >= size) return;
+  float sum = 0.f;
+  for (int z = 0; z < splits; ++z) sum += partials[z * size + at];
+  store(out, out_kind, at, sum * x_scale[at / N] * w_scale[at % N]);
+}
+
+// X for the GEMM: one block a token (row of K inputs, K % 8 == 0, rows 16-byte aligned).
+// x_kind 0: e4m3 -> f16 (exact; the caller keeps its scales); 1: bf16 -> f16 scaled to an
+// absolute maximum of 2**10 (no overflow, f16's precision kept), its scale written to
+// scale[row] (the GEMM multiplies it back).
+extern "C" __global__ void __launch_bounds__(256)
+    sparse24_mma_x_to_f16(const void* __restrict__ x, int x_kind, int K, int ldx,
+                          uint16_t* __restrict__ x16, float* __restrict__ scale) {
+  const int row = blockIdx.x;
+  uint4* dst = reinterpret_cast<uint4*>(x16 + static_cast<int64_t>(row) * K);  // 8 a chunk
+  if (x_kind == 0) {
+    const uint2* src = reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(x) +
+                                                      static_cast<int64_t>(row) * ldx);
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+      const uint2 v = src[c];
+      dst[c] = make_uint4(e4m3x2_to_f16x2(v.x), e4m3x2_to_f16x2(v.x >> 16),
+                          e4m3x2_to_f16x2(v.y), e4m3x2_to_f16x2(v.y >> 16));
+    }
+    return;
+  }
+  const __nv_bfloat162* src = reinterpret_cast<const __nv_bfloat162*>(
+      static_cast<const __nv_bfloat16*>(x) + static_cast<int64_t>(row) * ldx);
+  float amax = 0.f;
+  for (int c = threadIdx.x; c < K / 2; c += blockDim.x) {
+    const float2 v = __bfloat1622float2(src[c]);
+    amax = fmaxf(amax, fmaxf(fabsf(v.x), fabsf(v.y)));
+  }
+  __shared__ float warp_max[8];
+  for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_max[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) amax = fmaxf(amax, warp_max[w]);
+  const float s = fmaxf(amax, 1e-12f) / 1024.f;
+  if (threadIdx.x == 0) scale[row] = s;
+  __half2* out = reinterpret_cast<__half2*>(dst);
+  for (int c = threadIdx.x; c < K / 2; c += blockDim.x) {
+    const float2 v = __bfloat1622float2(src[c]);
+    out[c] = __floats2half2_rn(v.x / s, v.y / s);
+  }
 }
 
 // One warp a 16 x 64 tile (8 a block): lane (g, t) holds, for each half h and register r, the

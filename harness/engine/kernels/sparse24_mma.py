@@ -46,7 +46,11 @@ TILE_ROWS, TILE_INPUTS = 16, 64
 BLOCK_ROWS = 128  # output rows a block, as in sparse24_mma.cu
 # The kernel's forms: (name, tokens a block, 64-input steps a stage), the first whose tokens
 # cover T, else the last.
-FORMS = (("sparse24_mma_gemm_t16", 16, 4), ("sparse24_mma_gemm_t64", 64, 2))
+FORMS = (
+    ("sparse24_mma_gemm_t16", 16, 4),
+    ("sparse24_mma_gemm_t32", 32, 4),
+    ("sparse24_mma_gemm_t64", 64, 2),
+)
 ROW_TILES_PER_CHUNK = 256  # pack this many row tiles at a time (bounded temporaries)
 
 
@@ -261,7 +265,8 @@ def sparse24_mma_gemm(
 ) -> torch.Tensor:
     """x16 [T, K] f16 (rows contiguous) . W^T for W packed by pack_for_mma, times x_scale [T]
     and w_scale [N] where given -> [T, N] out_dtype (fp32, bf16 or f16). One K split: the
-    kernel writes that; more: fp32 sums, scaled and cast after."""
+    GEMM writes that; more: each its fp32 partial sums, which sparse24_mma_reduce adds, scales
+    and casts."""
     t, k = x16.shape
     n = packed_v.shape[0] * TILE_ROWS
     if packed_v.shape[1] * TILE_INPUTS != k or x16.dtype != torch.float16 or x16.stride(1) != 1:
@@ -271,24 +276,27 @@ def sparse24_mma_gemm(
         ones = torch.ones(max(t, n), dtype=torch.float32, device=x16.device)
     xs = (ones[:t] if x_scale is None else x_scale.reshape(t)).float().contiguous()
     ws = (ones[:n] if w_scale is None else w_scale.reshape(n)).float().contiguous()
-    sms = torch.cuda.get_device_properties(x16.device).multi_processor_count
     name, block_tokens, steps_per_stage = form_for(t)
+    sms = torch.cuda.get_device_properties(x16.device).multi_processor_count
     splits = splits_for(n, k, t, sms)
     stages = -(-k // (TILE_INPUTS * steps_per_stage))
     steps_per_split = -(-stages // splits) * steps_per_stage
     splits = -(-(k // TILE_INPUTS) // steps_per_split)
-    if splits == 1:
-        out = torch.empty(t, n, dtype=out_dtype, device=x16.device)
-    else:
-        out = torch.zeros(t, n, dtype=torch.float32, device=x16.device)
+    mod = module(x16.device.index or 0)
+    out = torch.empty(t, n, dtype=out_dtype, device=x16.device)
+    sums = out if splits == 1 else torch.empty(splits, t, n, dtype=torch.float32, device=out.device)
     grid = (-(-t // block_tokens), -(-n // BLOCK_ROWS), splits)
-    module(x16.device.index or 0).launch(
-        name, grid, 256, packed_v, packed_m, x16, xs, ws, out,
-        OUT_KINDS[out_dtype], t, n, k, x16.stride(0), steps_per_split,
+    mod.launch(
+        name, grid, 256, packed_v, packed_m, x16, xs, ws, sums, OUT_KINDS[out_dtype], t, n, k,
+        x16.stride(0), steps_per_split,
     )  # fmt: skip
-    if splits == 1:
-        return out
-    return (out * xs.view(t, 1) * ws.view(1, n)).to(out_dtype)
+    if splits > 1:
+        blocks = -(-t * n // 256)
+        mod.launch(
+            "sparse24_mma_reduce", (blocks, 1, 1), 256, sums, splits, xs, ws, out,
+            OUT_KINDS[out_dtype], t, n,
+        )  # fmt: skip
+    return out
 
 
 def expand_from_mma(
@@ -312,13 +320,22 @@ def sparse24_mma_linear(
     w_scale: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """x [T, K] bf16 / fp16, or (e4m3 [T, K], [T, 1] scales) as a fused norm quantized it,
-    . (W * w_scale)^T -> [T, N] out_dtype. e4m3 goes to f16 exactly; bf16 to f16 scaled per
-    row to an absolute maximum of 2**10 (no overflow, f16's precision kept), scaled back after."""
-    if isinstance(x, tuple):
-        xq, x_scale = x
-        x16 = xq.to(torch.float16)
+    """x [T, K] bf16 or f16, or (e4m3 [T, K], [T, 1] scales) as a fused norm quantized it,
+    . (W * w_scale)^T -> [T, N] out_dtype. sparse24_mma_x_to_f16 makes e4m3 f16 exactly, and
+    bf16 f16 scaled per row to an absolute maximum of 2**10 (scaled back in the GEMM)."""
+    src, x_scale = x if isinstance(x, tuple) else (x, None)
+    if src.dtype == torch.float16:
+        return sparse24_mma_gemm(src.contiguous(), packed_v, packed_m, None, w_scale, out_dtype)
+    if src.dtype not in (torch.float8_e4m3fn, torch.bfloat16):
+        raise ValueError(f"x must be bf16, f16 or e4m3 with its scales, not {src.dtype}")
+    src = src if src.stride(1) == 1 and src.stride(0) % 8 == 0 else src.contiguous()
+    t, k = src.shape
+    x16 = torch.empty(t, k, dtype=torch.float16, device=src.device)
+    if x_scale is None:
+        x_scale, kind = torch.empty(t, dtype=torch.float32, device=src.device), 1
     else:
-        x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / 1024.0
-        x16 = (x.float() / x_scale).to(torch.float16)
+        x_scale, kind = x_scale.reshape(t).float().contiguous(), 0
+    module(src.device.index or 0).launch(
+        "sparse24_mma_x_to_f16", (t, 1, 1), 256, src, kind, k, src.stride(0), x16, x_scale
+    )
     return sparse24_mma_gemm(x16, packed_v, packed_m, x_scale, w_scale, out_dtype)
