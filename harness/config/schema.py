@@ -129,9 +129,10 @@ class EngineConfig:
     # H100 the Triton kernel took 0.80 ms a 70B layer at 256 rows, expand + cuBLAS 0.98; at
     # 512 rows 1.31-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
     sparse_triton_max_rows: int = 256
-    # CUDA Sparse, experimental: those steps on the sparse tensor cores instead (mma.sp,
+    # CUDA Sparse: those steps on the sparse tensor cores instead (mma.sp,
     # engine/kernels/sparse24_mma.cu, built with nvcc), larger ones from its packed layout to
-    # cuBLAS
+    # cuBLAS. On the H100 it beats the Triton kernel up to 16 rows (0.24 against 0.29 ms a 70B
+    # layer at 1 row) and loses from 32 on: pair it with sparse_triton_max_rows: 16
     sparse_mma: bool = False
     # CUDA bf16 / fp16 linears (Dense models, every model's head): steps of up to this many
     # rows run the Triton GEMV (engine/kernels/gemv.py), larger ones cuBLAS; 0: cuBLAS always.
