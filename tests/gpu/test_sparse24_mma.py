@@ -1,5 +1,6 @@
 """The sparse-MMA kernel (kernels/sparse24_mma.cu): the register layouts pack_for_mma assumes,
-checked against the hardware one mma.sp at a time, and the weights' e4m3 -> f16 byte order;
+checked against the hardware one mma.sp at a time (and one wgmma.sp's, for a kernel at FP8's
+sparse rate), and the weights' e4m3 -> f16 byte order;
 then the whole GEMM against the dense product of the same weights, the expansion, the engine's
 linear, eagerly and replayed from a CUDA graph. Needs nvcc."""
 
@@ -78,6 +79,74 @@ def test_one_mma_sp_reads_the_registers_as_packed(selector: int) -> None:
         pytest.fail(
             f"mma.sp (selector {selector}) disagrees with pack_for_mma's layout; the "
             f"one-row-a-lane metadata layout {'matches' if other else 'fails too'}"
+        )
+
+
+def _wgmma_operands(meta_by_quad_half: bool = True, seed: int = 0):  # noqa: ANN202
+    """A 2:4-sparse 64 x 64 A and a 64 x 8 B of small integers (exact in e4m3 and fp32), A's
+    compressed values and metadata in the registers of a warpgroup's 128 threads as the PTX ISA
+    and CUTLASS lay out wgmma.sp m64n8k64 e4m3 (thread t: warp w = t / 32, g = lane / 4,
+    q = lane % 4): register r, byte j: row 16w + g + 8 (r % 2), compressed column
+    16 (r / 2) + 4q + j; metadata (selector 0, every thread): row 16w + g + 8 (q % 2), the 8
+    groups from 8 (q / 2), one nibble each (i0 | i1 << 2). meta_by_quad_half=False: the other
+    reading (row by q / 2, groups by q % 2). Returns the registers, metadata, B^T [8, 64] e4m3
+    and the expected D [128 threads, 4] (d_i: row 16w + g + 8 (i / 2), column 2q + i % 2)."""
+    from harness.engine.quant.fp8 import prune_2_of_4
+
+    gen = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, (64, 64), generator=gen) * 2 - 1
+    a = prune_2_of_4((torch.randint(1, 8, (64, 64), generator=gen) * sign).float())
+    b = torch.randint(-4, 5, (64, 8), generator=gen).float()
+    groups = a.view(64, 16, 4)
+    kept = (groups != 0).nonzero()[:, 2].view(64, 16, 2)  # positions i0 < i1 of each group
+    vals = groups.gather(-1, kept).view(64, 32)
+    nibble = kept[..., 0] | kept[..., 1] << 2  # [64, 16]
+    t = torch.arange(128)
+    base, q = 16 * (t // 32) + t % 32 // 4, t % 4
+    r, j = torch.arange(4), torch.arange(4)
+    rows = (base[:, None] + 8 * (r % 2)[None, :])[:, :, None].expand(128, 4, 4)
+    cols = 16 * (r // 2)[None, :, None] + 4 * q[:, None, None] + j[None, None, :]
+    a_bytes = vals[rows, cols].to(torch.float8_e4m3fn).view(torch.uint8).contiguous()
+    a_regs = a_bytes.view(torch.int32).view(128, 4)  # byte 0 the lowest
+    meta_row = base + 8 * (q % 2 if meta_by_quad_half else q // 2)
+    first = 8 * (q // 2 if meta_by_quad_half else q % 2)
+    c = torch.arange(8)
+    words = (nibble[meta_row[:, None], first[:, None] + c[None, :]] << (4 * c)).sum(-1)
+    meta = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    i = torch.arange(4)
+    d_rows = base[:, None] + 8 * (i // 2)[None, :]
+    d_cols = 2 * q[:, None] + (i % 2)[None, :]
+    b_t = b.t().contiguous().to(torch.float8_e4m3fn).view(torch.uint8)
+    return a_regs, meta, b_t, (a @ b)[d_rows, d_cols]
+
+
+def _wgmma_probe(meta_by_quad_half: bool = True) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    from harness.engine.kernels.sparse24_mma import module
+
+    a_regs, meta, b_t, expected = _wgmma_operands(meta_by_quad_half)
+    d = torch.full((128, 4), float("nan"), device="cuda")
+    dev = [x.cuda().contiguous() for x in (a_regs, meta, b_t)]
+    module().launch("wgmma_sp_e4m3_probe", (1, 1, 1), 128, *dev, d)
+    torch.cuda.synchronize()
+    return torch.equal(d.cpu(), expected), d.cpu(), expected
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="wgmma is Hopper's (sm_90a)",
+)
+def test_one_wgmma_sp_e4m3_reads_the_registers_as_laid_out() -> None:
+    """FP8 at the sparse tensor cores' own rate (target 2's route): one wgmma.mma_async.sp
+    m64n8k64 e4m3 on registers laid out as _wgmma_operands says gives the dense product."""
+    ok, d, expected = _wgmma_probe()
+    if not ok:
+        other, _, _ = _wgmma_probe(meta_by_quad_half=False)
+        same_values = torch.equal(d.flatten().sort().values, expected.flatten().sort().values)
+        pytest.fail(
+            f"wgmma.sp disagrees with the assumed layouts: largest error "
+            f"{(d - expected).abs().max().item()}, {int((d != expected).sum())} of 512 wrong; "
+            f"the same values permuted: {same_values}; the other metadata reading "
+            f"{'matches' if other else 'fails too'}"
         )
 
 

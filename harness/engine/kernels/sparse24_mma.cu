@@ -338,6 +338,54 @@ extern "C" __global__ void mma_sp_f16_probe(const uint32_t* a, const uint32_t* b
   for (int i = 0; i < 4; ++i) d[lane * 4 + i] = c[i];
 }
 
+// One warpgroup (128 threads), one wgmma.mma_async.sp m64n8k64 e4m3 (sm_90a only: the FP8
+// sparse rate is wgmma's): a [128 threads][4] registers of the compressed 64 x 32 A, meta [128]
+// their metadata words (selector 0: every thread's), b [8 tokens][64 inputs] e4m3 (K-major),
+// put in shared memory as 16-byte core matrices (8 tokens x 16 inputs, 128 bytes) back to back
+// along K; d [128][4] fp32. The GPU test checks the layouts a future kernel would assume.
+__device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t lbo, uint32_t sbo) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) |
+         static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16 |
+         static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32;  // no swizzle, base offset 0
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    wgmma_sp_e4m3_probe(const uint32_t* a, const uint32_t* meta, const uint8_t* b, float* d) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ __align__(128) uint8_t bs[8 * 64];
+  const int t = threadIdx.x;
+  for (int i = t; i < 8 * 64; i += 128) {
+    const int n = i / 64, k = i % 64;
+    bs[128 * (k / 16) + 16 * n + k % 16] = b[i];
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // stores -> wgmma's proxy
+  __syncthreads();
+  const uint32_t a0 = a[4 * t], a1 = a[4 * t + 1], a2 = a[4 * t + 2], a3 = a[4 * t + 3];
+  const uint32_t e = meta[t];
+  // LBO (between core matrices along K) 128 bytes; SBO (between 8-token groups) unused at n8:
+  // 128 too, so a swapped reading of the two gives the same layout.
+  const uint64_t desc = smem_descriptor(bs, 128, 128);
+  float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sp.sync.aligned.m64n8k64.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, %9, 0, p, 1, 1;\n}\n"
+      : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(e), "r"(0)
+      : "memory");
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  d[4 * t] = c0;
+  d[4 * t + 1] = c1;
+  d[4 * t + 2] = c2;
+  d[4 * t + 3] = c3;
+#else
+  __trap();  // built for a GPU without wgmma
+#endif
+}
+
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.
 extern "C" __global__ void e4m3x2_probe(const uint32_t* in, uint32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
