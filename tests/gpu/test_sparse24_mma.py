@@ -83,41 +83,34 @@ def test_one_mma_sp_reads_the_registers_as_packed(selector: int) -> None:
 
 
 def _wgmma_operands(meta_by_quad_half: bool = True, seed: int = 0):  # noqa: ANN202
-    """A 2:4-sparse 64 x 64 A and a 64 x 8 B of small integers (exact in e4m3 and fp32), A's
-    compressed values and metadata in the registers of a warpgroup's 128 threads as the PTX ISA
-    and CUTLASS lay out wgmma.sp m64n8k64 e4m3 (thread t: warp w = t / 32, g = lane / 4,
-    q = lane % 4): register r, byte j: row 16w + g + 8 (r % 2), compressed column
-    16 (r / 2) + 4q + j; metadata (selector 0, every thread): row 16w + g + 8 (q % 2), the 8
-    groups from 8 (q / 2), one nibble each (i0 | i1 << 2). meta_by_quad_half=False: the other
-    reading (row by q / 2, groups by q % 2). Returns the registers, metadata, B^T [8, 64] e4m3
-    and the expected D [128 threads, 4] (d_i: row 16w + g + 8 (i / 2), column 2q + i % 2)."""
+    """A 2:4-sparse 64 x 64 A and a 64 x 8 B of small integers (exact in e4m3 and fp32), A
+    packed by pack_for_mma with warpgroup_tables (one tile: 128 threads' registers and
+    metadata words); B^T [8, 64] e4m3; the expected D [128 threads, 4] (thread t = 32 w +
+    4 g + q, d_i: row 16 w + g + 8 (i // 2), column 2 q + i % 2). meta_by_quad_half=False:
+    the other reading of the metadata's rows and groups (row by q // 2, groups by q % 2)."""
+    from harness.engine.kernels.sparse24_mma import pack_for_mma, warpgroup_tables
     from harness.engine.quant.fp8 import prune_2_of_4
+    from harness.engine.quant.sparse24 import compress_24
 
     gen = torch.Generator().manual_seed(seed)
     sign = torch.randint(0, 2, (64, 64), generator=gen) * 2 - 1
     a = prune_2_of_4((torch.randint(1, 8, (64, 64), generator=gen) * sign).float())
     b = torch.randint(-4, 5, (64, 8), generator=gen).float()
-    groups = a.view(64, 16, 4)
-    kept = (groups != 0).nonzero()[:, 2].view(64, 16, 2)  # positions i0 < i1 of each group
-    vals = groups.gather(-1, kept).view(64, 32)
-    nibble = kept[..., 0] | kept[..., 1] << 2  # [64, 16]
+    tables = warpgroup_tables()
+    if not meta_by_quad_half:
+        t = torch.arange(128)
+        base, q = 16 * (t // 32) + t % 32 // 4, t % 4
+        meta_row = (base + 8 * (q // 2))[:, None].expand(128, 8)
+        meta_group = (8 * (q % 2))[:, None] + torch.arange(8)[None, :]
+        tables = (*tables[:2], meta_row, meta_group)
+    packed_v, packed_m = pack_for_mma(*compress_24(a.to(torch.float8_e4m3fn)), tables)
     t = torch.arange(128)
-    base, q = 16 * (t // 32) + t % 32 // 4, t % 4
-    r, j = torch.arange(4), torch.arange(4)
-    rows = (base[:, None] + 8 * (r % 2)[None, :])[:, :, None].expand(128, 4, 4)
-    cols = 16 * (r // 2)[None, :, None] + 4 * q[:, None, None] + j[None, None, :]
-    a_bytes = vals[rows, cols].to(torch.float8_e4m3fn).view(torch.uint8).contiguous()
-    a_regs = a_bytes.view(torch.int32).view(128, 4)  # byte 0 the lowest
-    meta_row = base + 8 * (q % 2 if meta_by_quad_half else q // 2)
-    first = 8 * (q // 2 if meta_by_quad_half else q % 2)
-    c = torch.arange(8)
-    words = (nibble[meta_row[:, None], first[:, None] + c[None, :]] << (4 * c)).sum(-1)
-    meta = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    i = torch.arange(4)
+    base, q, i = 16 * (t // 32) + t % 32 // 4, t % 4, torch.arange(4)
     d_rows = base[:, None] + 8 * (i // 2)[None, :]
     d_cols = 2 * q[:, None] + (i % 2)[None, :]
     b_t = b.t().contiguous().to(torch.float8_e4m3fn).view(torch.uint8)
-    return a_regs, meta, b_t, (a @ b)[d_rows, d_cols]
+    a_regs = packed_v.view(128, 16).view(torch.int32)
+    return a_regs, packed_m.view(128), b_t, (a @ b)[d_rows, d_cols]
 
 
 def _wgmma_probe(meta_by_quad_half: bool = True) -> tuple[bool, torch.Tensor, torch.Tensor]:

@@ -52,10 +52,13 @@ FORMS = (
     ("sparse24_mma_gemm_t64", 64, 2),
 )
 ROW_TILES_PER_CHUNK = 256  # pack this many row tiles at a time (bounded temporaries)
+# Where each packed byte and nibble of a tile comes from: value_row, value_col [threads, 16];
+# meta_row, meta_group [threads, 8].
+Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @functools.cache
-def lane_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def lane_tables() -> Tables:
     """Where each packed byte and nibble of a tile comes from (see the module's docstring):
     value_row, value_col [32 lanes, 16 bytes]: the tile's row (0-15) and compressed column
     (0-31); meta_row, meta_group [32 lanes, 8 nibbles]: the row and group (0-15)."""
@@ -79,68 +82,101 @@ def lane_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
     return value_row, value_col, meta_row, meta_group
 
 
-def _tiles(a: torch.Tensor, width: int) -> torch.Tensor:
-    """[R*16, S*width] -> [R, S, 16 * width]: each 16-row x width tile's elements, row-major."""
+@functools.cache
+def warpgroup_tables() -> Tables:
+    """lane_tables for wgmma.mma_async.sp m64nNk64 e4m3 (sparse24_wgmma_gemm): a tile of 64
+    rows x 64 inputs over a warpgroup's 128 threads, thread t = 32 w + 4 g + q holding 16
+    value bytes (register r, byte j: row 16 w + g + 8 (r % 2), compressed column
+    16 (r // 2) + 4 q + j) and one metadata word (selector 0: nibble c is row 16 w + g +
+    8 (q % 2), group 8 (q // 2) + c), as the PTX ISA and CUTLASS lay them out."""
+    value_row = torch.empty(128, 16, dtype=torch.long)
+    value_col = torch.empty(128, 16, dtype=torch.long)
+    meta_row = torch.empty(128, 8, dtype=torch.long)
+    meta_group = torch.empty(128, 8, dtype=torch.long)
+    for thread in range(128):
+        w, lane = divmod(thread, 32)
+        g, q = divmod(lane, 4)
+        for r in range(4):
+            for j in range(4):
+                value_row[thread, 4 * r + j] = 16 * w + g + 8 * (r % 2)
+                value_col[thread, 4 * r + j] = 16 * (r // 2) + 4 * q + j
+        for c in range(8):
+            meta_row[thread, c] = 16 * w + g + 8 * (q % 2)
+            meta_group[thread, c] = 8 * (q // 2) + c
+    return value_row, value_col, meta_row, meta_group
+
+
+def _tiles(a: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """[R*rows, S*width] -> [R, S, rows * width]: each rows x width tile's elements."""
     n, cols = a.shape
     return (
-        a.view(n // TILE_ROWS, TILE_ROWS, cols // width, width)
+        a.view(n // rows, rows, cols // width, width)
         .permute(0, 2, 1, 3)
-        .reshape(n // TILE_ROWS, cols // width, TILE_ROWS * width)
+        .reshape(n // rows, cols // width, rows * width)
     )
 
 
-def fits_tiles(n: int, k: int) -> bool:
-    """Whether an [n, k] weight cuts into the kernel's 16 x 64 tiles."""
-    return n % TILE_ROWS == 0 and k % TILE_INPUTS == 0
+def fits_tiles(n: int, k: int, rows: int = TILE_ROWS) -> bool:
+    """Whether an [n, k] weight cuts into the kernel's rows x 64 tiles."""
+    return n % rows == 0 and k % TILE_INPUTS == 0
 
 
-def _check_shape(n: int, k: int) -> None:
-    if not fits_tiles(n, k):
+def _check_shape(n: int, k: int, rows: int) -> None:
+    if not fits_tiles(n, k, rows):
         raise ValueError(
-            f"the sparse-MMA kernel needs out_features % {TILE_ROWS} == 0 and in_features % "
+            f"the sparse-MMA kernel needs out_features % {rows} == 0 and in_features % "
             f"{TILE_INPUTS} == 0; got [{n}, {k}]: use the Triton 2:4 kernel for this layer"
         )
 
 
-def pack_for_mma(values: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values [N, K/2] e4m3, meta [N, K/8] uint8) -> (packed values [N/16, K/64, 32, 16]
-    uint8, packed meta [N/16, K/64, 32] int32), on the tensors' device."""
+def pack_for_mma(
+    values: torch.Tensor, meta: torch.Tensor, tables: Tables | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [N, K/2] e4m3, meta [N, K/8] uint8) -> (packed values [N/R, K/64, L, 16]
+    uint8, packed meta [N/R, K/64, L] int32), on the tensors' device, for tables' L threads
+    and tiles of R rows (lane_tables: a warp, 16 rows; warpgroup_tables: 128, 64)."""
+    value_row, value_col, meta_row, meta_group = (
+        x.to(values.device) for x in (tables or lane_tables())
+    )
+    threads, tile_rows = value_row.shape[0], int(value_row.max()) + 1
     n, k = values.shape[0], values.shape[1] * 2
-    _check_shape(n, k)
-    value_row, value_col, meta_row, meta_group = (x.to(values.device) for x in lane_tables())
-    value_index = (value_row * 32 + value_col).view(-1)  # into a tile's 16 x 32 values
-    meta_index = (meta_row * 16 + meta_group).view(-1)  # into a tile's 16 x 16 nibbles
+    _check_shape(n, k, tile_rows)
+    value_index = (value_row * 32 + value_col).view(-1)  # into a tile's R x 32 values
+    meta_index = (meta_row * 16 + meta_group).view(-1)  # into a tile's R x 16 nibbles
     weights = torch.tensor([1, 16], dtype=torch.uint8, device=values.device)
-    packed_v = torch.empty(n // 16, k // 64, 32, 16, dtype=torch.uint8, device=values.device)
-    packed_m = torch.empty(n // 16, k // 64, 32, 4, dtype=torch.uint8, device=values.device)
-    rows = ROW_TILES_PER_CHUNK * TILE_ROWS
+    shape = (n // tile_rows, k // 64, threads)
+    packed_v = torch.empty(*shape, 16, dtype=torch.uint8, device=values.device)
+    packed_m = torch.empty(*shape, 4, dtype=torch.uint8, device=values.device)
+    rows = ROW_TILES_PER_CHUNK * tile_rows
     for r0 in range(0, n, rows):
-        v = _tiles(values[r0 : r0 + rows].view(torch.uint8), 32)
-        packed_v[r0 // 16 : (r0 + rows) // 16] = v[..., value_index].view(*v.shape[:2], 32, 16)
+        tiles = slice(r0 // tile_rows, (r0 + rows) // tile_rows)
+        v = _tiles(values[r0 : r0 + rows].view(torch.uint8), tile_rows, 32)
+        packed_v[tiles] = v[..., value_index].view(*v.shape[:2], threads, 16)
         m = meta[r0 : r0 + rows]
         nibbles = torch.stack((m & 15, m >> 4), dim=-1).view(m.shape[0], -1)  # [rows, K/4]
-        nib = _tiles(nibbles, 16)[..., meta_index].view(*v.shape[:2], 32, 4, 2)
-        packed_m[r0 // 16 : (r0 + rows) // 16] = (nib * weights).sum(-1, dtype=torch.uint8)
+        nib = _tiles(nibbles, tile_rows, 16)[..., meta_index].view(*v.shape[:2], threads, 4, 2)
+        packed_m[tiles] = (nib * weights).sum(-1, dtype=torch.uint8)
     return packed_v, packed_m.view(torch.int32).squeeze(-1)
 
 
 def unpack_from_mma(
-    packed_v: torch.Tensor, packed_m: torch.Tensor
+    packed_v: torch.Tensor, packed_m: torch.Tensor, tables: Tables | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverse of pack_for_mma, read lane by lane through lane_tables (for tests)."""
-    rt, steps = packed_v.shape[:2]
-    value_row, value_col, meta_row, meta_group = lane_tables()
-    values = torch.empty(rt * 16, steps * 32, dtype=torch.uint8)
-    nibbles = torch.empty(rt * 16, steps * 16, dtype=torch.uint8)
-    mbytes = packed_m.cpu().unsqueeze(-1).view(torch.uint8).view(rt, steps, 32, 4)
+    """The inverse of pack_for_mma, read thread by thread through the tables (for tests)."""
+    value_row, value_col, meta_row, meta_group = tables or lane_tables()
+    rt, steps, threads = packed_v.shape[:3]
+    tile_rows = int(value_row.max()) + 1
+    values = torch.empty(rt * tile_rows, steps * 32, dtype=torch.uint8)
+    nibbles = torch.empty(rt * tile_rows, steps * 16, dtype=torch.uint8)
+    mbytes = packed_m.cpu().unsqueeze(-1).view(torch.uint8).view(rt, steps, threads, 4)
     pv = packed_v.cpu()
-    for lane in range(32):
+    for lane in range(threads):
         for b in range(16):
-            rows = torch.arange(rt)[:, None] * 16 + value_row[lane, b]
+            rows = torch.arange(rt)[:, None] * tile_rows + value_row[lane, b]
             cols = torch.arange(steps)[None, :] * 32 + value_col[lane, b]
             values[rows, cols] = pv[:, :, lane, b]
         for i in range(8):
-            rows = torch.arange(rt)[:, None] * 16 + meta_row[lane, i]
+            rows = torch.arange(rt)[:, None] * tile_rows + meta_row[lane, i]
             cols = torch.arange(steps)[None, :] * 16 + meta_group[lane, i]
             nibbles[rows, cols] = mbytes[:, :, lane, i // 2] >> (4 * (i % 2)) & 15
     meta = nibbles[:, 0::2] | nibbles[:, 1::2] << 4
