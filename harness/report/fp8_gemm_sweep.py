@@ -12,9 +12,10 @@ may not share), alone and with the per-token and per-channel scales applied afte
 Each time is a CUDA-graph replay of the call, as the engine runs its steps (--eager: calls
 from the host, launch time included; sessions before the twenty-second timed eagerly).
 
-With --sparse --mma, the sparse-MMA kernel (kernels/sparse24_mma.cu) beside them: the GEMM
+With --sparse --mma, the sparse-MMA kernels (kernels/sparse24_mma.cu) beside them: the GEMM
 alone on f16 activations, and the whole linear on the Triton kernel's input (e4m3 activations
-and their scales: to f16, the GEMM, the K splits' sums, the scales applied).
+and their scales: to f16, the GEMM, the K splits' sums, the scales applied); on Hopper also
+the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input.
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
 """
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         pack_for_mma,
         sparse24_mma_gemm,
         sparse24_mma_linear,
+        warpgroup_tables,
     )
+    from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
     from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm, unscaled_mm
     from harness.engine.quant.sparse24 import STORED_BYTES_PER_WEIGHT, compress_24
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=parse_config, action="append", default=[], help=config_help)
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
-    weights, compressed, packed = {}, {}, {}
+    weights, compressed, packed, packed_wg = {}, {}, {}, {}
+    wgmma = a.mma and torch.cuda.get_device_capability() == (9, 0)  # Hopper's sm_90a
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         w, s = quantize_per_channel(prune_2_of_4(w) if a.sparse else w)
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             compressed[name] = compress_24(w)
             if a.mma:
                 packed[name] = pack_for_mma(*compressed[name])
+                if wgmma:
+                    packed_wg[name] = pack_for_mma(*compressed[name], warpgroup_tables())
     scratch = torch.empty(max(n * k for n, k in shapes.values()), dtype=torch.float8_e4m3fn,
                           device="cuda") if a.sparse else None  # fmt: skip
     layer_bytes = sum(n * k for n, k in shapes.values())
@@ -184,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def mma_gemm_alone(name: str, xq, xsc):  # noqa: ANN001, ANN202
         return sparse24_mma_gemm(x16[name], *packed[name])
+
+    def wgmma_linear(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        return sparse24_wgmma_gemm(xq, xsc, *packed_wg[name], weights[name][1])
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]
@@ -245,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fp8_gemm]   sparse MMA {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
                   f"({total / t:.2f}x cuBLAS); the linear on e4m3 X {t_linear:.3f} ms "
                   f"({total / t_linear:.2f}x); largest error {err:.1e} of the output's range",
+                  flush=True)  # fmt: skip
+        if wgmma:  # FP8 at the sparse tensor cores' rate (sm_90a)
+            t, err = sum(shape_ms(wgmma_linear).values()), largest_error(wgmma_linear)
+            print(f"[fp8_gemm]   sparse wgmma {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
+                  f"({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range",
                   flush=True)  # fmt: skip
         results = []
         current = config_for(m, a.sparse)

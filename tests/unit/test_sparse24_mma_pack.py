@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.engine.kernels import sparse24_mma
+from harness.engine.kernels import sparse24_mma, sparse24_wgmma
 from harness.engine.kernels.sparse24_mma import (
     form_for,
     lane_tables,
     pack_for_mma,
     splits_for,
     unpack_from_mma,
+    warpgroup_tables,
 )
 from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
 from harness.engine.quant.sparse24 import compress_24
@@ -94,6 +95,39 @@ def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):
     cubin = sparse24_mma.build("sm_90a")
     assert cubin.parent == tmp_path and cubin.stat().st_size > 0
     image = cubin.read_bytes()
-    assert all(name.encode() in image for name, _, _ in sparse24_mma.FORMS)
+    forms = sparse24_mma.FORMS + sparse24_wgmma.FORMS
+    assert all(name.encode() in image for name, _, _ in forms)
     assert b"mma_sp_f16_probe" in image
     assert sparse24_mma.build("sm_90a") == cubin  # cached: the same file, not rebuilt
+
+
+def test_warpgroup_threads_hold_each_value_and_position_of_a_64_row_tile_once():
+    value_row, value_col, meta_row, meta_group = warpgroup_tables()
+    values = set(zip(value_row.view(-1).tolist(), value_col.view(-1).tolist(), strict=True))
+    nibbles = set(zip(meta_row.view(-1).tolist(), meta_group.view(-1).tolist(), strict=True))
+    assert values == {(r, c) for r in range(64) for c in range(32)}
+    assert nibbles == {(r, q) for r in range(64) for q in range(16)}
+    # thread 32 w + 4 g + q = 32 + 4 * 3 + 2: register 2 (byte 8) row 16 + 3, columns 16 + 8
+    assert value_row[46, 8].item() == 19 and value_col[46, 8:12].tolist() == [24, 25, 26, 27]
+    assert meta_row[46].tolist() == [19] * 8 and meta_group[46].tolist() == list(range(8, 16))
+
+
+def test_warpgroup_pack_round_trip(monkeypatch):
+    monkeypatch.setattr(sparse24_mma, "ROW_TILES_PER_CHUNK", 1)  # 128 rows: two chunks
+    torch.manual_seed(1)
+    w, _ = quantize_per_channel(prune_2_of_4(torch.randn(128, 128)))
+    values, meta = compress_24(w)
+    packed_v, packed_m = pack_for_mma(values, meta, warpgroup_tables())
+    assert packed_v.shape == (2, 2, 128, 16) and packed_m.shape == (2, 2, 128)
+    back_v, back_m = unpack_from_mma(packed_v, packed_m, warpgroup_tables())
+    assert torch.equal(back_v.view(torch.uint8), values.view(torch.uint8))
+    assert torch.equal(back_m, meta)
+    with pytest.raises(ValueError, match=r"out_features % 64 == 0.*\[48, 128\]"):
+        pack_for_mma(values[:48], meta[:48], warpgroup_tables())
+
+
+def test_wgmma_splits_fill_the_gpu_in_whole_depths():
+    assert sparse24_wgmma.form_for(64)[1] == 64 and sparse24_wgmma.form_for(65)[1] == 128
+    assert sparse24_wgmma.splits_for(8192, 8192, 1, 132) == 5  # 128 blocks: 5 for 528
+    assert sparse24_wgmma.splits_for(57344, 8192, 512, 132) == 1  # 896 x 4 blocks
+    assert sparse24_wgmma.splits_for(64, 128, 1, 132) == 1  # two steps, depth 4: one split

@@ -388,6 +388,156 @@ extern "C" __global__ void __launch_bounds__(128)
 #endif
 }
 
+// One wgmma.mma_async.sp m64n64k64 e4m3, d[32] = A . B (scale-d 0: the tensor cores' FP8
+// accumulation keeps too few bits over a whole K, so the caller adds each step's product into
+// its own fp32 sums): A's compressed values in four registers and its metadata word (selector
+// 0), B by its shared-memory descriptor.
+__device__ __forceinline__ void wgmma_sp_m64n64k64(float (&d)[32], const uint4& a, uint32_t meta,
+                                                   uint64_t desc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "wgmma.mma_async.sp.sync.aligned.m64n64k64.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, %37, 0, 0, 1, 1;\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]),
+        "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]),
+        "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]),
+        "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
+        "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]),
+        "=f"(d[30]), "=f"(d[31])
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(meta)
+      : "memory");
+#endif
+}
+
+// 2:4-sparse FP8 weights at FP8's sparse tensor-core rate (sm_90a): out[T, N] = X[T, K] .
+// W[N, K]^T, X e4m3 (a fused norm's or a per-token quantization's output) times x_scale[T] and
+// w_scale[N]. One warpgroup a block, 64 output rows (A from registers, packed by pack_for_mma
+// with warpgroup_tables: each thread's 16 bytes and metadata word a 64-input step), kSub x 64
+// tokens (B from shared memory: 16-byte core matrices of 8 tokens x 16 inputs, the K step
+// between them 1,024 bytes, the 8-token step 128), kDepth steps of A and X in flight (X by
+// cp.async into a ring of kDepth buffers). K splits as in the mma.sp kernel (partials summed
+// by sparse24_mma_reduce). T % 1 any, N % 64 == 0, K % 64 == 0, X rows 16-byte aligned.
+template <int kSub, int kDepth>
+__device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
+                                           const uint32_t* __restrict__ w_meta,
+                                           const uint8_t* __restrict__ x,
+                                           const float* __restrict__ x_scale,
+                                           const float* __restrict__ w_scale, void* out,
+                                           int out_kind, int T, int N, int K, int ldx,
+                                           int steps_per_split) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kSubBytes = 64 * 64;          // one 64-token sub-tile of one step
+  constexpr int kBufBytes = kSub * kSubBytes;  // one step's X
+  __shared__ __align__(128) uint8_t xs[kDepth][kBufBytes];
+  const int t = threadIdx.x, w = t / 32, g = t % 32 / 4, q = t % 4;
+  const int tile = blockIdx.y;  // 64 output rows
+  const int tok0 = blockIdx.x * kSub * 64;
+  const int ksteps = K / 64;
+  const int step0 = blockIdx.z * steps_per_split;
+  const int nsteps = min(step0 + steps_per_split, ksteps) - step0;
+  if (nsteps <= 0) return;  // uniform over the block
+
+  auto load_x = [&](int s, int buf) {  // step s's X -> xs[buf], one commit group
+    if (s < nsteps) {
+      const int k0 = (step0 + s) * 64;
+      for (int c = t; c < kSub * 64 * 4; c += 128) {  // (token, 16-input chunk)
+        const int n = c / 4, kc = c % 4, sub = n / 64, nn = n % 64;
+        const bool valid = tok0 + n < T;
+        const uint8_t* src = valid ? x + static_cast<int64_t>(tok0 + n) * ldx + k0 + kc * 16 : x;
+        cp_async16(&xs[buf][sub * kSubBytes + kc * 1024 + nn / 8 * 128 + nn % 8 * 16], src,
+                   valid);
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  const int64_t base = static_cast<int64_t>(tile) * ksteps * 128 + t;
+  uint4 v[kDepth];
+  uint32_t m[kDepth];
+  auto load_a = [&](int s, uint4& vv, uint32_t& mm) {
+    if (s < nsteps) {
+      vv = w_vals[base + static_cast<int64_t>(step0 + s) * 128];
+      mm = w_meta[base + static_cast<int64_t>(step0 + s) * 128];
+    }
+  };
+
+  float acc[kSub][32];
+#pragma unroll
+  for (int sub = 0; sub < kSub; ++sub) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[sub][i] = 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < kDepth; ++j) {
+    load_x(j, j);
+    load_a(j, v[j], m[j]);
+  }
+  for (int s0 = 0; s0 < nsteps; s0 += kDepth) {
+#pragma unroll
+    for (int j = 0; j < kDepth; ++j) {
+      const int s = s0 + j;
+      if (s >= nsteps) break;  // uniform
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(kDepth - 1));  // step s's X is in
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+#pragma unroll
+      for (int sub = 0; sub < kSub; ++sub) {
+        float part[32];
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        wgmma_sp_m64n64k64(part, v[j], m[j], smem_descriptor(&xs[j][sub * kSubBytes], 1024, 128));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < 32; ++i) acc[sub][i] += part[i];
+      }
+      __syncthreads();  // xs[j] read: refill it
+      load_x(s + kDepth, j);
+      load_a(s + kDepth, v[j], m[j]);
+    }
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::);
+
+  // D fragment: d_i at row 16w + g + 8 ((i / 2) % 2), token 8 (i / 4) + 2q + i % 2.
+  const bool summed = gridDim.z > 1;
+#pragma unroll
+  for (int sub = 0; sub < kSub; ++sub) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int r = tile * 64 + 16 * w + g + 8 * ((i / 2) % 2);
+      const int tk = tok0 + sub * 64 + 8 * (i / 4) + 2 * q + i % 2;
+      if (tk >= T) continue;
+      const int64_t at = static_cast<int64_t>(tk) * N + r;
+      if (summed) {
+        static_cast<float*>(out)[blockIdx.z * static_cast<int64_t>(T) * N + at] = acc[sub][i];
+      } else {
+        store(out, out_kind, at, acc[sub][i] * x_scale[tk] * w_scale[r]);
+      }
+    }
+  }
+#else
+  __trap();  // built for a GPU without wgmma
+#endif
+}
+
+// Up to 64 tokens: 4 steps in flight (the weights' streaming is all); more: 128 tokens a
+// block (each weight tile read once for them), 2 steps.
+extern "C" __global__ void __launch_bounds__(128)
+    sparse24_wgmma_gemm_s1(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x,
+                           const float* x_scale, const float* w_scale, void* out, int out_kind,
+                           int T, int N, int K, int ldx, int steps_per_split) {
+  wgmma_gemm<1, 4>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx,
+                   steps_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    sparse24_wgmma_gemm_s2(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x,
+                           const float* x_scale, const float* w_scale, void* out, int out_kind,
+                           int T, int N, int K, int ldx, int steps_per_split) {
+  wgmma_gemm<2, 2>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx,
+                   steps_per_split);
+}
+
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.
 extern "C" __global__ void e4m3x2_probe(const uint32_t* in, uint32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -1,0 +1,72 @@
+"""Compressed 2:4 FP8 weights at FP8's sparse tensor-core rate on Hopper (sm_90a):
+sparse24_mma.cu's `sparse24_wgmma_gemm_*` (wgmma.mma_async.sp m64n64k64 e4m3) and its launch
+(experimental: measured by `fp8_gemm_sweep --sparse --mma`, not yet in the engine).
+
+The weights are packed by `pack_for_mma(values, meta, warpgroup_tables())` (64-row tiles, a
+warpgroup's 128 threads a tile); the activations are e4m3 with a scale a token, as the Triton
+2:4 kernel takes them. Warp-level mma.sp cannot reach this rate on sm_90: its FP8 form runs as
+f16 (see sparse24_mma.cu)."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.engine.kernels.sparse24_mma import OUT_KINDS, TILE_INPUTS, module
+
+TILE_ROWS = 64  # output rows a block (one warpgroup)
+# (name, tokens a block, steps in flight): the first whose tokens cover T, else the last
+FORMS = (("sparse24_wgmma_gemm_s1", 64, 4), ("sparse24_wgmma_gemm_s2", 128, 2))
+BLOCKS_PER_SM = 4  # K splits until this many blocks an SM (loads in flight at few tokens)
+
+
+def form_for(tokens: int) -> tuple[str, int, int]:
+    return next((f for f in FORMS if tokens <= f[1]), FORMS[-1])
+
+
+def splits_for(n: int, k: int, tokens: int, sms: int) -> int:
+    """K splits for BLOCKS_PER_SM blocks an SM, each a whole number of the form's depth."""
+    _, block_tokens, depth = form_for(tokens)
+    blocks = n // TILE_ROWS * -(-tokens // block_tokens)
+    steps = k // TILE_INPUTS
+    return max(1, min(-(-steps // depth), -(-BLOCKS_PER_SM * sms // blocks)))
+
+
+def sparse24_wgmma_gemm(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    packed_v: torch.Tensor,
+    packed_m: torch.Tensor,
+    w_scale: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """xq [T, K] e4m3 (rows 16-byte aligned) times x_scale [T] (or [T, 1]) . (W * w_scale)^T,
+    W packed with warpgroup_tables -> [T, N] out_dtype (fp32, bf16 or f16)."""
+    t, k = xq.shape
+    n = packed_v.shape[0] * TILE_ROWS
+    if packed_v.shape[1:] != (k // TILE_INPUTS, 128, 16) or k % TILE_INPUTS:
+        raise ValueError(
+            f"packed weight {tuple(packed_v.shape)} is not for [N, {k}] in 64-row tiles"
+        )
+    if xq.dtype != torch.float8_e4m3fn or xq.stride(1) != 1 or xq.stride(0) % 16:
+        raise ValueError("xq must be e4m3 with unit stride and rows a multiple of 16 bytes")
+    xs = x_scale.reshape(t).float().contiguous()
+    ws = w_scale.reshape(n).float().contiguous()
+    name, block_tokens, _ = form_for(t)
+    sms = torch.cuda.get_device_properties(xq.device).multi_processor_count
+    steps = k // TILE_INPUTS
+    per_split = -(-steps // splits_for(n, k, t, sms))
+    splits = -(-steps // per_split)
+    mod = module(xq.device.index or 0)
+    out = torch.empty(t, n, dtype=out_dtype, device=xq.device)
+    sums = out if splits == 1 else torch.empty(splits, t, n, dtype=torch.float32, device=out.device)
+    grid = (-(-t // block_tokens), n // TILE_ROWS, splits)
+    mod.launch(
+        name, grid, 128, packed_v, packed_m, xq, xs, ws, sums, OUT_KINDS[out_dtype], t, n, k,
+        xq.stride(0), per_split,
+    )  # fmt: skip
+    if splits > 1:
+        mod.launch(
+            "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, sums, splits, xs, ws, out,
+            OUT_KINDS[out_dtype], t, n,
+        )  # fmt: skip
+    return out
