@@ -16,7 +16,9 @@ lane l = 4 * g + t of a warp gets 16 value bytes and one 32-bit metadata word:
 
 These layouts are the PTX ISA's for mma.sp (tests/gpu/test_sparse24_mma.py checks them
 against the hardware one register at a time, with `mma_sp_f16_probe`). `unpack_from_mma`
-reads the packed tiles back by the same rules; the unit tests check the round trip.
+reads the packed tiles back by the same rules; the unit tests check the round trip. With
+`warpgroup_tables`, the same two lay 64-row tiles over a warpgroup's 128 threads for the
+wgmma.sp kernel (sparse24_wgmma.py).
 
 The kernel is built with the CUDA compiler (nvcc) once per source and GPU, cached beside the
 CPU kernels (cpu_build.cache_dir()), and launched through the CUDA driver API on torch's
@@ -318,18 +320,39 @@ def sparse24_mma_gemm(
     stages = -(-k // (TILE_INPUTS * steps_per_stage))
     steps_per_split = -(-stages // splits) * steps_per_stage
     splits = -(-(k // TILE_INPUTS) // steps_per_split)
-    mod = module(x16.device.index or 0)
-    out = torch.empty(t, n, dtype=out_dtype, device=x16.device)
-    sums = out if splits == 1 else torch.empty(splits, t, n, dtype=torch.float32, device=out.device)
     grid = (-(-t // block_tokens), -(-n // BLOCK_ROWS), splits)
+    return launch_gemm(name, grid, 256, packed_v, packed_m, x16, xs, ws, n, out_dtype,
+                       steps_per_split)  # fmt: skip
+
+
+def launch_gemm(
+    name: str,
+    grid: tuple[int, int, int],
+    threads: int,
+    packed_v: torch.Tensor,
+    packed_m: torch.Tensor,
+    x: torch.Tensor,
+    xs: torch.Tensor,
+    ws: torch.Tensor,
+    n: int,
+    out_dtype: torch.dtype,
+    steps_per_split: int,
+) -> torch.Tensor:
+    """Run GEMM kernel `name` (the mma.sp or wgmma.sp forms share its arguments) over grid,
+    its z the K splits: one writes [T, n] out_dtype scaled; more write fp32 partial sums,
+    which sparse24_mma_reduce adds, scales and casts."""
+    t, k = x.shape
+    mod = module(x.device.index or 0)
+    out = torch.empty(t, n, dtype=out_dtype, device=x.device)
+    splits = grid[2]
+    sums = out if splits == 1 else torch.empty(splits, t, n, dtype=torch.float32, device=x.device)
     mod.launch(
-        name, grid, 256, packed_v, packed_m, x16, xs, ws, sums, OUT_KINDS[out_dtype], t, n, k,
-        x16.stride(0), steps_per_split,
+        name, grid, threads, packed_v, packed_m, x, xs, ws, sums, OUT_KINDS[out_dtype], t, n, k,
+        x.stride(0), steps_per_split,
     )  # fmt: skip
     if splits > 1:
-        blocks = -(-t * n // 256)
         mod.launch(
-            "sparse24_mma_reduce", (blocks, 1, 1), 256, sums, splits, xs, ws, out,
+            "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, sums, splits, xs, ws, out,
             OUT_KINDS[out_dtype], t, n,
         )  # fmt: skip
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.engine.kernels.sparse24_mma import OUT_KINDS, TILE_INPUTS, module
+from harness.engine.kernels.sparse24_mma import TILE_INPUTS, launch_gemm
 
 TILE_ROWS = 64  # output rows a block (one warpgroup)
 # (name, tokens a block, steps in flight): the first whose tokens cover T, else the last
@@ -47,8 +47,8 @@ def sparse24_wgmma_gemm(
         raise ValueError(
             f"packed weight {tuple(packed_v.shape)} is not for [N, {k}] in 64-row tiles"
         )
-    if xq.dtype != torch.float8_e4m3fn or xq.stride(1) != 1 or xq.stride(0) % 16:
-        raise ValueError("xq must be e4m3 with unit stride and rows a multiple of 16 bytes")
+    if xq.dtype != torch.float8_e4m3fn or xq.stride(1) != 1 or (xq.stride(0) | xq.data_ptr()) % 16:
+        raise ValueError("xq must be e4m3 with unit stride, its rows 16-byte aligned")
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
     name, block_tokens, _ = form_for(t)
@@ -56,17 +56,5 @@ def sparse24_wgmma_gemm(
     steps = k // TILE_INPUTS
     per_split = -(-steps // splits_for(n, k, t, sms))
     splits = -(-steps // per_split)
-    mod = module(xq.device.index or 0)
-    out = torch.empty(t, n, dtype=out_dtype, device=xq.device)
-    sums = out if splits == 1 else torch.empty(splits, t, n, dtype=torch.float32, device=out.device)
     grid = (-(-t // block_tokens), n // TILE_ROWS, splits)
-    mod.launch(
-        name, grid, 128, packed_v, packed_m, xq, xs, ws, sums, OUT_KINDS[out_dtype], t, n, k,
-        xq.stride(0), per_split,
-    )  # fmt: skip
-    if splits > 1:
-        mod.launch(
-            "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, sums, splits, xs, ws, out,
-            OUT_KINDS[out_dtype], t, n,
-        )  # fmt: skip
-    return out
+    return launch_gemm(name, grid, 128, packed_v, packed_m, xq, xs, ws, n, out_dtype, per_split)
