@@ -15,19 +15,23 @@
 // 512 + 128 contiguous bytes. X tiles go through shared memory (cp.async, double-buffered),
 // shared by the 8 warps of a block (128 output rows), and reach the B registers by ldmatrix.
 //
-// Two forms: _t16 (16 tokens a block, 4 steps of weights in flight a warp: T <= 16, where the
-// weights' streaming is all) and _t64 (64 tokens, 2 steps). Grid: (ceil(T / tokens),
-// ceil(N / 128), splits): the blocks of one weight tile's token blocks
-// are neighbours, so they run together and read it once from memory, then from L2. With one
-// split, each output is written once, times its token's and row's scales, as fp32, bf16 or
-// f16 (out_kind 0, 1, 2); with more, each block adds its share of K's 64-input steps into fp32
-// `out` (zeroed by the caller, who applies the scales after). N % 16 == 0, K % 64 == 0, X rows
-// 16-byte aligned.
+// Three forms: _t16 and _t32 (16 / 32 tokens a block, 4 steps of weights in flight a warp:
+// few tokens, where the weights' streaming is all) and _t64 (64 tokens, 2 steps). Grid:
+// (ceil(T / tokens), ceil(N / 128), splits): the blocks of one weight tile's token blocks are
+// neighbours, so they run together and read it once from memory, then from L2. With one split,
+// each output is written once, times its token's and row's scales, as fp32, bf16 or f16
+// (out_kind 0, 1, 2); with more, each split writes its fp32 partial sums, and
+// sparse24_mma_reduce adds, scales and casts them. sparse24_mma_x_to_f16 makes the f16 X (from
+// e4m3 or bf16). N % 16 == 0, K % 64 == 0, X rows 16-byte aligned.
 //
 // sparse24_mma_expand writes the packed weight back as the dense [N, K] e4m3 matrix (for
 // steps large enough for the dense GEMM); mma_sp_f16_probe runs one mma.sp on registers given
 // per lane: the GPU test checks the layouts pack_for_mma assumes against it (and
 // e4m3x2_probe the unpacking's byte order).
+//
+// At the end, for Hopper only (sm_90a; a trap elsewhere): sparse24_wgmma_gemm_s1 / _s2, the
+// same product with e4m3 X on wgmma.mma_async.sp, FP8 at the sparse tensor cores' own rate
+// (sparse24_wgmma.py), and wgmma_sp_e4m3_probe, one such instruction for the layout test.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
