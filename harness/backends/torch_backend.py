@@ -79,6 +79,7 @@ class TorchBackend:
             fp8_triton_max_rows=e.fp8_triton_max_rows,
             sparse_triton_max_rows=e.sparse_triton_max_rows,
             sparse_mma=e.sparse_mma,
+            sparse_wgmma=e.sparse_wgmma,
             fp8_dense_layers=e.fp8_dense_layers_applied(),
             dense_triton_max_rows=e.dense_triton_max_rows,
             cpu_attention_kernel=e.cpu_attention_kernel,

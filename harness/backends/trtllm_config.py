@@ -65,6 +65,7 @@ IGNORED_KNOBS = (
     "fp8_triton_max_rows",
     "sparse_triton_max_rows",
     "sparse_mma",
+    "sparse_wgmma",
     "dense_triton_max_rows",
     "cpu_attention_kernel",
     "cpu_gemm",

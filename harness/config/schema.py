@@ -134,6 +134,10 @@ class EngineConfig:
     # cuBLAS. On the H100 it beats the Triton kernel up to 16 rows (0.24 against 0.29 ms a 70B
     # layer at 1 row) and loses from 32 on: pair it with sparse_triton_max_rows: 16
     sparse_mma: bool = False
+    # CUDA Sparse on Hopper (sm_90a), experimental: every step on wgmma.mma_async.sp, FP8 at the
+    # sparse tensor cores' own rate (kernels/sparse24_wgmma.py, built with nvcc); not with
+    # sparse_mma
+    sparse_wgmma: bool = False
     # CUDA bf16 / fp16 linears (Dense models, every model's head): steps of up to this many
     # rows run the Triton GEMV (engine/kernels/gemv.py), larger ones cuBLAS; 0: cuBLAS always.
     # 1: at one row it beat cuBLAS on every 7B shape, 4.69 ms a step's linears against 5.18

@@ -62,6 +62,7 @@ class EngineArgs:
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
     sparse_mma: bool = False  # ... those steps on the sparse tensor cores (sparse24_mma.cu)
+    sparse_wgmma: bool = False  # CUDA Sparse, Hopper: every step on wgmma.sp (sparse24_wgmma.py)
     fp8_dense_layers: str = ""  # FP8 / Sparse: decoder layers kept dense, e.g. "0,-1"
     dense_triton_max_rows: int = 1  # CUDA bf16 / fp16 linears: Triton GEMV up to this many rows
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
@@ -94,10 +95,15 @@ def check_device(args: EngineArgs) -> None:
             f"embedding_on_host=true has the GPU read the embedding from pinned host memory; on "
             f"{device} the embedding is in host memory already: set embedding_on_host=false"
         )
-    if args.sparse_mma and (device.type != "cuda" or args.model_opt != "Sparse"):
-        raise NotImplementedError(
-            f"sparse_mma=true runs 2:4 weights on CUDA's sparse tensor cores; this engine is "
-            f"model_opt={args.model_opt} on {device}: set sparse_mma=false"
+    for knob in ("sparse_mma", "sparse_wgmma"):
+        if getattr(args, knob) and (device.type != "cuda" or args.model_opt != "Sparse"):
+            raise NotImplementedError(
+                f"{knob}=true runs 2:4 weights on CUDA's sparse tensor cores; this engine is "
+                f"model_opt={args.model_opt} on {device}: set {knob}=false"
+            )
+    if args.sparse_mma and args.sparse_wgmma:
+        raise ValueError(
+            "sparse_mma=true and sparse_wgmma=true pack the 2:4 weights two ways: set one false"
         )
     if device.type != "cuda":
         return
@@ -111,15 +117,21 @@ def check_device(args: EngineArgs) -> None:
             f"later: Ada, Hopper); {torch.cuda.get_device_name(device)} is {major}.{minor}: "
             "use model_opt=Dense and kv_cache_dtype=auto"
         )
-    if args.sparse_mma:  # its kernel is built now: no nvcc or a compile error shows before loading
+    if args.sparse_wgmma and (major, minor) != (9, 0):
+        raise NotImplementedError(
+            f"sparse_wgmma=true needs Hopper's wgmma (compute capability 9.0); "
+            f"{torch.cuda.get_device_name(device)} is {major}.{minor}: set sparse_wgmma=false"
+        )
+    knob = "sparse_mma" if args.sparse_mma else "sparse_wgmma" if args.sparse_wgmma else None
+    if knob:  # its kernel is built now: no nvcc or a compile error shows before loading
         from harness.engine.kernels.sparse24_mma import arch_for, build
 
         try:
             build(arch_for((major, minor)))
         except RuntimeError as e:
             raise RuntimeError(
-                f"sparse_mma=true needs its CUDA kernel, which did not build: {e}. Install the "
-                "CUDA compiler (or set NVCC / CUDA_HOME), or set sparse_mma=false"
+                f"{knob}=true needs its CUDA kernel, which did not build: {e}. Install the "
+                f"CUDA compiler (or set NVCC / CUDA_HOME), or set {knob}=false"
             ) from e
 
 
@@ -150,6 +162,7 @@ def build_runner(
         args.sparse_triton_max_rows,
         args.dense_triton_max_rows,
         args.sparse_mma,
+        args.sparse_wgmma,
     )
     logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
     if args.embedding_on_host:  # before the KV plan, which takes the memory it frees

@@ -120,3 +120,27 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(replayed, eager)
+
+
+@pytest.mark.parametrize("m", [1, 48, 300])
+def test_sparse_linear_on_wgmma_matches_the_triton_kernel_and_the_reference(m: int) -> None:
+    """use_wgmma repacks the layer; every step then runs wgmma.sp on the same e4m3 activations
+    the Triton kernel gets, and the fp32 reference reads the packed weight back."""
+    from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
+    from tests.linears import loaded_linear
+
+    torch.manual_seed(m)
+    k, sizes = 1024, [512, 256]
+    w = torch.randn(sum(sizes), k, device="cuda", dtype=torch.bfloat16) * 0.05
+    method = Sparse24GpuLinearMethod(ScratchWeight())
+    layer = loaded_linear(method, w, sizes)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    layer.triton_max_rows = 1 << 20
+    triton = layer(x)
+    reference = layer(x.float())
+    method.use_wgmma(layer)
+    assert hasattr(layer, "weight_wg_values") and not hasattr(layer, "weight_values")
+    out = layer(x)
+    err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()
+    assert err < 1e-2, err  # the same e4m3 products, summed in another order
+    assert torch.equal(layer(x.float()), reference)

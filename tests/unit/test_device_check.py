@@ -20,12 +20,26 @@ def test_the_embedding_on_host_on_cpu_is_refused_naming_the_knob():
         LLMEngine.from_args(args)
 
 
+@pytest.mark.parametrize("knob", ["sparse_mma", "sparse_wgmma"])
 @pytest.mark.parametrize("device,model_opt", [("cpu", "Sparse"), ("cuda", "FP8")])
-def test_sparse_mma_off_a_cuda_sparse_engine_is_refused_naming_the_knob(device, model_opt):
-    args = EngineArgs(device=device, model_opt=model_opt, sparse_mma=True, model_path="/none")
+def test_sparse_mma_off_a_cuda_sparse_engine_is_refused_naming_the_knob(device, model_opt, knob):
+    args = EngineArgs(device=device, model_opt=model_opt, model_path="/none", **{knob: True})
     with pytest.raises(
-        NotImplementedError, match=f"model_opt={model_opt} on {device}.*sparse_mma=false"
+        NotImplementedError, match=f"model_opt={model_opt} on {device}.*{knob}=false"
     ):
+        check_device(args)
+
+
+def test_both_sparse_tensor_core_packings_at_once_are_refused():
+    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_mma=True, sparse_wgmma=True)
+    with pytest.raises(ValueError, match="two ways: set one false"):
+        check_device(args)
+
+
+def test_sparse_wgmma_off_hopper_is_refused_naming_the_gpu(gpu):
+    gpu((8, 9), "NVIDIA L40S")
+    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_wgmma=True, model_path="/none")
+    with pytest.raises(NotImplementedError, match="NVIDIA L40S is 8.9: set sparse_wgmma=false"):
         check_device(args)
 
 

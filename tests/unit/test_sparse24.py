@@ -63,6 +63,25 @@ def test_compressed_method_frees_the_dense_weight_and_computes_the_reference():
     assert torch.equal(compressed(x), reference(x))  # fp32: the same reference math
 
 
+@pytest.mark.parametrize("use", ["use_mma", "use_wgmma"])
+def test_repacked_for_the_sparse_tensor_cores_the_reference_is_unchanged(use):
+    """use_mma (16-row tiles) / use_wgmma (64-row tiles) repack the weight where it fits; the
+    fp32 reference reads it back to the same product. A layer off the tiles keeps its layout."""
+    torch.manual_seed(3)
+    k, sizes = 128, [64, 64]
+    method = Sparse24GpuLinearMethod(ScratchWeight())
+    layer = loaded_linear(method, torch.randn(sum(sizes), k), sizes)
+    x = torch.randn(5, k)
+    before = layer(x)
+    getattr(method, use)(layer)
+    packed = "weight_mma_values" if use == "use_mma" else "weight_wg_values"
+    assert hasattr(layer, packed) and not hasattr(layer, "weight_values")
+    assert torch.equal(layer(x), before)
+    odd = loaded_linear(method, torch.randn(48, k), [48])  # 48 rows: not 64-row tiles
+    getattr(method, use)(odd)
+    assert hasattr(odd, "weight_values") == (use == "use_wgmma")
+
+
 def test_in_features_not_divisible_by_8_keep_the_dense_layout():
     torch.manual_seed(2)
     w, x = torch.randn(8, 12), torch.randn(3, 12)

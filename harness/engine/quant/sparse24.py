@@ -10,8 +10,10 @@ A step of up to `triton_max_rows` rows multiplies the compressed weight directly
 FP8 GEMM expands each tile in registers: kernels/fp8_gemm.py, sparse24_gemm.py); a larger one
 expands it into a shared scratch buffer and runs cuBLAS's dense FP8 GEMM. With sparse_mma
 (`use_mma`), the same bytes are repacked for the sparse tensor cores (kernels/sparse24_mma.py),
-which then take those steps, and larger ones expand from that layout. compress_24 and
-decompress_24 here are the plain-torch reference of the layout.
+which then take those steps, and larger ones expand from that layout. With sparse_wgmma
+(`use_wgmma`, Hopper), they are repacked in 64-row tiles for wgmma.sp (kernels/sparse24_wgmma.py),
+which takes every step: no expansion. compress_24 and decompress_24 here are the plain-torch
+reference of the layout.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from harness.engine.kernels.sparse24_mma import (
     TILE_ROWS,
     expand_from_mma,
     fits_tiles,
+    lane_tables,
     pack_for_mma,
     sparse24_mma_linear,
+    unpack_from_mma,
+    warpgroup_tables,
 )
+from harness.engine.kernels.sparse24_wgmma import TILE_ROWS as WGMMA_TILE_ROWS
+from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
 from harness.engine.quant.base import Quantized, Unscaled
 from harness.engine.quant.fp8 import FP8_DTYPE, reference_fp8_linear
 from harness.engine.quant.fp8_gpu import (
@@ -152,22 +159,37 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         layer.register_parameter("weight_mma_values", nn.Parameter(packed_v, requires_grad=False))
         layer.register_parameter("weight_mma_meta", nn.Parameter(packed_m, requires_grad=False))
 
+    def use_wgmma(self, layer: nn.Module) -> None:
+        """Repack the layer's compressed weight for wgmma.sp (same bytes, 64-row tiles), where
+        its shape allows; else it keeps the Triton kernel and the expansion."""
+        if not hasattr(layer, "weight_values"):
+            return
+        values, meta = layer.weight_values.data, layer.weight_meta.data
+        if not fits_tiles(values.shape[0], values.shape[1] * 2, WGMMA_TILE_ROWS):
+            return
+        packed_v, packed_m = pack_for_mma(values, meta, warpgroup_tables())
+        del layer.weight_values, layer.weight_meta, values, meta
+        layer.register_parameter("weight_wg_values", nn.Parameter(packed_v, requires_grad=False))
+        layer.register_parameter("weight_wg_meta", nn.Parameter(packed_m, requires_grad=False))
+
     def _expanded(self, layer: nn.Module, into_scratch: bool) -> torch.Tensor:
-        """The dense [N, K] e4m3 weight from either stored layout: into the shared scratch
-        buffer (for cuBLAS), or else fresh (for the fp32 reference: the plain-torch expansion
-        of the row-order layout)."""
-        if hasattr(layer, "weight_mma_values"):
+        """The dense [N, K] e4m3 weight from any stored layout: into the shared scratch buffer
+        (for cuBLAS: row order or use_mma's), or else fresh (for the fp32 reference: the
+        plain-torch expansion, a packed layout read back on the host first)."""
+        if into_scratch and hasattr(layer, "weight_mma_values"):
             packed = layer.weight_mma_values, layer.weight_mma_meta
             n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
-            if into_scratch:
-                return expand_from_mma(*packed, self.scratch.view(n, k))
-            out = torch.empty(n, k, dtype=FP8_DTYPE, device=packed[0].device)
-            return expand_from_mma(*packed, out)
-        values, meta = layer.weight_values, layer.weight_meta
-        if not into_scratch:
-            return decompress_24(values, meta)
-        n, k = values.shape[0], values.shape[1] * 2
-        return decompress_24_triton(values, meta, self.scratch.view(n, k))
+            return expand_from_mma(*packed, self.scratch.view(n, k))
+        if into_scratch:
+            values, meta = layer.weight_values, layer.weight_meta
+            n, k = values.shape[0], values.shape[1] * 2
+            return decompress_24_triton(values, meta, self.scratch.view(n, k))
+        for name, tables in (("weight_mma", lane_tables), ("weight_wg", warpgroup_tables)):
+            if hasattr(layer, f"{name}_values"):
+                packed = getattr(layer, f"{name}_values"), getattr(layer, f"{name}_meta")
+                values, meta = (x.to(packed[0].device) for x in unpack_from_mma(*packed, tables()))
+                return decompress_24(values, meta)
+        return decompress_24(layer.weight_values, layer.weight_meta)
 
     def _small_step(self, layer: nn.Module, x: torch.Tensor | Quantized) -> torch.Tensor:
         """A step of up to triton_max_rows rows on the stored weight, its scales applied."""
@@ -181,12 +203,18 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
     def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         """FP8's contract (apply is FP8's: this with its scales applied); compressed weights
         (row order, or packed by use_mma) multiply as stored or expanded for cuBLAS, whose
-        scales are left as FP8's are."""
-        if not hasattr(layer, "weight_values") and not hasattr(layer, "weight_mma_values"):
+        scales are left as FP8's are; packed by use_wgmma, on wgmma.sp at any size."""
+        stored = ("weight_values", "weight_mma_values", "weight_wg_values")
+        if not any(hasattr(layer, name) for name in stored):
             return super().apply_unscaled(layer, x)  # the dense layout: FP8's method
         if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
             ref = reference_fp8_linear(x, self._expanded(layer, False), layer.weight_scale)
             return ref, None, None
+        if hasattr(layer, "weight_wg_values"):  # repacked by use_wgmma: every step
+            packed = layer.weight_wg_values, layer.weight_wg_meta
+            xq, x_scale = as_quantized(x)
+            out = sparse24_wgmma_gemm(xq, x_scale, *packed, layer.weight_scale_row, output_dtype(x))
+            return out, None, None
         rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
         if rows <= layer.triton_max_rows:
             return self._small_step(layer, x), None, None
