@@ -82,6 +82,21 @@ def test_repacked_for_the_sparse_tensor_cores_the_reference_is_unchanged(use):
     assert hasattr(odd, "weight_values") == (use == "use_wgmma")
 
 
+def test_the_expansion_buffer_is_freed_only_when_no_linear_expands():
+    from harness.engine.quant.sparse24 import release_unused_scratch
+
+    torch.manual_seed(4)
+    scratch = ScratchWeight()
+    method = Sparse24GpuLinearMethod(scratch)
+    layers = [loaded_linear(method, torch.randn(64, 128), [64]) for _ in range(2)]
+    method.use_wgmma(layers[0])
+    release_unused_scratch(layers)  # layers[1] still expands its steps past triton_max_rows
+    assert scratch.buffer is not None
+    method.use_wgmma(layers[1])
+    release_unused_scratch(layers)
+    assert scratch.buffer is None
+
+
 def test_in_features_not_divisible_by_8_keep_the_dense_layout():
     torch.manual_seed(2)
     w, x = torch.randn(8, 12), torch.randn(3, 12)

@@ -441,6 +441,10 @@ class LlamaForCausalLM(nn.Module):
                 module.triton_max_rows = max_rows if kind == "triton" else 0
             elif hasattr(module, "kernels"):
                 module.kernels = kind
+        if sparse_wgmma and kind == "triton":  # no 2:4 linear expands: its buffer goes to KV
+            from harness.engine.quant.sparse24 import release_unused_scratch
+
+            release_unused_scratch([m for m in self.modules() if isinstance(m, Linear)])
         quantize = kind == "triton" and weight.dtype == torch.bfloat16
         for layer in self.model.layers:  # norms quantize for the FP8 linears after them
             pairs = ((layer.input_layernorm, layer.self_attn.qkv_proj),

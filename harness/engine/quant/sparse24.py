@@ -123,6 +123,18 @@ class ScratchWeight:
         return self.buffer[: n * k].view(n, k)
 
 
+def release_unused_scratch(linears: list[nn.Module]) -> None:
+    """Free the 2:4 linears' shared expansion buffer where none of them expands any more
+    (each repacked by use_wgmma, which takes every step): its memory goes to the KV cache."""
+    methods = [m.method for m in linears if isinstance(m.method, Sparse24GpuLinearMethod)]
+    expands = any(hasattr(m, "weight_values") or hasattr(m, "weight_mma_values") for m in linears)
+    if methods and not expands:
+        for method in methods:
+            method.scratch.buffer = None
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # the buffer's segment back to the driver, for the KV plan
+
+
 class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
     """Loads like FP8 with sparse24 (prune, quantize), then stores the weight compressed."""
 
