@@ -5,10 +5,10 @@ linear, eagerly and replayed from a CUDA graph. Needs nvcc."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
+
+from tests.linears import packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -94,24 +94,12 @@ def test_weights_unpack_low_byte_to_low_half() -> None:
     assert torch.equal(halves[:, 0], e4m3(codes)) and torch.equal(halves[:, 1], e4m3(codes.flip(0)))
 
 
-@functools.cache  # one weight a shape for all the row counts
-def _packed(n: int, k: int):  # noqa: ANN202
-    from harness.engine.kernels.sparse24_mma import pack_for_mma
-    from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
-    from harness.engine.quant.sparse24 import compress_24
-
-    torch.manual_seed(n + k)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    q, s = quantize_per_channel(prune_2_of_4(w))
-    return q, s, *pack_for_mma(*compress_24(q))
-
-
 @pytest.mark.parametrize("t", [1, 7, 16, 17, 32, 33, 64, 100, 320])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
     from harness.engine.kernels.sparse24_mma import sparse24_mma_gemm
 
-    q, _, packed_v, packed_m = _packed(n, k)
+    q, _, packed_v, packed_m = packed_24_weight(n, k)
     x16 = torch.randn(t, k, device="cuda").clamp(-4, 4).half()
     out = sparse24_mma_gemm(x16, packed_v, packed_m)
     ref = x16.float() @ q.float().t()
@@ -123,7 +111,7 @@ def test_linear_takes_e4m3_activations_with_their_scales(t: int) -> None:
     """A fused norm's output (e4m3 and a scale a token) goes to f16 exactly in x_to_f16."""
     from harness.engine.kernels.sparse24_mma import sparse24_mma_linear
 
-    q, s, packed_v, packed_m = _packed(*SHAPES[0])
+    q, s, packed_v, packed_m = packed_24_weight(*SHAPES[0])
     x = torch.randn(t, q.shape[1], device="cuda")
     x_scale = x.abs().amax(dim=1, keepdim=True) / 448.0
     xq = (x / x_scale).to(torch.float8_e4m3fn)
@@ -136,7 +124,7 @@ def test_linear_takes_e4m3_activations_with_their_scales(t: int) -> None:
 def test_linear_with_scales_in_a_cuda_graph(n: int, k: int) -> None:
     from harness.engine.kernels.sparse24_mma import sparse24_mma_linear
 
-    q, s, packed_v, packed_m = _packed(n, k)
+    q, s, packed_v, packed_m = packed_24_weight(n, k)
     x = torch.randn(200, k, device="cuda", dtype=torch.bfloat16)
     eager = sparse24_mma_linear(x, packed_v, packed_m, s)
     ref = (x.float() @ (q.float() * s.view(-1, 1)).t()).to(torch.bfloat16)
@@ -153,7 +141,7 @@ def test_linear_with_scales_in_a_cuda_graph(n: int, k: int) -> None:
 def test_expand_gives_back_the_dense_weight() -> None:
     from harness.engine.kernels.sparse24_mma import expand_from_mma
 
-    q, _, packed_v, packed_m = _packed(512, 1024)
+    q, _, packed_v, packed_m = packed_24_weight(512, 1024)
     out = expand_from_mma(packed_v, packed_m, torch.empty_like(q))
     assert torch.equal(out.float(), q.float())  # pruned -0.0 comes back as 0.0: no sign kept
 
@@ -162,17 +150,7 @@ def test_expand_gives_back_the_dense_weight() -> None:
 def test_sparse_linear_on_the_sparse_tensor_cores_agrees_with_triton(m: int) -> None:
     """use_mma repacks the layer; its small steps (mma.sp) and large ones (expand + cuBLAS)
     agree with the Triton kernel's output of the same layer."""
-    from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
-    from tests.linears import loaded_linear
-
-    torch.manual_seed(m)
-    k, sizes = 1024, [512, 256]
-    w = torch.randn(sum(sizes), k, device="cuda", dtype=torch.bfloat16) * 0.05
-    method = Sparse24GpuLinearMethod(ScratchWeight())
-    layer = loaded_linear(method, w, sizes)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    layer.triton_max_rows = 1 << 20
-    triton = layer(x)
+    method, layer, x, triton = sparse_layer_and_triton(m)
     method.use_mma(layer)
     assert hasattr(layer, "weight_mma_values") and not hasattr(layer, "weight_values")
     for max_rows in (1 << 20, 0):  # the sparse tensor cores, then expand + cuBLAS

@@ -5,10 +5,10 @@ shapes and both forms, and in a CUDA graph. Hopper (sm_90a) only; needs nvcc."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
+
+from tests.linears import packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -78,18 +78,6 @@ def test_one_wgmma_sp_e4m3_reads_the_registers_as_laid_out() -> None:
         )
 
 
-@functools.cache  # one weight a shape for all the row counts
-def _packed(n: int, k: int):  # noqa: ANN202
-    from harness.engine.kernels.sparse24_mma import pack_for_mma, warpgroup_tables
-    from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel
-    from harness.engine.quant.sparse24 import compress_24
-
-    torch.manual_seed(n + k)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    q, s = quantize_per_channel(prune_2_of_4(w))
-    return q, s, *pack_for_mma(*compress_24(q), warpgroup_tables())
-
-
 def _activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(t, k, device="cuda")
     x_scale = x.abs().amax(dim=1, keepdim=True) / 448.0
@@ -101,7 +89,7 @@ def _activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
 
-    q, s, packed_v, packed_m = _packed(n, k)
+    q, s, packed_v, packed_m = packed_24_weight(n, k, warpgroup=True)
     xq, x_scale = _activations(t, k)
     out = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s, torch.float32)
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
@@ -111,7 +99,7 @@ def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
 def test_gemm_replays_in_a_cuda_graph() -> None:
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
 
-    q, s, packed_v, packed_m = _packed(*SHAPES[0])
+    q, s, packed_v, packed_m = packed_24_weight(*SHAPES[0], warpgroup=True)
     xq, x_scale = _activations(16, q.shape[1])
     eager = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s)
     graph = torch.cuda.CUDAGraph()
@@ -126,17 +114,7 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
 def test_sparse_linear_on_wgmma_matches_the_triton_kernel_and_the_reference(m: int) -> None:
     """use_wgmma repacks the layer; every step then runs wgmma.sp on the same e4m3 activations
     the Triton kernel gets, and the fp32 reference reads the packed weight back."""
-    from harness.engine.quant.sparse24 import ScratchWeight, Sparse24GpuLinearMethod
-    from tests.linears import loaded_linear
-
-    torch.manual_seed(m)
-    k, sizes = 1024, [512, 256]
-    w = torch.randn(sum(sizes), k, device="cuda", dtype=torch.bfloat16) * 0.05
-    method = Sparse24GpuLinearMethod(ScratchWeight())
-    layer = loaded_linear(method, w, sizes)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    layer.triton_max_rows = 1 << 20
-    triton = layer(x)
+    method, layer, x, triton = sparse_layer_and_triton(m)
     reference = layer(x.float())
     method.use_wgmma(layer)
     assert hasattr(layer, "weight_wg_values") and not hasattr(layer, "weight_values")

@@ -26,6 +26,7 @@ from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 from harness.engine.kernels.sparse24_mma import (
     TILE_INPUTS,
     TILE_ROWS,
+    Tables,
     expand_from_mma,
     fits_tiles,
     lane_tables,
@@ -127,7 +128,7 @@ def release_unused_scratch(linears: list[nn.Module]) -> None:
     """Free the 2:4 linears' shared expansion buffer where none of them expands any more
     (each repacked by use_wgmma, which takes every step): its memory goes to the KV cache."""
     methods = [m.method for m in linears if isinstance(m.method, Sparse24GpuLinearMethod)]
-    expands = any(hasattr(m, "weight_values") or hasattr(m, "weight_mma_values") for m in linears)
+    expands = any(Sparse24GpuLinearMethod._layout(m) in ("rows", "mma") for m in linears)
     if methods and not expands:
         for method in methods:
             method.scratch.buffer = None
@@ -159,54 +160,58 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         self.scratch.reserve(n * k, values.device)
 
     def use_mma(self, layer: nn.Module) -> None:
-        """Repack the layer's compressed weight for the sparse tensor cores (same bytes), where
-        its shape allows (tiles of 16 x 64); else it keeps the Triton kernel."""
-        if not hasattr(layer, "weight_values"):
-            return
-        values, meta = layer.weight_values.data, layer.weight_meta.data
-        if not fits_tiles(values.shape[0], values.shape[1] * 2):
-            return
-        packed_v, packed_m = pack_for_mma(values, meta)
-        del layer.weight_values, layer.weight_meta, values, meta
-        layer.register_parameter("weight_mma_values", nn.Parameter(packed_v, requires_grad=False))
-        layer.register_parameter("weight_mma_meta", nn.Parameter(packed_m, requires_grad=False))
+        """Repack the layer's compressed weight for mma.sp (same bytes, 16-row tiles), where its
+        shape allows; else it keeps the Triton kernel."""
+        self._repack(layer, "mma", lane_tables(), TILE_ROWS)
 
     def use_wgmma(self, layer: nn.Module) -> None:
         """Repack the layer's compressed weight for wgmma.sp (same bytes, 64-row tiles), where
         its shape allows; else it keeps the Triton kernel and the expansion."""
-        if not hasattr(layer, "weight_values"):
+        self._repack(layer, "wg", warpgroup_tables(), WGMMA_TILE_ROWS)
+
+    def _repack(self, layer: nn.Module, layout: str, tables: Tables, rows: int) -> None:
+        """Row order -> weight_{layout}_values / _meta, packed for the threads of tables."""
+        if self._layout(layer) != "rows":
             return
         values, meta = layer.weight_values.data, layer.weight_meta.data
-        if not fits_tiles(values.shape[0], values.shape[1] * 2, WGMMA_TILE_ROWS):
+        if not fits_tiles(values.shape[0], values.shape[1] * 2, rows):
             return
-        packed_v, packed_m = pack_for_mma(values, meta, warpgroup_tables())
+        packed = pack_for_mma(values, meta, tables)
         del layer.weight_values, layer.weight_meta, values, meta
-        layer.register_parameter("weight_wg_values", nn.Parameter(packed_v, requires_grad=False))
-        layer.register_parameter("weight_wg_meta", nn.Parameter(packed_m, requires_grad=False))
+        for part, tensor in zip(("values", "meta"), packed, strict=True):
+            layer.register_parameter(f"weight_{layout}_{part}", nn.Parameter(tensor, False))
+
+    @staticmethod
+    def _layout(layer: nn.Module) -> str | None:
+        """How the layer stores its weight: "rows" (compressed, row order), "mma" / "wg"
+        (packed by use_mma / use_wgmma), or None (dense: too small to compress)."""
+        if hasattr(layer, "weight_values"):
+            return "rows"
+        return next((n for n in ("mma", "wg") if hasattr(layer, f"weight_{n}_values")), None)
 
     def _expanded(self, layer: nn.Module, into_scratch: bool) -> torch.Tensor:
         """The dense [N, K] e4m3 weight from any stored layout: into the shared scratch buffer
         (for cuBLAS: row order or use_mma's), or else fresh (for the fp32 reference: the
         plain-torch expansion, a packed layout read back on the host first)."""
-        if into_scratch and hasattr(layer, "weight_mma_values"):
-            packed = layer.weight_mma_values, layer.weight_mma_meta
-            n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
-            return expand_from_mma(*packed, self.scratch.view(n, k))
-        if into_scratch:
+        layout = self._layout(layer)
+        if layout == "rows":
             values, meta = layer.weight_values, layer.weight_meta
+            if not into_scratch:
+                return decompress_24(values, meta)
             n, k = values.shape[0], values.shape[1] * 2
             return decompress_24_triton(values, meta, self.scratch.view(n, k))
-        for name, tables in (("weight_mma", lane_tables), ("weight_wg", warpgroup_tables)):
-            if hasattr(layer, f"{name}_values"):
-                packed = getattr(layer, f"{name}_values"), getattr(layer, f"{name}_meta")
-                values, meta = (x.to(packed[0].device) for x in unpack_from_mma(*packed, tables()))
-                return decompress_24(values, meta)
-        return decompress_24(layer.weight_values, layer.weight_meta)
+        packed = getattr(layer, f"weight_{layout}_values"), getattr(layer, f"weight_{layout}_meta")
+        if into_scratch:  # use_mma's layout (use_wgmma's never expands)
+            n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
+            return expand_from_mma(*packed, self.scratch.view(n, k))
+        tables = lane_tables() if layout == "mma" else warpgroup_tables()
+        values, meta = (x.to(packed[0].device) for x in unpack_from_mma(*packed, tables))
+        return decompress_24(values, meta)
 
     def _small_step(self, layer: nn.Module, x: torch.Tensor | Quantized) -> torch.Tensor:
         """A step of up to triton_max_rows rows on the stored weight, its scales applied."""
         scale_row = layer.weight_scale_row
-        if hasattr(layer, "weight_mma_values"):  # repacked by use_mma
+        if self._layout(layer) == "mma":
             packed = layer.weight_mma_values, layer.weight_mma_meta
             return sparse24_mma_linear(x, *packed, scale_row, output_dtype(x))
         xq, x_scale = as_quantized(x)
@@ -216,13 +221,13 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         """FP8's contract (apply is FP8's: this with its scales applied); compressed weights
         (row order, or packed by use_mma) multiply as stored or expanded for cuBLAS, whose
         scales are left as FP8's are; packed by use_wgmma, on wgmma.sp at any size."""
-        stored = ("weight_values", "weight_mma_values", "weight_wg_values")
-        if not any(hasattr(layer, name) for name in stored):
+        layout = self._layout(layer)
+        if layout is None:
             return super().apply_unscaled(layer, x)  # the dense layout: FP8's method
         if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
             ref = reference_fp8_linear(x, self._expanded(layer, False), layer.weight_scale)
             return ref, None, None
-        if hasattr(layer, "weight_wg_values"):  # repacked by use_wgmma: every step
+        if layout == "wg":  # repacked by use_wgmma: every step
             packed = layer.weight_wg_values, layer.weight_wg_meta
             xq, x_scale = as_quantized(x)
             out = sparse24_wgmma_gemm(xq, x_scale, *packed, layer.weight_scale_row, output_dtype(x))
