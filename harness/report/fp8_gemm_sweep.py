@@ -15,7 +15,8 @@ from the host, launch time included; sessions before the twenty-second timed eag
 With --sparse --mma, the sparse-MMA kernels (kernels/sparse24_mma.cu) beside them: the GEMM
 alone on f16 activations, and the whole linear on the Triton kernel's input (e4m3 activations
 and their scales: to f16, the GEMM, the K splits' sums, the scales applied); on Hopper also
-the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input.
+the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input, each of its forms (* the one
+the engine runs at that M).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
 """
@@ -23,6 +24,7 @@ Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--s
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 
 import torch
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         sparse24_mma_linear,
         warpgroup_tables,
     )
+    from harness.engine.kernels.sparse24_wgmma import FORMS as WGMMA_FORMS
+    from harness.engine.kernels.sparse24_wgmma import form_for as wgmma_form
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
     from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm, unscaled_mm
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     def mma_gemm_alone(name: str, xq, xsc):  # noqa: ANN001, ANN202
         return sparse24_mma_gemm(x16[name], *packed[name])
 
-    def wgmma_linear(name: str, xq, xsc):  # noqa: ANN001, ANN202
-        return sparse24_wgmma_gemm(xq, xsc, *packed_wg[name], weights[name][1])
+    def wgmma_linear(name: str, xq, xsc, form=None):  # noqa: ANN001, ANN202
+        return sparse24_wgmma_gemm(xq, xsc, *packed_wg[name], weights[name][1], form=form)
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]
@@ -255,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({total / t:.2f}x cuBLAS); the linear on e4m3 X {t_linear:.3f} ms "
                   f"({total / t_linear:.2f}x); largest error {err:.1e} of the output's range",
                   flush=True)  # fmt: skip
-        if wgmma:  # FP8 at the sparse tensor cores' rate (sm_90a)
-            t, err = sum(shape_ms(wgmma_linear).values()), largest_error(wgmma_linear)
-            print(f"[fp8_gemm]   sparse wgmma {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
-                  f"({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range",
-                  flush=True)  # fmt: skip
+        for form in WGMMA_FORMS if wgmma else ():  # FP8 at the sparse tensor cores' rate
+            fn = functools.partial(wgmma_linear, form=form)
+            t, err = sum(shape_ms(fn).values()), largest_error(fn)
+            print(f"[fp8_gemm]   sparse wgmma {form[-2:]}{'*' if form == wgmma_form(m) else ''} "
+                  f"{t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s ({total / t:.2f}x cuBLAS); "
+                  f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip
         results = []
         current = config_for(m, a.sparse)
         tried = a.config or ([] if a.sparse and a.mma else candidate_configs(m, a.swap, a.sparse))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.engine.kernels.sparse24_wgmma import FORMS
 from tests.linears import packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
@@ -84,14 +85,15 @@ def _activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / x_scale).to(torch.float8_e4m3fn), x_scale
 
 
+@pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("t", [1, 7, 64, 65, 100, 256, 300, 512])
 @pytest.mark.parametrize("n,k", SHAPES)
-def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
+def test_gemm_matches_the_dense_product(n: int, k: int, t: int, form: str) -> None:
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
 
     q, s, packed_v, packed_m = packed_24_weight(n, k, warpgroup=True)
     xq, x_scale = _activations(t, k)
-    out = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s, torch.float32)
+    out = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s, torch.float32, form)
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
 

@@ -95,8 +95,8 @@ def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):
     cubin = sparse24_mma.build("sm_90a")
     assert cubin.parent == tmp_path and cubin.stat().st_size > 0
     image = cubin.read_bytes()
-    forms = sparse24_mma.FORMS + sparse24_wgmma.FORMS
-    assert all(name.encode() in image for name, _, _ in forms)
+    forms = [name for name, _, _ in sparse24_mma.FORMS] + list(sparse24_wgmma.FORMS)
+    assert all(name.encode() in image for name in forms)
     assert b"mma_sp_f16_probe" in image
     assert sparse24_mma.build("sm_90a") == cubin  # cached: the same file, not rebuilt
 
@@ -127,7 +127,11 @@ def test_warpgroup_pack_round_trip(monkeypatch):
 
 
 def test_wgmma_splits_fill_the_gpu_in_whole_depths():
-    assert sparse24_wgmma.form_for(64)[1] == 64 and sparse24_wgmma.form_for(65)[1] == 128
+    forms = sparse24_wgmma.FORMS
+    assert forms[sparse24_wgmma.form_for(64)][0] == 64
+    assert forms[sparse24_wgmma.form_for(65)][0] == 128
     assert sparse24_wgmma.splits_for(8192, 8192, 1, 132) == 5  # 128 blocks: 5 for 528
     assert sparse24_wgmma.splits_for(57344, 8192, 512, 132) == 1  # 896 x 4 blocks
     assert sparse24_wgmma.splits_for(64, 128, 1, 132) == 1  # two steps, depth 4: one split
+    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132, "sparse24_wgmma_gemm_s2") == 2
+    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132, "sparse24_wgmma_gemm_p2") == 2

@@ -29,7 +29,7 @@
 // per lane: the GPU test checks the layouts pack_for_mma assumes against it (and
 // e4m3x2_probe the unpacking's byte order).
 //
-// At the end, for Hopper only (sm_90a; a trap elsewhere): sparse24_wgmma_gemm_s1 / _s2, the
+// At the end, for Hopper only (sm_90a; a trap elsewhere): sparse24_wgmma_gemm_s1 / _s2 / _p2, the
 // same product with e4m3 X on wgmma.mma_async.sp, FP8 at the sparse tensor cores' own rate
 // (sparse24_wgmma.py), and wgmma_sp_e4m3_probe, one such instruction for the layout test.
 
@@ -392,38 +392,82 @@ extern "C" __global__ void __launch_bounds__(128)
 #endif
 }
 
-// One wgmma.mma_async.sp m64n64k64 e4m3, d[32] = A . B (scale-d 0: the tensor cores' FP8
-// accumulation keeps too few bits over a whole K, so the caller adds each step's product into
-// its own fp32 sums): A's compressed values in four registers and its metadata word (selector
-// 0), B by its shared-memory descriptor.
-__device__ __forceinline__ void wgmma_sp_m64n64k64(float (&d)[32], const uint4& a, uint32_t meta,
-                                                   uint64_t desc) {
+// One wgmma.mma_async.sp m64nNk64 e4m3 (N = 64 or 128 tokens: d has N / 2 registers):
+// d = A . B (+ d with kAccumulate), A's compressed values in four registers and its metadata
+// word (selector 0), B by its shared-memory descriptor. The tensor cores' FP8 sums keep too
+// few bits over a whole K, so the kernel starts each group of kPromote steps from zero and
+// adds the group's product into its own fp32 sums. (d as outputs only where it starts from
+// zero: "+f" there costs ptxas ~50 more registers.)
+#define WGMMA_D32(c)                                                                              \
+  c(d[0]), c(d[1]), c(d[2]), c(d[3]), c(d[4]), c(d[5]), c(d[6]), c(d[7]), c(d[8]), c(d[9]),       \
+  c(d[10]), c(d[11]), c(d[12]), c(d[13]), c(d[14]), c(d[15]), c(d[16]), c(d[17]), c(d[18]),       \
+  c(d[19]), c(d[20]), c(d[21]), c(d[22]), c(d[23]), c(d[24]), c(d[25]), c(d[26]), c(d[27]),       \
+  c(d[28]), c(d[29]), c(d[30]), c(d[31])
+#define WGMMA_D64(c)                                                                              \
+  WGMMA_D32(c), c(d[32]), c(d[33]), c(d[34]), c(d[35]), c(d[36]), c(d[37]), c(d[38]),             \
+  c(d[39]), c(d[40]), c(d[41]), c(d[42]), c(d[43]), c(d[44]), c(d[45]), c(d[46]), c(d[47]),       \
+  c(d[48]), c(d[49]), c(d[50]), c(d[51]), c(d[52]), c(d[53]), c(d[54]), c(d[55]), c(d[56]),       \
+  c(d[57]), c(d[58]), c(d[59]), c(d[60]), c(d[61]), c(d[62]), c(d[63])
+
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_sp(float (&d)[32], const uint4& a, uint32_t meta,
+                                         uint64_t desc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "wgmma.mma_async.sp.sync.aligned.m64n64k64.f32.e4m3.e4m3 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, %37, 0, 0, 1, 1;\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]),
-        "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]),
-        "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]),
-        "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
-        "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]),
-        "=f"(d[30]), "=f"(d[31])
-      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(meta)
-      : "memory");
+#define WGMMA_SP(c)                                                                               \
+  asm volatile(                                                                                   \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %38, 0;\n"                                              \
+      "wgmma.mma_async.sp.sync.aligned.m64n64k64.f32.e4m3.e4m3 {"                                 \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                    \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "         \
+      "{%32, %33, %34, %35}, %36, %37, 0, p, 1, 1;\n}\n"                                          \
+      : WGMMA_D32(c)                                                                              \
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(meta), "n"(kAccumulate ? 1 : 0)    \
+      : "memory")
+  if constexpr (kAccumulate) {
+    WGMMA_SP("+f");
+  } else {
+    WGMMA_SP("=f");
+  }
+#undef WGMMA_SP
+#endif
+}
+
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_sp(float (&d)[64], const uint4& a, uint32_t meta,
+                                         uint64_t desc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WGMMA_SP(c)                                                                               \
+  asm volatile(                                                                                   \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %70, 0;\n"                                              \
+      "wgmma.mma_async.sp.sync.aligned.m64n128k64.f32.e4m3.e4m3 {"                                \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                    \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "          \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "          \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "         \
+      "{%64, %65, %66, %67}, %68, %69, 0, p, 1, 1;\n}\n"                                          \
+      : WGMMA_D64(c)                                                                              \
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(meta), "n"(kAccumulate ? 1 : 0)    \
+      : "memory")
+  if constexpr (kAccumulate) {
+    WGMMA_SP("+f");
+  } else {
+    WGMMA_SP("=f");
+  }
+#undef WGMMA_SP
 #endif
 }
 
 // 2:4-sparse FP8 weights at FP8's sparse tensor-core rate (sm_90a): out[T, N] = X[T, K] .
 // W[N, K]^T, X e4m3 (a fused norm's or a per-token quantization's output) times x_scale[T] and
 // w_scale[N]. One warpgroup a block, 64 output rows (A from registers, packed by pack_for_mma
-// with warpgroup_tables: each thread's 16 bytes and metadata word a 64-input step), kSub x 64
-// tokens (B from shared memory: 16-byte core matrices of 8 tokens x 16 inputs, the K step
-// between them 1,024 bytes, the 8-token step 128), kDepth steps of A and X in flight (X by
-// cp.async into a ring of kDepth buffers). K splits as in the mma.sp kernel (partials summed
-// by sparse24_mma_reduce). T % 1 any, N % 64 == 0, K % 64 == 0, X rows 16-byte aligned.
-template <int kSub, int kDepth>
+// with warpgroup_tables: each thread's 16 bytes and metadata word a 64-input step), kTokens
+// tokens (one wgmma's N; B from shared memory: 16-byte core matrices of 8 tokens x 16 inputs,
+// the 8-token step 128 bytes, the K step kTokens * 16), kDepth steps of A and X in flight (X by
+// cp.async into a ring of kDepth buffers). kPromote steps a group: their wgmmas are issued
+// back to back, summing in the tensor cores, then waited for and added into fp32. K splits as
+// in the mma.sp kernel (partials summed by sparse24_mma_reduce). N % 64 == 0, K % 64 == 0, X
+// rows 16-byte aligned; kDepth % kPromote == 0.
+template <int kTokens, int kDepth, int kPromote>
 __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
                                            const uint32_t* __restrict__ w_meta,
                                            const uint8_t* __restrict__ x,
@@ -432,12 +476,13 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
                                            int out_kind, int T, int N, int K, int ldx,
                                            int steps_per_split) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kSubBytes = 64 * 64;          // one 64-token sub-tile of one step
-  constexpr int kBufBytes = kSub * kSubBytes;  // one step's X
-  __shared__ __align__(128) uint8_t xs[kDepth][kBufBytes];
+  static_assert(kDepth % kPromote == 0, "a group's steps come from one refill");
+  constexpr int kKStep = kTokens * 16;  // bytes between a step's 16-input core columns
+  constexpr int kRegs = kTokens / 2;   // D registers a thread
+  __shared__ __align__(128) uint8_t xs[kDepth][kTokens * 64];
   const int t = threadIdx.x, w = t / 32, g = t % 32 / 4, q = t % 4;
   const int tile = blockIdx.y;  // 64 output rows
-  const int tok0 = blockIdx.x * kSub * 64;
+  const int tok0 = blockIdx.x * kTokens;
   const int ksteps = K / 64;
   const int step0 = blockIdx.z * steps_per_split;
   const int nsteps = min(step0 + steps_per_split, ksteps) - step0;
@@ -446,12 +491,11 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
   auto load_x = [&](int s, int buf) {  // step s's X -> xs[buf], one commit group
     if (s < nsteps) {
       const int k0 = (step0 + s) * 64;
-      for (int c = t; c < kSub * 64 * 4; c += 128) {  // (token, 16-input chunk)
-        const int n = c / 4, kc = c % 4, sub = n / 64, nn = n % 64;
+      for (int c = t; c < kTokens * 4; c += 128) {  // (token, 16-input chunk)
+        const int n = c / 4, kc = c % 4;
         const bool valid = tok0 + n < T;
         const uint8_t* src = valid ? x + static_cast<int64_t>(tok0 + n) * ldx + k0 + kc * 16 : x;
-        cp_async16(&xs[buf][sub * kSubBytes + kc * 1024 + nn / 8 * 128 + nn % 8 * 16], src,
-                   valid);
+        cp_async16(&xs[buf][kc * kKStep + n / 8 * 128 + n % 8 * 16], src, valid);
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
@@ -466,12 +510,7 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     }
   };
 
-  float acc[kSub][32];
-#pragma unroll
-  for (int sub = 0; sub < kSub; ++sub) {
-#pragma unroll
-    for (int i = 0; i < 32; ++i) acc[sub][i] = 0.f;
-  }
+  float acc[kRegs] = {}, part[kRegs];
 #pragma unroll
   for (int j = 0; j < kDepth; ++j) {
     load_x(j, j);
@@ -479,25 +518,33 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
   }
   for (int s0 = 0; s0 < nsteps; s0 += kDepth) {
 #pragma unroll
-    for (int j = 0; j < kDepth; ++j) {
-      const int s = s0 + j;
-      if (s >= nsteps) break;  // uniform
-      asm volatile("cp.async.wait_group %0;\n" ::"n"(kDepth - 1));  // step s's X is in
+    for (int j0 = 0; j0 < kDepth; j0 += kPromote) {
+      if (s0 + j0 >= nsteps) break;  // uniform
+      // kDepth steps' X were asked for; this group's kPromote oldest are in
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(kDepth - kPromote));
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       __syncthreads();
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-      for (int sub = 0; sub < kSub; ++sub) {
-        float part[32];
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        wgmma_sp_m64n64k64(part, v[j], m[j], smem_descriptor(&xs[j][sub * kSubBytes], 1024, 128));
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-        for (int i = 0; i < 32; ++i) acc[sub][i] += part[i];
+      for (int p = 0; p < kPromote; ++p) {
+        if (s0 + j0 + p >= nsteps) break;  // uniform
+        const uint64_t desc = smem_descriptor(xs[j0 + p], kKStep, 128);
+        if (p == 0) {
+          wgmma_sp<false>(part, v[j0], m[j0], desc);
+        } else {
+          wgmma_sp<true>(part, v[j0 + p], m[j0 + p], desc);
+        }
       }
-      __syncthreads();  // xs[j] read: refill it
-      load_x(s + kDepth, j);
-      load_a(s + kDepth, v[j], m[j]);
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+      for (int i = 0; i < kRegs; ++i) acc[i] += part[i];
+      __syncthreads();  // the group's buffers read: refill them
+#pragma unroll
+      for (int p = 0; p < kPromote; ++p) {
+        load_x(s0 + j0 + p + kDepth, j0 + p);
+        load_a(s0 + j0 + p + kDepth, v[j0 + p], m[j0 + p]);
+      }
     }
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
@@ -505,18 +552,15 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
   // D fragment: d_i at row 16w + g + 8 ((i / 2) % 2), token 8 (i / 4) + 2q + i % 2.
   const bool summed = gridDim.z > 1;
 #pragma unroll
-  for (int sub = 0; sub < kSub; ++sub) {
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      const int r = tile * 64 + 16 * w + g + 8 * ((i / 2) % 2);
-      const int tk = tok0 + sub * 64 + 8 * (i / 4) + 2 * q + i % 2;
-      if (tk >= T) continue;
-      const int64_t at = static_cast<int64_t>(tk) * N + r;
-      if (summed) {
-        static_cast<float*>(out)[blockIdx.z * static_cast<int64_t>(T) * N + at] = acc[sub][i];
-      } else {
-        store(out, out_kind, at, acc[sub][i] * x_scale[tk] * w_scale[r]);
-      }
+  for (int i = 0; i < kRegs; ++i) {
+    const int r = tile * 64 + 16 * w + g + 8 * ((i / 2) % 2);
+    const int tk = tok0 + 8 * (i / 4) + 2 * q + i % 2;
+    if (tk >= T) continue;
+    const int64_t at = static_cast<int64_t>(tk) * N + r;
+    if (summed) {
+      static_cast<float*>(out)[blockIdx.z * static_cast<int64_t>(T) * N + at] = acc[i];
+    } else {
+      store(out, out_kind, at, acc[i] * x_scale[tk] * w_scale[r]);
     }
   }
 #else
@@ -524,23 +568,21 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 #endif
 }
 
-// Up to 64 tokens: 4 steps in flight (the weights' streaming is all); more: 128 tokens a
-// block (each weight tile read once for them), 2 steps.
-extern "C" __global__ void __launch_bounds__(128)
-    sparse24_wgmma_gemm_s1(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x,
-                           const float* x_scale, const float* w_scale, void* out, int out_kind,
-                           int T, int N, int K, int ldx, int steps_per_split) {
-  wgmma_gemm<1, 4>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx,
-                   steps_per_split);
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    sparse24_wgmma_gemm_s2(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x,
-                           const float* x_scale, const float* w_scale, void* out, int out_kind,
-                           int T, int N, int K, int ldx, int steps_per_split) {
-  wgmma_gemm<2, 2>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T, N, K, ldx,
-                   steps_per_split);
-}
+// The forms (kernels/sparse24_wgmma.py's FORMS): _s1, 64 tokens, 4 steps in flight (few
+// tokens: the weights' streaming is all); _s2, 128 tokens (each weight tile read once for
+// them), 2 steps; _p2, 128 tokens, 4 steps in flight summed two at a time in the tensor cores.
+#define WGMMA_FORM(name, tokens, depth, promote)                                                  \
+  extern "C" __global__ void __launch_bounds__(128)                                               \
+      name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
+           const float* w_scale, void* out, int out_kind, int T, int N, int K, int ldx,           \
+           int steps_per_split) {                                                                 \
+    wgmma_gemm<tokens, depth, promote>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T,     \
+                                       N, K, ldx, steps_per_split);                               \
+  }
+WGMMA_FORM(sparse24_wgmma_gemm_s1, 64, 4, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_s2, 128, 2, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_p2, 128, 4, 2)
+#undef WGMMA_FORM
 
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.
 extern "C" __global__ void e4m3x2_probe(const uint32_t* in, uint32_t* out, int n) {

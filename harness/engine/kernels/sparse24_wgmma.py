@@ -1,6 +1,6 @@
 """Compressed 2:4 FP8 weights at FP8's sparse tensor-core rate on Hopper (sm_90a):
 sparse24_mma.cu's `sparse24_wgmma_gemm_*` (wgmma.mma_async.sp m64n64k64 e4m3) and its launch
-(experimental: measured by `fp8_gemm_sweep --sparse --mma`, not yet in the engine).
+(measured by `fp8_gemm_sweep --sparse --mma`; the engine runs it under `engine.sparse_wgmma`).
 
 The weights are packed by `pack_for_mma(values, meta, warpgroup_tables())` (64-row tiles, a
 warpgroup's 128 threads a tile); the activations are e4m3 with a scale a token, as the Triton
@@ -14,18 +14,24 @@ import torch
 from harness.engine.kernels.sparse24_mma import TILE_INPUTS, launch_gemm
 
 TILE_ROWS = 64  # output rows a block (one warpgroup)
-# (name, tokens a block, steps in flight): the first whose tokens cover T, else the last
-FORMS = (("sparse24_wgmma_gemm_s1", 64, 4), ("sparse24_wgmma_gemm_s2", 128, 2))
+# kernel name -> (tokens a block, steps in flight); sparse24_mma.cu's WGMMA_FORM lines say
+# how each runs (_p2: two steps a wgmma group, summed in the tensor cores)
+FORMS = {
+    "sparse24_wgmma_gemm_s1": (64, 4),
+    "sparse24_wgmma_gemm_s2": (128, 2),
+    "sparse24_wgmma_gemm_p2": (128, 4),
+}
 BLOCKS_PER_SM = 4  # K splits until this many blocks an SM (loads in flight at few tokens)
 
 
-def form_for(tokens: int) -> tuple[str, int, int]:
-    return next((f for f in FORMS if tokens <= f[1]), FORMS[-1])
+def form_for(tokens: int) -> str:
+    """The form a GEMM of this many tokens runs."""
+    return "sparse24_wgmma_gemm_s1" if tokens <= 64 else "sparse24_wgmma_gemm_s2"
 
 
-def splits_for(n: int, k: int, tokens: int, sms: int) -> int:
+def splits_for(n: int, k: int, tokens: int, sms: int, form: str | None = None) -> int:
     """K splits for BLOCKS_PER_SM blocks an SM, each a whole number of the form's depth."""
-    _, block_tokens, depth = form_for(tokens)
+    block_tokens, depth = FORMS[form or form_for(tokens)]
     blocks = n // TILE_ROWS * -(-tokens // block_tokens)
     steps = k // TILE_INPUTS
     return max(1, min(-(-steps // depth), -(-BLOCKS_PER_SM * sms // blocks)))
@@ -38,9 +44,11 @@ def sparse24_wgmma_gemm(
     packed_m: torch.Tensor,
     w_scale: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
+    form: str | None = None,
 ) -> torch.Tensor:
     """xq [T, K] e4m3 (rows 16-byte aligned) times x_scale [T] (or [T, 1]) . (W * w_scale)^T,
-    W packed with warpgroup_tables -> [T, N] out_dtype (fp32, bf16 or f16)."""
+    W packed with warpgroup_tables -> [T, N] out_dtype (fp32, bf16 or f16); form: one of
+    FORMS (the sweep times each), else form_for(T)."""
     t, k = xq.shape
     n = packed_v.shape[0] * TILE_ROWS
     if packed_v.shape[1:] != (k // TILE_INPUTS, 128, 16) or k % TILE_INPUTS:
@@ -51,10 +59,11 @@ def sparse24_wgmma_gemm(
         raise ValueError("xq must be e4m3 with unit stride, its rows 16-byte aligned")
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
-    name, block_tokens, _ = form_for(t)
+    name = form or form_for(t)
+    block_tokens = FORMS[name][0]
     sms = torch.cuda.get_device_properties(xq.device).multi_processor_count
     steps = k // TILE_INPUTS
-    per_split = -(-steps // splits_for(n, k, t, sms))
+    per_split = -(-steps // splits_for(n, k, t, sms, name))
     splits = -(-steps // per_split)
     grid = (-(-t // block_tokens), n // TILE_ROWS, splits)
     return launch_gemm(name, grid, 128, packed_v, packed_m, xq, xs, ws, n, out_dtype, per_split)
