@@ -53,13 +53,17 @@ def _wgmma_operands(meta_by_quad_half: bool = True, seed: int = 0):  # noqa: ANN
     return a_regs, packed_m.view(128), b_t, (a @ b)[d_rows, d_cols]
 
 
-def _wgmma_probe(meta_by_quad_half: bool = True) -> tuple[bool, torch.Tensor, torch.Tensor]:
+def _wgmma_probe(
+    meta_by_quad_half: bool = True, lbo: int = 128, sbo: int = 1024
+) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """lbo 128 / sbo 1024: the descriptor's leading offset read as the K step between core
+    matrices (the GEMM's assumption); swapped, the other reading."""
     from harness.engine.kernels.sparse24_mma import module
 
     a_regs, meta, b_t, expected = _wgmma_operands(meta_by_quad_half)
     d = torch.full((128, 4), float("nan"), device="cuda")
     dev = [x.cuda().contiguous() for x in (a_regs, meta, b_t)]
-    module().launch("wgmma_sp_e4m3_probe", (1, 1, 1), 128, *dev, d)
+    module().launch("wgmma_sp_e4m3_probe", (1, 1, 1), 128, *dev, d, lbo, sbo)
     torch.cuda.synchronize()
     return torch.equal(d.cpu(), expected), d.cpu(), expected
 
@@ -69,13 +73,19 @@ def test_one_wgmma_sp_e4m3_reads_the_registers_as_laid_out() -> None:
     m64n8k64 e4m3 on registers laid out as _wgmma_operands says gives the dense product."""
     ok, d, expected = _wgmma_probe()
     if not ok:
-        other, _, _ = _wgmma_probe(meta_by_quad_half=False)
+        others = {
+            f"metadata rows {rows}, descriptor {desc}": _wgmma_probe(
+                rows == "as assumed", *strides
+            )[0]
+            for rows in ("as assumed", "by q // 2")
+            for desc, strides in (("as assumed", (128, 1024)), ("swapped", (1024, 128)))
+        }
         same_values = torch.equal(d.flatten().sort().values, expected.flatten().sort().values)
         pytest.fail(
             f"wgmma.sp disagrees with the assumed layouts: largest error "
             f"{(d - expected).abs().max().item()}, {int((d != expected).sum())} of 512 wrong; "
-            f"the same values permuted: {same_values}; the other metadata reading "
-            f"{'matches' if other else 'fails too'}"
+            f"the same values permuted: {same_values}; matching: "
+            f"{[k for k, v in others.items() if v] or 'none of the other readings'}"
         )
 
 

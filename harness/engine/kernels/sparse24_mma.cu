@@ -346,7 +346,8 @@ extern "C" __global__ void mma_sp_f16_probe(const uint32_t* a, const uint32_t* b
 // sparse rate is wgmma's): a [128 threads][4] registers of the compressed 64 x 32 A, meta [128]
 // their metadata words (selector 0: every thread's), b [8 tokens][64 inputs] e4m3 (K-major),
 // put in shared memory as core matrices (8 tokens x 16 inputs, 128 bytes) back to back along
-// K; d [128][4] fp32. The GPU test checks the layouts a future kernel would assume.
+// K; d [128][4] fp32; lbo / sbo the descriptor's two strides. The GPU test checks the
+// layouts the GEMM assumes.
 __device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t lbo, uint32_t sbo) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
   return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) |
@@ -355,7 +356,8 @@ __device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t lbo,
 }
 
 extern "C" __global__ void __launch_bounds__(128)
-    wgmma_sp_e4m3_probe(const uint32_t* a, const uint32_t* meta, const uint8_t* b, float* d) {
+    wgmma_sp_e4m3_probe(const uint32_t* a, const uint32_t* meta, const uint8_t* b, float* d,
+                        int lbo, int sbo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(128) uint8_t bs[2048];  // B in the first 512 bytes, zeros after
   const int t = threadIdx.x;
@@ -368,10 +370,11 @@ extern "C" __global__ void __launch_bounds__(128)
   __syncthreads();
   const uint32_t a0 = a[4 * t], a1 = a[4 * t + 1], a2 = a[4 * t + 2], a3 = a[4 * t + 3];
   const uint32_t e = meta[t];
-  // LBO (between core matrices along K) 128 bytes; SBO (between 8-token groups, unused at n8)
-  // 1024, into the zeros: were the two read the other way round, the product would miss the
-  // inputs past the first 16.
-  const uint64_t desc = smem_descriptor(bs, 128, 1024);
+  // The layout's K step between core matrices is 128 bytes: the test passes LBO 128 (read as
+  // that step) and SBO 1024 (between 8-token groups, unused at n8), into the zeros: were the
+  // two read the other way round, the product would miss the inputs past the first 16 (the
+  // test then tries them swapped).
+  const uint64_t desc = smem_descriptor(bs, lbo, sbo);
   float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
   asm volatile(
