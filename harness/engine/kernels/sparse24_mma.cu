@@ -29,9 +29,10 @@
 // per lane: the GPU test checks the layouts pack_for_mma assumes against it (and
 // e4m3x2_probe the unpacking's byte order).
 //
-// At the end, for Hopper only (sm_90a; a trap elsewhere): sparse24_wgmma_gemm_s1 / _s2 / _p2, the
-// same product with e4m3 X on wgmma.mma_async.sp, FP8 at the sparse tensor cores' own rate
-// (sparse24_wgmma.py), and wgmma_sp_e4m3_probe, one such instruction for the layout test.
+// At the end, for Hopper only (sm_90a; a trap elsewhere): sparse24_wgmma_gemm_* (its forms:
+// WGMMA_FORM), the same product with e4m3 X on wgmma.mma_async.sp, FP8 at the sparse tensor
+// cores' own rate (sparse24_wgmma.py), and wgmma_sp_e4m3_probe, one such instruction for the
+// layout test.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -491,14 +492,24 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
   const int nsteps = min(step0 + steps_per_split, ksteps) - step0;
   if (nsteps <= 0) return;  // uniform over the block
 
+  // Thread t copies inputs 16 (t % 4) to 16 (t % 4) + 15 of tokens t / 4 + 32 i: the same
+  // places every step, 64 inputs on (tokens past T: zeros).
+  constexpr int kChunks = kTokens / 32;
+  const int n0 = t / 4, kc = t % 4;
+  const int dst0 = kc * kKStep + n0 / 8 * 128 + n0 % 8 * 16;  // token n0 + 32 i: + 512 i
+  const uint8_t* src[kChunks];
+  bool valid[kChunks];
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int tk = tok0 + n0 + 32 * i;
+    valid[i] = tk < T;
+    src[i] = x + (valid[i] ? static_cast<int64_t>(tk) * ldx : 0) + step0 * 64 + kc * 16;
+  }
   auto load_x = [&](int s, int buf) {  // step s's X -> xs[buf], one commit group
     if (s < nsteps) {
-      const int k0 = (step0 + s) * 64;
-      for (int c = t; c < kTokens * 4; c += 128) {  // (token, 16-input chunk)
-        const int n = c / 4, kc = c % 4;
-        const bool valid = tok0 + n < T;
-        const uint8_t* src = valid ? x + static_cast<int64_t>(tok0 + n) * ldx + k0 + kc * 16 : x;
-        cp_async16(&xs[buf][kc * kKStep + n / 8 * 128 + n % 8 * 16], src, valid);
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) {
+        cp_async16(&xs[buf][dst0 + 512 * i], src[i] + s * 64, valid[i]);
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
@@ -573,18 +584,21 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 
 // The forms (kernels/sparse24_wgmma.py's FORMS): _s1, 64 tokens, 4 steps in flight (few
 // tokens: the weights' streaming is all); _s2, 128 tokens (each weight tile read once for
-// them), 2 steps; _p2, 128 tokens, 4 steps in flight summed two at a time in the tensor cores.
-#define WGMMA_FORM(name, tokens, depth, promote)                                                  \
-  extern "C" __global__ void __launch_bounds__(128)                                               \
+// them), 2 steps; _p2, 128 tokens, 4 steps in flight summed two at a time in the tensor cores
+// (192 registers: 2 blocks an SM); _p2m3, the same held to 168 registers for 3 blocks an SM
+// (ptxas spills ~200 bytes).
+#define WGMMA_FORM(name, tokens, depth, promote, min_blocks)                                      \
+  extern "C" __global__ void __launch_bounds__(128, min_blocks)                                   \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
            const float* w_scale, void* out, int out_kind, int T, int N, int K, int ldx,           \
            int steps_per_split) {                                                                 \
     wgmma_gemm<tokens, depth, promote>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T,     \
                                        N, K, ldx, steps_per_split);                               \
   }
-WGMMA_FORM(sparse24_wgmma_gemm_s1, 64, 4, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_s2, 128, 2, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_p2, 128, 4, 2)
+WGMMA_FORM(sparse24_wgmma_gemm_s1, 64, 4, 1, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_s2, 128, 2, 1, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_p2, 128, 4, 2, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_p2m3, 128, 4, 2, 3)
 #undef WGMMA_FORM
 
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.

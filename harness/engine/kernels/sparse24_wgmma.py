@@ -20,6 +20,7 @@ FORMS = {
     "sparse24_wgmma_gemm_s1": (64, 4),
     "sparse24_wgmma_gemm_s2": (128, 2),
     "sparse24_wgmma_gemm_p2": (128, 4),
+    "sparse24_wgmma_gemm_p2m3": (128, 4),
 }
 BLOCKS_PER_SM = 4  # K splits until this many blocks an SM (loads in flight at few tokens)
 
