@@ -133,5 +133,6 @@ def test_wgmma_splits_fill_the_gpu_in_whole_depths():
     assert sparse24_wgmma.splits_for(8192, 8192, 1, 132) == 5  # 128 blocks: 5 for 528
     assert sparse24_wgmma.splits_for(57344, 8192, 512, 132) == 1  # 896 x 4 blocks
     assert sparse24_wgmma.splits_for(64, 128, 1, 132) == 1  # two steps, depth 4: one split
-    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132, "sparse24_wgmma_gemm_s2") == 2
-    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132, "sparse24_wgmma_gemm_p2") == 2
+    # 128 tokens a block: splits only to fill the SMs once (512 blocks: none; 128: two)
+    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132, "sparse24_wgmma_gemm_s2") == 1
+    assert sparse24_wgmma.splits_for(8192, 8192, 128, 132, "sparse24_wgmma_gemm_p2") == 2

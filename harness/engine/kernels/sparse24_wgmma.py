@@ -14,15 +14,17 @@ import torch
 from harness.engine.kernels.sparse24_mma import TILE_INPUTS, launch_gemm
 
 TILE_ROWS = 64  # output rows a block (one warpgroup)
-# kernel name -> (tokens a block, steps in flight); sparse24_mma.cu's WGMMA_FORM lines say
-# how each runs (_p2: two steps a wgmma group, summed in the tensor cores)
+# kernel name -> (tokens a block, steps in flight, blocks an SM that K splits make up to):
+# sparse24_mma.cu's WGMMA_FORM lines say how each runs (_p2: two steps a wgmma group, summed
+# in the tensor cores). Few tokens stream the weights: splits keep 4 blocks' loads in flight
+# an SM. 128 tokens a block is compute: splits only fill the SMs once, as each costs an fp32
+# write and read of the output (at 512 tokens and N 8,192, 32 MB: ~10 us of ~35).
 FORMS = {
-    "sparse24_wgmma_gemm_s1": (64, 4),
-    "sparse24_wgmma_gemm_s2": (128, 2),
-    "sparse24_wgmma_gemm_p2": (128, 4),
-    "sparse24_wgmma_gemm_p2m3": (128, 4),
+    "sparse24_wgmma_gemm_s1": (64, 4, 4),
+    "sparse24_wgmma_gemm_s2": (128, 2, 1),
+    "sparse24_wgmma_gemm_p2": (128, 4, 1),
+    "sparse24_wgmma_gemm_p2m3": (128, 4, 1),
 }
-BLOCKS_PER_SM = 4  # K splits until this many blocks an SM (loads in flight at few tokens)
 
 
 def form_for(tokens: int) -> str:
@@ -31,11 +33,11 @@ def form_for(tokens: int) -> str:
 
 
 def splits_for(n: int, k: int, tokens: int, sms: int, form: str | None = None) -> int:
-    """K splits for BLOCKS_PER_SM blocks an SM, each a whole number of the form's depth."""
-    block_tokens, depth = FORMS[form or form_for(tokens)]
+    """K splits for the form's blocks an SM, each a whole number of its depth."""
+    block_tokens, depth, blocks_per_sm = FORMS[form or form_for(tokens)]
     blocks = n // TILE_ROWS * -(-tokens // block_tokens)
     steps = k // TILE_INPUTS
-    return max(1, min(-(-steps // depth), -(-BLOCKS_PER_SM * sms // blocks)))
+    return max(1, min(-(-steps // depth), -(-blocks_per_sm * sms // blocks)))
 
 
 def sparse24_wgmma_gemm(
