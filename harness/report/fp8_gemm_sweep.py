@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         for form in WGMMA_FORMS if wgmma else ():  # FP8 at the sparse tensor cores' rate
             fn = functools.partial(wgmma_linear, form=form)
             t, err = sum(shape_ms(fn).values()), largest_error(fn)
-            print(f"[fp8_gemm]   sparse wgmma {form[-2:]}{'*' if form == wgmma_form(m) else ''} "
+            label = form.split("_")[-1] + ("*" if form == wgmma_form(m) else "")
+            print(f"[fp8_gemm]   sparse wgmma {label} "
                   f"{t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s ({total / t:.2f}x cuBLAS); "
                   f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip
         results = []

@@ -463,15 +463,17 @@ __device__ __forceinline__ void wgmma_sp(float (&d)[64], const uint4& a, uint32_
 
 // 2:4-sparse FP8 weights at FP8's sparse tensor-core rate (sm_90a): out[T, N] = X[T, K] .
 // W[N, K]^T, X e4m3 (a fused norm's or a per-token quantization's output) times x_scale[T] and
-// w_scale[N]. One warpgroup a block, 64 output rows (A from registers, packed by pack_for_mma
-// with warpgroup_tables: each thread's 16 bytes and metadata word a 64-input step), kTokens
-// tokens (one wgmma's N; B from shared memory: 16-byte core matrices of 8 tokens x 16 inputs,
-// the 8-token step 128 bytes, the K step kTokens * 16), kDepth steps of A and X in flight (X by
-// cp.async into a ring of kDepth buffers). kPromote steps a group: their wgmmas are issued
+// w_scale[N]. kGroups warpgroups a block, each 64 output rows (A from registers, packed by
+// pack_for_mma with warpgroup_tables: each thread's 16 bytes and metadata word a 64-input
+// step; warpgroups past N only copy X), all of them on the same kTokens tokens (one wgmma's N;
+// B from shared memory, copied once for the block: 16-byte core matrices of 8 tokens x 16
+// inputs, the 8-token step 128 bytes, the K step kTokens * 16): the more rows a block, the
+// fewer times X is read. kDepth steps of A and X in flight (X by cp.async into a ring of
+// kDepth buffers). kPromote steps a group: their wgmmas are issued
 // back to back, summing in the tensor cores, then waited for and added into fp32. K splits as
 // in the mma.sp kernel (partials summed by sparse24_mma_reduce). N % 64 == 0, K % 64 == 0, X
 // rows 16-byte aligned; kDepth % kPromote == 0.
-template <int kTokens, int kDepth, int kPromote>
+template <int kGroups, int kTokens, int kDepth, int kPromote>
 __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
                                            const uint32_t* __restrict__ w_meta,
                                            const uint8_t* __restrict__ x,
@@ -484,24 +486,26 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
   constexpr int kKStep = kTokens * 16;  // bytes between a step's 16-input core columns
   constexpr int kRegs = kTokens / 2;   // D registers a thread
   __shared__ __align__(128) uint8_t xs[kDepth][kTokens * 64];
-  const int t = threadIdx.x, w = t / 32, g = t % 32 / 4, q = t % 4;
-  const int tile = blockIdx.y;  // 64 output rows
+  const int t = threadIdx.x, w = t % 128 / 32, g = t % 32 / 4, q = t % 4;
+  const int tile = blockIdx.y * kGroups + (kGroups > 1 ? t / 128 : 0);  // its 64 output rows
+  const bool rows = kGroups == 1 || tile < N / 64;  // uniform over the warpgroup
   const int tok0 = blockIdx.x * kTokens;
   const int ksteps = K / 64;
   const int step0 = blockIdx.z * steps_per_split;
   const int nsteps = min(step0 + steps_per_split, ksteps) - step0;
   if (nsteps <= 0) return;  // uniform over the block
 
-  // Thread t copies inputs 16 (t % 4) to 16 (t % 4) + 15 of tokens t / 4 + 32 i: the same
-  // places every step, 64 inputs on (tokens past T: zeros).
-  constexpr int kChunks = kTokens / 32;
+  // Thread t copies inputs 16 (t % 4) to 16 (t % 4) + 15 of tokens t / 4 + 32 kGroups i: the
+  // same places every step, 64 inputs on (tokens past T: zeros).
+  constexpr int kThreadTokens = 32 * kGroups;  // tokens the block's threads copy at once
+  constexpr int kChunks = (kTokens + kThreadTokens - 1) / kThreadTokens;
   const int n0 = t / 4, kc = t % 4;
-  const int dst0 = kc * kKStep + n0 / 8 * 128 + n0 % 8 * 16;  // token n0 + 32 i: + 512 i
+  const int dst0 = kc * kKStep + n0 / 8 * 128 + n0 % 8 * 16;  // token n0 + 8 j: + 128 j
   const uint8_t* src[kChunks];
   bool valid[kChunks];
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
-    const int tk = tok0 + n0 + 32 * i;
+    const int tk = tok0 + n0 + kThreadTokens * i;
     valid[i] = tk < T;
     src[i] = x + (valid[i] ? static_cast<int64_t>(tk) * ldx : 0) + step0 * 64 + kc * 16;
   }
@@ -509,16 +513,18 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     if (s < nsteps) {
 #pragma unroll
       for (int i = 0; i < kChunks; ++i) {
-        cp_async16(&xs[buf][dst0 + 512 * i], src[i] + s * 64, valid[i]);
+        if (kTokens % kThreadTokens == 0 || n0 + kThreadTokens * i < kTokens) {
+          cp_async16(&xs[buf][dst0 + 16 * kThreadTokens * i], src[i] + s * 64, valid[i]);
+        }
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
-  const int64_t base = static_cast<int64_t>(tile) * ksteps * 128 + t;
+  const int64_t base = static_cast<int64_t>(tile) * ksteps * 128 + t % 128;
   uint4 v[kDepth];
   uint32_t m[kDepth];
   auto load_a = [&](int s, uint4& vv, uint32_t& mm) {
-    if (s < nsteps) {
+    if (rows && s < nsteps) {
       vv = w_vals[base + static_cast<int64_t>(step0 + s) * 128];
       mm = w_meta[base + static_cast<int64_t>(step0 + s) * 128];
     }
@@ -541,7 +547,7 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
       for (int p = 0; p < kPromote; ++p) {
-        if (s0 + j0 + p >= nsteps) break;  // uniform
+        if (!rows || s0 + j0 + p >= nsteps) break;  // uniform over the warpgroup
         const uint64_t desc = smem_descriptor(xs[j0 + p], kKStep, 128);
         if (p == 0) {
           wgmma_sp<false>(part, v[j0], m[j0], desc);
@@ -562,6 +568,7 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     }
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
+  if (!rows) return;
 
   // D fragment: d_i at row 16w + g + 8 ((i / 2) % 2), token 8 (i / 4) + 2q + i % 2.
   const bool summed = gridDim.z > 1;
@@ -582,23 +589,24 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 #endif
 }
 
-// The forms (kernels/sparse24_wgmma.py's FORMS): _s1, 64 tokens, 4 steps in flight (few
-// tokens: the weights' streaming is all); _s2, 128 tokens (each weight tile read once for
-// them), 2 steps; _p2, 128 tokens, 4 steps in flight summed two at a time in the tensor cores
-// (192 registers: 2 blocks an SM); _p2m3, the same held to 168 registers for 3 blocks an SM
-// (ptxas spills ~200 bytes).
-#define WGMMA_FORM(name, tokens, depth, promote, min_blocks)                                      \
-  extern "C" __global__ void __launch_bounds__(128, min_blocks)                                   \
+// The forms (kernels/sparse24_wgmma.py's FORMS), by warpgroups (64 output rows each) x tokens
+// a block: _s1, 1 x 64, 4 steps in flight, 4 blocks an SM (few tokens: the weights' streaming
+// is all); _p2, 1 x 128, 4 steps summed two at a time in the tensor cores (~190 registers: 2
+// blocks an SM);
+// _g4p2, 4 x 64 (256 rows read X once; 118 registers, one block an SM), steps two a group;
+// _g2p2, 2 x 128. (4 x 64 with one step a group spills at 128 registers.)
+#define WGMMA_FORM(name, groups, tokens, depth, promote, min_blocks)                              \
+  extern "C" __global__ void __launch_bounds__(128 * groups, min_blocks)                          \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
            const float* w_scale, void* out, int out_kind, int T, int N, int K, int ldx,           \
            int steps_per_split) {                                                                 \
-    wgmma_gemm<tokens, depth, promote>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, T,     \
-                                       N, K, ldx, steps_per_split);                               \
+    wgmma_gemm<groups, tokens, depth, promote>(w_vals, w_meta, x, x_scale, w_scale, out,          \
+                                               out_kind, T, N, K, ldx, steps_per_split);          \
   }
-WGMMA_FORM(sparse24_wgmma_gemm_s1, 64, 4, 1, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_s2, 128, 2, 1, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_p2, 128, 4, 2, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_p2m3, 128, 4, 2, 3)
+WGMMA_FORM(sparse24_wgmma_gemm_s1, 1, 64, 4, 1, 4)
+WGMMA_FORM(sparse24_wgmma_gemm_p2, 1, 128, 4, 2, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_g4p2, 4, 64, 4, 2, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_g2p2, 2, 128, 4, 2, 1)
 #undef WGMMA_FORM
 
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.

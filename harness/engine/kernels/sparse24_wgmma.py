@@ -14,28 +14,29 @@ import torch
 from harness.engine.kernels.sparse24_mma import TILE_INPUTS, launch_gemm
 
 TILE_ROWS = 64  # output rows a block (one warpgroup)
-# kernel name -> (tokens a block, steps in flight, blocks an SM that K splits make up to):
-# sparse24_mma.cu's WGMMA_FORM lines say how each runs (_p2: two steps a wgmma group, summed
-# in the tensor cores). Few tokens stream the weights: splits keep 4 blocks' loads in flight
-# an SM. 128 tokens a block is compute: splits only fill the SMs once, as each costs an fp32
-# write and read of the output (at 512 tokens and N 8,192, 32 MB: ~10 us of ~35).
+# kernel name -> (warpgroups a block (64 output rows each), tokens a block, steps in flight,
+# blocks an SM that K splits make up to): sparse24_mma.cu's WGMMA_FORM lines say how each runs
+# (_p2: two steps a wgmma group, summed in the tensor cores; _g4 / _g2: the warpgroups of a
+# block share its X, read once for their rows). Few tokens stream the weights: splits keep 4
+# blocks' loads in flight an SM. The wider forms are compute: splits only fill the SMs once,
+# as each costs an fp32 write and read of the output (at 512 tokens and N 8,192, 32 MB).
 FORMS = {
-    "sparse24_wgmma_gemm_s1": (64, 4, 4),
-    "sparse24_wgmma_gemm_s2": (128, 2, 1),
-    "sparse24_wgmma_gemm_p2": (128, 4, 1),
-    "sparse24_wgmma_gemm_p2m3": (128, 4, 1),
+    "sparse24_wgmma_gemm_s1": (1, 64, 4, 4),
+    "sparse24_wgmma_gemm_p2": (1, 128, 4, 1),
+    "sparse24_wgmma_gemm_g4p2": (4, 64, 4, 1),
+    "sparse24_wgmma_gemm_g2p2": (2, 128, 4, 1),
 }
 
 
 def form_for(tokens: int) -> str:
     """The form a GEMM of this many tokens runs."""
-    return "sparse24_wgmma_gemm_s1" if tokens <= 64 else "sparse24_wgmma_gemm_s2"
+    return "sparse24_wgmma_gemm_s1" if tokens <= 64 else "sparse24_wgmma_gemm_p2"
 
 
 def splits_for(n: int, k: int, tokens: int, sms: int, form: str | None = None) -> int:
     """K splits for the form's blocks an SM, each a whole number of its depth."""
-    block_tokens, depth, blocks_per_sm = FORMS[form or form_for(tokens)]
-    blocks = n // TILE_ROWS * -(-tokens // block_tokens)
+    groups, block_tokens, depth, blocks_per_sm = FORMS[form or form_for(tokens)]
+    blocks = -(-n // (TILE_ROWS * groups)) * -(-tokens // block_tokens)
     steps = k // TILE_INPUTS
     return max(1, min(-(-steps // depth), -(-blocks_per_sm * sms // blocks)))
 
@@ -63,10 +64,12 @@ def sparse24_wgmma_gemm(
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
     name = form or form_for(t)
-    block_tokens = FORMS[name][0]
+    groups, block_tokens = FORMS[name][:2]
     sms = torch.cuda.get_device_properties(xq.device).multi_processor_count
     steps = k // TILE_INPUTS
     per_split = -(-steps // splits_for(n, k, t, sms, name))
     splits = -(-steps // per_split)
-    grid = (-(-t // block_tokens), n // TILE_ROWS, splits)
-    return launch_gemm(name, grid, 128, packed_v, packed_m, xq, xs, ws, n, out_dtype, per_split)
+    grid = (-(-t // block_tokens), -(-n // (TILE_ROWS * groups)), splits)
+    return launch_gemm(
+        name, grid, 128 * groups, packed_v, packed_m, xq, xs, ws, n, out_dtype, per_split
+    )
