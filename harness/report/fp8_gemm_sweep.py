@@ -15,8 +15,8 @@ from the host, launch time included; sessions before the twenty-second timed eag
 With --sparse --mma, the sparse-MMA kernels (kernels/sparse24_mma.cu) beside them: the GEMM
 alone on f16 activations, and the whole linear on the Triton kernel's input (e4m3 activations
 and their scales: to f16, the GEMM, the K splits' sums, the scales applied); on Hopper also
-the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input, each of its forms (* the one
-the engine runs at that M).
+the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input, each of its forms (* the
+engine's).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
 """
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         sparse24_mma_linear,
         warpgroup_tables,
     )
+    from harness.engine.kernels.sparse24_wgmma import FORM as WGMMA_FORM
     from harness.engine.kernels.sparse24_wgmma import FORMS as WGMMA_FORMS
-    from harness.engine.kernels.sparse24_wgmma import form_for as wgmma_form
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
     from harness.engine.quant.fp8 import prune_2_of_4, quantize_per_channel, quantize_per_token
     from harness.engine.quant.fp8_gpu import rowwise_mm, tensorwise_mm, unscaled_mm
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         for form in WGMMA_FORMS if wgmma else ():  # FP8 at the sparse tensor cores' rate
             fn = functools.partial(wgmma_linear, form=form)
             t, err = sum(shape_ms(fn).values()), largest_error(fn)
-            label = form.split("_")[-1] + ("*" if form == wgmma_form(m) else "")
+            label = form.split("_")[-1] + ("*" if form == WGMMA_FORM else "")
             print(f"[fp8_gemm]   sparse wgmma {label} "
                   f"{t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s ({total / t:.2f}x cuBLAS); "
                   f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip

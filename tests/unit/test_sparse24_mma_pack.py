@@ -126,15 +126,9 @@ def test_warpgroup_pack_round_trip(monkeypatch):
         pack_for_mma(values[:48], meta[:48], warpgroup_tables())
 
 
-def test_wgmma_splits_fill_the_gpu_in_whole_depths():
-    forms = sparse24_wgmma.FORMS
-    assert forms[sparse24_wgmma.form_for(64)][1] == 64
-    assert forms[sparse24_wgmma.form_for(65)][1] == 128
-    assert sparse24_wgmma.splits_for(8192, 8192, 1, 132) == 5  # 128 blocks: 5 for 528
-    assert sparse24_wgmma.splits_for(57344, 8192, 512, 132) == 1  # 896 x 4 blocks
-    assert sparse24_wgmma.splits_for(64, 128, 1, 132) == 1  # two steps, depth 4: one split
-    # wider forms: splits only to fill the SMs once (512 blocks: none; 128: two)
-    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132, "sparse24_wgmma_gemm_g2p2") == 1
-    assert sparse24_wgmma.splits_for(8192, 8192, 128, 132, "sparse24_wgmma_gemm_p2") == 2
-    # 4 warpgroups a block: 32 blocks of 256 rows at 1 to 64 tokens; 5 splits make 160
-    assert sparse24_wgmma.splits_for(8192, 8192, 64, 132, "sparse24_wgmma_gemm_g4p2") == 5
+def test_wgmma_splits_fill_the_gpu_once_in_whole_depths():
+    assert sparse24_wgmma.splits_for(8192, 8192, 1, 132) == 5  # 32 blocks of 256 rows: 160
+    assert sparse24_wgmma.splits_for(8192, 8192, 64, 132) == 5
+    assert sparse24_wgmma.splits_for(8192, 8192, 512, 132) == 1  # 32 x 8 blocks already
+    assert sparse24_wgmma.splits_for(57344, 8192, 1, 132) == 1  # 224 blocks
+    assert sparse24_wgmma.splits_for(256, 128, 1, 132) == 1  # two steps, depth 4: one split

@@ -589,12 +589,12 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 #endif
 }
 
-// The forms (kernels/sparse24_wgmma.py's FORMS), by warpgroups (64 output rows each) x tokens
-// a block: _s1, 1 x 64, 4 steps in flight, 4 blocks an SM (few tokens: the weights' streaming
-// is all); _p2, 1 x 128, 4 steps summed two at a time in the tensor cores (~190 registers: 2
-// blocks an SM);
-// _g4p2, 4 x 64 (256 rows read X once; 118 registers, one block an SM), steps two a group;
-// _g2p2, 2 x 128. (4 x 64 with one step a group spills at 128 registers.)
+// The forms (kernels/sparse24_wgmma.py's FORMS): 4 warpgroups (256 output rows) x 64 tokens a
+// block, 4 steps in flight (118 registers: one block an SM); _g4p2 sums two steps at a time
+// in the tensor cores (the engine's), _g4p4 four (timed beside it: the fp32 adds and waits
+// halved, the tensor cores' FP8 sums over 256 inputs). On the H100 (fp8_gemm_sweep, 70B
+// layer) _g4p2 beat one warpgroup of 64 or 128 tokens (1.9x at 512 rows: each block reads X
+// once for 256 rows, not 64) and 2 x 128 (1.3x).
 #define WGMMA_FORM(name, groups, tokens, depth, promote, min_blocks)                              \
   extern "C" __global__ void __launch_bounds__(128 * groups, min_blocks)                          \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
@@ -603,10 +603,8 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     wgmma_gemm<groups, tokens, depth, promote>(w_vals, w_meta, x, x_scale, w_scale, out,          \
                                                out_kind, T, N, K, ldx, steps_per_split);          \
   }
-WGMMA_FORM(sparse24_wgmma_gemm_s1, 1, 64, 4, 1, 4)
-WGMMA_FORM(sparse24_wgmma_gemm_p2, 1, 128, 4, 2, 1)
 WGMMA_FORM(sparse24_wgmma_gemm_g4p2, 4, 64, 4, 2, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_g2p2, 2, 128, 4, 2, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_g4p4, 4, 64, 4, 4, 1)
 #undef WGMMA_FORM
 
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.

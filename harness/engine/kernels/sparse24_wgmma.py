@@ -13,32 +13,24 @@ import torch
 
 from harness.engine.kernels.sparse24_mma import TILE_INPUTS, launch_gemm
 
-TILE_ROWS = 64  # output rows a block (one warpgroup)
-# kernel name -> (warpgroups a block (64 output rows each), tokens a block, steps in flight,
-# blocks an SM that K splits make up to): sparse24_mma.cu's WGMMA_FORM lines say how each runs
-# (_p2: two steps a wgmma group, summed in the tensor cores; _g4 / _g2: the warpgroups of a
-# block share its X, read once for their rows). Few tokens stream the weights: splits keep 4
-# blocks' loads in flight an SM. The wider forms are compute: splits only fill the SMs once,
-# as each costs an fp32 write and read of the output (at 512 tokens and N 8,192, 32 MB).
+TILE_ROWS = 64  # output rows a warpgroup
+# kernel name -> (warpgroups a block (64 output rows each), tokens a block, steps in flight):
+# sparse24_mma.cu's WGMMA_FORM lines say how each runs. One block an SM (512 threads); K
+# splits fill the SMs once where the blocks are fewer (few tokens: 32 blocks at N 8,192),
+# each split costing an fp32 write and read of the output.
 FORMS = {
-    "sparse24_wgmma_gemm_s1": (1, 64, 4, 4),
-    "sparse24_wgmma_gemm_p2": (1, 128, 4, 1),
-    "sparse24_wgmma_gemm_g4p2": (4, 64, 4, 1),
-    "sparse24_wgmma_gemm_g2p2": (2, 128, 4, 1),
+    "sparse24_wgmma_gemm_g4p2": (4, 64, 4),
+    "sparse24_wgmma_gemm_g4p4": (4, 64, 4),
 }
+FORM = "sparse24_wgmma_gemm_g4p2"  # the engine's
 
 
-def form_for(tokens: int) -> str:
-    """The form a GEMM of this many tokens runs."""
-    return "sparse24_wgmma_gemm_s1" if tokens <= 64 else "sparse24_wgmma_gemm_p2"
-
-
-def splits_for(n: int, k: int, tokens: int, sms: int, form: str | None = None) -> int:
-    """K splits for the form's blocks an SM, each a whole number of its depth."""
-    groups, block_tokens, depth, blocks_per_sm = FORMS[form or form_for(tokens)]
+def splits_for(n: int, k: int, tokens: int, sms: int, form: str = FORM) -> int:
+    """K splits for one block an SM, each a whole number of the form's depth."""
+    groups, block_tokens, depth = FORMS[form]
     blocks = -(-n // (TILE_ROWS * groups)) * -(-tokens // block_tokens)
     steps = k // TILE_INPUTS
-    return max(1, min(-(-steps // depth), -(-blocks_per_sm * sms // blocks)))
+    return max(1, min(-(-steps // depth), -(-sms // blocks)))
 
 
 def sparse24_wgmma_gemm(
@@ -48,11 +40,11 @@ def sparse24_wgmma_gemm(
     packed_m: torch.Tensor,
     w_scale: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
-    form: str | None = None,
+    form: str = FORM,
 ) -> torch.Tensor:
     """xq [T, K] e4m3 (rows 16-byte aligned) times x_scale [T] (or [T, 1]) . (W * w_scale)^T,
     W packed with warpgroup_tables -> [T, N] out_dtype (fp32, bf16 or f16); form: one of
-    FORMS (the sweep times each), else form_for(T)."""
+    FORMS (the sweep times each)."""
     t, k = xq.shape
     n = packed_v.shape[0] * TILE_ROWS
     if packed_v.shape[1:] != (k // TILE_INPUTS, 128, 16) or k % TILE_INPUTS:
@@ -63,13 +55,12 @@ def sparse24_wgmma_gemm(
         raise ValueError("xq must be e4m3 with unit stride, its rows 16-byte aligned")
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
-    name = form or form_for(t)
-    groups, block_tokens = FORMS[name][:2]
+    groups, block_tokens, _ = FORMS[form]
     sms = torch.cuda.get_device_properties(xq.device).multi_processor_count
     steps = k // TILE_INPUTS
-    per_split = -(-steps // splits_for(n, k, t, sms, name))
+    per_split = -(-steps // splits_for(n, k, t, sms, form))
     splits = -(-steps // per_split)
     grid = (-(-t // block_tokens), -(-n // (TILE_ROWS * groups)), splits)
     return launch_gemm(
-        name, grid, 128 * groups, packed_v, packed_m, xq, xs, ws, n, out_dtype, per_split
+        form, grid, 128 * groups, packed_v, packed_m, xq, xs, ws, n, out_dtype, per_split
     )
