@@ -590,11 +590,11 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 }
 
 // The forms (kernels/sparse24_wgmma.py's FORMS): 4 warpgroups (256 output rows) x 64 tokens a
-// block, 4 steps in flight (118 registers: one block an SM); _g4p2 sums two steps at a time
-// in the tensor cores (the engine's), _g4p4 four (timed beside it: the fp32 adds and waits
-// halved, the tensor cores' FP8 sums over 256 inputs). On the H100 (fp8_gemm_sweep, 70B
-// layer) _g4p2 beat one warpgroup of 64 or 128 tokens (1.9x at 512 rows: each block reads X
-// once for 256 rows, not 64) and 2 x 128 (1.3x).
+// block, 4 steps in flight (~120 registers: one block an SM); _g4p4 sums four steps at a time
+// in the tensor cores (the engine's), _g4p2 two. On the H100 (fp8_gemm_sweep, 70B layer at 1 to
+// 512 rows) _g4p4 ran 3-7% faster than _g4p2 at the same largest error, and 4 x 64 beat one
+// warpgroup of 64 or 128 tokens (1.9x at 512 rows: each block reads X once for 256 rows, not
+// 64) and 2 x 128 (1.3x).
 #define WGMMA_FORM(name, groups, tokens, depth, promote, min_blocks)                              \
   extern "C" __global__ void __launch_bounds__(128 * groups, min_blocks)                          \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \

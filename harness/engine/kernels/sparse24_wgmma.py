@@ -22,7 +22,7 @@ FORMS = {
     "sparse24_wgmma_gemm_g4p2": (4, 64, 4),
     "sparse24_wgmma_gemm_g4p4": (4, 64, 4),
 }
-FORM = "sparse24_wgmma_gemm_g4p2"  # the engine's
+FORM = "sparse24_wgmma_gemm_g4p4"  # the engine's
 
 
 def splits_for(n: int, k: int, tokens: int, sms: int, form: str = FORM) -> int:
