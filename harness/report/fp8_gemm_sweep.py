@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     def mma_gemm_alone(name: str, xq, xsc):  # noqa: ANN001, ANN202
         return sparse24_mma_gemm(x16[name], *packed[name])
 
-    def wgmma_linear(name: str, xq, xsc, form=None):  # noqa: ANN001, ANN202
+    def wgmma_linear(name: str, xq, xsc, form: str):  # noqa: ANN001, ANN202
         return sparse24_wgmma_gemm(xq, xsc, *packed_wg[name], weights[name][1], form=form)
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202

@@ -396,23 +396,17 @@ extern "C" __global__ void __launch_bounds__(128)
 #endif
 }
 
-// One wgmma.mma_async.sp m64nNk64 e4m3 (N = 64 or 128 tokens: d has N / 2 registers):
-// d = A . B (+ d with kAccumulate), A's compressed values in four registers and its metadata
-// word (selector 0), B by its shared-memory descriptor. The tensor cores' FP8 sums keep too
-// few bits over a whole K, so the kernel starts each group of kPromote steps from zero and
-// adds the group's product into its own fp32 sums. (d as outputs only where it starts from
-// zero: "+f" there costs ptxas ~50 more registers.)
+// One wgmma.mma_async.sp m64n64k64 e4m3 (64 tokens): d = A . B (+ d with kAccumulate), A's
+// compressed values in four registers and its metadata word (selector 0), B by its
+// shared-memory descriptor. The tensor cores' FP8 sums keep too few bits over a whole K, so
+// the kernel starts each group of kPromote steps from zero and adds the group's product into
+// its own fp32 sums. (d as outputs only where it starts from zero: "+f" there costs ptxas ~50
+// more registers.)
 #define WGMMA_D32(c)                                                                              \
   c(d[0]), c(d[1]), c(d[2]), c(d[3]), c(d[4]), c(d[5]), c(d[6]), c(d[7]), c(d[8]), c(d[9]),       \
   c(d[10]), c(d[11]), c(d[12]), c(d[13]), c(d[14]), c(d[15]), c(d[16]), c(d[17]), c(d[18]),       \
   c(d[19]), c(d[20]), c(d[21]), c(d[22]), c(d[23]), c(d[24]), c(d[25]), c(d[26]), c(d[27]),       \
   c(d[28]), c(d[29]), c(d[30]), c(d[31])
-#define WGMMA_D64(c)                                                                              \
-  WGMMA_D32(c), c(d[32]), c(d[33]), c(d[34]), c(d[35]), c(d[36]), c(d[37]), c(d[38]),             \
-  c(d[39]), c(d[40]), c(d[41]), c(d[42]), c(d[43]), c(d[44]), c(d[45]), c(d[46]), c(d[47]),       \
-  c(d[48]), c(d[49]), c(d[50]), c(d[51]), c(d[52]), c(d[53]), c(d[54]), c(d[55]), c(d[56]),       \
-  c(d[57]), c(d[58]), c(d[59]), c(d[60]), c(d[61]), c(d[62]), c(d[63])
-
 template <bool kAccumulate>
 __device__ __forceinline__ void wgmma_sp(float (&d)[32], const uint4& a, uint32_t meta,
                                          uint64_t desc) {
@@ -436,44 +430,19 @@ __device__ __forceinline__ void wgmma_sp(float (&d)[32], const uint4& a, uint32_
 #endif
 }
 
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_sp(float (&d)[64], const uint4& a, uint32_t meta,
-                                         uint64_t desc) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WGMMA_SP(c)                                                                               \
-  asm volatile(                                                                                   \
-      "{\n .reg .pred p;\n setp.ne.b32 p, %70, 0;\n"                                              \
-      "wgmma.mma_async.sp.sync.aligned.m64n128k64.f32.e4m3.e4m3 {"                                \
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                    \
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "          \
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "          \
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "         \
-      "{%64, %65, %66, %67}, %68, %69, 0, p, 1, 1;\n}\n"                                          \
-      : WGMMA_D64(c)                                                                              \
-      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(meta), "n"(kAccumulate ? 1 : 0)    \
-      : "memory")
-  if constexpr (kAccumulate) {
-    WGMMA_SP("+f");
-  } else {
-    WGMMA_SP("=f");
-  }
-#undef WGMMA_SP
-#endif
-}
-
 // 2:4-sparse FP8 weights at FP8's sparse tensor-core rate (sm_90a): out[T, N] = X[T, K] .
 // W[N, K]^T, X e4m3 (a fused norm's or a per-token quantization's output) times x_scale[T] and
 // w_scale[N]. kGroups warpgroups a block, each 64 output rows (A from registers, packed by
 // pack_for_mma with warpgroup_tables: each thread's 16 bytes and metadata word a 64-input
-// step; warpgroups past N only copy X), all of them on the same kTokens tokens (one wgmma's N;
-// B from shared memory, copied once for the block: 16-byte core matrices of 8 tokens x 16
-// inputs, the 8-token step 128 bytes, the K step kTokens * 16): the more rows a block, the
-// fewer times X is read. kDepth steps of A and X in flight (X by cp.async into a ring of
-// kDepth buffers). kPromote steps a group: their wgmmas are issued
-// back to back, summing in the tensor cores, then waited for and added into fp32. K splits as
-// in the mma.sp kernel (partials summed by sparse24_mma_reduce). N % 64 == 0, K % 64 == 0, X
-// rows 16-byte aligned; kDepth % kPromote == 0.
-template <int kGroups, int kTokens, int kDepth, int kPromote>
+// step; warpgroups past N only copy X), all of them on the same 64 tokens (one wgmma's N; B
+// from shared memory, copied once for the block: 16-byte core matrices of 8 tokens x 16
+// inputs, the 8-token step 128 bytes, the K step 1,024): the more rows a block, the fewer
+// times X is read. kDepth steps of A and X in flight (X by cp.async into a ring of kDepth
+// buffers). kPromote steps a group: their wgmmas are issued back to back, summing in the
+// tensor cores, then waited for and added into fp32. K splits as in the mma.sp kernel
+// (partials summed by sparse24_mma_reduce). N % 64 == 0, K % 64 == 0, X rows 16-byte aligned;
+// kDepth % kPromote == 0.
+template <int kGroups, int kDepth, int kPromote, bool kWholeGroups>
 __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
                                            const uint32_t* __restrict__ w_meta,
                                            const uint8_t* __restrict__ x,
@@ -483,12 +452,13 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
                                            int steps_per_split) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(kDepth % kPromote == 0, "a group's steps come from one refill");
+  constexpr int kTokens = 64;          // one m64n64k64 a step
   constexpr int kKStep = kTokens * 16;  // bytes between a step's 16-input core columns
   constexpr int kRegs = kTokens / 2;   // D registers a thread
   __shared__ __align__(128) uint8_t xs[kDepth][kTokens * 64];
   const int t = threadIdx.x, w = t % 128 / 32, g = t % 32 / 4, q = t % 4;
-  const int tile = blockIdx.y * kGroups + (kGroups > 1 ? t / 128 : 0);  // its 64 output rows
-  const bool rows = kGroups == 1 || tile < N / 64;  // uniform over the warpgroup
+  const int tile = blockIdx.y * kGroups + t / 128;  // the warpgroup's 64 output rows
+  const bool rows = tile < N / 64;                  // uniform over the warpgroup
   const int tok0 = blockIdx.x * kTokens;
   const int ksteps = K / 64;
   const int step0 = blockIdx.z * steps_per_split;
@@ -510,11 +480,13 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     src[i] = x + (valid[i] ? static_cast<int64_t>(tk) * ldx : 0) + step0 * 64 + kc * 16;
   }
   auto load_x = [&](int s, int buf) {  // step s's X -> xs[buf], one commit group
-    if (s < nsteps) {
+    if (s < nsteps || kWholeGroups) {  // whole groups: zeros past the split's end
 #pragma unroll
       for (int i = 0; i < kChunks; ++i) {
         if (kTokens % kThreadTokens == 0 || n0 + kThreadTokens * i < kTokens) {
-          cp_async16(&xs[buf][dst0 + 16 * kThreadTokens * i], src[i] + s * 64, valid[i]);
+          const bool in = valid[i] && (!kWholeGroups || s < nsteps);
+          const uint8_t* from = kWholeGroups && !in ? x : src[i] + s * 64;
+          cp_async16(&xs[buf][dst0 + 16 * kThreadTokens * i], from, in);
         }
       }
     }
@@ -527,6 +499,9 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     if (rows && s < nsteps) {
       vv = w_vals[base + static_cast<int64_t>(step0 + s) * 128];
       mm = w_meta[base + static_cast<int64_t>(step0 + s) * 128];
+    } else if (kWholeGroups) {  // zero weights (metadata: inputs 0 and 1 of each four)
+      vv = make_uint4(0u, 0u, 0u, 0u);
+      mm = 0x44444444u;
     }
   };
 
@@ -547,7 +522,9 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
       for (int p = 0; p < kPromote; ++p) {
-        if (!rows || s0 + j0 + p >= nsteps) break;  // uniform over the warpgroup
+        // uniform over the warpgroup; whole groups run on (zeros): this divergent exit makes
+        // ptxas wait for each wgmma before the next (its report C7520)
+        if (!kWholeGroups && (!rows || s0 + j0 + p >= nsteps)) break;
         const uint64_t desc = smem_descriptor(xs[j0 + p], kKStep, 128);
         if (p == 0) {
           wgmma_sp<false>(part, v[j0], m[j0], desc);
@@ -594,17 +571,21 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 // in the tensor cores (the engine's), _g4p2 two. On the H100 (fp8_gemm_sweep, 70B layer at 1 to
 // 512 rows) _g4p4 ran 3-7% faster than _g4p2 at the same largest error, and 4 x 64 beat one
 // warpgroup of 64 or 128 tokens (1.9x at 512 rows: each block reads X once for 256 rows, not
-// 64) and 2 x 128 (1.3x).
-#define WGMMA_FORM(name, groups, tokens, depth, promote, min_blocks)                              \
-  extern "C" __global__ void __launch_bounds__(128 * groups, min_blocks)                          \
+// 64) and 2 x 128 (1.3x); those forms (m64n128k64 for 128 tokens) are in git history (9f0c7c7,
+// 253bf4d). In both measured forms ptxas waits for each wgmma (the exit at a split's end
+// diverges); _g4p4w runs whole groups on zeros there instead, its four wgmmas issued back to
+// back, one wait (not yet run on a GPU).
+#define WGMMA_FORM(name, groups, depth, promote, whole)                                           \
+  extern "C" __global__ void __launch_bounds__(128 * groups, 1)                                   \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
            const float* w_scale, void* out, int out_kind, int T, int N, int K, int ldx,           \
            int steps_per_split) {                                                                 \
-    wgmma_gemm<groups, tokens, depth, promote>(w_vals, w_meta, x, x_scale, w_scale, out,          \
-                                               out_kind, T, N, K, ldx, steps_per_split);          \
+    wgmma_gemm<groups, depth, promote, whole>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, \
+                                              T, N, K, ldx, steps_per_split);                     \
   }
-WGMMA_FORM(sparse24_wgmma_gemm_g4p2, 4, 64, 4, 2, 1)
-WGMMA_FORM(sparse24_wgmma_gemm_g4p4, 4, 64, 4, 4, 1)
+WGMMA_FORM(sparse24_wgmma_gemm_g4p2, 4, 4, 2, false)
+WGMMA_FORM(sparse24_wgmma_gemm_g4p4, 4, 4, 4, false)
+WGMMA_FORM(sparse24_wgmma_gemm_g4p4w, 4, 4, 4, true)
 #undef WGMMA_FORM
 
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.

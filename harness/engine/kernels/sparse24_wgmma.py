@@ -21,6 +21,7 @@ TILE_ROWS = 64  # output rows a warpgroup
 FORMS = {
     "sparse24_wgmma_gemm_g4p2": (4, 64, 4),
     "sparse24_wgmma_gemm_g4p4": (4, 64, 4),
+    "sparse24_wgmma_gemm_g4p4w": (4, 64, 4),
 }
 FORM = "sparse24_wgmma_gemm_g4p4"  # the engine's
 
