@@ -574,7 +574,9 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 // 64) and 2 x 128 (1.3x); those forms (m64n128k64 for 128 tokens) are in git history (9f0c7c7,
 // 253bf4d). In both measured forms ptxas waits for each wgmma (the exit at a split's end
 // diverges); _g4p4w runs whole groups on zeros there instead, its four wgmmas issued back to
-// back, one wait (not yet run on a GPU).
+// back, one wait; _g4p4w8 keeps 8 steps in flight, so that the next group's X and weights
+// load while a group runs (with 4, a group takes the whole ring; 124 registers). Neither has
+// run on a GPU yet.
 #define WGMMA_FORM(name, groups, depth, promote, whole)                                           \
   extern "C" __global__ void __launch_bounds__(128 * groups, 1)                                   \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
@@ -586,6 +588,7 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 WGMMA_FORM(sparse24_wgmma_gemm_g4p2, 4, 4, 2, false)
 WGMMA_FORM(sparse24_wgmma_gemm_g4p4, 4, 4, 4, false)
 WGMMA_FORM(sparse24_wgmma_gemm_g4p4w, 4, 4, 4, true)
+WGMMA_FORM(sparse24_wgmma_gemm_g4p4w8, 4, 8, 4, true)
 #undef WGMMA_FORM
 
 // Each of n words: its low two e4m3 bytes as f16x2, as the GEMM unpacks the weights.

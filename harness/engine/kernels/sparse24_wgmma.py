@@ -22,6 +22,7 @@ FORMS = {
     "sparse24_wgmma_gemm_g4p2": (4, 64, 4),
     "sparse24_wgmma_gemm_g4p4": (4, 64, 4),
     "sparse24_wgmma_gemm_g4p4w": (4, 64, 4),
+    "sparse24_wgmma_gemm_g4p4w8": (4, 64, 8),
 }
 FORM = "sparse24_wgmma_gemm_g4p4"  # the engine's
 
