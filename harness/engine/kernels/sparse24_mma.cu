@@ -522,8 +522,8 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
       for (int p = 0; p < kPromote; ++p) {
-        // uniform over the warpgroup; whole groups run on (zeros): this divergent exit makes
-        // ptxas wait for each wgmma before the next (its report C7520)
+        // uniform over the warpgroup (whole groups run on, multiplying zeros): this divergent
+        // exit makes ptxas wait for each wgmma before the next (its report C7520)
         if (!kWholeGroups && (!rows || s0 + j0 + p >= nsteps)) break;
         const uint64_t desc = smem_descriptor(xs[j0 + p], kKStep, 128);
         if (p == 0) {
