@@ -16,7 +16,8 @@ With --sparse --mma, the sparse-MMA kernels (kernels/sparse24_mma.cu) beside the
 alone on f16 activations, and the whole linear on the Triton kernel's input (e4m3 activations
 and their scales: to f16, the GEMM, the K splits' sums, the scales applied); on Hopper also
 the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input, each of its forms (* the
-engine's).
+engine's), and where CUTLASS's headers are, CUTLASS's SM90 sparse GEMM (kernels/
+sparse24_cutlass.py).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
 """
@@ -110,6 +111,8 @@ def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
+    from harness.engine.kernels.sparse24_cutlass import compress as cutlass_compress
+    from harness.engine.kernels.sparse24_cutlass import headers_found, sparse24_cutlass_gemm
     from harness.engine.kernels.sparse24_gemm import decompress_24_triton
     from harness.engine.kernels.sparse24_mma import (
         pack_for_mma,
@@ -146,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=parse_config, action="append", default=[], help=config_help)
     a = p.parse_args(argv)
     shapes = linear_shapes(a.preset)
-    weights, compressed, packed, packed_wg = {}, {}, {}, {}
+    weights, compressed, packed, packed_wg, packed_cutlass = {}, {}, {}, {}, {}
     wgmma = a.mma and torch.cuda.get_device_capability() == (9, 0)  # Hopper's sm_90a
+    cutlass = wgmma and headers_found()  # CUTLASS's, for its sparse GEMM
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         w, s = quantize_per_channel(prune_2_of_4(w) if a.sparse else w)
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 packed[name] = pack_for_mma(*compressed[name])
                 if wgmma:
                     packed_wg[name] = pack_for_mma(*compressed[name], warpgroup_tables())
+                if cutlass:
+                    packed_cutlass[name] = cutlass_compress(w)
     scratch = torch.empty(max(n * k for n, k in shapes.values()), dtype=torch.float8_e4m3fn,
                           device="cuda") if a.sparse else None  # fmt: skip
     layer_bytes = sum(n * k for n, k in shapes.values())
@@ -197,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def wgmma_linear(name: str, xq, xsc, form: str):  # noqa: ANN001, ANN202
         return sparse24_wgmma_gemm(xq, xsc, *packed_wg[name], weights[name][1], form=form)
+
+    def cutlass_linear(name: str, xq, xsc):  # noqa: ANN001, ANN202
+        return sparse24_cutlass_gemm(xq, xsc, *packed_cutlass[name], weights[name][1])
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]
@@ -266,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fp8_gemm]   sparse wgmma {label} "
                   f"{t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s ({total / t:.2f}x cuBLAS); "
                   f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip
+        if cutlass:  # CUTLASS's SM90 sparse GEMM (TMA, warp-specialized), then the scales
+            t, err = sum(shape_ms(cutlass_linear).values()), largest_error(cutlass_linear)
+            print(f"[fp8_gemm]   sparse CUTLASS {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
+                  f"({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range",
+                  flush=True)  # fmt: skip
         results = []
         current = config_for(m, a.sparse)
         tried = a.config or ([] if a.sparse and a.mma else candidate_configs(m, a.swap, a.sparse))

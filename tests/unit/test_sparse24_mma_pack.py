@@ -132,3 +132,14 @@ def test_wgmma_splits_fill_the_gpu_once_in_whole_depths():
     assert sparse24_wgmma.splits_for(8192, 8192, 512, 132) == 1  # 32 x 8 blocks already
     assert sparse24_wgmma.splits_for(57344, 8192, 1, 132) == 1  # 224 blocks
     assert sparse24_wgmma.splits_for(256, 128, 1, 132) == 1  # two steps, depth 4: one split
+
+
+def test_cutlass_headers_missing_name_the_place_and_the_fix(tmp_path, monkeypatch):
+    from harness.engine.kernels import sparse24_cutlass
+
+    monkeypatch.setenv("CUTLASS_PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match=f"no CUTLASS headers in {tmp_path}/include"):
+        sparse24_cutlass.include_dirs()
+    (tmp_path / "include" / "cutlass").mkdir(parents=True)
+    (tmp_path / "tools" / "util" / "include" / "cutlass").mkdir(parents=True)
+    assert sparse24_cutlass.include_dirs()[0] == tmp_path / "include"

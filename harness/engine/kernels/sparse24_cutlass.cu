@@ -1,0 +1,130 @@
+// 2:4 FP8 GEMM on CUTLASS's SM90 sparse kernels (warp-specialized, TMA loads multicast over a
+// 2-block cluster, wgmma.sp e4m3), the headers from PyPI's nvidia-cutlass (kernels/
+// sparse24_cutlass.py finds them). d[T, N] fp32, unscaled = X[T, K] . W[N, K]^T: W the sparse
+// A operand (row-major, K contiguous), X^T the dense B operand (column-major [K, T]: X's rows),
+// D column-major [N, T] = d [T, N] row-major. Built as a shared library (CUTLASS's adapters
+// launch from the host); extern "C" entry points for ctypes. Device 0's SM count sizes the
+// compressor's grid.
+#include <cstdint>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/transform/device/transform_universal_adapter.hpp"
+#include "cutlass/transform/kernel/sparse_gemm_compressor.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+using namespace cute;
+
+namespace {
+
+using Fp8 = cutlass::float_e4m3_t;
+using TagW = cutlass::layout::RowMajor;     // W [N, K]
+using TagX = cutlass::layout::ColumnMajor;  // X^T [K, T]
+using TagD = cutlass::layout::ColumnMajor;  // D [N, T]
+constexpr int kAlign8 = 16;                 // 16-byte accesses, in e4m3 elements
+constexpr int kAlign32 = 4;                 // in fp32 elements
+using Tile = Shape<_128, _128, _128>;
+using Cluster = Shape<_1, _2, _1>;
+using Problem = Shape<int, int, int, int>;  // M (= N out), N (= T), K, L
+
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Tile, Cluster,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, float, TagD, kAlign32, float,
+    TagD, kAlign32, cutlass::epilogue::collective::EpilogueScheduleAuto>::CollectiveOp;
+
+using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Fp8, TagW, kAlign8, Fp8, TagX,
+    kAlign8, float, Tile, Cluster,
+    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+        sizeof(typename Epilogue::SharedStorage))>,
+    cutlass::gemm::collective::KernelScheduleAuto>::CollectiveOp;
+
+using Kernel = cutlass::gemm::kernel::GemmUniversal<Problem, Mainloop, Epilogue>;
+using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+using Config = typename Mainloop::SparseConfig;
+using ElementE = typename Mainloop::ElementE;
+using StrideW = cutlass::gemm::TagToStrideA_t<TagW>;
+using Utility =
+    cutlass::transform::kernel::StructuredSparseCompressorUtility<Problem, Fp8, TagW, Config>;
+using CompressKernel = cutlass::transform::kernel::StructuredSparseCompressor<
+    Problem, Fp8, TagW, Config, cutlass::arch::Sm90>;
+using Compressor = cutlass::transform::device::TransformUniversalAdapter<CompressKernel>;
+
+Problem problem(int n, int t, int k) { return make_tuple(n, t, k, 1); }
+
+int status(cutlass::Status s) {
+  return s == cutlass::Status::kSuccess ? 0 : static_cast<int>(s) + 1;
+}
+
+typename Compressor::Arguments compress_args(const void* w, void* w_c, void* e, int n, int k) {
+  cutlass::KernelHardwareInfo hw;
+  hw.device_id = 0;
+  hw.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(0);
+  const auto stride_w = cutlass::make_cute_packed_stride(StrideW{}, make_shape(n, k, 1));
+  return {problem(n, 1, k),
+          {static_cast<const Fp8*>(w), stride_w, static_cast<Fp8*>(w_c), static_cast<ElementE*>(e)},
+          {hw}};
+}
+
+typename Gemm::Arguments gemm_args(const void* w_c, const void* e, const void* x, float* d, int n,
+                                   int t, int k) {
+  const auto p = problem(n, t, k);
+  using cutlass::make_cute_packed_stride;
+  const auto stride_x = make_cute_packed_stride(typename Kernel::StrideB{}, make_shape(t, k, 1));
+  const auto stride_d = make_cute_packed_stride(typename Kernel::StrideD{}, make_shape(n, t, 1));
+  return {cutlass::gemm::GemmUniversalMode::kGemm,
+          p,
+          {static_cast<const Fp8*>(w_c), Config::fill_layoutA(p), static_cast<const Fp8*>(x),
+           stride_x, static_cast<const ElementE*>(e), Config::fill_layoutE(p)},
+          {{1.0f, 0.0f}, d, stride_d, d, stride_d}};
+}
+
+// Check, initialize and run a CUTLASS operation on stream.
+template <class Op>
+int run(typename Op::Arguments const& args, void* workspace, int64_t workspace_bytes,
+        void* stream) {
+  Op op;
+  if (static_cast<int64_t>(Op::get_workspace_size(args)) > workspace_bytes) return -1;
+  const auto s = static_cast<cudaStream_t>(stream);
+  cutlass::Status status_ = op.can_implement(args);
+  if (status_ == cutlass::Status::kSuccess) status_ = op.initialize(args, workspace, s);
+  if (status_ == cutlass::Status::kSuccess) status_ = op.run(s);
+  return status(status_);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Elements of the compressed W and bytes of its metadata for an [n, k] weight.
+int s24c_sizes(int n, int k, int64_t* w_elems, int64_t* e_bytes) {
+  Utility u(problem(n, 1, k), cutlass::make_cute_packed_stride(StrideW{}, make_shape(n, k, 1)));
+  *w_elems = static_cast<int64_t>(n) * u.get_tensorA_k_physical();
+  *e_bytes = static_cast<int64_t>(u.get_metadata_m_physical()) * u.get_metadata_k_physical() *
+             static_cast<int64_t>(sizeof(ElementE));
+  return 0;
+}
+
+// Workspace bytes: of the compressor for an [n, k] weight (t == 0), else of the GEMM at t tokens.
+int64_t s24c_workspace(int n, int t, int k) {
+  if (t == 0) return Compressor::get_workspace_size(compress_args(nullptr, nullptr, nullptr, n, k));
+  return Gemm::get_workspace_size(gemm_args(nullptr, nullptr, nullptr, nullptr, n, t, k));
+}
+
+// Compress a pruned 2:4 e4m3 weight w [n, k] (device) into w_c and e (sizes: s24c_sizes).
+int s24c_compress(const void* w, void* w_c, void* e, int n, int k, void* workspace,
+                  int64_t workspace_bytes, void* stream) {
+  return run<Compressor>(compress_args(w, w_c, e, n, k), workspace, workspace_bytes, stream);
+}
+
+// d [t, n] fp32 = x [t, k] e4m3 (row-major) . W^T, W compressed by s24c_compress.
+int s24c_gemm(const void* w_c, const void* e, const void* x, float* d, int n, int t, int k,
+              void* workspace, int64_t workspace_bytes, void* stream) {
+  return run<Gemm>(gemm_args(w_c, e, x, d, n, t, k), workspace, workspace_bytes, stream);
+}
+
+}  // extern "C"

@@ -1,0 +1,152 @@
+"""2:4 FP8 GEMM on CUTLASS's SM90 sparse kernels (sparse24_cutlass.cu), Hopper only:
+experimental, timed by `fp8_gemm_sweep --sparse --mma`, not in the engine.
+
+CUTLASS's warp-specialized FP8 sparse GEMM loads both operands by TMA (X multicast over a
+2-block cluster) and keeps wgmma groups in flight: what our own wgmma.sp kernel
+(sparse24_wgmma.py) lacks. Its weight layout is its own: `compress` runs CUTLASS's compressor
+on the pruned e4m3 weight once; `sparse24_cutlass_gemm` then writes the unscaled fp32 product,
+and sparse24_mma.cu's `sparse24_mma_reduce` applies the token and row scales and casts.
+
+The headers come from PyPI's nvidia-cutlass (install it with --no-deps: only its header tree
+is used) or a CUTLASS checkout at $CUTLASS_PATH; nvcc builds the shared library once per
+source, cached beside the other kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from harness.engine.kernels.cpu_build import cache_dir, compile_into
+from harness.engine.kernels.sparse24_mma import OUT_KINDS, module, nvcc
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("sparse24_cutlass.cu")
+_INT, _I64, _PTR = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+
+
+def include_dirs() -> list[Path]:
+    """CUTLASS's include and tools/util/include: under $CUTLASS_PATH, else in the installed
+    nvidia-cutlass package (cutlass_library/source)."""
+    env = os.environ.get("CUTLASS_PATH")
+    if env:
+        root = Path(env)
+    else:
+        spec = importlib.util.find_spec("cutlass_library")  # found, not imported
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(
+                "no CUTLASS headers: pip install --no-deps nvidia-cutlass==4.2.0.0, "
+                "or set CUTLASS_PATH to a CUTLASS checkout"
+            )
+        root = Path(next(iter(spec.submodule_search_locations))) / "source"
+    dirs = [root / "include", root / "tools" / "util" / "include"]
+    missing = [str(d) for d in dirs if not (d / "cutlass").is_dir()]
+    if missing:
+        raise RuntimeError(f"no CUTLASS headers in {', '.join(missing)} (CUTLASS_PATH={env})")
+    return dirs
+
+
+def headers_found() -> bool:
+    try:
+        include_dirs()
+    except RuntimeError:
+        return False
+    return True
+
+
+def build() -> Path:
+    """Compile sparse24_cutlass.cu for sm_90a into a shared library, or find it built."""
+    cc = nvcc()
+    includes = [f"-I{d}" for d in include_dirs()]
+    flags = ["-shared", "-Xcompiler", "-fPIC", "-arch=sm_90a", "-O3", "-std=c++17",
+             "--expt-relaxed-constexpr", *includes]  # fmt: skip
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()
+    lib = cache_dir() / f"sparse24_cutlass-{key[:16]}.so"
+    if not lib.exists():
+        compile_into(lib, [cc, *flags, str(SOURCE), "-o", "{out}"], timeout_s=900)
+        logger.info("built the CUTLASS 2:4 GEMM: %s", lib)
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    if torch.cuda.get_device_capability() != (9, 0):
+        raise RuntimeError("the CUTLASS 2:4 GEMM is built for Hopper (sm_90a) only")
+    lib = ctypes.CDLL(str(build()))
+    lib.s24c_sizes.argtypes = [_INT, _INT, ctypes.POINTER(_I64), ctypes.POINTER(_I64)]
+    lib.s24c_workspace.argtypes, lib.s24c_workspace.restype = [_INT, _INT, _INT], _I64
+    lib.s24c_compress.argtypes = [_PTR, _PTR, _PTR, _INT, _INT, _PTR, _I64, _PTR]
+    lib.s24c_gemm.argtypes = [_PTR, _PTR, _PTR, _PTR, _INT, _INT, _INT, _PTR, _I64, _PTR]
+    return lib
+
+
+def _check(status: int, what: str) -> None:
+    if status == -1:
+        raise RuntimeError(f"CUTLASS {what}: the workspace is too small")
+    if status != 0:
+        raise RuntimeError(f"CUTLASS {what} failed: cutlass::Status {status - 1}")
+
+
+def _workspace(n: int, t: int, k: int, device: torch.device) -> torch.Tensor:
+    size = library().s24c_workspace(n, t, k)
+    return torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pruned 2:4 e4m3 weight [N, K] (CUDA) in CUTLASS's layout: (values, metadata bytes)."""
+    if w.dtype != torch.float8_e4m3fn or not w.is_cuda or not w.is_contiguous():
+        raise ValueError("w must be a contiguous CUDA e4m3 tensor [N, K]")
+    n, k = w.shape
+    lib = library()
+    w_elems, e_bytes = _I64(), _I64()
+    lib.s24c_sizes(n, k, ctypes.byref(w_elems), ctypes.byref(e_bytes))
+    values = torch.empty(w_elems.value, dtype=torch.float8_e4m3fn, device=w.device)
+    meta = torch.zeros(e_bytes.value, dtype=torch.uint8, device=w.device)
+    work = _workspace(n, 0, k, w.device)
+    status = lib.s24c_compress(w.data_ptr(), values.data_ptr(), meta.data_ptr(), n, k,
+                               work.data_ptr(), work.numel(), _stream(w.device))  # fmt: skip
+    _check(status, "compress")
+    return values, meta
+
+
+def sparse24_cutlass_gemm(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    w_scale: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """xq [T, K] e4m3 times x_scale [T] . (W * w_scale [N])^T, W compressed by `compress`
+    -> [T, N] out_dtype (fp32, bf16 or f16)."""
+    t, k = xq.shape
+    n = w_scale.numel()
+    if xq.dtype != torch.float8_e4m3fn or not xq.is_contiguous() or k % 16:
+        raise ValueError("xq must be contiguous e4m3 [T, K], K a multiple of 16")
+    if values.numel() * 2 < n * k:  # CUTLASS may pad K
+        raise ValueError(f"compressed values {values.numel()} are not for [{n}, {k}]")
+    d = torch.empty(t, n, dtype=torch.float32, device=xq.device)
+    work = _workspace(n, t, k, xq.device)
+    ptrs = (values.data_ptr(), meta.data_ptr(), xq.data_ptr(), d.data_ptr())
+    status = library().s24c_gemm(*ptrs, n, t, k, work.data_ptr(), work.numel(), _stream(xq.device))
+    _check(status, "GEMM")
+    out = torch.empty(t, n, dtype=out_dtype, device=xq.device)
+    xs = x_scale.reshape(t).float().contiguous()
+    ws = w_scale.reshape(n).float().contiguous()
+    module(xq.device.index or 0).launch(
+        "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, d, 1, xs, ws, out,
+        OUT_KINDS[out_dtype], t, n,
+    )  # fmt: skip
+    return out
