@@ -1,7 +1,7 @@
 """A Linear of a given quant method holding a given dense weight, loaded shard by shard as a
 checkpoint is (fused q|k|v, gate|up), then processed for inference: for tests that compare
-quant methods (tests/unit, tests/gpu). Also the 2:4 weights and layer the sparse tensor-core
-kernels' GPU tests share."""
+quant methods (tests/unit, tests/gpu). Also the 2:4 weights, activations and layer the sparse
+tensor-core kernels' GPU tests share."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def packed_24_weight(n: int, k: int, warpgroup: bool = False):  # noqa: ANN201
     q, s = quantize_per_channel(prune_2_of_4(w))
     tables = warpgroup_tables() if warpgroup else lane_tables()
     return q, s, *pack_for_mma(*compress_24(q), tables)
+
+
+def e4m3_activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random CUDA activations [t, k] quantized per token: (e4m3 values, fp32 scales [t, 1])."""
+    x = torch.randn(t, k, device="cuda")
+    x_scale = x.abs().amax(dim=1, keepdim=True) / 448.0
+    return (x / x_scale).to(torch.float8_e4m3fn), x_scale
 
 
 def sparse_layer_and_triton(m: int):  # noqa: ANN201

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.engine.kernels.sparse24_cutlass import headers_found
-from tests.linears import packed_24_weight
+from tests.linears import e4m3_activations, packed_24_weight
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,12 +22,6 @@ pytestmark = [
 SHAPES = [(10240, 8192), (8192, 28672), (256, 128)]
 
 
-def _activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(t, k, device="cuda")
-    x_scale = x.abs().amax(dim=1, keepdim=True) / 448.0
-    return (x / x_scale).to(torch.float8_e4m3fn), x_scale
-
-
 @pytest.mark.parametrize("t", [1, 7, 64, 100, 512])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
@@ -35,7 +29,7 @@ def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
 
     q, s, _, _ = packed_24_weight(n, k)
     values, meta = compress(q)
-    xq, x_scale = _activations(t, k)
+    xq, x_scale = e4m3_activations(t, k)
     out = sparse24_cutlass_gemm(xq, x_scale, values, meta, s, torch.float32)
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
@@ -46,7 +40,7 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
 
     q, s, _, _ = packed_24_weight(*SHAPES[0])
     values, meta = compress(q)
-    xq, x_scale = _activations(16, q.shape[1])
+    xq, x_scale = e4m3_activations(16, q.shape[1])
     eager = sparse24_cutlass_gemm(xq, x_scale, values, meta, s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

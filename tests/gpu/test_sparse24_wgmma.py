@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.engine.kernels.sparse24_wgmma import FORMS
-from tests.linears import packed_24_weight, sparse_layer_and_triton
+from tests.linears import e4m3_activations, packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -89,12 +89,6 @@ def test_one_wgmma_sp_e4m3_reads_the_registers_as_laid_out() -> None:
         )
 
 
-def _activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(t, k, device="cuda")
-    x_scale = x.abs().amax(dim=1, keepdim=True) / 448.0
-    return (x / x_scale).to(torch.float8_e4m3fn), x_scale
-
-
 @pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("t", [1, 7, 64, 65, 100, 256, 300, 512])
 @pytest.mark.parametrize("n,k", SHAPES)
@@ -102,7 +96,7 @@ def test_gemm_matches_the_dense_product(n: int, k: int, t: int, form: str) -> No
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
 
     q, s, packed_v, packed_m = packed_24_weight(n, k, warpgroup=True)
-    xq, x_scale = _activations(t, k)
+    xq, x_scale = e4m3_activations(t, k)
     out = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s, torch.float32, form)
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
@@ -112,7 +106,7 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
     from harness.engine.kernels.sparse24_wgmma import sparse24_wgmma_gemm
 
     q, s, packed_v, packed_m = packed_24_weight(*SHAPES[0], warpgroup=True)
-    xq, x_scale = _activations(16, q.shape[1])
+    xq, x_scale = e4m3_activations(16, q.shape[1])
     eager = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
