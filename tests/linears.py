@@ -46,6 +46,16 @@ def e4m3_activations(t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / x_scale).to(torch.float8_e4m3fn), x_scale
 
 
+def graph_replay(fn) -> torch.Tensor:  # noqa: ANN001
+    """fn() captured in a CUDA graph, the graph replayed: its output."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out
+
+
 def sparse_layer_and_triton(m: int):  # noqa: ANN201
     """(method, a 2:4 layer of 1,024 inputs and 512 + 256 outputs in row order, m bf16 rows,
     the Triton 2:4 kernel's output on them): what a repacked layer is checked against."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.engine.kernels.sparse24_cutlass import headers_found
-from tests.linears import e4m3_activations, packed_24_weight
+from tests.linears import e4m3_activations, graph_replay, packed_24_weight
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,9 +42,5 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
     values, meta = compress(q)
     xq, x_scale = e4m3_activations(16, q.shape[1])
     eager = sparse24_cutlass_gemm(xq, x_scale, values, meta, s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        replayed = sparse24_cutlass_gemm(xq, x_scale, values, meta, s)
-    graph.replay()
-    torch.cuda.synchronize()
+    replayed = graph_replay(lambda: sparse24_cutlass_gemm(xq, x_scale, values, meta, s))
     assert torch.equal(replayed, eager)

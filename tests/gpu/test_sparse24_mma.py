@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.linears import packed_24_weight, sparse_layer_and_triton
+from tests.linears import graph_replay, packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -130,11 +130,7 @@ def test_linear_with_scales_in_a_cuda_graph(n: int, k: int) -> None:
     ref = (x.float() @ (q.float() * s.view(-1, 1)).t()).to(torch.bfloat16)
     atol = 2e-2 * ref.abs().max().item()
     torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=atol)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        replayed = sparse24_mma_linear(x, packed_v, packed_m, s)
-    graph.replay()
-    torch.cuda.synchronize()
+    replayed = graph_replay(lambda: sparse24_mma_linear(x, packed_v, packed_m, s))
     assert torch.equal(replayed, eager)
 
 

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from harness.engine.kernels.sparse24_wgmma import FORMS
-from tests.linears import e4m3_activations, packed_24_weight, sparse_layer_and_triton
+from tests.linears import (
+    e4m3_activations,
+    graph_replay,
+    packed_24_weight,
+    sparse_layer_and_triton,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -108,11 +113,7 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
     q, s, packed_v, packed_m = packed_24_weight(*SHAPES[0], warpgroup=True)
     xq, x_scale = e4m3_activations(16, q.shape[1])
     eager = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        replayed = sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s)
-    graph.replay()
-    torch.cuda.synchronize()
+    replayed = graph_replay(lambda: sparse24_wgmma_gemm(xq, x_scale, packed_v, packed_m, s))
     assert torch.equal(replayed, eager)
 
 

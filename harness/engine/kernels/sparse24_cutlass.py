@@ -5,7 +5,7 @@ CUTLASS's warp-specialized FP8 sparse GEMM loads both operands by TMA (X multica
 2-block cluster) and keeps wgmma groups in flight: what our own wgmma.sp kernel
 (sparse24_wgmma.py) lacks. Its weight layout is its own: `compress` runs CUTLASS's compressor
 on the pruned e4m3 weight once; `sparse24_cutlass_gemm` then writes the unscaled fp32 product,
-and sparse24_mma.cu's `sparse24_mma_reduce` applies the token and row scales and casts.
+and sparse24_mma.py's `reduce_splits` (one split) applies the token and row scales and casts.
 
 The headers come from PyPI's nvidia-cutlass (install it with --no-deps: only its header tree
 is used) or a CUTLASS checkout at $CUTLASS_PATH; nvcc builds the shared library once per
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from harness.engine.kernels.cpu_build import cache_dir, compile_into
-from harness.engine.kernels.sparse24_mma import OUT_KINDS, module, nvcc
+from harness.engine.kernels.sparse24_mma import nvcc, reduce_splits
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,12 @@ def build() -> Path:
 
 @functools.cache
 def library() -> ctypes.CDLL:
-    if torch.cuda.get_device_capability() != (9, 0):
-        raise RuntimeError("the CUTLASS 2:4 GEMM is built for Hopper (sm_90a) only")
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) != (9, 0):
+        raise RuntimeError(
+            f"the CUTLASS 2:4 GEMM is built for Hopper (sm_90a) only; "
+            f"{torch.cuda.get_device_name()} is {major}.{minor}: use the Triton 2:4 kernel"
+        )
     lib = ctypes.CDLL(str(build()))
     lib.s24c_sizes.argtypes = [_INT, _INT, ctypes.POINTER(_I64), ctypes.POINTER(_I64)]
     lib.s24c_workspace.argtypes, lib.s24c_workspace.restype = [_INT, _INT, _INT], _I64
@@ -145,8 +149,5 @@ def sparse24_cutlass_gemm(
     out = torch.empty(t, n, dtype=out_dtype, device=xq.device)
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
-    module(xq.device.index or 0).launch(
-        "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, d, 1, xs, ws, out,
-        OUT_KINDS[out_dtype], t, n,
-    )  # fmt: skip
+    reduce_splits(d.view(1, t, n), xs, ws, out)
     return out

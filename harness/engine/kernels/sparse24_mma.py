@@ -351,11 +351,20 @@ def launch_gemm(
         x.stride(0), steps_per_split,
     )  # fmt: skip
     if splits > 1:
-        mod.launch(
-            "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, sums, splits, xs, ws, out,
-            OUT_KINDS[out_dtype], t, n,
-        )  # fmt: skip
+        reduce_splits(sums, xs, ws, out)
     return out
+
+
+def reduce_splits(
+    sums: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor
+) -> None:
+    """out [T, N] = the fp32 partial sums [splits, T, N] added, times xs [T] and ws [N], cast
+    to out's dtype (sparse24_mma_reduce)."""
+    splits, t, n = sums.shape
+    module(out.device.index or 0).launch(
+        "sparse24_mma_reduce", (-(-t * n // 256), 1, 1), 256, sums, splits, xs, ws, out,
+        OUT_KINDS[out.dtype], t, n,
+    )  # fmt: skip
 
 
 def expand_from_mma(
