@@ -14,6 +14,7 @@ TEST_MODES = ("PerformanceOnly", "AccuracyOnly")
 CONFIG_VERS = ("default", "high_accuracy")
 BACKENDS = ("hf", "torch", "trtllm", "openai")
 MODEL_OPTS = ("Dense", "FP8", "Sparse")
+SPARSE_KERNELS = ("triton", "mma", "wgmma", "cutlass")  # engine.sparse_kernel
 
 
 @dataclass
@@ -129,16 +130,16 @@ class EngineConfig:
     # H100 the Triton kernel took 0.80 ms a 70B layer at 256 rows, expand + cuBLAS 0.98; at
     # 512 rows 1.31-1.49 against 1.29 (docs/benchmarks.md, fourteenth session)
     sparse_triton_max_rows: int = 256
-    # CUDA Sparse: those steps on the sparse tensor cores instead (mma.sp,
-    # engine/kernels/sparse24_mma.cu, built with nvcc), larger ones from its packed layout to
-    # cuBLAS. On the H100 it beats the Triton kernel up to 16 rows (0.24 against 0.29 ms a 70B
-    # layer at 1 row) and loses from 32 on: pair it with sparse_triton_max_rows: 16
-    sparse_mma: bool = False
-    # CUDA Sparse on Hopper (sm_90a), experimental: every step on wgmma.mma_async.sp, FP8 at the
-    # sparse tensor cores' own rate (kernels/sparse24_wgmma.py, built with nvcc); not with
-    # sparse_mma. Bound by its loads on an H100: 70B decode step at 160 sequences 1.02x the
-    # Triton path's time, prefill 2x
-    sparse_wgmma: bool = False
+    # CUDA Sparse: which kernel multiplies the 2:4 weights. triton: the above. mma: those steps
+    # on the sparse tensor cores instead (mma.sp, engine/kernels/sparse24_mma.cu, built with
+    # nvcc), larger ones from its packed layout to cuBLAS; on the H100 it beats the Triton kernel
+    # up to 16 rows (0.24 against 0.29 ms a 70B layer at 1 row) and loses from 32 on: pair it
+    # with sparse_triton_max_rows: 16. Hopper (sm_90a) only, experimental, every step: wgmma:
+    # wgmma.mma_async.sp, FP8 at the sparse tensor cores' rate (kernels/sparse24_wgmma.py;
+    # bound by its loads on an H100: 70B decode step at 160 sequences 1.02x the Triton path's
+    # time, prefill 2x); cutlass: CUTLASS's SM90 sparse FP8 GEMM (kernels/sparse24_cutlass.py;
+    # needs its headers: pip install --no-deps nvidia-cutlass, or CUTLASS_PATH)
+    sparse_kernel: str = "triton"
     # CUDA bf16 / fp16 linears (Dense models, every model's head): steps of up to this many
     # rows run the Triton GEMV (engine/kernels/gemv.py), larger ones cuBLAS; 0: cuBLAS always.
     # 1: at one row it beat cuBLAS on every 7B shape, 4.69 ms a step's linears against 5.18
@@ -234,4 +235,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "engine.admission": ("fifo", "longest_first"),
     "engine.kv_cache_dtype": ("auto", "fp8"),
     "engine.cpu_gemm": ("onednn", "mkl"),
+    "engine.sparse_kernel": SPARSE_KERNELS,
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from harness.config.schema import SPARSE_KERNELS
 from harness.engine.kv_cache import BlockManager
 from harness.engine.kv_plan import GIB, Agree, plan_kv_cache
 from harness.engine.loader import build_model
@@ -61,8 +62,7 @@ class EngineArgs:
     fused_kernels: bool = True  # norm / RoPE / SwiGLU: Triton (CUDA), C (CPU fp32); False: torch
     fp8_triton_max_rows: int = 32  # CUDA FP8 linears: Triton GEMM up to this many rows
     sparse_triton_max_rows: int = 256  # CUDA Sparse: Triton GEMM on compressed weights, same
-    sparse_mma: bool = False  # ... those steps on the sparse tensor cores (sparse24_mma.cu)
-    sparse_wgmma: bool = False  # CUDA Sparse, Hopper: every step on wgmma.sp (sparse24_wgmma.py)
+    sparse_kernel: str = "triton"  # CUDA Sparse: triton | mma | wgmma | cutlass (schema.py)
     fp8_dense_layers: str = ""  # FP8 / Sparse: decoder layers kept dense, e.g. "0,-1"
     dense_triton_max_rows: int = 1  # CUDA bf16 / fp16 linears: Triton GEMV up to this many rows
     cpu_attention_kernel: bool = True  # CPU fp32: C paged decode attention (False: torch ops)
@@ -95,15 +95,14 @@ def check_device(args: EngineArgs) -> None:
             f"embedding_on_host=true has the GPU read the embedding from pinned host memory; on "
             f"{device} the embedding is in host memory already: set embedding_on_host=false"
         )
-    for knob in ("sparse_mma", "sparse_wgmma"):
-        if getattr(args, knob) and (device.type != "cuda" or args.model_opt != "Sparse"):
-            raise NotImplementedError(
-                f"{knob}=true runs 2:4 weights on CUDA's sparse tensor cores; this engine is "
-                f"model_opt={args.model_opt} on {device}: set {knob}=false"
-            )
-    if args.sparse_mma and args.sparse_wgmma:
+    if args.sparse_kernel not in SPARSE_KERNELS:
         raise ValueError(
-            "sparse_mma=true and sparse_wgmma=true pack the 2:4 weights two ways: set one false"
+            f"sparse_kernel={args.sparse_kernel!r} is none of {', '.join(SPARSE_KERNELS)}"
+        )
+    if args.sparse_kernel != "triton" and (device.type != "cuda" or args.model_opt != "Sparse"):
+        raise NotImplementedError(
+            f"sparse_kernel={args.sparse_kernel} runs 2:4 weights on CUDA's sparse tensor cores; "
+            f"this engine is model_opt={args.model_opt} on {device}: set sparse_kernel=triton"
         )
     if device.type != "cuda":
         return
@@ -117,22 +116,29 @@ def check_device(args: EngineArgs) -> None:
             f"later: Ada, Hopper); {torch.cuda.get_device_name(device)} is {major}.{minor}: "
             "use model_opt=Dense and kv_cache_dtype=auto"
         )
-    if args.sparse_wgmma and (major, minor) != (9, 0):
+    if args.sparse_kernel in ("wgmma", "cutlass") and (major, minor) != (9, 0):
         raise NotImplementedError(
-            f"sparse_wgmma=true needs Hopper's wgmma (compute capability 9.0); "
-            f"{torch.cuda.get_device_name(device)} is {major}.{minor}: set sparse_wgmma=false"
+            f"sparse_kernel={args.sparse_kernel} is Hopper's (compute capability 9.0); "
+            f"{torch.cuda.get_device_name(device)} is {major}.{minor}: set sparse_kernel=triton"
         )
-    knob = "sparse_mma" if args.sparse_mma else "sparse_wgmma" if args.sparse_wgmma else None
-    if knob:  # its kernel is built now: no nvcc or a compile error shows before loading
-        from harness.engine.kernels.sparse24_mma import arch_for, build
+    if args.sparse_kernel != "triton":  # its kernel is built now: no nvcc or a compile error
+        _build_sparse_kernel(args.sparse_kernel, (major, minor))  # shows before loading
 
-        try:
-            build(arch_for((major, minor)))
-        except RuntimeError as e:
-            raise RuntimeError(
-                f"{knob}=true needs its CUDA kernel, which did not build: {e}. Install the "
-                f"CUDA compiler (or set NVCC / CUDA_HOME), or set {knob}=false"
-            ) from e
+
+def _build_sparse_kernel(kernel: str, capability: tuple[int, int]) -> None:
+    from harness.engine.kernels import sparse24_cutlass, sparse24_mma
+
+    try:
+        if kernel == "cutlass":
+            sparse24_cutlass.build()
+        else:
+            sparse24_mma.build(sparse24_mma.arch_for(capability))
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"sparse_kernel={kernel} needs its CUDA kernel, which did not build: {e}. Install the "
+            "CUDA compiler (or set NVCC / CUDA_HOME) and, for cutlass, CUTLASS's headers, or set "
+            "sparse_kernel=triton"
+        ) from e
 
 
 def cuda_graph_sizes(args: EngineArgs, device: torch.device) -> tuple[int, int]:
@@ -161,8 +167,7 @@ def build_runner(
         args.fp8_triton_max_rows,
         args.sparse_triton_max_rows,
         args.dense_triton_max_rows,
-        args.sparse_mma,
-        args.sparse_wgmma,
+        args.sparse_kernel,
     )
     logger.info("norm / RoPE / SwiGLU kernels: %s", kernels)
     if args.embedding_on_host:  # before the KV plan, which takes the memory it frees

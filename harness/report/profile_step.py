@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from harness.config.schema import SPARSE_KERNELS
+
 
 def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
     from harness.engine.llm_engine import EngineArgs, LLMEngine
@@ -28,8 +30,7 @@ def _engine(a: argparse.Namespace, batch: int, graphs: bool):  # -> LLMEngine
         gpu_memory_utilization=a.gpu_memory_utilization, fused_kernels=not a.no_fused,
         fp8_triton_max_rows=a.fp8_triton_max_rows, sparse_triton_max_rows=a.sparse_triton_max_rows,
         dense_triton_max_rows=a.dense_triton_max_rows,
-        async_scheduling=a.async_scheduling, sparse_mma=a.sparse_mma,
-        sparse_wgmma=a.sparse_wgmma,
+        async_scheduling=a.async_scheduling, sparse_kernel=a.sparse_kernel,
     )  # fmt: skip
     return LLMEngine.from_args(args)
 
@@ -80,7 +81,7 @@ def profile(a: argparse.Namespace, batch: int) -> None:
     fit = "" if running == batch else f" (only {running} of {batch} fit the KV cache)"
     print(f"[profile] {a.preset} {a.model_opt} kv={a.kv_cache_dtype} batch={batch}{fit} "
           f"fused={not a.no_fused} async={a.async_scheduling}"
-          f"{' sparse_mma' if a.sparse_mma else ''}{' sparse_wgmma' if a.sparse_wgmma else ''}"
+          f"{'' if a.sparse_kernel == 'triton' else f' sparse_kernel={a.sparse_kernel}'}"
           f": prefill of "
           f"{batch}x{a.prompt_len} tokens {prefill_s:.2f} s; decode step {ms:.2f} ms "
           f"({'graphs' if engine.model_runner.graphs else 'eager'}) = "
@@ -161,10 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     for knob in ("fp8_triton_max_rows", "sparse_triton_max_rows", "dense_triton_max_rows"):
         p.add_argument(f"--{knob}", type=int, default=getattr(defaults, knob))
     p.add_argument("--async_scheduling", action="store_true", help="queue steps ahead")
-    mma_help = "Sparse: its small steps on the sparse tensor cores (engine.sparse_mma)"
-    p.add_argument("--sparse_mma", action="store_true", help=mma_help)
-    wgmma_help = "Sparse on Hopper: every step on wgmma.sp (engine.sparse_wgmma)"
-    p.add_argument("--sparse_wgmma", action="store_true", help=wgmma_help)
+    kernels_help = "Sparse: the 2:4 weights' kernel (engine.sparse_kernel)"
+    p.add_argument("--sparse_kernel", default="triton", choices=SPARSE_KERNELS, help=kernels_help)
     p.add_argument("--top", type=int, default=18)
     p.add_argument("--prompt_len", type=int, default=200, help="context of the decode steps")
     p.add_argument("--prefill_prompts", type=int, default=0, help="also profile a prefill step")

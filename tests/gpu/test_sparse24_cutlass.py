@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.engine.kernels.sparse24_cutlass import headers_found
-from tests.linears import e4m3_activations, graph_replay, packed_24_weight
+from tests.linears import e4m3_activations, graph_replay, packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -44,3 +44,24 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
     eager = sparse24_cutlass_gemm(xq, x_scale, values, meta, s)
     replayed = graph_replay(lambda: sparse24_cutlass_gemm(xq, x_scale, values, meta, s))
     assert torch.equal(replayed, eager)
+
+
+def test_decompress_gives_back_the_pruned_weight() -> None:
+    from harness.engine.kernels.sparse24_cutlass import compress, decompress
+
+    q, _, _, _ = packed_24_weight(*SHAPES[2])
+    assert torch.equal(decompress(*compress(q), *q.shape).view(torch.uint8), q.view(torch.uint8))
+
+
+@pytest.mark.parametrize("m", [1, 48, 300])
+def test_sparse_linear_on_cutlass_matches_the_triton_kernel_and_the_reference(m: int) -> None:
+    """repack(cutlass) compresses the layer CUTLASS's way; every step then runs its GEMM on the
+    same e4m3 activations the Triton kernel gets, and the fp32 reference reads the weight back."""
+    method, layer, x, triton = sparse_layer_and_triton(m)
+    reference = layer(x.float())
+    method.repack(layer, "cutlass")
+    assert hasattr(layer, "weight_cl_values") and not hasattr(layer, "weight_values")
+    out = layer(x)
+    err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()
+    assert err < 1e-2, err  # the same e4m3 products, summed in another order
+    assert torch.equal(layer(x.float()), reference)

@@ -144,10 +144,10 @@ def test_expand_gives_back_the_dense_weight() -> None:
 
 @pytest.mark.parametrize("m", [1, 48, 300])
 def test_sparse_linear_on_the_sparse_tensor_cores_agrees_with_triton(m: int) -> None:
-    """use_mma repacks the layer; its small steps (mma.sp) and large ones (expand + cuBLAS)
+    """repack(mma) repacks the layer; its small steps (mma.sp) and large ones (expand + cuBLAS)
     agree with the Triton kernel's output of the same layer."""
     method, layer, x, triton = sparse_layer_and_triton(m)
-    method.use_mma(layer)
+    method.repack(layer, "mma")
     assert hasattr(layer, "weight_mma_values") and not hasattr(layer, "weight_values")
     for max_rows in (1 << 20, 0):  # the sparse tensor cores, then expand + cuBLAS
         layer.triton_max_rows = max_rows

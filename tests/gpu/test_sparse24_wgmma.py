@@ -119,11 +119,11 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
 
 @pytest.mark.parametrize("m", [1, 48, 300])
 def test_sparse_linear_on_wgmma_matches_the_triton_kernel_and_the_reference(m: int) -> None:
-    """use_wgmma repacks the layer; every step then runs wgmma.sp on the same e4m3 activations
+    """repack(wgmma) repacks the layer; every step then runs wgmma.sp on the same e4m3 activations
     the Triton kernel gets, and the fp32 reference reads the packed weight back."""
     method, layer, x, triton = sparse_layer_and_triton(m)
     reference = layer(x.float())
-    method.use_wgmma(layer)
+    method.repack(layer, "wgmma")
     assert hasattr(layer, "weight_wg_values") and not hasattr(layer, "weight_values")
     out = layer(x)
     err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()

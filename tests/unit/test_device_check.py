@@ -20,38 +20,46 @@ def test_the_embedding_on_host_on_cpu_is_refused_naming_the_knob():
         LLMEngine.from_args(args)
 
 
-@pytest.mark.parametrize("knob", ["sparse_mma", "sparse_wgmma"])
+@pytest.mark.parametrize("kernel", ["mma", "wgmma", "cutlass"])
 @pytest.mark.parametrize("device,model_opt", [("cpu", "Sparse"), ("cuda", "FP8")])
-def test_sparse_mma_off_a_cuda_sparse_engine_is_refused_naming_the_knob(device, model_opt, knob):
-    args = EngineArgs(device=device, model_opt=model_opt, model_path="/none", **{knob: True})
+def test_a_sparse_kernel_off_a_cuda_sparse_engine_is_refused_naming_it(device, model_opt, kernel):
+    args = EngineArgs(device=device, model_opt=model_opt, model_path="/none", sparse_kernel=kernel)
     with pytest.raises(
-        NotImplementedError, match=f"model_opt={model_opt} on {device}.*{knob}=false"
+        NotImplementedError,
+        match=f"sparse_kernel={kernel} .*model_opt={model_opt} on {device}.*sparse_kernel=triton",
     ):
         check_device(args)
 
 
-def test_both_sparse_tensor_core_packings_at_once_are_refused():
-    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_mma=True, sparse_wgmma=True)
-    with pytest.raises(ValueError, match="two ways: set one false"):
+def test_an_unknown_sparse_kernel_is_refused_naming_the_choices():
+    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_kernel="wmma")
+    with pytest.raises(ValueError, match="'wmma' is none of triton, mma, wgmma, cutlass"):
         check_device(args)
 
 
-def test_sparse_wgmma_off_hopper_is_refused_naming_the_gpu(gpu):
+@pytest.mark.parametrize("kernel", ["wgmma", "cutlass"])
+def test_hoppers_sparse_kernels_off_hopper_are_refused_naming_the_gpu(gpu, kernel):
     gpu((8, 9), "NVIDIA L40S")
-    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_wgmma=True, model_path="/none")
-    with pytest.raises(NotImplementedError, match="NVIDIA L40S is 8.9: set sparse_wgmma=false"):
+    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_kernel=kernel, model_path="/none")
+    with pytest.raises(NotImplementedError, match="NVIDIA L40S is 8.9: set sparse_kernel=triton"):
         check_device(args)
 
 
-def test_sparse_mma_without_a_cuda_compiler_is_refused_before_loading(gpu, monkeypatch):
+@pytest.mark.parametrize("kernel", ["mma", "cutlass"])
+def test_a_sparse_kernel_without_a_cuda_compiler_is_refused_before_loading(
+    gpu, monkeypatch, kernel
+):
     gpu((9, 0), "NVIDIA H100 80GB HBM3")
     monkeypatch.setenv("NVCC", "/nonexistent/nvcc")
-    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_mma=True, model_path="/none")
-    with pytest.raises(RuntimeError, match="sparse_mma=true needs its CUDA kernel.*nonexistent"):
+    monkeypatch.setenv("CUTLASS_PATH", "/nonexistent/cutlass")
+    args = EngineArgs(device="cuda", model_opt="Sparse", sparse_kernel=kernel, model_path="/none")
+    with pytest.raises(
+        RuntimeError, match=f"sparse_kernel={kernel} needs its CUDA kernel.*nonexist"
+    ):
         check_device(args)
 
 
-def test_sparse_mma_builds_its_kernel_in_the_check(gpu, monkeypatch, tmp_path):
+def test_the_mma_kernel_is_built_in_the_check(gpu, monkeypatch, tmp_path):
     from harness.engine.kernels import sparse24_mma
 
     try:
@@ -60,7 +68,7 @@ def test_sparse_mma_builds_its_kernel_in_the_check(gpu, monkeypatch, tmp_path):
         pytest.skip("no nvcc here")
     gpu((9, 0), "NVIDIA H100 80GB HBM3")
     monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path))
-    check_device(EngineArgs(device="cuda", model_opt="Sparse", sparse_mma=True))
+    check_device(EngineArgs(device="cuda", model_opt="Sparse", sparse_kernel="mma"))
     assert [p.name.split("-")[1] for p in tmp_path.glob("sparse24_mma-*.cubin")] == ["sm_90a"]
 
 

@@ -63,9 +63,9 @@ def test_compressed_method_frees_the_dense_weight_and_computes_the_reference():
     assert torch.equal(compressed(x), reference(x))  # fp32: the same reference math
 
 
-@pytest.mark.parametrize("use", ["use_mma", "use_wgmma"])
-def test_repacked_for_the_sparse_tensor_cores_the_reference_is_unchanged(use):
-    """use_mma (16-row tiles) / use_wgmma (64-row tiles) repack the weight where it fits; the
+@pytest.mark.parametrize("kernel", ["mma", "wgmma"])
+def test_repacked_for_the_sparse_tensor_cores_the_reference_is_unchanged(kernel):
+    """mma (16-row tiles) / wgmma (64-row tiles) repack the weight where it fits; the
     fp32 reference reads it back to the same product. A layer off the tiles keeps its layout."""
     torch.manual_seed(3)
     k, sizes = 128, [64, 64]
@@ -73,13 +73,13 @@ def test_repacked_for_the_sparse_tensor_cores_the_reference_is_unchanged(use):
     layer = loaded_linear(method, torch.randn(sum(sizes), k), sizes)
     x = torch.randn(5, k)
     before = layer(x)
-    getattr(method, use)(layer)
-    packed = "weight_mma_values" if use == "use_mma" else "weight_wg_values"
+    method.repack(layer, kernel)
+    packed = "weight_mma_values" if kernel == "mma" else "weight_wg_values"
     assert hasattr(layer, packed) and not hasattr(layer, "weight_values")
     assert torch.equal(layer(x), before)
     odd = loaded_linear(method, torch.randn(48, k), [48])  # 48 rows: not 64-row tiles
-    getattr(method, use)(odd)
-    assert hasattr(odd, "weight_values") == (use == "use_wgmma")
+    method.repack(odd, kernel)
+    assert hasattr(odd, "weight_values") == (kernel == "wgmma")
 
 
 def test_the_expansion_buffer_is_freed_only_when_no_linear_expands():
@@ -89,10 +89,10 @@ def test_the_expansion_buffer_is_freed_only_when_no_linear_expands():
     scratch = ScratchWeight()
     method = Sparse24GpuLinearMethod(scratch)
     layers = [loaded_linear(method, torch.randn(64, 128), [64]) for _ in range(2)]
-    method.use_wgmma(layers[0])
+    method.repack(layers[0], "wgmma")
     release_unused_scratch(layers)  # layers[1] still expands its steps past triton_max_rows
     assert scratch.buffer is not None
-    method.use_wgmma(layers[1])
+    method.repack(layers[1], "wgmma")
     release_unused_scratch(layers)
     assert scratch.buffer is None
 

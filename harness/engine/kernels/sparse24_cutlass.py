@@ -1,5 +1,5 @@
 """2:4 FP8 GEMM on CUTLASS's SM90 sparse kernels (sparse24_cutlass.cu), Hopper only:
-experimental, timed by `fp8_gemm_sweep --sparse --mma`, not in the engine.
+experimental: the engine's `sparse_kernel: cutlass`, timed by `fp8_gemm_sweep --sparse --mma`.
 
 CUTLASS's warp-specialized FP8 sparse GEMM loads both operands by TMA (X multicast over a
 2-block cluster) and keeps wgmma groups in flight: what our own wgmma.sp kernel
@@ -151,3 +151,12 @@ def sparse24_cutlass_gemm(
     ws = w_scale.reshape(n).float().contiguous()
     reduce_splits(d.view(1, t, n), xs, ws, out)
     return out
+
+
+def decompress(values: torch.Tensor, meta: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of `compress`: -> [N, K] e4m3 (for the fp32 reference): the GEMM of the identity
+    by W, exact (each output one e4m3 value times 1)."""
+    eye = torch.eye(k, dtype=torch.float32, device=values.device).to(torch.float8_e4m3fn)
+    ones = torch.ones(max(n, k), dtype=torch.float32, device=values.device)
+    w_t = sparse24_cutlass_gemm(eye, ones[:k], values, meta, ones[:n], torch.float32)  # [K, N]
+    return w_t.t().to(torch.float8_e4m3fn).contiguous()

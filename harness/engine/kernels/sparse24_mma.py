@@ -1,5 +1,5 @@
 """Compressed 2:4 FP8 weights on the sparse tensor cores: sparse24_mma.cu's kernel, its
-weight packing and its launch (experimental: the engine's `sparse_mma`, off by default).
+weight packing and its launch (experimental: the engine's `sparse_kernel: mma`, off by default).
 
 Packing (`pack_for_mma`): the compressed weight of quant/sparse24.py (values [N, K/2] e4m3,
 meta [N, K/8] uint8, both in row order) is cut into tiles of 16 rows x 64 inputs, each the A

@@ -1,6 +1,6 @@
 """Compressed 2:4 FP8 weights at FP8's sparse tensor-core rate on Hopper (sm_90a):
 sparse24_mma.cu's `sparse24_wgmma_gemm_*` (wgmma.mma_async.sp m64n64k64 e4m3) and its launch
-(measured by `fp8_gemm_sweep --sparse --mma`; the engine runs it under `engine.sparse_wgmma`).
+(measured by `fp8_gemm_sweep --sparse --mma`; the engine runs it as `sparse_kernel: wgmma`).
 
 The weights are packed by `pack_for_mma(values, meta, warpgroup_tables())` (64-row tiles, a
 warpgroup's 128 threads a tile); the activations are e4m3 with a scale a token, as the Triton

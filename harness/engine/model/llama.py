@@ -412,15 +412,14 @@ class LlamaForCausalLM(nn.Module):
         fp8_triton_max_rows: int = 0,
         sparse_triton_max_rows: int = 0,
         dense_triton_max_rows: int = 0,
-        sparse_mma: bool = False,
-        sparse_wgmma: bool = False,
+        sparse_kernel: str = "triton",
     ) -> str:
         """Switch norms, RoPE and SwiGLU to fused kernels: Triton on CUDA (with FP8 GEMMs of up
         to fp8_triton_max_rows rows, sparse_triton_max_rows for 2:4 weights and
         dense_triton_max_rows for bf16 / fp16 ones, the head included), C for fp32 on the CPU
-        where a compiler builds them. sparse_mma / sparse_wgmma: the 2:4 weights repacked for
-        the sparse tensor cores, mma.sp or wgmma.sp (quant/sparse24.py). Returns what runs
-        now: "triton", "c" or "torch" (the plain-torch references)."""
+        where a compiler builds them. sparse_kernel mma / wgmma / cutlass: the 2:4 weights
+        repacked for that kernel on the sparse tensor cores (quant/sparse24.py). Returns what
+        runs now: "triton", "c" or "torch" (the plain-torch references)."""
         weight = self.model.norm.weight  # on the model's device (the embedding may not be)
         kind = "torch"
         if enabled and weight.is_cuda and triton is not None:
@@ -434,14 +433,12 @@ class LlamaForCausalLM(nn.Module):
                     max_rows = dense_triton_max_rows
                 elif getattr(module.method, "sparse24", False):
                     max_rows = sparse_triton_max_rows
-                    if sparse_mma and kind == "triton":
-                        module.method.use_mma(module)
-                    elif sparse_wgmma and kind == "triton":
-                        module.method.use_wgmma(module)
+                    if sparse_kernel != "triton" and kind == "triton":
+                        module.method.repack(module, sparse_kernel)
                 module.triton_max_rows = max_rows if kind == "triton" else 0
             elif hasattr(module, "kernels"):
                 module.kernels = kind
-        if sparse_wgmma and kind == "triton":  # no 2:4 linear expands: its buffer goes to KV
+        if sparse_kernel != "triton" and kind == "triton":
             from harness.engine.quant.sparse24 import release_unused_scratch
 
             release_unused_scratch([m for m in self.modules() if isinstance(m, Linear)])

@@ -8,11 +8,12 @@ and, where a step streams the weights (decode), reads fewer bytes.
 
 A step of up to `triton_max_rows` rows multiplies the compressed weight directly (the Triton
 FP8 GEMM expands each tile in registers: kernels/fp8_gemm.py, sparse24_gemm.py); a larger one
-expands it into a shared scratch buffer and runs cuBLAS's dense FP8 GEMM. With sparse_mma
-(`use_mma`), the same bytes are repacked for the sparse tensor cores (kernels/sparse24_mma.py),
-which then take those steps, and larger ones expand from that layout. With sparse_wgmma
-(`use_wgmma`, Hopper), they are repacked in 64-row tiles for wgmma.sp (kernels/sparse24_wgmma.py),
-which takes every step: no expansion. compress_24 and decompress_24 here are the plain-torch
+expands it into a shared scratch buffer and runs cuBLAS's dense FP8 GEMM. With sparse_kernel
+mma (`repack`), the same bytes are repacked for the sparse tensor cores (kernels/sparse24_mma.py),
+which then take those steps, and larger ones expand from that layout. With wgmma or cutlass
+(Hopper), they are repacked in 64-row tiles for wgmma.sp (kernels/sparse24_wgmma.py), or by
+CUTLASS's compressor for its SM90 sparse GEMM (kernels/sparse24_cutlass.py), which then take
+every step: no expansion. compress_24 and decompress_24 here are the plain-torch
 reference of the layout.
 """
 
@@ -22,6 +23,9 @@ import torch
 from torch import nn
 
 from harness.engine.kernels.fp8_gemm import fp8_gemm_triton
+from harness.engine.kernels.sparse24_cutlass import compress as cutlass_compress
+from harness.engine.kernels.sparse24_cutlass import decompress as cutlass_decompress
+from harness.engine.kernels.sparse24_cutlass import sparse24_cutlass_gemm
 from harness.engine.kernels.sparse24_gemm import decompress_24_triton
 from harness.engine.kernels.sparse24_mma import (
     TILE_INPUTS,
@@ -126,7 +130,7 @@ class ScratchWeight:
 
 def release_unused_scratch(linears: list[nn.Module]) -> None:
     """Free the 2:4 linears' shared expansion buffer where none of them expands any more
-    (each repacked by use_wgmma, which takes every step): its memory goes to the KV cache."""
+    (each repacked for wgmma or cutlass, which take every step): its memory goes to the KV cache."""
     methods = [m.method for m in linears if isinstance(m.method, Sparse24GpuLinearMethod)]
     expands = any(Sparse24GpuLinearMethod._layout(m) in ("rows", "mma") for m in linears)
     if methods and not expands:
@@ -159,15 +163,24 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
         layer.register_parameter("weight_meta", nn.Parameter(meta, requires_grad=False))
         self.scratch.reserve(n * k, values.device)
 
-    def use_mma(self, layer: nn.Module) -> None:
-        """Repack the layer's compressed weight for mma.sp (same bytes, 16-row tiles), where its
-        shape allows; else it keeps the Triton kernel."""
-        self._repack(layer, "mma", lane_tables(), TILE_ROWS)
-
-    def use_wgmma(self, layer: nn.Module) -> None:
-        """Repack the layer's compressed weight for wgmma.sp (same bytes, 64-row tiles), where
-        its shape allows; else it keeps the Triton kernel and the expansion."""
-        self._repack(layer, "wg", warpgroup_tables(), WGMMA_TILE_ROWS)
+    def repack(self, layer: nn.Module, kernel: str) -> None:
+        """Repack the layer's compressed weight for `kernel` (engine.sparse_kernel), where its
+        shape allows; else it keeps the Triton kernel and the expansion. mma: mma.sp, the same
+        bytes in 16-row tiles; wgmma: wgmma.sp, in 64-row tiles; cutlass: CUTLASS's own layout,
+        made by its compressor from the expanded weight (CUDA, Hopper)."""
+        if kernel == "mma":
+            self._repack(layer, "mma", lane_tables(), TILE_ROWS)
+        elif kernel == "wgmma":
+            self._repack(layer, "wg", warpgroup_tables(), WGMMA_TILE_ROWS)
+        elif kernel == "cutlass" and self._layout(layer) == "rows":
+            values, meta = layer.weight_values.data, layer.weight_meta.data
+            n, k = values.shape[0], values.shape[1] * 2
+            packed = cutlass_compress(decompress_24_triton(values, meta, self.scratch.view(n, k)))
+            del layer.weight_values, layer.weight_meta, values, meta
+            for part, tensor in zip(("values", "meta"), packed, strict=True):
+                layer.register_parameter(f"weight_cl_{part}", nn.Parameter(tensor, False))
+        elif kernel not in ("mma", "wgmma", "cutlass"):
+            raise ValueError(f"no 2:4 kernel {kernel!r}: mma, wgmma or cutlass")
 
     def _repack(self, layer: nn.Module, layout: str, tables: Tables, rows: int) -> None:
         """Row order -> weight_{layout}_values / _meta, packed for the threads of tables."""
@@ -183,15 +196,16 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
 
     @staticmethod
     def _layout(layer: nn.Module) -> str | None:
-        """How the layer stores its weight: "rows" (compressed, row order), "mma" / "wg"
-        (packed by use_mma / use_wgmma), or None (dense: too small to compress)."""
+        """How the layer stores its weight: "rows" (compressed, row order), "mma" / "wg" / "cl"
+        (repacked for mma / wgmma / cutlass), or None (dense: too small to compress)."""
         if hasattr(layer, "weight_values"):
             return "rows"
-        return next((n for n in ("mma", "wg") if hasattr(layer, f"weight_{n}_values")), None)
+        packed = ("mma", "wg", "cl")
+        return next((n for n in packed if hasattr(layer, f"weight_{n}_values")), None)
 
     def _expanded(self, layer: nn.Module, into_scratch: bool) -> torch.Tensor:
         """The dense [N, K] e4m3 weight from any stored layout: into the shared scratch buffer
-        (for cuBLAS: row order or use_mma's), or else fresh (for the fp32 reference: the
+        (for cuBLAS: row order or mma's), or else fresh (for the fp32 reference: the
         plain-torch expansion, a packed layout read back on the host first)."""
         layout = self._layout(layer)
         if layout == "rows":
@@ -201,9 +215,11 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
             n, k = values.shape[0], values.shape[1] * 2
             return decompress_24_triton(values, meta, self.scratch.view(n, k))
         packed = getattr(layer, f"weight_{layout}_values"), getattr(layer, f"weight_{layout}_meta")
-        if into_scratch:  # use_mma's layout (use_wgmma's never expands)
+        if into_scratch:  # mma's layout (wgmma's and cutlass's never expand)
             n, k = packed[0].shape[0] * TILE_ROWS, packed[0].shape[1] * TILE_INPUTS
             return expand_from_mma(*packed, self.scratch.view(n, k))
+        if layout == "cl":
+            return cutlass_decompress(*packed, layer.out_features, layer.in_features)
         tables = lane_tables() if layout == "mma" else warpgroup_tables()
         values, meta = (x.to(packed[0].device) for x in unpack_from_mma(*packed, tables))
         return decompress_24(values, meta)
@@ -219,18 +235,22 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
 
     def apply_unscaled(self, layer: nn.Module, x: torch.Tensor | Quantized) -> Unscaled:
         """FP8's contract (apply is FP8's: this with its scales applied); compressed weights
-        (row order, or packed by use_mma) multiply as stored or expanded for cuBLAS, whose
-        scales are left as FP8's are; packed by use_wgmma, on wgmma.sp at any size."""
+        (row order, or repacked for mma) multiply as stored or expanded for cuBLAS, whose
+        scales are left as FP8's are; repacked for wgmma / cutlass, on that kernel at any size."""
         layout = self._layout(layer)
         if layout is None:
             return super().apply_unscaled(layer, x)  # the dense layout: FP8's method
         if output_dtype(x) == torch.float32:  # the reference, as FP8GpuLinearMethod does
             ref = reference_fp8_linear(x, self._expanded(layer, False), layer.weight_scale)
             return ref, None, None
-        if layout == "wg":  # repacked by use_wgmma: every step
-            packed = layer.weight_wg_values, layer.weight_wg_meta
+        if layout in ("wg", "cl"):  # repacked for wgmma / cutlass: every step
+            packed = (
+                getattr(layer, f"weight_{layout}_values"),
+                getattr(layer, f"weight_{layout}_meta"),
+            )
+            gemm = sparse24_wgmma_gemm if layout == "wg" else sparse24_cutlass_gemm
             xq, x_scale = as_quantized(x)
-            out = sparse24_wgmma_gemm(xq, x_scale, *packed, layer.weight_scale_row, output_dtype(x))
+            out = gemm(xq, x_scale, *packed, layer.weight_scale_row, output_dtype(x))
             return out, None, None
         rows = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
         if rows <= layer.triton_max_rows:
