@@ -22,17 +22,22 @@ pytestmark = [
 SHAPES = [(10240, 8192), (8192, 28672), (256, 128)]
 
 
+@pytest.mark.parametrize(
+    "out_dtype", [torch.float32, torch.bfloat16]
+)  # bf16: scaled in its epilogue
 @pytest.mark.parametrize("t", [1, 7, 64, 100, 512])
 @pytest.mark.parametrize("n,k", SHAPES)
-def test_gemm_matches_the_dense_product(n: int, k: int, t: int) -> None:
+def test_gemm_matches_the_dense_product(n: int, k: int, t: int, out_dtype: torch.dtype) -> None:
     from harness.engine.kernels.sparse24_cutlass import compress, sparse24_cutlass_gemm
 
     q, s, _, _ = packed_24_weight(n, k)
     values, meta = compress(q)
     xq, x_scale = e4m3_activations(t, k)
-    out = sparse24_cutlass_gemm(xq, x_scale, values, meta, s, torch.float32)
+    out = sparse24_cutlass_gemm(xq, x_scale, values, meta, s, out_dtype)
+    assert out.dtype == out_dtype
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
-    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+    tol = 1e-3 if out_dtype == torch.float32 else 8e-3  # bf16: 8 bits of mantissa
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 def test_gemm_replays_in_a_cuda_graph() -> None:

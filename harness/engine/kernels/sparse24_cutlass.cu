@@ -26,25 +26,44 @@ using TagW = cutlass::layout::RowMajor;     // W [N, K]
 using TagX = cutlass::layout::ColumnMajor;  // X^T [K, T]
 using TagD = cutlass::layout::ColumnMajor;  // D [N, T]
 constexpr int kAlign8 = 16;                 // 16-byte accesses, in e4m3 elements
-constexpr int kAlign32 = 4;                 // in fp32 elements
 using Tile = Shape<_128, _128, _128>;
 using Cluster = Shape<_1, _2, _1>;
 using Problem = Shape<int, int, int, int>;  // M (= N out), N (= T), K, L
 
-using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Tile, Cluster,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float, float, TagD, kAlign32, float,
-    TagD, kAlign32, cutlass::epilogue::collective::EpilogueScheduleAuto>::CollectiveOp;
+// d = acc (fp32, unscaled), or out = bf16(x_scale[t] * w_scale[n] * acc): the scales broadcast
+// along D's rows (w_scale, one per n: a column vector) and columns (x_scale, one per t).
+using namespace cutlass::epilogue::fusion;
+using RoundNearest = cutlass::FloatRoundStyle;
+using WScale = Sm90ColBroadcast<0, Tile, float, float, Stride<_1, _0, _0>>;
+using XScale = Sm90RowBroadcast<0, Tile, float, float, Stride<_0, _1, _0>>;
+using TimesX = Sm90EVT<Sm90Compute<cutlass::multiplies, float, float, RoundNearest::round_to_nearest>,
+                       XScale, Sm90AccFetch>;
+using Scaled = Sm90EVT<
+    Sm90Compute<cutlass::multiplies, cutlass::bfloat16_t, float, RoundNearest::round_to_nearest>,
+    WScale, TimesX>;
 
-using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+template <class ElementD, class Fusion>
+using EpilogueOf = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Tile, Cluster,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, TagD,
+    16 / sizeof(ElementD), ElementD, TagD, 16 / sizeof(ElementD),
+    cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+
+template <class Epilogue>
+using MainloopOf = typename cutlass::gemm::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Fp8, TagW, kAlign8, Fp8, TagX,
     kAlign8, float, Tile, Cluster,
     cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
         sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::gemm::collective::KernelScheduleAuto>::CollectiveOp;
+    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
 
-using Kernel = cutlass::gemm::kernel::GemmUniversal<Problem, Mainloop, Epilogue>;
-using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+template <class Epilogue>
+using GemmOf = cutlass::gemm::device::GemmUniversalAdapter<
+    cutlass::gemm::kernel::GemmUniversal<Problem, MainloopOf<Epilogue>, Epilogue>>;
+
+using GemmF32 = GemmOf<EpilogueOf<float, LinearCombination<float, float, void, float>>>;
+using GemmBf16 = GemmOf<EpilogueOf<cutlass::bfloat16_t, Scaled>>;
+using Mainloop = MainloopOf<EpilogueOf<float, LinearCombination<float, float, void, float>>>;
 using Config = typename Mainloop::SparseConfig;
 using ElementE = typename Mainloop::ElementE;
 using StrideW = cutlass::gemm::TagToStrideA_t<TagW>;
@@ -70,8 +89,12 @@ typename Compressor::Arguments compress_args(const void* w, void* w_c, void* e, 
           {hw}};
 }
 
-typename Gemm::Arguments gemm_args(const void* w_c, const void* e, const void* x, float* d, int n,
-                                   int t, int k) {
+template <class Gemm>
+typename Gemm::Arguments gemm_args(const void* w_c, const void* e, const void* x, void* d, int n,
+                                   int t, int k,
+                                   typename Gemm::GemmKernel::CollectiveEpilogue::FusionCallbacks::Arguments thread) {
+  using Kernel = typename Gemm::GemmKernel;
+  using ElementD = typename Kernel::ElementD;
   const auto p = problem(n, t, k);
   using cutlass::make_cute_packed_stride;
   const auto stride_x = make_cute_packed_stride(typename Kernel::StrideB{}, make_shape(t, k, 1));
@@ -80,7 +103,21 @@ typename Gemm::Arguments gemm_args(const void* w_c, const void* e, const void* x
           p,
           {static_cast<const Fp8*>(w_c), Config::fill_layoutA(p), static_cast<const Fp8*>(x),
            stride_x, static_cast<const ElementE*>(e), Config::fill_layoutE(p)},
-          {{1.0f, 0.0f}, d, stride_d, d, stride_d}};
+          {thread, nullptr, stride_d, static_cast<ElementD*>(d), stride_d}};
+}
+
+typename GemmF32::Arguments f32_args(const void* w_c, const void* e, const void* x, float* d,
+                                     int n, int t, int k) {
+  return gemm_args<GemmF32>(w_c, e, x, d, n, t, k, {1.0f, 0.0f});
+}
+
+typename GemmBf16::Arguments bf16_args(const void* w_c, const void* e, const void* x, void* out,
+                                       const float* x_scale, const float* w_scale, int n, int t,
+                                       int k) {
+  // Scaled's tree: {w_scale, {x_scale, acc, times}, times}
+  typename GemmBf16::GemmKernel::CollectiveEpilogue::FusionCallbacks::Arguments thread{
+      {w_scale, 0.0f, {}}, {{x_scale, 0.0f, {}}, {}, {}}, {}};
+  return gemm_args<GemmBf16>(w_c, e, x, out, n, t, k, thread);
 }
 
 // Check, initialize and run a CUTLASS operation on stream.
@@ -109,10 +146,14 @@ int s24c_sizes(int n, int k, int64_t* w_elems, int64_t* e_bytes) {
   return 0;
 }
 
-// Workspace bytes: of the compressor for an [n, k] weight (t == 0), else of the GEMM at t tokens.
+// Workspace bytes: of the compressor for an [n, k] weight (t == 0), else of the GEMM at t tokens
+// (the larger of its two outputs').
 int64_t s24c_workspace(int n, int t, int k) {
   if (t == 0) return Compressor::get_workspace_size(compress_args(nullptr, nullptr, nullptr, n, k));
-  return Gemm::get_workspace_size(gemm_args(nullptr, nullptr, nullptr, nullptr, n, t, k));
+  const auto f32 = GemmF32::get_workspace_size(f32_args(nullptr, nullptr, nullptr, nullptr, n, t, k));
+  const auto bf16 = GemmBf16::get_workspace_size(
+      bf16_args(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, n, t, k));
+  return static_cast<int64_t>(f32 > bf16 ? f32 : bf16);
 }
 
 // Compress a pruned 2:4 e4m3 weight w [n, k] (device) into w_c and e (sizes: s24c_sizes).
@@ -124,7 +165,15 @@ int s24c_compress(const void* w, void* w_c, void* e, int n, int k, void* workspa
 // d [t, n] fp32 = x [t, k] e4m3 (row-major) . W^T, W compressed by s24c_compress.
 int s24c_gemm(const void* w_c, const void* e, const void* x, float* d, int n, int t, int k,
               void* workspace, int64_t workspace_bytes, void* stream) {
-  return run<Gemm>(gemm_args(w_c, e, x, d, n, t, k), workspace, workspace_bytes, stream);
+  return run<GemmF32>(f32_args(w_c, e, x, d, n, t, k), workspace, workspace_bytes, stream);
+}
+
+// out [t, n] bf16 = x_scale[t] * w_scale[n] * (x . W^T), the scales fp32 (device).
+int s24c_gemm_bf16(const void* w_c, const void* e, const void* x, void* out, const float* x_scale,
+                   const float* w_scale, int n, int t, int k, void* workspace,
+                   int64_t workspace_bytes, void* stream) {
+  return run<GemmBf16>(bf16_args(w_c, e, x, out, x_scale, w_scale, n, t, k), workspace,
+                       workspace_bytes, stream);
 }
 
 }  // extern "C"

@@ -4,8 +4,9 @@ experimental: the engine's `sparse_kernel: cutlass`, timed by `fp8_gemm_sweep --
 CUTLASS's warp-specialized FP8 sparse GEMM loads both operands by TMA (X multicast over a
 2-block cluster) and keeps wgmma groups in flight: what our own wgmma.sp kernel
 (sparse24_wgmma.py) lacks. Its weight layout is its own: `compress` runs CUTLASS's compressor
-on the pruned e4m3 weight once; `sparse24_cutlass_gemm` then writes the unscaled fp32 product,
-and sparse24_mma.py's `reduce_splits` (one split) applies the token and row scales and casts.
+on the pruned e4m3 weight once. `sparse24_cutlass_gemm` then writes bf16 with the token and row
+scales applied in CUTLASS's epilogue; other output types get the unscaled fp32 product, which
+sparse24_mma.py's `reduce_splits` (one split) scales and casts.
 
 The headers come from PyPI's nvidia-cutlass (install it with --no-deps: only its header tree
 is used) or a CUTLASS checkout at $CUTLASS_PATH; nvcc builds the shared library once per
@@ -89,6 +90,7 @@ def library() -> ctypes.CDLL:
     lib.s24c_workspace.argtypes, lib.s24c_workspace.restype = [_INT, _INT, _INT], _I64
     lib.s24c_compress.argtypes = [_PTR, _PTR, _PTR, _INT, _INT, _PTR, _I64, _PTR]
     lib.s24c_gemm.argtypes = [_PTR, _PTR, _PTR, _PTR, _INT, _INT, _INT, _PTR, _I64, _PTR]
+    lib.s24c_gemm_bf16.argtypes = [_PTR] * 6 + [_INT, _INT, _INT, _PTR, _I64, _PTR]
     return lib
 
 
@@ -141,14 +143,23 @@ def sparse24_cutlass_gemm(
         raise ValueError("xq must be contiguous e4m3 [T, K], K a multiple of 16")
     if values.numel() * 2 < n * k:  # CUTLASS may pad K
         raise ValueError(f"compressed values {values.numel()} are not for [{n}, {k}]")
-    d = torch.empty(t, n, dtype=torch.float32, device=xq.device)
     work = _workspace(n, t, k, xq.device)
-    ptrs = (values.data_ptr(), meta.data_ptr(), xq.data_ptr(), d.data_ptr())
-    status = library().s24c_gemm(*ptrs, n, t, k, work.data_ptr(), work.numel(), _stream(xq.device))
-    _check(status, "GEMM")
-    out = torch.empty(t, n, dtype=out_dtype, device=xq.device)
+    stream = _stream(xq.device)
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
+    out = torch.empty(t, n, dtype=out_dtype, device=xq.device)
+    ptrs = (values.data_ptr(), meta.data_ptr(), xq.data_ptr())
+    if out_dtype == torch.bfloat16:  # the scales and the cast in CUTLASS's epilogue
+        scales = xs.data_ptr(), ws.data_ptr()
+        status = library().s24c_gemm_bf16(*ptrs, out.data_ptr(), *scales, n, t, k,
+                                          work.data_ptr(), work.numel(), stream)  # fmt: skip
+        _check(status, "GEMM")
+        return out
+    d = torch.empty(t, n, dtype=torch.float32, device=xq.device)
+    status = library().s24c_gemm(
+        *ptrs, d.data_ptr(), n, t, k, work.data_ptr(), work.numel(), stream
+    )
+    _check(status, "GEMM")
     reduce_splits(d.view(1, t, n), xs, ws, out)
     return out
 
