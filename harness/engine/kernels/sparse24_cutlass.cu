@@ -36,11 +36,10 @@ using namespace cutlass::epilogue::fusion;
 using RoundNearest = cutlass::FloatRoundStyle;
 using WScale = Sm90ColBroadcast<0, Tile, float, float, Stride<_1, _0, _0>>;
 using XScale = Sm90RowBroadcast<0, Tile, float, float, Stride<_0, _1, _0>>;
-using TimesX = Sm90EVT<Sm90Compute<cutlass::multiplies, float, float, RoundNearest::round_to_nearest>,
-                       XScale, Sm90AccFetch>;
-using Scaled = Sm90EVT<
-    Sm90Compute<cutlass::multiplies, cutlass::bfloat16_t, float, RoundNearest::round_to_nearest>,
-    WScale, TimesX>;
+template <class Out>
+using Times = Sm90Compute<cutlass::multiplies, Out, float, RoundNearest::round_to_nearest>;
+using Scaled = Sm90EVT<Times<cutlass::bfloat16_t>, WScale,
+                       Sm90EVT<Times<float>, XScale, Sm90AccFetch>>;
 
 template <class ElementD, class Fusion>
 using EpilogueOf = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -89,10 +88,13 @@ typename Compressor::Arguments compress_args(const void* w, void* w_c, void* e, 
           {hw}};
 }
 
+// The epilogue's arguments (its fusion tree's) of a GEMM.
+template <class Gemm>
+using EpilogueArgs = typename Gemm::GemmKernel::CollectiveEpilogue::FusionCallbacks::Arguments;
+
 template <class Gemm>
 typename Gemm::Arguments gemm_args(const void* w_c, const void* e, const void* x, void* d, int n,
-                                   int t, int k,
-                                   typename Gemm::GemmKernel::CollectiveEpilogue::FusionCallbacks::Arguments thread) {
+                                   int t, int k, EpilogueArgs<Gemm> thread) {
   using Kernel = typename Gemm::GemmKernel;
   using ElementD = typename Kernel::ElementD;
   const auto p = problem(n, t, k);
@@ -115,8 +117,7 @@ typename GemmBf16::Arguments bf16_args(const void* w_c, const void* e, const voi
                                        const float* x_scale, const float* w_scale, int n, int t,
                                        int k) {
   // Scaled's tree: {w_scale, {x_scale, acc, times}, times}
-  typename GemmBf16::GemmKernel::CollectiveEpilogue::FusionCallbacks::Arguments thread{
-      {w_scale, 0.0f, {}}, {{x_scale, 0.0f, {}}, {}, {}}, {}};
+  EpilogueArgs<GemmBf16> thread{{w_scale, 0.0f, {}}, {{x_scale, 0.0f, {}}, {}, {}}, {}};
   return gemm_args<GemmBf16>(w_c, e, x, out, n, t, k, thread);
 }
 
@@ -150,7 +151,8 @@ int s24c_sizes(int n, int k, int64_t* w_elems, int64_t* e_bytes) {
 // (the larger of its two outputs').
 int64_t s24c_workspace(int n, int t, int k) {
   if (t == 0) return Compressor::get_workspace_size(compress_args(nullptr, nullptr, nullptr, n, k));
-  const auto f32 = GemmF32::get_workspace_size(f32_args(nullptr, nullptr, nullptr, nullptr, n, t, k));
+  const auto f32 =
+      GemmF32::get_workspace_size(f32_args(nullptr, nullptr, nullptr, nullptr, n, t, k));
   const auto bf16 = GemmBf16::get_workspace_size(
       bf16_args(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, n, t, k));
   return static_cast<int64_t>(f32 > bf16 ? f32 : bf16);
