@@ -567,16 +567,16 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
 }
 
 // The forms (kernels/sparse24_wgmma.py's FORMS): 4 warpgroups (256 output rows) x 64 tokens a
-// block, 4 steps in flight (~120 registers: one block an SM); _g4p4 sums four steps at a time
-// in the tensor cores (the engine's), _g4p2 two. On the H100 (fp8_gemm_sweep, 70B layer at 1 to
-// 512 rows) _g4p4 ran 3-7% faster than _g4p2 at the same largest error, and 4 x 64 beat one
-// warpgroup of 64 or 128 tokens (1.9x at 512 rows: each block reads X once for 256 rows, not
-// 64) and 2 x 128 (1.3x); those forms (m64n128k64 for 128 tokens) are in git history (9f0c7c7,
-// 253bf4d). In both measured forms ptxas waits for each wgmma (the exit at a split's end
-// diverges); _g4p4w runs whole groups on zeros there instead, its four wgmmas issued back to
-// back, one wait; _g4p4w8 keeps 8 steps in flight, so that the next group's X and weights
-// load while a group runs (with 4, a group takes the whole ring; 124 registers). Neither has
-// run on a GPU yet.
+// block, four steps summed at a time in the tensor cores. _g4p4: 4 steps in flight (~120
+// registers: one block an SM); ptxas waits for each wgmma there (the exit at a split's end
+// diverges). _g4p4w8 (the engine's) runs whole groups on zeros past the end instead, its four
+// wgmmas issued back to back, one wait, and keeps 8 steps in flight, so that the next group's X
+// and weights load while a group runs (124 registers). On the H100 (fp8_gemm_sweep, 70B layer
+// at 64 / 256 / 512 rows) _g4p4w8 took 0.336 / 0.804 / 1.404 ms against _g4p4's 0.366 / 0.924
+// / 1.652, the same largest error; whole groups at 4 in flight (_g4p4w) gained nothing (0.369 /
+// 0.931 / 1.667), two steps summed at a time (_g4p2) lost 3-7%; 4 x 64 beat one warpgroup of 64
+// or 128 tokens (1.9x at 512 rows) and 2 x 128 (1.3x). Those forms are in git history
+// (9f0c7c7, 253bf4d, 000e5e2).
 #define WGMMA_FORM(name, groups, depth, promote, whole)                                           \
   extern "C" __global__ void __launch_bounds__(128 * groups, 1)                                   \
       name(const uint4* w_vals, const uint32_t* w_meta, const uint8_t* x, const float* x_scale,   \
@@ -585,9 +585,7 @@ __device__ __forceinline__ void wgmma_gemm(const uint4* __restrict__ w_vals,
     wgmma_gemm<groups, depth, promote, whole>(w_vals, w_meta, x, x_scale, w_scale, out, out_kind, \
                                               T, N, K, ldx, steps_per_split);                     \
   }
-WGMMA_FORM(sparse24_wgmma_gemm_g4p2, 4, 4, 2, false)
 WGMMA_FORM(sparse24_wgmma_gemm_g4p4, 4, 4, 4, false)
-WGMMA_FORM(sparse24_wgmma_gemm_g4p4w, 4, 4, 4, true)
 WGMMA_FORM(sparse24_wgmma_gemm_g4p4w8, 4, 8, 4, true)
 #undef WGMMA_FORM
 
