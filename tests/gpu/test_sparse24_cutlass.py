@@ -22,9 +22,8 @@ pytestmark = [
 SHAPES = [(10240, 8192), (8192, 28672), (256, 128)]
 
 
-@pytest.mark.parametrize(
-    "out_dtype", [torch.float32, torch.bfloat16]
-)  # bf16: scaled in its epilogue
+# bf16: scaled in CUTLASS's epilogue; fp32: the unscaled GEMM, then reduce_splits
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("t", [1, 7, 64, 100, 512])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_gemm_matches_the_dense_product(n: int, k: int, t: int, out_dtype: torch.dtype) -> None:
