@@ -72,6 +72,7 @@ def build() -> Path:
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()
     lib = cache_dir() / f"sparse24_cutlass-{key[:16]}.so"
     if not lib.exists():
+        logger.info("building the CUTLASS 2:4 GEMM with nvcc (about 2 minutes, once)")
         compile_into(lib, [cc, *flags, str(SOURCE), "-o", "{out}"], timeout_s=900)
         logger.info("built the CUTLASS 2:4 GEMM: %s", lib)
     return lib
