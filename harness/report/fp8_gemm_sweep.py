@@ -16,7 +16,7 @@ With --sparse --mma, the sparse-MMA kernels (kernels/sparse24_mma.cu) beside the
 alone on f16 activations, and the whole linear on the Triton kernel's input (e4m3 activations
 and their scales: to f16, the GEMM, the K splits' sums, the scales applied); on Hopper also
 the wgmma.sp kernel (kernels/sparse24_wgmma.py) on the same input, each of its forms (* the
-engine's), and where CUTLASS's headers are, CUTLASS's SM90 sparse GEMM (kernels/
+engine's), and where CUTLASS's headers are, CUTLASS's SM90 sparse GEMM in each variant (kernels/
 sparse24_cutlass.py).
 
 Run on the GPU: python -m harness.report.fp8_gemm_sweep --preset=llama2-70b [--sparse [--mma]]
@@ -111,6 +111,9 @@ def linear_shapes(preset: str) -> dict[str, tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.engine.kernels.fp8_gemm import config_for, fp8_gemm_reference, fp8_gemm_triton
+    from harness.engine.kernels.sparse24_cutlass import VARIANT as CUTLASS_VARIANT
+    from harness.engine.kernels.sparse24_cutlass import VARIANTS as CUTLASS_VARIANTS
+    from harness.engine.kernels.sparse24_cutlass import build_all as build_cutlass
     from harness.engine.kernels.sparse24_cutlass import compress as cutlass_compress
     from harness.engine.kernels.sparse24_cutlass import headers_found, sparse24_cutlass_gemm
     from harness.engine.kernels.sparse24_gemm import decompress_24_triton
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     weights, compressed, packed, packed_wg, packed_cutlass = {}, {}, {}, {}, {}
     wgmma = a.mma and torch.cuda.get_device_capability() == (9, 0)  # Hopper's sm_90a
     cutlass = wgmma and headers_found()  # CUTLASS's, for its sparse GEMM
+    if cutlass:
+        build_cutlass()  # its variants side by side (~2 minutes), not one after another
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         w, s = quantize_per_channel(prune_2_of_4(w) if a.sparse else w)
@@ -204,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     def wgmma_linear(name: str, xq, xsc, form: str):  # noqa: ANN001, ANN202
         return sparse24_wgmma_gemm(xq, xsc, *packed_wg[name], weights[name][1], form=form)
 
-    def cutlass_linear(name: str, xq, xsc):  # noqa: ANN001, ANN202
-        return sparse24_cutlass_gemm(xq, xsc, *packed_cutlass[name], weights[name][1])
+    def cutlass_linear(name: str, xq, xsc, variant: str):  # noqa: ANN001, ANN202
+        packed = packed_cutlass[name]
+        return sparse24_cutlass_gemm(xq, xsc, *packed, weights[name][1], variant=variant)
 
     def kernel(name: str, xq, xsc, config):  # noqa: ANN001, ANN202
         w, ws = weights[name]
@@ -275,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fp8_gemm]   sparse wgmma {label} "
                   f"{t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s ({total / t:.2f}x cuBLAS); "
                   f"largest error {err:.1e} of the output's range", flush=True)  # fmt: skip
-        if cutlass:  # CUTLASS's SM90 sparse GEMM (TMA, warp-specialized), then the scales
-            t, err = sum(shape_ms(cutlass_linear).values()), largest_error(cutlass_linear)
-            print(f"[fp8_gemm]   sparse CUTLASS {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} GB/s "
-                  f"({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range",
+        for variant in CUTLASS_VARIANTS if cutlass else ():  # CUTLASS's SM90 sparse GEMM
+            fn = functools.partial(cutlass_linear, variant=variant)
+            t, err = sum(shape_ms(fn).values()), largest_error(fn)
+            label = variant + ("*" if variant == CUTLASS_VARIANT else "")
+            print(f"[fp8_gemm]   sparse CUTLASS {label} {t:.3f} ms = {stored_bytes / t / 1e6:,.0f} "
+                  f"GB/s ({total / t:.2f}x cuBLAS); largest error {err:.1e} of the output's range",
                   flush=True)  # fmt: skip
         results = []
         current = config_for(m, a.sparse)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.engine.kernels.sparse24_cutlass import headers_found
+from harness.engine.kernels.sparse24_cutlass import VARIANTS, headers_found
 from tests.linears import e4m3_activations, graph_replay, packed_24_weight, sparse_layer_and_triton
 
 pytestmark = [
@@ -37,6 +37,29 @@ def test_gemm_matches_the_dense_product(n: int, k: int, t: int, out_dtype: torch
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
     tol = 1e-3 if out_dtype == torch.float32 else 8e-3  # bf16: 8 bits of mantissa
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def every_variant_built() -> None:
+    from harness.engine.kernels.sparse24_cutlass import build_all
+
+    build_all()  # side by side, not one test's build after another
+
+
+@pytest.mark.parametrize("t", [7, 300])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_matches_the_dense_product_on_one_compressed_weight(
+    every_variant_built: None, variant: str, t: int
+) -> None:
+    from harness.engine.kernels.sparse24_cutlass import compress, sparse24_cutlass_gemm
+
+    q, s, _, _ = packed_24_weight(*SHAPES[0])
+    values, meta = compress(q)  # the engine's variant compresses for every one
+    xq, x_scale = e4m3_activations(t, q.shape[1])
+    out = sparse24_cutlass_gemm(xq, x_scale, values, meta, s, torch.float32, variant)
+    ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
+    err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert err < 1e-2, err  # fast accumulation keeps fewer bits of the sums
 
 
 def test_gemm_replays_in_a_cuda_graph() -> None:

@@ -26,8 +26,25 @@ using TagW = cutlass::layout::RowMajor;     // W [N, K]
 using TagX = cutlass::layout::ColumnMajor;  // X^T [K, T]
 using TagD = cutlass::layout::ColumnMajor;  // D [N, T]
 constexpr int kAlign8 = 16;                 // 16-byte accesses, in e4m3 elements
-using Tile = Shape<_128, _128, _128>;
-using Cluster = Shape<_1, _2, _1>;
+// The configuration, from nvcc -D (kernels/sparse24_cutlass.py's VARIANTS): tokens a tile (the
+// GEMM's N), blocks a cluster along them (sharing each weight tile by TMA multicast), and
+// whether FP8 sums stay in the tensor cores (fast accumulation) or are promoted to fp32 by the
+// main loop. The weight layout depends on the tile's K only (128 in every variant).
+#ifndef S24C_TILE_N
+#define S24C_TILE_N 128
+#endif
+#ifndef S24C_CLUSTER_N
+#define S24C_CLUSTER_N 2
+#endif
+#ifndef S24C_FAST_ACCUM
+#define S24C_FAST_ACCUM 0
+#endif
+using Tile = Shape<_128, Int<S24C_TILE_N>, _128>;
+using Cluster = Shape<_1, Int<S24C_CLUSTER_N>, _1>;
+using MainloopSchedule =
+    cute::conditional_t<S24C_FAST_ACCUM,
+                        cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                        cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
 using Problem = Shape<int, int, int, int>;  // M (= N out), N (= T), K, L
 
 // d = acc (fp32, unscaled), or out = bf16(x_scale[t] * w_scale[n] * acc): the scales broadcast
@@ -54,7 +71,7 @@ using MainloopOf = typename cutlass::gemm::collective::CollectiveBuilder<
     kAlign8, float, Tile, Cluster,
     cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
         sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+    MainloopSchedule>::CollectiveOp;
 
 template <class Epilogue>
 using GemmOf = cutlass::gemm::device::GemmUniversalAdapter<

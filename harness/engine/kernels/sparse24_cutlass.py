@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,6 +32,15 @@ from harness.engine.kernels.sparse24_mma import nvcc, reduce_splits
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("sparse24_cutlass.cu")
+# name -> nvcc -D flags (sparse24_cutlass.cu says what they set): configurations the sweep
+# compares; the engine runs VARIANT. All share the compressed layout (tiles of 128 inputs).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "n128": (),  # 128 x 128 x 128 tiles, a 1 x 2 cluster, FP8 sums promoted to fp32
+    "n128fast": ("-DS24C_FAST_ACCUM=1",),  # the sums kept in the tensor cores
+    "n64": ("-DS24C_TILE_N=64",),  # 64 tokens a tile: less padding at small steps
+    "n64c1": ("-DS24C_TILE_N=64", "-DS24C_CLUSTER_N=1"),  # ... and no cluster
+}
+VARIANT = "n128"
 _INT, _I64, _PTR = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
 
 
@@ -63,30 +73,36 @@ def headers_found() -> bool:
     return True
 
 
-def build() -> Path:
+def build(variant: str = VARIANT) -> Path:
     """Compile sparse24_cutlass.cu for sm_90a into a shared library, or find it built."""
     cc = nvcc()
     includes = [f"-I{d}" for d in include_dirs()]
     flags = ["-shared", "-Xcompiler", "-fPIC", "-arch=sm_90a", "-O3", "-std=c++17",
-             "--expt-relaxed-constexpr", *includes]  # fmt: skip
+             "--expt-relaxed-constexpr", *VARIANTS[variant], *includes]  # fmt: skip
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()
     lib = cache_dir() / f"sparse24_cutlass-{key[:16]}.so"
     if not lib.exists():
-        logger.info("building the CUTLASS 2:4 GEMM with nvcc (about 2 minutes, once)")
+        logger.info("building the CUTLASS 2:4 GEMM (%s) with nvcc (about 2 minutes, once)", variant)
         compile_into(lib, [cc, *flags, str(SOURCE), "-o", "{out}"], timeout_s=900)
         logger.info("built the CUTLASS 2:4 GEMM: %s", lib)
     return lib
 
 
+def build_all() -> None:
+    """Build every variant, the nvcc processes side by side."""
+    with ThreadPoolExecutor(len(VARIANTS)) as pool:
+        list(pool.map(build, VARIANTS))
+
+
 @functools.cache
-def library() -> ctypes.CDLL:
+def library(variant: str = VARIANT) -> ctypes.CDLL:
     major, minor = torch.cuda.get_device_capability()
     if (major, minor) != (9, 0):
         raise RuntimeError(
             f"the CUTLASS 2:4 GEMM is built for Hopper (sm_90a) only; "
             f"{torch.cuda.get_device_name()} is {major}.{minor}: use the Triton 2:4 kernel"
         )
-    lib = ctypes.CDLL(str(build()))
+    lib = ctypes.CDLL(str(build(variant)))
     lib.s24c_sizes.argtypes = [_INT, _INT, ctypes.POINTER(_I64), ctypes.POINTER(_I64)]
     lib.s24c_workspace.argtypes, lib.s24c_workspace.restype = [_INT, _INT, _INT], _I64
     lib.s24c_compress.argtypes = [_PTR, _PTR, _PTR, _INT, _INT, _PTR, _I64, _PTR]
@@ -102,8 +118,8 @@ def _check(status: int, what: str) -> None:
         raise RuntimeError(f"CUTLASS {what} failed: cutlass::Status {status - 1}")
 
 
-def _workspace(n: int, t: int, k: int, device: torch.device) -> torch.Tensor:
-    size = library().s24c_workspace(n, t, k)
+def _workspace(n: int, t: int, k: int, device: torch.device, variant: str) -> torch.Tensor:
+    size = library(variant).s24c_workspace(n, t, k)
     return torch.empty(max(size, 1), dtype=torch.uint8, device=device)
 
 
@@ -121,7 +137,7 @@ def compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lib.s24c_sizes(n, k, ctypes.byref(w_elems), ctypes.byref(e_bytes))
     values = torch.empty(w_elems.value, dtype=torch.float8_e4m3fn, device=w.device)
     meta = torch.zeros(e_bytes.value, dtype=torch.uint8, device=w.device)
-    work = _workspace(n, 0, k, w.device)
+    work = _workspace(n, 0, k, w.device, VARIANT)
     status = lib.s24c_compress(w.data_ptr(), values.data_ptr(), meta.data_ptr(), n, k,
                                work.data_ptr(), work.numel(), _stream(w.device))  # fmt: skip
     _check(status, "compress")
@@ -135,16 +151,18 @@ def sparse24_cutlass_gemm(
     meta: torch.Tensor,
     w_scale: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
+    variant: str = VARIANT,
 ) -> torch.Tensor:
     """xq [T, K] e4m3 times x_scale [T] . (W * w_scale [N])^T, W compressed by `compress`
-    -> [T, N] out_dtype (fp32, bf16 or f16)."""
+    -> [T, N] out_dtype (fp32, bf16 or f16), on one of VARIANTS."""
     t, k = xq.shape
     n = w_scale.numel()
     if xq.dtype != torch.float8_e4m3fn or not xq.is_contiguous() or k % 16:
         raise ValueError("xq must be contiguous e4m3 [T, K], K a multiple of 16")
     if values.numel() * 2 < n * k:  # CUTLASS may pad K
         raise ValueError(f"compressed values {values.numel()} are not for [{n}, {k}]")
-    work = _workspace(n, t, k, xq.device)
+    lib = library(variant)
+    work = _workspace(n, t, k, xq.device, variant)
     stream = _stream(xq.device)
     xs = x_scale.reshape(t).float().contiguous()
     ws = w_scale.reshape(n).float().contiguous()
@@ -152,14 +170,12 @@ def sparse24_cutlass_gemm(
     ptrs = (values.data_ptr(), meta.data_ptr(), xq.data_ptr())
     if out_dtype == torch.bfloat16:  # the scales and the cast in CUTLASS's epilogue
         scales = xs.data_ptr(), ws.data_ptr()
-        status = library().s24c_gemm_bf16(*ptrs, out.data_ptr(), *scales, n, t, k,
+        status = lib.s24c_gemm_bf16(*ptrs, out.data_ptr(), *scales, n, t, k,
                                           work.data_ptr(), work.numel(), stream)  # fmt: skip
         _check(status, "GEMM")
         return out
     d = torch.empty(t, n, dtype=torch.float32, device=xq.device)
-    status = library().s24c_gemm(
-        *ptrs, d.data_ptr(), n, t, k, work.data_ptr(), work.numel(), stream
-    )
+    status = lib.s24c_gemm(*ptrs, d.data_ptr(), n, t, k, work.data_ptr(), work.numel(), stream)
     _check(status, "GEMM")
     reduce_splits(d.view(1, t, n), xs, ws, out)
     return out
