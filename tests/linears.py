@@ -69,3 +69,17 @@ def sparse_layer_and_triton(m: int):  # noqa: ANN201
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     layer.triton_max_rows = 1 << 20
     return method, layer, x, layer(x)
+
+
+def check_layer_repacked_for(kernel: str, layout: str, m: int) -> None:
+    """repack(kernel) moves a 2:4 layer's weight into weight_{layout}_*; every step then runs
+    that kernel on the same e4m3 activations the Triton kernel gets (the same products summed
+    in another order), and the fp32 reference reads the weight back to the same output."""
+    method, layer, x, triton = sparse_layer_and_triton(m)
+    reference = layer(x.float())
+    method.repack(layer, kernel)
+    assert hasattr(layer, f"weight_{layout}_values") and not hasattr(layer, "weight_values")
+    out = layer(x)
+    err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()
+    assert err < 1e-2, err
+    assert torch.equal(layer(x.float()), reference)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.engine.kernels.sparse24_cutlass import VARIANTS, headers_found
-from tests.linears import e4m3_activations, graph_replay, packed_24_weight, sparse_layer_and_triton
+from tests.linears import check_layer_repacked_for, e4m3_activations, graph_replay, packed_24_weight
 
 pytestmark = [
     pytest.mark.gpu,
@@ -85,11 +85,4 @@ def test_decompress_gives_back_the_pruned_weight() -> None:
 def test_sparse_linear_on_cutlass_matches_the_triton_kernel_and_the_reference(m: int) -> None:
     """repack(cutlass) compresses the layer CUTLASS's way; every step then runs its GEMM on the
     same e4m3 activations the Triton kernel gets, and the fp32 reference reads the weight back."""
-    method, layer, x, triton = sparse_layer_and_triton(m)
-    reference = layer(x.float())
-    method.repack(layer, "cutlass")
-    assert hasattr(layer, "weight_cl_values") and not hasattr(layer, "weight_values")
-    out = layer(x)
-    err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()
-    assert err < 1e-2, err  # the same e4m3 products, summed in another order
-    assert torch.equal(layer(x.float()), reference)
+    check_layer_repacked_for("cutlass", "cl", m)

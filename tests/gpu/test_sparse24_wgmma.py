@@ -10,10 +10,10 @@ import torch
 
 from harness.engine.kernels.sparse24_wgmma import FORMS
 from tests.linears import (
+    check_layer_repacked_for,
     e4m3_activations,
     graph_replay,
     packed_24_weight,
-    sparse_layer_and_triton,
 )
 
 pytestmark = [
@@ -121,11 +121,4 @@ def test_gemm_replays_in_a_cuda_graph() -> None:
 def test_sparse_linear_on_wgmma_matches_the_triton_kernel_and_the_reference(m: int) -> None:
     """repack(wgmma) repacks the layer; every step then runs wgmma.sp on the same e4m3 activations
     the Triton kernel gets, and the fp32 reference reads the packed weight back."""
-    method, layer, x, triton = sparse_layer_and_triton(m)
-    reference = layer(x.float())
-    method.repack(layer, "wgmma")
-    assert hasattr(layer, "weight_wg_values") and not hasattr(layer, "weight_values")
-    out = layer(x)
-    err = ((out.double() - triton.double()).norm() / triton.double().norm()).item()
-    assert err < 1e-2, err  # the same e4m3 products, summed in another order
-    assert torch.equal(layer(x.float()), reference)
+    check_layer_repacked_for("wgmma", "wg", m)

@@ -118,9 +118,14 @@ def _check(status: int, what: str) -> None:
         raise RuntimeError(f"CUTLASS {what} failed: cutlass::Status {status - 1}")
 
 
+@functools.cache
+def _workspace_bytes(n: int, t: int, k: int, variant: str) -> int:
+    """CUTLASS's workspace for a shape (t == 0: the compressor's), asked once a shape."""
+    return max(library(variant).s24c_workspace(n, t, k), 1)
+
+
 def _workspace(n: int, t: int, k: int, device: torch.device, variant: str) -> torch.Tensor:
-    size = library(variant).s24c_workspace(n, t, k)
-    return torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+    return torch.empty(_workspace_bytes(n, t, k, variant), dtype=torch.uint8, device=device)
 
 
 def _stream(device: torch.device) -> int:
