@@ -238,6 +238,16 @@ def merge(layers: list[Layer]) -> DictConfig:
             f"{budget}: a decode graph holds a token a row, and no step holds more than the "
             "budget; set it to at most max_num_batched_tokens (0: off)"
         )
+    seqs = OmegaConf.select(cfg, "engine.max_num_seqs")
+    if budget < seqs:
+        raise ConfigError(
+            f"engine.max_num_batched_tokens = {budget} (set by "
+            f"{_source_of('engine.max_num_batched_tokens', layers)}) is under "
+            f"engine.max_num_seqs = {seqs} (set by {_source_of('engine.max_num_seqs', layers)}): "
+            "every running sequence decodes a token a step, and a step holds at most the "
+            f"budget, so {seqs - budget} sequences would wait a step with their KV held; set "
+            f"max_num_batched_tokens to at least {seqs} (plus room for prompt chunks)"
+        )
     util = OmegaConf.select(cfg, "engine.gpu_memory_utilization")
     if not 0 < util <= 1:
         raise ConfigError(

@@ -50,6 +50,11 @@ def test_llama2_70b_keeps_reference_targets():
             r"command line: engine.cuda_graph_min_decode_rows = 4096 exceeds "
             r"engine.max_num_batched_tokens = 256: .* at most max_num_batched_tokens",
         ),
+        (
+            {"max_num_batched_tokens": "320", "max_num_seqs": "512"},
+            r"engine.max_num_batched_tokens = 320 \(set by command line\) is under "
+            r"engine.max_num_seqs = 512 \(set by command line\): .* at least 512",
+        ),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
