@@ -4,10 +4,13 @@ refused by name. The kernel itself runs in tests/gpu/test_sparse24_mma.py."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from harness.engine.kernels import sparse24_mma, sparse24_wgmma
+from harness.engine.kernels.cpu_build import serialized_wgmma
 from harness.engine.kernels.sparse24_mma import (
     form_for,
     lane_tables,
@@ -86,13 +89,29 @@ def test_few_tokens_take_the_narrow_deep_form():
     assert [form_for(t)[1] for t in (1, 16, 17, 32, 33, 300)] == [16, 16, 32, 32, 64, 64]
 
 
-def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch):
+def test_serialized_wgmma_names_each_kernel_ptxas_reports():
+    out = (
+        "ptxas info    : (C7519) warpgroup.arrive is injected in around line 8987\n"
+        "ptxas info    : (C7520) Potential Performance Loss: wgmma.mma_async instructions are "
+        "serialized due to program dependence on compiler-inserted WG.AR in divergent path in "
+        "the function 'gemm_a'\n"
+        "ptxas info    : (C7510) Potential Performance Loss: wgmma.mma_async instructions are "
+        "serialized due to wgmma pipeline crossing function boundary at a function call in the "
+        "function '_ZN7cutlass13device_kernelI'\n"
+    )
+    assert serialized_wgmma(out) == ["gemm_a", "_ZN7cutlass13device_kernelI"]
+    assert serialized_wgmma("ptxas info    : Used 168 registers") == []
+
+
+def test_the_kernel_builds_for_hopper_where_nvcc_is(tmp_path, monkeypatch, caplog):
     try:
         sparse24_mma.nvcc()
     except RuntimeError:
         pytest.skip("no nvcc here")
     monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path))
-    cubin = sparse24_mma.build("sm_90a")
+    with caplog.at_level(logging.WARNING):
+        cubin = sparse24_mma.build("sm_90a")
+    assert sparse24_wgmma.FORM not in caplog.text  # the engine's form keeps its MMAs in flight
     assert cubin.parent == tmp_path and cubin.stat().st_size > 0
     image = cubin.read_bytes()
     forms = [name for name, _, _ in sparse24_mma.FORMS] + list(sparse24_wgmma.FORMS)
@@ -143,3 +162,21 @@ def test_cutlass_headers_missing_name_the_place_and_the_fix(tmp_path, monkeypatc
     (tmp_path / "include" / "cutlass").mkdir(parents=True)
     (tmp_path / "tools" / "util" / "include" / "cutlass").mkdir(parents=True)
     assert sparse24_cutlass.include_dirs()[0] == tmp_path / "include"
+
+
+def test_cutlass_builds_with_its_mmas_in_flight_where_nvcc_and_headers_are(
+    tmp_path, monkeypatch, caplog
+):
+    from harness.engine.kernels import sparse24_cutlass
+
+    try:
+        sparse24_mma.nvcc()
+    except RuntimeError:
+        pytest.skip("no nvcc here")
+    if not sparse24_cutlass.headers_found():
+        pytest.skip("no CUTLASS headers (pip install --no-deps nvidia-cutlass)")
+    monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        lib = sparse24_cutlass.build()  # ~4 minutes on 2 cores
+    assert lib.stat().st_size > 0
+    assert "serialized" not in caplog.text  # e.g. without -DNDEBUG: CUTLASS's asserts

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -70,7 +71,8 @@ def build(compiler: str = "") -> Path:
 def compile_into(target: Path, cmd: list[str], timeout_s: int = 300) -> None:
     """Run a compiler command whose "{out}" argument is the output file, writing a temporary
     file beside target and renaming it (concurrent builders each finish whole). Raises
-    RuntimeError with the compiler's message when it fails."""
+    RuntimeError with the compiler's message when it fails; logs a warning for each kernel
+    whose wgmma ptxas serialized (each MMA waiting for the one before: a slow build)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=target.suffix, dir=target.parent)
     os.close(fd)
@@ -83,7 +85,15 @@ def compile_into(target: Path, cmd: list[str], timeout_s: int = 300) -> None:
     if proc.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
+    for kernel in serialized_wgmma(proc.stdout + proc.stderr):
+        logger.warning("%s: ptxas serialized the wgmma of %s", target.name, kernel)
     os.replace(tmp, target)
+
+
+def serialized_wgmma(compiler_output: str) -> list[str]:
+    """The kernels (mangled names) whose wgmma.mma_async ptxas reports serialized."""
+    return re.findall(r"wgmma\.mma_async instructions are serialized .* function '([^']+)'",
+                      compiler_output)  # fmt: skip
 
 
 @functools.cache

@@ -26,10 +26,18 @@ using TagW = cutlass::layout::RowMajor;     // W [N, K]
 using TagX = cutlass::layout::ColumnMajor;  // X^T [K, T]
 using TagD = cutlass::layout::ColumnMajor;  // D [N, T]
 constexpr int kAlign8 = 16;                 // 16-byte accesses, in e4m3 elements
-// The configuration, from nvcc -D (kernels/sparse24_cutlass.py's VARIANTS): tokens a tile (the
-// GEMM's N), blocks a cluster along them (sharing each weight tile by TMA multicast), and
-// whether FP8 sums stay in the tensor cores (fast accumulation) or are promoted to fp32 by the
-// main loop. The weight layout depends on the tile's K only (128 in every variant).
+// The configuration, from nvcc -D (kernels/sparse24_cutlass.py's VARIANTS): weight rows and
+// tokens a tile (the GEMM's M and N), blocks a cluster along the tokens (sharing each weight
+// tile by TMA multicast), whether FP8 sums stay in the tensor cores (fast accumulation) or are
+// promoted to fp32 by the main loop, and the schedule: cooperative (both consumer warp groups
+// on one tile) or ping-pong (each on its own tile, one's epilogue under the other's MMAs). The
+// weight layout depends on the tile's K only (128 in every variant).
+#ifndef S24C_TILE_M
+#define S24C_TILE_M 128
+#endif
+#ifndef S24C_PINGPONG
+#define S24C_PINGPONG 0
+#endif
 #ifndef S24C_TILE_N
 #define S24C_TILE_N 128
 #endif
@@ -39,12 +47,18 @@ constexpr int kAlign8 = 16;                 // 16-byte accesses, in e4m3 element
 #ifndef S24C_FAST_ACCUM
 #define S24C_FAST_ACCUM 0
 #endif
-using Tile = Shape<_128, Int<S24C_TILE_N>, _128>;
+using Tile = Shape<Int<S24C_TILE_M>, Int<S24C_TILE_N>, _128>;
 using Cluster = Shape<_1, Int<S24C_CLUSTER_N>, _1>;
-using MainloopSchedule =
-    cute::conditional_t<S24C_FAST_ACCUM,
-                        cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
-                        cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
+namespace gemm = cutlass::gemm;
+using MainloopSchedule = cute::conditional_t<
+    S24C_PINGPONG,
+    cute::conditional_t<S24C_FAST_ACCUM, gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
+                        gemm::KernelTmaWarpSpecializedPingpong>,
+    cute::conditional_t<S24C_FAST_ACCUM, gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                        gemm::KernelTmaWarpSpecializedCooperative>>;
+using EpilogueSchedule =
+    cute::conditional_t<S24C_PINGPONG, cutlass::epilogue::TmaWarpSpecialized,
+                        cutlass::epilogue::TmaWarpSpecializedCooperative>;
 using Problem = Shape<int, int, int, int>;  // M (= N out), N (= T), K, L
 
 // d = acc (fp32, unscaled), or out = bf16(x_scale[t] * w_scale[n] * acc): the scales broadcast
@@ -63,7 +77,7 @@ using EpilogueOf = typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Tile, Cluster,
     cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, TagD,
     16 / sizeof(ElementD), ElementD, TagD, 16 / sizeof(ElementD),
-    cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+    EpilogueSchedule, Fusion>::CollectiveOp;
 
 template <class Epilogue>
 using MainloopOf = typename cutlass::gemm::collective::CollectiveBuilder<

@@ -39,6 +39,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "n128fast": ("-DS24C_FAST_ACCUM=1",),  # the sums kept in the tensor cores
     "n64": ("-DS24C_TILE_N=64",),  # 64 tokens a tile: less padding at small steps
     "n64c1": ("-DS24C_TILE_N=64", "-DS24C_CLUSTER_N=1"),  # ... and no cluster
+    "m256": ("-DS24C_TILE_M=256",),  # 256 weight rows a tile: half the token reloads
+    "m256fast": ("-DS24C_TILE_M=256", "-DS24C_FAST_ACCUM=1"),
+    "pp": ("-DS24C_PINGPONG=1",),  # ping-pong: an epilogue hidden under the next tile's MMAs
+    "ppfast": ("-DS24C_PINGPONG=1", "-DS24C_FAST_ACCUM=1"),
 }
 VARIANT = "n128"
 _INT, _I64, _PTR = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
@@ -77,7 +81,8 @@ def build(variant: str = VARIANT) -> Path:
     """Compile sparse24_cutlass.cu for sm_90a into a shared library, or find it built."""
     cc = nvcc()
     includes = [f"-I{d}" for d in include_dirs()]
-    flags = ["-shared", "-Xcompiler", "-fPIC", "-arch=sm_90a", "-O3", "-std=c++17",
+    # -DNDEBUG: CUTLASS's device asserts are calls, across which ptxas serializes every wgmma
+    flags = ["-shared", "-Xcompiler", "-fPIC", "-arch=sm_90a", "-O3", "-std=c++17", "-DNDEBUG",
              "--expt-relaxed-constexpr", *VARIANTS[variant], *includes]  # fmt: skip
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()
     lib = cache_dir() / f"sparse24_cutlass-{key[:16]}.so"
