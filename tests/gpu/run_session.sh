@@ -15,6 +15,8 @@
 #   sparse : .carry/probe_sparse.py if carried
 #   dk     : decode_kernel_bench, paged decode kernel variants (dk:--context=N,--part=unequal)
 #   host   : host_step, a decode step's host bookkeeping at 1 / 64 / 512 sequences (cuda)
+#   cbuild : build the engine's CUTLASS 2:4 variant in the background (one nvcc) while later
+#            phases run (cbuild:all: every variant, for the sweep and tests); $OUT/cutlass_build.log
 #   base   : copy the files under .carry/base/ (carried) over the tree (each replaced file kept
 #            as FILE.~1~), so that later phases of the call run them: a same-call baseline for
 #            a code change, e.g.
@@ -27,7 +29,7 @@ export PYTHONUNBUFFERED=1
 for spec in "$@"; do  # a misspelt phase or test file fails now, not after the device time
   phase=${spec%%:*}
   case $phase in
-    tests|pt|gate|b7|ss7|b70|b70s|b70srv|prof70|prof70u|cap70|srv70|int70|o7|sweep|gemv|sparse|dk|base|host|prof7|prof7u) ;;
+    tests|pt|gate|b7|ss7|b70|b70s|b70srv|prof70|prof70u|cap70|srv70|int70|o7|sweep|gemv|sparse|dk|base|host|prof7|prof7u|cbuild) ;;
     *) echo "run_session: unknown phase '$phase' in '$spec'"; exit 3 ;;
   esac
   if [ "$phase" = pt ]; then
@@ -97,6 +99,11 @@ for spec in "$@"; do
     gemv) timeout ${TGV:-300} python3 -m harness.report.gemv_sweep $flags ;;
     sparse) [ -f .carry/probe_sparse.py ] && timeout 200 python3 .carry/probe_sparse.py ;;
     dk) timeout ${TDK:-300} python3 -m harness.report.decode_kernel_bench $flags ;;
+    cbuild) what=build; [ "$flags" = all ] && what=build_all
+        python3 -c "import logging; logging.basicConfig(level=logging.INFO)
+from harness.engine.kernels import sparse24_cutlass; sparse24_cutlass.$what()" \
+          >> "$OUT/cutlass_build.log" 2>&1 &
+        echo "building CUTLASS ($what) in the background: $OUT/cutlass_build.log" ;;
     base) [ -d .carry/base ] || { echo "base: no .carry/base (carry it)"; exit 3; }
           cp -rv --backup=numbered .carry/base/. . ;;  # a replaced file stays as FILE.~1~
     host) timeout 120 python3 -m harness.report.host_step --device=cuda --batch=1 --batch=64 \
