@@ -204,7 +204,8 @@ def test_manifest_mismatch_and_baked_limits(world):
         check_trtllm_engine(make_cfg(world, model_opt="Dense"), world.root / "engines")
     baked = f"max_batch_size={cfg.engine.max_num_seqs}"  # the system YAML's
     with pytest.raises(TrtllmManifestError, match=baked):
-        check_trtllm_engine(make_cfg(world, max_num_seqs="1024"), world.root / "engines")
+        wider = make_cfg(world, max_num_seqs="1024", max_num_batched_tokens="1024")
+        check_trtllm_engine(wider, world.root / "engines")
     with pytest.raises(TrtllmManifestError, match="no trtllm engine"):
         check_trtllm_engine(cfg, world.root / "elsewhere")
 
