@@ -6,9 +6,9 @@ RoPE: Triton's compiler
 and its bundled ptxas build the cubin for sm_90 with the engine's launch options (warps,
 stages) and 16-byte alignment assumed as the JIT does for aligned arguments; prints registers,
 spill stack, shared memory, which MMA was used, the fp32 promotion adds and a GEMM's SASS
-instructions per K step, and exits 1 if a kernel fails to compile, spills, or loads a GEMM
-tile synchronously inside its K loop. A team without a GPU catches these before device time.
-Needs only `pip install triton` (the CPU torch suffices).
+instructions per K step, and exits 1 if a kernel fails to compile, spills, loads a GEMM
+tile synchronously inside its K loop, or has its wgmma serialized by ptxas. A team without a
+GPU catches these before device time. Needs only `pip install triton` (the CPU torch suffices).
 
 python -m harness.report.kernel_compile_check [--arch=90]
 """
@@ -52,6 +52,23 @@ def _cuobjdump(compiled, flag: str) -> str:  # noqa: ANN001
         f.flush()
         return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True,
                               check=True).stdout  # fmt: skip
+
+
+def serialized(compiled, arch: int) -> bool:  # noqa: ANN001
+    """Whether Triton's bundled ptxas, building the kernel's PTX again, reports its wgmma
+    serialized (each MMA waiting for the one before; Triton does not show ptxas's notes)."""
+    import triton
+
+    from harness.engine.kernels.cpu_build import serialized_wgmma
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"  # wgmma needs sm_90a
+    with tempfile.TemporaryDirectory() as d:
+        ptx = Path(d) / "k.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        out = subprocess.run([str(tool), f"-arch={gpu}", str(ptx), "-o", str(Path(d) / "k.o")],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    return bool(serialized_wgmma(out.stdout + out.stderr))
 
 
 def resource_usage(compiled) -> dict[str, int]:  # noqa: ANN001
@@ -108,7 +125,8 @@ def check_gemm_configs(arch: int = 90) -> list[tuple[str, dict | str]]:
             ptx = k.asm["ptx"]
             usage = resource_usage(k) | {
                 "shared": k.metadata.shared, "wgmma": "wgmma" in ptx,
-                "expect_wgmma": cfg.uses_wgmma, "promote_adds": ptx.count("add.f32"),
+                "expect_wgmma": cfg.uses_wgmma, "serialized_wgmma": serialized(k, arch),
+                "promote_adds": ptx.count("add.f32"),
                 "sync_loads_in_k_loop": sync_loads_in_loop(k.asm["ttgir"]),
                 "k_loop_instructions": loop_instructions(_cuobjdump(k, "-sass")),
             }  # fmt: skip
@@ -213,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     bad = 0
     for label, usage in check_gemm_configs(a.arch) + check_other_kernels(a.arch):
-        failed = isinstance(usage, str) or spills(usage) or usage.get("sync_loads_in_k_loop", 0) > 0
+        failed = (isinstance(usage, str) or spills(usage) or usage.get("serialized_wgmma")
+                  or usage.get("sync_loads_in_k_loop", 0) > 0)  # fmt: skip
         bad += failed
         print(f"[compile sm_{a.arch}] {'FAIL' if failed else 'ok  '} {label}: {usage}", flush=True)
     return 1 if bad else 0

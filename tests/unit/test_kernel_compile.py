@@ -26,3 +26,4 @@ def test_every_gemm_config_compiles_for_hopper_without_spills():
         wide = usage["expect_wgmma"]
         assert usage["wgmma"] == wide and (usage["promote_adds"] > 0) == wide, label
         assert usage["sync_loads_in_k_loop"] == 0, label  # every tile copied ahead
+        assert not usage["serialized_wgmma"], label  # ptxas keeps the MMAs in flight
