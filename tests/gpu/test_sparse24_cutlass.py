@@ -46,17 +46,18 @@ def every_variant_built() -> None:
     build_all()  # side by side, not one test's build after another
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])  # the engine's: bf16
 @pytest.mark.parametrize("t", [7, 300])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_matches_the_dense_product_on_one_compressed_weight(
-    every_variant_built: None, variant: str, t: int
+    every_variant_built: None, variant: str, t: int, out_dtype: torch.dtype
 ) -> None:
     from harness.engine.kernels.sparse24_cutlass import compress, sparse24_cutlass_gemm
 
     q, s, _, _ = packed_24_weight(*SHAPES[0])
     values, meta = compress(q)  # the engine's variant compresses for every one
     xq, x_scale = e4m3_activations(t, q.shape[1])
-    out = sparse24_cutlass_gemm(xq, x_scale, values, meta, s, torch.float32, variant)
+    out = sparse24_cutlass_gemm(xq, x_scale, values, meta, s, out_dtype, variant)
     ref = (xq.float() * x_scale) @ (q.float() * s.view(-1, 1)).t()
     err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
     assert err < 1e-2, err  # fast accumulation keeps fewer bits of the sums
