@@ -367,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
           "scheduling "
           f"{'on' if a.async_scheduling else 'off'}; time: a bandwidth / GEMM-peak model on "
           f"{a.gpu}, not a measurement")  # fmt: skip
+    over = [seqs for seqs in a.max_num_seqs if seqs > a.max_num_batched_tokens]
+    if over:  # as the harness's config refuses it: the budget caps the decodes of a step
+        p.error(f"--max_num_seqs={over[0]} is over --max_num_batched_tokens="
+                f"{a.max_num_batched_tokens}: a step decodes at most the budget's sequences; "
+                "give a budget of at least the sequences")  # fmt: skip
     try:  # every row's config before any row runs
         configs = [
             SchedulerConfig(

@@ -133,7 +133,8 @@ def test_a_bad_config_is_a_one_line_error_naming_it(config, capsys):
 
 @pytest.mark.parametrize(
     "flag,named", [("--max_num_seqs=0", "max_num_seqs=0"), ("--headroom=-1", "=-1"),
-                   ("--kv_tokens=0", "--kv_tokens=0")],
+                   ("--kv_tokens=0", "--kv_tokens=0"),
+                   ("--max_num_seqs=99999", "--max_num_seqs=99999 is over --max_num_batched")],
 )  # fmt: skip
 def test_a_bad_count_is_a_one_line_error_naming_it(flag, named, tmp_path, capsys):
     import numpy as np
