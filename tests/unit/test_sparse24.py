@@ -82,6 +82,14 @@ def test_repacked_for_the_sparse_tensor_cores_the_reference_is_unchanged(kernel)
     assert hasattr(odd, "weight_values") == (kernel == "wgmma")
 
 
+def test_an_unknown_kernel_is_refused_by_name_and_the_weight_kept():
+    method = Sparse24GpuLinearMethod(ScratchWeight())
+    layer = loaded_linear(method, torch.randn(64, 128), [64])
+    with pytest.raises(ValueError, match="no 2:4 kernel 'wmma': mma, wgmma or cutlass"):
+        method.repack(layer, "wmma")
+    assert hasattr(layer, "weight_values")
+
+
 def test_the_expansion_buffer_is_freed_only_when_no_linear_expands():
     from harness.engine.quant.sparse24 import release_unused_scratch
 

@@ -94,8 +94,8 @@ def build(variant: str = VARIANT) -> Path:
 
 
 def build_all() -> None:
-    """Build every variant, the nvcc processes side by side."""
-    with ThreadPoolExecutor(len(VARIANTS)) as pool:
+    """Build every variant, up to one nvcc process a CPU side by side (each takes GBs)."""
+    with ThreadPoolExecutor(min(len(VARIANTS), os.cpu_count() or 1)) as pool:
         list(pool.map(build, VARIANTS))
 
 

@@ -172,15 +172,15 @@ class Sparse24GpuLinearMethod(FP8GpuLinearMethod):
             self._repack(layer, "mma", lane_tables(), TILE_ROWS)
         elif kernel == "wgmma":
             self._repack(layer, "wg", warpgroup_tables(), WGMMA_TILE_ROWS)
-        elif kernel == "cutlass" and self._layout(layer) == "rows":
+        elif kernel != "cutlass":
+            raise ValueError(f"no 2:4 kernel {kernel!r}: mma, wgmma or cutlass")
+        elif self._layout(layer) == "rows":
             values, meta = layer.weight_values.data, layer.weight_meta.data
             n, k = values.shape[0], values.shape[1] * 2
             packed = cutlass_compress(decompress_24_triton(values, meta, self.scratch.view(n, k)))
             del layer.weight_values, layer.weight_meta, values, meta
             for part, tensor in zip(("values", "meta"), packed, strict=True):
                 layer.register_parameter(f"weight_cl_{part}", nn.Parameter(tensor, False))
-        elif kernel not in ("mma", "wgmma", "cutlass"):
-            raise ValueError(f"no 2:4 kernel {kernel!r}: mma, wgmma or cutlass")
 
     def _repack(self, layer: nn.Module, layout: str, tables: Tables, rows: int) -> None:
         """Row order -> weight_{layout}_values / _meta, packed for the threads of tables."""
